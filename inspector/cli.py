@@ -1,0 +1,160 @@
+"""The ``inspector`` command: parse, call the API, render with rich, exit codes.
+
+Exit codes: 0 success (also for a truncated capture, with a warning), 2 usage errors (missing or
+unreadable capture, not a capture, bad option or signature file), 1 failures while working.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from inspector._version import __version__
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help="Inspect what video-conferencing clients send: calls, services, telemetry, with evidence.",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+SAMPLE_CAPTURE = Path(__file__).resolve().parents[1] / "captures" / "sample-call.pcapng"
+PROGRESS_MIN_BYTES = 8 << 20  # show a progress bar for captures of 8 MiB and more
+
+
+def _fail(message: str, code: int) -> None:
+    from rich.console import Console
+
+    Console(stderr=True, highlight=False, soft_wrap=True).print(f"[bold red]error:[/] {message}", markup=True)
+    raise typer.Exit(code)
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        print(f"inspector {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _main(
+    version: bool = typer.Option(False, "--version", callback=_version_callback, is_eager=True, help="Print the version and exit."),
+) -> None:
+    """inspector: which calls happened, with which service, and who received data during them."""
+
+
+@app.command()
+def analyze(
+    captures: Optional[list[Path]] = typer.Argument(
+        None, help="pcap/pcapng files (gzip allowed). Default: the bundled sample call capture.", show_default=False
+    ),
+    out: Path = typer.Option(Path("inspector-out"), "--out", "-o", help="Directory for the tables and manifest.json."),
+    fmt: str = typer.Option("csv", "--format", "-f", help="Table format: csv, json or parquet."),
+    batch_size: int = typer.Option(65536, "--batch-size", min=1, help="Packets per batch (memory/speed only; results never change)."),
+    idle_timeout: float = typer.Option(120.0, "--idle-timeout", min=0.001, help="Seconds without packets after which a flow ends."),
+    top: int = typer.Option(15, "--top", min=0, help="Flows to show in the terminal table (0: none)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No terminal output except warnings and errors."),
+) -> None:
+    """Analyse captures and write flows.csv and manifest.json into --out."""
+    from rich.console import Console
+
+    from inspector.errors import CaptureError, InspectorError, SignatureError
+    from inspector.export import FORMATS
+
+    if fmt not in FORMATS:
+        _fail(f"--format {fmt!r}: use one of {', '.join(FORMATS)}", 2)
+    paths = list(captures or [])
+    if not paths:
+        if not SAMPLE_CAPTURE.is_file():
+            _fail(f"{SAMPLE_CAPTURE}: the bundled sample capture is missing; name a capture to analyse", 2)
+        paths = [SAMPLE_CAPTURE]
+    console = Console(highlight=False)
+    err = Console(stderr=True, highlight=False)
+
+    import inspector
+    from inspector.pipeline import AnalyzeOptions
+
+    options = AnalyzeOptions(batch_size=batch_size, idle_timeout_s=idle_timeout)
+    try:
+        result = _run_with_progress(inspector, paths, options, quiet, err)
+        written = result.write(out, fmt)
+    except (CaptureError, SignatureError) as e:
+        _fail(str(e), 2)
+    except InspectorError as e:
+        _fail(str(e), 1)
+    for w in result.warnings:
+        err.print(f"[yellow]warning:[/] {w}", markup=True)
+    if not quiet:
+        _render_summary(console, result, top)
+        console.print(f"wrote {', '.join(str(p) for p in written)}")
+
+
+def _run_with_progress(inspector, paths, options, quiet, err):
+    total = sum(p.stat().st_size for p in paths if p.is_file())
+    if quiet or total < PROGRESS_MIN_BYTES or not err.is_terminal:
+        return inspector.analyze(paths, options, command_line=sys.argv)
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TimeRemainingColumn(), console=err, transient=True) as bar:
+        tasks: dict[str, int] = {}
+
+        def progress(path: str, done: int, size: int) -> None:
+            if path not in tasks:
+                tasks[path] = bar.add_task(Path(path).name, total=size)
+            bar.update(tasks[path], completed=min(done, size))
+
+        return inspector.analyze(paths, options, progress=progress, command_line=sys.argv)
+
+
+def _human_bytes(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} GB"
+
+
+def _render_summary(console, result, top: int) -> None:
+    from rich.table import Table
+    from rich.markup import escape
+    from rich.text import Text  # capture strings are untrusted: never parse them as markup
+
+    for entry in result.manifest["inputs"]:
+        d = entry["decode"]
+        console.print(
+            f"[bold]{escape(entry['name'])}[/]: {entry['packets']:,} packets read, {d['packets_decoded']:,} decoded, "
+            f"{d['packets_skipped']:,} skipped, {entry['flows']:,} flows",
+            markup=True,
+        )
+    flows = result.flows
+    if top == 0 or flows.empty:
+        return
+    total = flows["client_to_server_bytes"] + flows["server_to_client_bytes"]
+    shown = flows.assign(_total=total).nlargest(top, "_total")
+    table = Table(title=f"Top {len(shown)} flows by bytes", show_lines=False)
+    for col in ("capture", "transport", "client", "server", "name", "sent", "received", "packets", "seconds"):
+        table.add_column(col, justify="right" if col in ("sent", "received", "packets", "seconds") else "left")
+    for row in shown.itertuples(index=False):
+        table.add_row(*(Text(str(c)) for c in (
+            row.capture,
+            row.transport,
+            f"{row.client_ip}:{row.client_port}",
+            f"{row.server_ip}:{row.server_port}",
+            row.server_name or "",
+            _human_bytes(int(row.client_to_server_bytes)),
+            _human_bytes(int(row.server_to_client_bytes)),
+            f"{int(row.client_to_server_packets + row.server_to_client_packets):,}",
+            f"{row.duration_s:.1f}",
+        )))
+    console.print(table)
+
+
+def main() -> None:
+    """Console-script entry point: usage errors from click exit with code 2 already."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,188 @@
+"""Columnar per-batch collectors for the call stage: activity buckets and RTP/RTCP headers.
+
+Both run on every batch over numpy columns, with no per-packet Python:
+
+* ``ActivityCollector`` sums each flow's packets and IP-layer bytes per direction in 100 ms buckets
+  (schema.ACTIVITY_COLUMNS), so the call stage can count bytes *inside* a call window.
+* ``RtpCollector`` reads the RTP header of every UDP packet that can carry RTP: plain RTP/SRTP
+  (RFC 3550 §5.1: version 2 in the top two bits; SRTP leaves the header in clear, RFC 3711 §3.1)
+  and RTP inside Zoom's media encapsulation (protocol-facts.md §2: outer type 0x05 and the inner
+  type byte at offset 8 on server flows; the inner header at offset 0 on P2P flows). RTCP packets
+  (second byte 200-207 per RFC 3550 §12.1, the RFC 5761 §4 demultiplexing rule) are kept whole.
+  Weakness: the first-byte test admits non-RTP payloads that start with 0b10; the call stage keeps
+  only rows of flows the classifier judged media, and RTP validation over several packets happened
+  in the detectors.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from inspector.decode import IPPROTO_UDP, DecodedBatch
+from inspector.flows import BatchFlows
+from inspector.schema import ACTIVITY_BUCKET_NS, ACTIVITY_COLUMNS, RTP_COLUMNS
+
+# Zoom inner media types and where their RTP (or RTCP) header starts, relative to the inner
+# header (protocol-facts.md §2.3, from Michel et al. IMC '22 and their zoom-analysis tool).
+ZOOM_AUDIO = 15
+ZOOM_VIDEO = 16
+ZOOM_SCREEN_SERVER = 13
+ZOOM_SCREEN_P2P = 30
+ZOOM_RTCP_TYPES = (33, 34, 35)
+ZOOM_OUTER_MEDIA = 0x05
+ZOOM_OUTER_LEN = 8
+
+
+class ActivityCollector:
+    """Per flow and 100 ms bucket: packets and bytes each way, first/last packet time."""
+
+    def __init__(self) -> None:
+        self._parts: list[np.ndarray] = []
+
+    def add(self, d: DecodedBatch, bf: BatchFlows) -> None:
+        if bf.rows.shape[0] == 0:
+            return
+        fid_of_slot = np.fromiter((f.flow_id for f in bf.flows), dtype=np.int64, count=len(bf.flows))
+        fid = fid_of_slot[bf.flow_slot]
+        ts = d.ts_ns[bf.rows]
+        bucket = ts // ACTIVITY_BUCKET_NS
+        key = np.stack([fid, bucket])
+        uniq, inverse = np.unique(key, axis=1, return_inverse=True)
+        inverse = inverse.reshape(-1)
+        n = uniq.shape[1]
+        by = d.ip_bytes[bf.rows]
+        c2s = bf.from_client
+        part = np.zeros((n, 8), dtype=np.int64)
+        part[:, 0] = uniq[0]
+        part[:, 1] = uniq[1] * ACTIVITY_BUCKET_NS
+        first = np.full(n, np.iinfo(np.int64).max, dtype=np.int64)
+        np.minimum.at(first, inverse, ts)
+        last = np.full(n, np.iinfo(np.int64).min, dtype=np.int64)
+        np.maximum.at(last, inverse, ts)
+        part[:, 2] = first
+        part[:, 3] = last
+        part[:, 4] = np.bincount(inverse, weights=c2s, minlength=n)
+        part[:, 5] = np.bincount(inverse, weights=by * c2s, minlength=n)
+        part[:, 6] = np.bincount(inverse, weights=~c2s, minlength=n)
+        part[:, 7] = np.bincount(inverse, weights=by * ~c2s, minlength=n)
+        self._parts.append(part)
+
+    def frame(self, capture: str) -> pd.DataFrame:
+        names = [c[0] for c in ACTIVITY_COLUMNS]
+        if not self._parts:
+            return pd.DataFrame({c: pd.Series([], dtype=t) for c, t, _ in ACTIVITY_COLUMNS})
+        a = np.concatenate(self._parts)
+        df = pd.DataFrame(a, columns=names[1:])
+        # A (flow, bucket) pair can straddle two batches: fold them.
+        if df.duplicated(["flow_id", "bucket_ns"]).any():
+            df = (
+                df.groupby(["flow_id", "bucket_ns"], sort=True)
+                .agg(
+                    first_ns=("first_ns", "min"),
+                    last_ns=("last_ns", "max"),
+                    client_to_server_packets=("client_to_server_packets", "sum"),
+                    client_to_server_bytes=("client_to_server_bytes", "sum"),
+                    server_to_client_packets=("server_to_client_packets", "sum"),
+                    server_to_client_bytes=("server_to_client_bytes", "sum"),
+                )
+                .reset_index()
+            )
+        else:
+            df = df.sort_values(["flow_id", "bucket_ns"], kind="stable").reset_index(drop=True)
+        df.insert(0, "capture", pd.Series([capture] * len(df), dtype="string"))
+        return df.astype({c: t for c, t, _ in ACTIVITY_COLUMNS})
+
+
+class RtpCollector:
+    """RTP header fields of candidate media packets, and whole RTCP packets."""
+
+    def __init__(self) -> None:
+        self._parts: list[dict[str, np.ndarray]] = []
+        self._rtcp: list[tuple[int, bool, int, bytes]] = []
+
+    def add(self, d: DecodedBatch, bf: BatchFlows) -> None:
+        rows_all = bf.rows
+        udp = (d.proto[rows_all] == IPPROTO_UDP) & (d.payload_len[rows_all] >= 12)
+        if not udp.any():
+            return
+        sel = np.flatnonzero(udp)
+        rows = rows_all[sel]
+        b0 = d.payload_byte(rows, 0)
+        b1 = d.payload_byte(rows, 1)
+        # Where the RTP header would start: 0 for plain RTP, else per Zoom's layout.
+        start = np.full(rows.shape[0], -1, dtype=np.int64)
+        zoom_type = np.full(rows.shape[0], -1, dtype=np.int64)
+        plain = (b0 & 0xC0) == 0x80
+        start[plain] = 0
+        # Zoom server flows: outer header 0x05 ... direction, inner type at 8.
+        outer = b0 == ZOOM_OUTER_MEDIA
+        inner_at = np.where(outer, ZOOM_OUTER_LEN, 0)
+        inner_type = np.where(outer, d.payload_byte(rows, ZOOM_OUTER_LEN), b0).astype(np.int64)
+        zoomish = outer | np.isin(b0, (ZOOM_AUDIO, ZOOM_VIDEO, ZOOM_SCREEN_P2P, ZOOM_SCREEN_SERVER))
+        video_flag = d.payload_bytes_at(rows, inner_at + 20)
+        screen_sub = d.payload_bytes_at(rows, inner_at + 7)
+        rel = np.select(
+            [
+                inner_type == ZOOM_AUDIO,
+                (inner_type == ZOOM_VIDEO) & (video_flag == 0x02),
+                inner_type == ZOOM_VIDEO,
+                inner_type == ZOOM_SCREEN_P2P,
+                (inner_type == ZOOM_SCREEN_SERVER) & (screen_sub == 0x1E),
+            ],
+            [19, 24, 20, 20, 27],
+            default=-1,
+        )
+        zstart = np.where(zoomish & (rel >= 0), inner_at + rel, -1)
+        zb0 = d.payload_bytes_at(rows, np.maximum(zstart, 0))
+        zoom_ok = (zstart >= 0) & ((zb0 & 0xC0) == 0x80) & ~plain
+        start[zoom_ok] = zstart[zoom_ok]
+        zoom_type[zoom_ok] = inner_type[zoom_ok]
+
+        # RTCP (plain): second byte 200-207 (RFC 5761 §4); kept whole for SR/RR parsing.
+        is_rtcp = plain & (b1 >= 200) & (b1 <= 207)
+        if is_rtcp.any():
+            fids = [bf.flows[s].flow_id for s in bf.flow_slot[sel[is_rtcp]].tolist()]
+            fc = bf.from_client[sel[is_rtcp]].tolist()
+            tss = d.ts_ns[rows[is_rtcp]].tolist()
+            for fid, c, t, r in zip(fids, fc, tss, rows[is_rtcp].tolist()):
+                self._rtcp.append((fid, c, t, d.payload(r)))
+        has = (start >= 0) & ~is_rtcp
+        if not has.any():
+            return
+        r = rows[has]
+        st = start[has]
+        hdr = [d.payload_bytes_at(r, st + k).astype(np.int64) for k in range(12)]
+        ok = (hdr[11] >= 0) & ((hdr[0] & 0xC0) == 0x80)
+        if not ok.any():
+            return
+        slots = bf.flow_slot[sel[has]][ok]
+        fid_of_slot = np.fromiter((f.flow_id for f in bf.flows), dtype=np.int64, count=len(bf.flows))
+        part = {
+            "flow_id": fid_of_slot[slots],
+            "from_client": bf.from_client[sel[has]][ok],
+            "ts_ns": d.ts_ns[r][ok],
+            "ssrc": ((hdr[8] << 24) | (hdr[9] << 16) | (hdr[10] << 8) | hdr[11])[ok],
+            "seq": ((hdr[2] << 8) | hdr[3])[ok],
+            "rtp_ts": ((hdr[4] << 24) | (hdr[5] << 16) | (hdr[6] << 8) | hdr[7])[ok],
+            "payload_type": (hdr[1] & 0x7F)[ok],
+            "marker": ((hdr[1] & 0x80) != 0)[ok],
+            "rtp_len": (d.payload_len[r].astype(np.int64) - st)[ok],
+            "ip_bytes": d.ip_bytes[r][ok],
+            "zoom_type": zoom_type[has][ok],
+        }
+        self._parts.append(part)
+
+    def frame(self, capture: str) -> pd.DataFrame:
+        dtypes = {c: t for c, t, _ in RTP_COLUMNS}
+        if not self._parts:
+            return pd.DataFrame({c: pd.Series([], dtype=t) for c, t, _ in RTP_COLUMNS})
+        cols = {k: np.concatenate([p[k] for p in self._parts]) for k in self._parts[0]}
+        df = pd.DataFrame(cols)
+        df.insert(0, "capture", pd.Series([capture] * len(df), dtype="string"))
+        return df[[c for c, _, _ in RTP_COLUMNS]].astype(dtypes)
+
+    def rtcp_frame(self, capture: str) -> pd.DataFrame:
+        df = pd.DataFrame(self._rtcp, columns=["flow_id", "from_client", "ts_ns", "payload"])
+        df.insert(0, "capture", capture)
+        return df.astype({"capture": "string", "flow_id": "int64", "from_client": "bool", "ts_ns": "int64"})

@@ -1,0 +1,62 @@
+"""What the dissectors learned about one flow: the boundary between dissect/naming and classify.
+
+The pipeline fills one ``FlowFacts`` per flow from the flow table, the naming stage and the payload
+detectors, and hands it to ``inspector.classify``. Every field is something seen in the capture,
+never a conclusion; conclusions are ``classify.Verdict``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class DetectorHit:
+    """A payload detector recognised this flow's bytes.
+
+    detector  registered detector name (``stun``, ``rtp``, ``zoom-media``, ``dtls`` ...)
+    service   service id the detector itself can attribute (``zoom`` from Zoom's outer header,
+              ``teams`` from MS-TURN attributes, ``google-meet`` from a STUN REALM), or ""
+    detail    short human-readable evidence (``stun realm=google.com``), goes into ``evidence``
+    packets   how many packets of the flow matched (RTP is only trusted over several)
+    """
+
+    detector: str
+    service: str = ""
+    detail: str = ""
+    packets: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class FlowFacts:
+    """Facts about one bidirectional flow, as the classifier reads them.
+
+    transport     ``tcp``, ``udp``, ``icmp``, ``icmpv6`` or another lower-case IP protocol name
+    client_ip     textual address of the side that started the flow
+    client_port   0 for protocols without ports
+    server_ip, server_port
+    app_protocol  ``dns``, ``tls``, ``quic``, ``http``, ``stun``, ``turn``, ``dtls``, ``rtp``,
+                  ``rtcp``, ``zoom-media`` ... or "" when no dissector recognised the payload
+    server_name   lower-case hostname without trailing dot, or ""
+    name_source   ``sni``, ``quic-sni``, ``http-host``, ``certificate``, ``dns`` or ""
+    dns_name      the name a DNS answer seen before the flow gave for server_ip ("" if none),
+                  kept even when a stronger source named the flow
+    detectors     payload detector hits, strongest first
+    attributes    other facts as (key, value) pairs: ``alpn``, ``tls_version``, ``ech``,
+                  ``stun_software``, ``stun_realm``, ``stun_username``, ``dtls_srtp`` ...
+    first_seen_ns, last_seen_ns   flow window, ns since the epoch
+    """
+
+    transport: str
+    client_ip: str
+    client_port: int
+    server_ip: str
+    server_port: int
+    app_protocol: str = ""
+    server_name: str = ""
+    name_source: str = ""
+    dns_name: str = ""
+    detectors: tuple[DetectorHit, ...] = ()
+    attributes: tuple[tuple[str, str], ...] = field(default=())
+    first_seen_ns: int = 0
+    last_seen_ns: int = 0

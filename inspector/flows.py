@@ -1,0 +1,406 @@
+"""The flow table: bidirectional flows across batches, with per-direction counters and expiry.
+
+Per batch, packets are grouped by their canonical 5-tuple (plus VLAN and tunnel) with numpy; the
+Python loop runs once per (flow, batch), not once per packet. Flow state carries across batches, so
+results never depend on the batch size (tested with sizes 1, 7 and 65536).
+
+Rules (documented in docs/ARCHITECTURE.md):
+
+* **Key**: IP version, transport protocol, VLAN id, tunnel, and the two (address, port) endpoints
+  in canonical order. ICMP and other port-less protocols use port 0.
+* **Client**: the side that sent a TCP SYN without ACK; the receiver of a SYN+ACK; otherwise the
+  sender of the first packet, unless that packet comes *from* a service port (below 1024, or a
+  well-known media/signalling port) *to* a port that is not one — then the capture started
+  mid-flow and the receiver is the client. Weakness: two ephemeral ports give no hint, so the
+  first sender wins.
+* **End**: a flow ends after ``idle_timeout_s`` without packets (default 120 s, the value nfstream
+  and many flow exporters use), or when a TCP connection closed (RST, or FIN from both sides) and a
+  new SYN (without ACK) arrives for the same 5-tuple; stray ACKs and retransmissions after the close
+  stay in the closed flow. The same 5-tuple after either is a new flow with a new id.
+* **Ids**: numbered from 1 in the order the flows' first packets appear in the capture.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from inspector.decode import IPPROTO_TCP, IPPROTO_UDP, STATE_FLOW, DecodedBatch
+
+TCP_FIN = 0x01
+TCP_SYN = 0x02
+TCP_RST = 0x04
+TCP_ACK = 0x10
+
+# Ports at or above 1024 that are servers' (media relays, STUN/TURN, Zoom, QUIC alt ports ...),
+# used only to correct the client/server guess when a capture starts mid-flow.
+# Sources: IANA registry (3478/5349 STUN/TURN, 5222/5223 XMPP, 5228 Google push), facts file §1
+# (Zoom 8801-8810, Teams 3478-3481, Google 19302-19309).
+SERVICE_PORTS_ABOVE_1024 = frozenset(
+    [1194, 1935, 3478, 3479, 3480, 3481, 5060, 5061, 5222, 5223, 5228, 5349, 8080, 8443]
+    + list(range(8801, 8811))
+    + list(range(19302, 19310))
+)
+
+DEFAULT_IDLE_TIMEOUT_S = 120.0
+
+
+@dataclass(frozen=True, slots=True)
+class FlowConfig:
+    """Flow table settings.
+
+    idle_timeout_s   a flow with no packet for this long ends; the next packet starts a new flow
+    """
+
+    idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S
+
+
+class Flow:
+    """One bidirectional flow while it is being counted. Addresses as (hi, lo) 64-bit halves."""
+
+    __slots__ = (
+        "flow_id",
+        "ip_version",
+        "proto",
+        "vlan_id",
+        "tunnel",
+        "client_hi",
+        "client_lo",
+        "client_port",
+        "server_hi",
+        "server_lo",
+        "server_port",
+        "client_is_a",
+        "first_seen_ns",
+        "last_seen_ns",
+        "prev_ts_ns",  # capture clock (running max of timestamps) at the flow's last packet
+        "client_to_server_packets",
+        "client_to_server_bytes",
+        "server_to_client_packets",
+        "server_to_client_bytes",
+        "fin_from_client",
+        "fin_from_server",
+        "rst",
+        "state",  # per-flow dissection state owned by the pipeline (None when not inspected)
+    )
+
+    def __init__(self) -> None:
+        self.state = None
+
+    @property
+    def closed(self) -> bool:
+        return self.rst or (self.fin_from_client and self.fin_from_server)
+
+
+def _is_service_port(port: int) -> bool:
+    return port < 1024 or port in SERVICE_PORTS_ABOVE_1024
+
+
+def _mix(h: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """One round of a 64-bit multiplicative hash (splitmix64 finaliser constants)."""
+    h = (h ^ v.astype(np.uint64)) * np.uint64(0x9E3779B97F4A7C15)
+    return h ^ (h >> np.uint64(31))
+
+
+@dataclass(slots=True)
+class BatchFlows:
+    """What the flow table says about one DecodedBatch.
+
+    rows          int64[m]  the batch rows that belong to flows (state == STATE_FLOW), capture order
+    flow_slot     int64[m]  index into ``flows`` for each of those rows
+    from_client   bool[m]   the row's packet was sent by the flow's client
+    flows         list[Flow] the flows touched by this batch
+    """
+
+    rows: np.ndarray
+    flow_slot: np.ndarray
+    from_client: np.ndarray
+    flows: list
+
+
+class FlowTable:
+    """Active flows of one capture; finished flows are handed out by ``expire`` and ``finish``."""
+
+    def __init__(self, config: FlowConfig = FlowConfig()) -> None:
+        self.config = config
+        self.idle_ns = int(config.idle_timeout_s * 1e9)
+        self._active: dict[tuple, Flow] = {}
+        self._next_id = 1
+        self._finished: list[Flow] = []
+        self._now_ns: int | None = None
+        self._last_sweep_ns: int | None = None
+
+    @property
+    def active_count(self) -> int:
+        return len(self._active)
+
+    def add(self, d: DecodedBatch) -> BatchFlows:
+        """Count the flow packets of ``d``; returns which flow and direction each one is."""
+        rows = np.flatnonzero(d.state == STATE_FLOW)
+        m = rows.shape[0]
+        if m == 0:
+            empty = np.zeros(0, dtype=np.int64)
+            return BatchFlows(rows, empty, np.zeros(0, dtype=bool), [])
+        ver = d.ip_version[rows]
+        proto = d.proto[rows]
+        vlan = d.vlan_id[rows]
+        tun = d.tunnel[rows]
+        s_hi, s_lo, sp = d.src_hi[rows], d.src_lo[rows], d.src_port[rows]
+        t_hi, t_lo, tp = d.dst_hi[rows], d.dst_lo[rows], d.dst_port[rows]
+        ts = d.ts_ns[rows]
+        ip_bytes = d.ip_bytes[rows]
+        flags = d.tcp_flags[rows]
+
+        # Canonical endpoint order: "a" is the smaller (address, port).
+        src_is_a = (s_hi < t_hi) | (
+            (s_hi == t_hi) & ((s_lo < t_lo) | ((s_lo == t_lo) & (sp <= tp)))
+        )
+        a_hi = np.where(src_is_a, s_hi, t_hi)
+        a_lo = np.where(src_is_a, s_lo, t_lo)
+        a_p = np.where(src_is_a, sp, tp)
+        b_hi = np.where(src_is_a, t_hi, s_hi)
+        b_lo = np.where(src_is_a, t_lo, s_lo)
+        b_p = np.where(src_is_a, tp, sp)
+
+        meta = (ver.astype(np.uint64) << np.uint64(56)) | (proto.astype(np.uint64) << np.uint64(48)) | (
+            vlan.astype(np.uint64) << np.uint64(8)
+        ) | tun.astype(np.uint64)
+        ports = (a_p.astype(np.uint64) << np.uint64(16)) | b_p.astype(np.uint64)
+        h = np.full(m, 0x243F6A8885A308D3, dtype=np.uint64)
+        for col in (meta, a_hi, a_lo, b_hi, b_lo, ports):
+            h = _mix(h, col)
+
+        order = np.argsort(h, kind="stable")  # groups by key, capture order inside a group
+        hs = h[order]
+        new_group = np.empty(m, dtype=bool)
+        new_group[0] = True
+        np.not_equal(hs[1:], hs[:-1], out=new_group[1:])
+        group_of_sorted = np.cumsum(new_group) - 1
+        first_sorted = np.flatnonzero(new_group)
+        # Guard against hash collisions: every member must carry its group leader's key.
+        leader = order[first_sorted[group_of_sorted]]
+        same = (
+            (meta[order] == meta[leader])
+            & (a_hi[order] == a_hi[leader])
+            & (a_lo[order] == a_lo[leader])
+            & (b_hi[order] == b_hi[leader])
+            & (b_lo[order] == b_lo[leader])
+            & (ports[order] == ports[leader])
+        )
+        if not same.all():
+            keys = np.rec.fromarrays([meta, a_hi, a_lo, b_hi, b_lo, ports])
+            _, inverse = np.unique(keys, return_inverse=True)
+            order = np.argsort(inverse, kind="stable")
+            inv_sorted = inverse[order]
+            new_group = np.empty(m, dtype=bool)
+            new_group[0] = True
+            np.not_equal(inv_sorted[1:], inv_sorted[:-1], out=new_group[1:])
+            group_of_sorted = np.cumsum(new_group) - 1
+            first_sorted = np.flatnonzero(new_group)
+
+        # The capture clock: the running maximum of timestamps in capture order. Idle gaps are
+        # measured on it, so timestamps that jump backwards never split or merge flows
+        # differently depending on how the capture is cut into batches.
+        clock = np.maximum.accumulate(ts)
+        if self._now_ns is not None:
+            clock = np.maximum(clock, self._now_ns)
+        ts_s = ts[order]
+        clock_s = clock[order]
+        from_a_s = src_is_a[order]
+        flags_s = flags[order]
+        is_tcp_s = proto[order] == IPPROTO_TCP
+        # Idle splits inside the batch: gap to the previous packet of the same key.
+        split = new_group.copy()
+        gap = np.zeros(m, dtype=np.int64)
+        gap[1:] = clock_s[1:] - clock_s[:-1]
+        split |= (~new_group) & (gap > self.idle_ns)
+
+        # TCP groups that hold a bare SYN may need a close-then-reopen split: done per packet.
+        syn_only_s = is_tcp_s & ((flags_s & (TCP_SYN | TCP_ACK)) == TCP_SYN)
+        group_bounds = np.append(first_sorted, m)
+        key_cols = (meta, a_hi, a_lo, a_p, b_hi, b_lo, b_p)
+        leaders = order[first_sorted]
+        group_keys = list(zip(*(c[leaders].tolist() for c in key_cols)))
+        if syn_only_s.any():
+            for g in np.unique(group_of_sorted[syn_only_s]).tolist():
+                self._tcp_reopen_splits(group_keys[g], int(group_bounds[g]), int(group_bounds[g + 1]), from_a_s, flags_s, syn_only_s, split)
+
+        seg_start = np.flatnonzero(split)
+        seg_bounds = np.append(seg_start, m)
+        seg_of_sorted = np.cumsum(split) - 1
+        n_seg = seg_start.shape[0]
+
+        # Per-segment sums (reduceat over contiguous runs of the sorted order).
+        fa = from_a_s.astype(np.int64)
+        by_s = ip_bytes[order]
+        pkts_a = np.add.reduceat(fa, seg_start)
+        pkts_all = np.diff(seg_bounds)
+        bytes_a = np.add.reduceat(by_s * fa, seg_start)
+        bytes_all = np.add.reduceat(by_s, seg_start)
+        ts_min = np.minimum.reduceat(ts_s, seg_start)
+        ts_max = np.maximum.reduceat(ts_s, seg_start)
+        clock_last = clock_s[seg_bounds[1:] - 1]
+        fin_s = ((flags_s & TCP_FIN) != 0) & is_tcp_s
+        rst_s = ((flags_s & TCP_RST) != 0) & is_tcp_s
+        fin_a = np.maximum.reduceat((fin_s & from_a_s).astype(np.int8), seg_start).astype(bool)
+        fin_b = np.maximum.reduceat((fin_s & ~from_a_s).astype(np.int8), seg_start).astype(bool)
+        rst_any = np.maximum.reduceat(rst_s.astype(np.int8), seg_start).astype(bool)
+
+        # Python loop once per segment.
+        seg_group = group_of_sorted[seg_start]
+        seg_first_row = order[seg_start]
+        seg_is_group_first = new_group[seg_start]
+        seg_flow: list[Flow | None] = [None] * n_seg
+        new_segments: list[int] = []
+        seg_first_syn = syn_only_s[seg_start].tolist()
+        seg_first_clock = clock_s[seg_start].tolist()
+        for s, (g, is_first) in enumerate(zip(seg_group.tolist(), seg_is_group_first.tolist())):
+            if not is_first:
+                new_segments.append(s)
+                continue
+            flow = self._active.get(group_keys[g])
+            if flow is not None:
+                gap0 = seg_first_clock[s] - flow.prev_ts_ns
+                reopened = flow.closed and seg_first_syn[s]
+                if gap0 > self.idle_ns or reopened:
+                    del self._active[group_keys[g]]
+                    self._finished.append(flow)
+                    flow = None
+            if flow is None:
+                new_segments.append(s)
+            else:
+                seg_flow[s] = flow
+
+        # New flows get ids in the order their first packets appear in the capture.
+        new_segments.sort(key=lambda s: int(seg_first_row[s]))
+        for s in new_segments:
+            g = int(seg_group[s])
+            key = group_keys[g]
+            old = self._active.pop(key, None)
+            if old is not None:
+                self._finished.append(old)
+            flow = self._new_flow(d, int(rows[seg_first_row[s]]), bool(src_is_a[seg_first_row[s]]))
+            self._active[key] = flow
+            seg_flow[s] = flow
+        # The active entry of a key must be its last segment's flow: a later segment of the same
+        # group replaced an earlier one above only if processed later, so fix it up explicitly.
+        for s in range(n_seg):
+            if s + 1 == n_seg or seg_group[s + 1] != seg_group[s]:
+                self._active[group_keys[int(seg_group[s])]] = seg_flow[s]
+
+        slots: dict[int, int] = {}
+        flows: list[Flow] = []
+        seg_slot = np.empty(n_seg, dtype=np.int64)
+        client_is_a = np.empty(n_seg, dtype=bool)
+        for s in range(n_seg):
+            f = seg_flow[s]
+            slot = slots.get(id(f))
+            if slot is None:
+                slot = slots[id(f)] = len(flows)
+                flows.append(f)
+            seg_slot[s] = slot
+            client_is_a[s] = f.client_is_a
+            pa, pall = int(pkts_a[s]), int(pkts_all[s])
+            ba, ball = int(bytes_a[s]), int(bytes_all[s])
+            if f.client_is_a:
+                f.client_to_server_packets += pa
+                f.client_to_server_bytes += ba
+                f.server_to_client_packets += pall - pa
+                f.server_to_client_bytes += ball - ba
+                f.fin_from_client |= bool(fin_a[s])
+                f.fin_from_server |= bool(fin_b[s])
+            else:
+                f.client_to_server_packets += pall - pa
+                f.client_to_server_bytes += ball - ba
+                f.server_to_client_packets += pa
+                f.server_to_client_bytes += ba
+                f.fin_from_client |= bool(fin_b[s])
+                f.fin_from_server |= bool(fin_a[s])
+            f.rst |= bool(rst_any[s])
+            f.first_seen_ns = min(f.first_seen_ns, int(ts_min[s]))
+            f.last_seen_ns = max(f.last_seen_ns, int(ts_max[s]))
+            f.prev_ts_ns = int(clock_last[s])
+
+        flow_slot_sorted = seg_slot[seg_of_sorted]
+        from_client_sorted = from_a_s == client_is_a[seg_of_sorted]
+        flow_slot = np.empty(m, dtype=np.int64)
+        from_client = np.empty(m, dtype=bool)
+        flow_slot[order] = flow_slot_sorted
+        from_client[order] = from_client_sorted
+
+        self._now_ns = int(clock[-1])
+        return BatchFlows(rows, flow_slot, from_client, flows)
+
+    def _tcp_reopen_splits(self, key, lo, hi, from_a_s, flags_s, syn_only_s, split) -> None:
+        """Mark a split before a bare SYN that follows a completed close (RST, or FIN both ways)."""
+        existing = self._active.get(key)
+        fin_a = fin_b = rst = False
+        if existing is not None:
+            if existing.client_is_a:
+                fin_a, fin_b = existing.fin_from_client, existing.fin_from_server
+            else:
+                fin_a, fin_b = existing.fin_from_server, existing.fin_from_client
+            rst = existing.rst
+        for pos in range(lo, hi):
+            f = int(flags_s[pos])
+            if split[pos] and pos != lo:
+                fin_a = fin_b = rst = False  # an idle split already started a new flow here
+            if syn_only_s[pos] and pos != lo and (rst or (fin_a and fin_b)):
+                split[pos] = True
+                fin_a = fin_b = rst = False
+            if f & TCP_RST:
+                rst = True
+            if f & TCP_FIN:
+                if from_a_s[pos]:
+                    fin_a = True
+                else:
+                    fin_b = True
+
+    def _new_flow(self, d: DecodedBatch, row: int, src_is_a: bool) -> Flow:
+        f = Flow()
+        f.flow_id = self._next_id
+        self._next_id += 1
+        f.ip_version = int(d.ip_version[row])
+        f.proto = int(d.proto[row])
+        f.vlan_id = int(d.vlan_id[row])
+        f.tunnel = int(d.tunnel[row])
+        sport, dport = int(d.src_port[row]), int(d.dst_port[row])
+        flags = int(d.tcp_flags[row])
+        src_is_client = True
+        if f.proto == IPPROTO_TCP and flags & TCP_SYN:
+            src_is_client = not (flags & TCP_ACK)
+        elif f.proto in (IPPROTO_TCP, IPPROTO_UDP):
+            if _is_service_port(sport) and not _is_service_port(dport):
+                src_is_client = False
+        src = (int(d.src_hi[row]), int(d.src_lo[row]), sport)
+        dst = (int(d.dst_hi[row]), int(d.dst_lo[row]), dport)
+        client, server = (src, dst) if src_is_client else (dst, src)
+        f.client_hi, f.client_lo, f.client_port = client
+        f.server_hi, f.server_lo, f.server_port = server
+        f.client_is_a = src_is_a == src_is_client
+        f.first_seen_ns = int(d.ts_ns[row])
+        f.last_seen_ns = f.first_seen_ns
+        f.prev_ts_ns = 0  # set from the capture clock when the segment is counted
+        f.client_to_server_packets = f.client_to_server_bytes = 0
+        f.server_to_client_packets = f.server_to_client_bytes = 0
+        f.fin_from_client = f.fin_from_server = f.rst = False
+        return f
+
+    def expire(self) -> list[Flow]:
+        """Hand out the flows that finished: replaced by a new flow, or idle past the timeout."""
+        now = self._now_ns
+        if now is not None and (self._last_sweep_ns is None or now - self._last_sweep_ns >= self.idle_ns // 4):
+            self._last_sweep_ns = now
+            stale = [k for k, f in self._active.items() if now - f.prev_ts_ns > self.idle_ns]
+            for k in stale:
+                self._finished.append(self._active.pop(k))
+        out, self._finished = self._finished, []
+        return out
+
+    def finish(self) -> list[Flow]:
+        """End of capture: every flow is finished."""
+        out = self._finished + list(self._active.values())
+        self._finished = []
+        self._active.clear()
+        return out

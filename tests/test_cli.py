@@ -1,0 +1,79 @@
+"""The inspector command: outputs, exit codes, one-line errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from inspector.cli import SAMPLE_CAPTURE
+from tests import craft as C
+
+
+def run(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "inspector.cli", *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+def test_version():
+    r = run("--version")
+    assert r.returncode == 0 and r.stdout.startswith("inspector ")
+
+
+def test_analyze_writes_flows_and_manifest(tmp_path):
+    cap = C.write_pcap(tmp_path / "a.pcap", [C.ether(C.udp4("10.0.0.1", "10.0.0.2", 40000, 53, b"q" * 12))])
+    r = run("analyze", cap, "--out", tmp_path / "out")
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "out" / "flows.csv").read_text().startswith("capture,flow_id,transport,")
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["inputs"][0]["packets"] == 1
+    assert "a.pcap" in r.stdout  # the terminal summary names the capture
+
+
+@pytest.mark.parametrize(
+    "make,needle",
+    [
+        (lambda p: p, "no such file"),
+        (lambda p: (p.mkdir(), p)[1], "directory"),
+        (lambda p: (p.write_bytes(b""), p)[1], "empty"),
+        (lambda p: (p.write_text("not a capture at all\n" * 10), p)[1], "not a"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2(tmp_path, make, needle):
+    path = make(tmp_path / "x.pcap")
+    r = run("analyze", path, "--out", tmp_path / "out")
+    assert r.returncode == 2
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, r.stderr
+    assert str(path) in lines[0] and needle in lines[0].lower()
+    assert "Traceback" not in r.stderr
+
+
+def test_truncated_capture_warns_and_exits_0(tmp_path):
+    data = C.pcap_bytes([C.ether(C.udp4("10.0.0.1", "10.0.0.2", 40000, 53, b"q" * 40))] * 3)
+    cap = tmp_path / "cut.pcap"
+    cap.write_bytes(data[:-10])
+    r = run("analyze", cap, "--out", tmp_path / "out")
+    assert r.returncode == 0
+    assert "warning" in r.stderr and "truncated" in r.stderr
+    assert (tmp_path / "out" / "flows.csv").exists()
+
+
+def test_bad_format_option_is_a_usage_error(tmp_path):
+    cap = C.write_pcap(tmp_path / "a.pcap", [C.ether(C.udp4("10.0.0.1", "10.0.0.2", 1, 2, b""))])
+    r = run("analyze", cap, "--format", "xlsx", "--out", tmp_path / "o")
+    assert r.returncode == 2 and "xlsx" in r.stderr
+
+
+def test_unknown_option_exits_2():
+    assert run("analyze", "--no-such-option").returncode == 2
+
+
+@pytest.mark.skipif(not SAMPLE_CAPTURE.is_file(), reason="the bundled sample capture is not generated yet")
+def test_no_capture_runs_on_the_bundled_sample(tmp_path):
+    r = run("analyze", "--out", tmp_path / "out")
+    assert r.returncode == 0, r.stderr
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["inputs"][0]["name"] == SAMPLE_CAPTURE.name
+    assert manifest["inputs"][0]["packets"] > 100

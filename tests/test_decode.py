@@ -1,0 +1,236 @@
+"""Vectorised decode and its slow path, from crafted packets of every link type."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import numpy as np
+import pytest
+
+from inspector import batch as B
+from inspector.batch import PacketBatch
+from inspector.decode import SKIP, SKIP_REASONS, STATE_FLOW, STATE_MERGED, STATE_SKIPPED, TUNNEL_GTP, decode_batch
+from inspector.slowpath import SlowDecoder
+from tests import craft as C
+
+T0 = C.T0_NS
+
+
+def decode(packets, linktype, slow=None):
+    b = PacketBatch.from_packets(packets, [T0 + i * 1000 for i in range(len(packets))], linktype)
+    d, rows = decode_batch(b)
+    (slow or SlowDecoder()).decode_rows(d, rows, b)
+    return d
+
+
+def addr_of(d, i, side="src"):
+    hi = int(getattr(d, f"{side}_hi")[i])
+    lo = int(getattr(d, f"{side}_lo")[i])
+    if d.ip_version[i] == 4:
+        return str(ipaddress.IPv4Address(lo))
+    return str(ipaddress.IPv6Address((hi << 64) | lo))
+
+
+UDP4 = C.udp4("10.0.0.1", "10.0.0.2", 40000, 3478, b"hello")
+TCP6 = C.tcp6("2001:db8::1", "2001:db8::2", 50000, 443, "PA", b"xyz", seq=1234)
+
+
+@pytest.mark.parametrize(
+    "linktype,frame",
+    [
+        (B.LINKTYPE_ETHERNET, C.ether(UDP4)),
+        (B.LINKTYPE_LINUX_SLL, C.sll(UDP4)),
+        (B.LINKTYPE_LINUX_SLL2, C.sll2(UDP4)),
+        (B.LINKTYPE_RAW, UDP4),
+        (B.LINKTYPE_RAW_12, UDP4),
+        (B.LINKTYPE_RAW_14, UDP4),
+        (B.LINKTYPE_IPV4, UDP4),
+        (B.LINKTYPE_NULL, C.null(UDP4, byteorder="<")),
+        (B.LINKTYPE_NULL, C.null(UDP4, byteorder=">")),
+        (B.LINKTYPE_LOOP, C.loop(UDP4)),
+        (B.LINKTYPE_PPP, C.ppp(UDP4)),
+        (B.LINKTYPE_PPP, C.ppp(UDP4, hdlc=True)),
+        (B.LINKTYPE_PPP_HDLC, C.ppp_hdlc(UDP4)),
+        (B.LINKTYPE_ETHERNET, C.ether(UDP4, vlans=[42])),
+        (B.LINKTYPE_ETHERNET, C.ether(UDP4, vlans=[(0x88A8, 7), 42])),
+    ],
+)
+def test_udp4_over_every_link_type(linktype, frame):
+    d = decode([frame], linktype)
+    assert d.state[0] == STATE_FLOW, SKIP_REASONS[d.skip_reason[0]]
+    assert d.ip_version[0] == 4 and d.proto[0] == 17
+    assert addr_of(d, 0, "src") == "10.0.0.1" and addr_of(d, 0, "dst") == "10.0.0.2"
+    assert (d.src_port[0], d.dst_port[0]) == (40000, 3478)
+    assert d.ip_bytes[0] == 20 + 8 + 5
+    assert d.payload(0) == b"hello"
+
+
+def test_vlan_ids():
+    d = decode([C.ether(UDP4, vlans=[42]), C.ether(UDP4, vlans=[(0x88A8, 7), 42]), C.ether(UDP4)], 1)
+    assert d.vlan_id.tolist() == [42, 42, 0]  # QinQ: the inner (customer) tag
+
+
+@pytest.mark.parametrize(
+    "linktype,frame",
+    [
+        (B.LINKTYPE_ETHERNET, C.ether(TCP6, C.ETH_IPV6)),
+        (B.LINKTYPE_RAW, TCP6),
+        (B.LINKTYPE_IPV6, TCP6),
+        (B.LINKTYPE_NULL, C.null(TCP6, C.AF_INET6_BSD)),
+        (B.LINKTYPE_NULL, C.null(TCP6, C.AF_INET6_DARWIN)),
+        (B.LINKTYPE_NULL, C.null(TCP6, C.AF_INET6_FREEBSD)),
+        (B.LINKTYPE_LOOP, C.loop(TCP6, C.AF_INET6_BSD)),
+        (B.LINKTYPE_PPP, C.ppp(TCP6, C.PPP_IPV6)),
+        (B.LINKTYPE_LINUX_SLL2, C.sll2(TCP6, C.ETH_IPV6)),
+    ],
+)
+def test_tcp6_over_link_types(linktype, frame):
+    d = decode([frame], linktype)
+    assert d.state[0] == STATE_FLOW, SKIP_REASONS[d.skip_reason[0]]
+    assert d.ip_version[0] == 6 and d.proto[0] == 6
+    assert addr_of(d, 0, "src") == "2001:db8::1" and addr_of(d, 0, "dst") == "2001:db8::2"
+    assert (d.src_port[0], d.dst_port[0]) == (50000, 443)
+    assert d.tcp_flags[0] == 0x18 and d.tcp_seq[0] == 1234
+    assert d.ip_bytes[0] == 40 + 20 + 3
+    assert d.payload(0) == b"xyz"
+
+
+def test_ipv4_options_and_ethernet_padding():
+    pkt = C.ipv4("1.2.3.4", "5.6.7.8", 17, C.udp(1, 2, b"ab"), options=b"\x94\x04\x00\x00")
+    frame = C.ether(pkt) + b"\x00" * 20  # padded to the Ethernet minimum
+    d = decode([frame], 1)
+    assert d.state[0] == STATE_FLOW
+    assert d.ip_bytes[0] == 24 + 8 + 2
+    assert d.payload(0) == b"ab"
+
+
+def test_icmp_and_other_protocols_have_port_zero():
+    icmp = C.ipv4("10.0.0.1", "10.0.0.2", 1, C.icmp())
+    icmp6 = C.ipv6("fe80::1", "fe80::2", 58, C.icmpv6())
+    gre = C.ipv4("10.0.0.1", "10.0.0.2", 47, b"\x00" * 8)
+    d = decode([icmp, icmp6, gre], B.LINKTYPE_RAW)
+    assert d.state.tolist() == [STATE_FLOW] * 3
+    assert d.proto.tolist() == [1, 58, 47]
+    assert d.src_port.tolist() == [0, 0, 0] and d.dst_port.tolist() == [0, 0, 0]
+
+
+@pytest.mark.parametrize("exts", [[0], [43], [60], [0, 43, 60]])
+def test_ipv6_extension_headers(exts):
+    pkt = C.ipv6("2001:db8::1", "2001:db8::2", 17, C.udp(5000, 53, b"dns?"), extensions=exts)
+    d = decode([pkt], B.LINKTYPE_RAW)
+    assert d.state[0] == STATE_FLOW
+    assert d.proto[0] == 17 and d.dst_port[0] == 53
+    assert d.payload(0) == b"dns?"
+    assert d.ip_bytes[0] == len(pkt)
+
+
+def test_ipv4_fragments_reassembled_and_counted_once():
+    seg = C.udp(1000, 2000, bytes(range(256)) * 8)  # 2056 bytes
+    frags = [
+        C.ipv4("10.0.0.1", "10.0.0.2", 17, seg[0:1000], ident=7, more_fragments=True),
+        C.ipv4("10.0.0.1", "10.0.0.2", 17, seg[1000:2000], ident=7, more_fragments=True, frag_offset=1000),
+        C.ipv4("10.0.0.1", "10.0.0.2", 17, seg[2000:], ident=7, frag_offset=2000),
+    ]
+    # Out of order across two batches: state persists in the slow decoder.
+    slow = SlowDecoder()
+    d1 = decode([frags[2]], B.LINKTYPE_RAW, slow)
+    d2 = decode([frags[0], frags[1]], B.LINKTYPE_RAW, slow)
+    assert d1.state.tolist() == [STATE_MERGED]
+    assert d2.state.tolist() == [STATE_MERGED, STATE_FLOW]
+    assert d2.ip_bytes[1] == 20 + len(seg)
+    assert (d2.src_port[1], d2.dst_port[1]) == (1000, 2000)
+    assert d2.payload(1) == bytes(range(256)) * 8
+    assert slow.reassembler.reassembled_datagrams == 1
+
+
+def test_ipv6_fragments_reassembled():
+    seg = C.udp(1000, 2000, b"Z" * 1500)
+    frags = [
+        C.ipv6("2001:db8::1", "2001:db8::2", 17, seg[:1000], extensions=[(44, 0, True, 99)]),
+        C.ipv6("2001:db8::1", "2001:db8::2", 17, seg[1000:], extensions=[(44, 1000, False, 99)]),
+    ]
+    d = decode(frags, B.LINKTYPE_RAW)
+    assert d.state.tolist() == [STATE_MERGED, STATE_FLOW]
+    assert d.payload(1) == b"Z" * 1500
+    assert d.ip_bytes[1] == 40 + 8 + len(seg)
+
+
+def test_incomplete_fragments_are_reported():
+    slow = SlowDecoder()
+    decode([C.ipv4("10.0.0.1", "10.0.0.2", 17, C.udp(1, 2, b"x" * 16), ident=3, more_fragments=True)], B.LINKTYPE_RAW, slow)
+    assert slow.reassembler.finish() == 1
+
+
+def test_gtp_inner_flow_is_the_flow():
+    inner = C.tcp4("10.45.0.2", "93.184.216.34", 40001, 443, "S")
+    outer = C.ether(C.udp4("192.0.2.1", "192.0.2.2", 2152, 2152, C.gtpu(inner)))
+    d = decode([outer], 1)
+    assert d.state[0] == STATE_FLOW
+    assert d.tunnel[0] == TUNNEL_GTP
+    assert addr_of(d, 0, "src") == "10.45.0.2" and d.dst_port[0] == 443
+    assert d.ip_bytes[0] == len(inner)
+
+
+def test_gtp_echo_is_the_outer_flow():
+    echo = b"\x32\x01\x00\x04\x00\x00\x00\x00\x00\x01\x00\x00"
+    d = decode([C.ether(C.udp4("192.0.2.1", "192.0.2.2", 40000, 2152, echo))], 1)
+    assert d.state[0] == STATE_FLOW and d.tunnel[0] == 0 and d.dst_port[0] == 2152
+
+
+@pytest.mark.parametrize(
+    "frame,linktype,reason",
+    [
+        (b"\x00" * 10, 1, "short_link_header"),
+        (C.ether(b"\x00" * 28, C.ETH_ARP), 1, "non_ip"),
+        (C.ether(b"\x45\x00"), 1, "short_ip_header"),
+        (C.ether(b"\x75" + b"\x00" * 30), 1, "bad_ip_version"),
+        (C.ether(b"\x43" + b"\x00" * 30), 1, "bad_ipv4_header_length"),
+        (C.ether(C.ipv4("1.1.1.1", "2.2.2.2", 17, C.udp(1, 2), total_length=10)), 1, "bad_ip_total_length"),
+        (C.ether(C.ipv4("1.1.1.1", "2.2.2.2", 6, b"\x00" * 10)), 1, "short_transport_header"),
+        (C.ether(C.ipv4("1.1.1.1", "2.2.2.2", 6, b"\x00" * 12 + b"\x20" + b"\x00" * 7)), 1, "bad_tcp_data_offset"),
+        (UDP4, 147, "unsupported_link_type"),
+        (C.null(UDP4, family=99), 0, "non_ip"),
+        (C.ppp(UDP4, protocol=0xC021), 9, "non_ip"),
+    ],
+)
+def test_malformed_packets_are_counted_with_a_reason(frame, linktype, reason):
+    d = decode([frame], linktype)
+    assert d.state[0] == STATE_SKIPPED
+    assert SKIP_REASONS[d.skip_reason[0]] == reason
+
+
+def test_bad_ipv6_extension_chain():
+    pkt = C.ipv6("2001:db8::1", "2001:db8::2", 17, C.udp(1, 2, b""), extensions=[0])
+    broken = pkt[:40] + bytes([17, 200]) + pkt[42:]  # hop-by-hop length runs past the packet
+    d = decode([broken], B.LINKTYPE_RAW)
+    assert d.state[0] == STATE_SKIPPED and d.skip_reason[0] == SKIP["bad_ipv6_extension_header"]
+
+
+def test_snaplen_cut_packet_counts_wire_bytes():
+    full = C.ether(C.udp4("10.0.0.1", "10.0.0.2", 1, 2, b"x" * 1000))
+    cut = full[:60]
+    b = PacketBatch.from_packets([cut], [T0], 1, wirelen=[len(full)])
+    d, _ = decode_batch(b)
+    assert d.state[0] == STATE_FLOW
+    assert d.ip_bytes[0] == 20 + 8 + 1000
+    assert d.payload_len[0] == 60 - 14 - 28
+
+
+def test_fast_and_slow_paths_agree(ndpi_dir):
+    """Every packet the fast path decodes, the slow path decodes to the same columns."""
+    from inspector.capture.files import open_capture
+
+    columns = ("ip_version", "proto", "src_hi", "src_lo", "dst_hi", "dst_lo", "src_port", "dst_port", "ip_bytes", "tcp_flags", "tcp_seq", "vlan_id", "payload_len")
+    checked = 0
+    for path in sorted(ndpi_dir.glob("*.pcap*")):
+        for b in open_capture(path).batches():
+            fast, slow_rows = decode_batch(b)
+            ok = np.flatnonzero(fast.state == STATE_FLOW)
+            again, _ = decode_batch(b)
+            SlowDecoder().decode_rows(again, ok, b)
+            for c in columns:
+                assert np.array_equal(getattr(fast, c)[ok], getattr(again, c)[ok]), (path.name, c)
+            for i in ok[:50].tolist():
+                assert fast.payload(i) == again.payload(i)
+            checked += ok.shape[0]
+    assert checked > 10_000

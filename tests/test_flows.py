@@ -1,0 +1,165 @@
+"""The flow table: direction, counters, idle and TCP-close splits, batch-size independence."""
+
+from __future__ import annotations
+
+from inspector.batch import PacketBatch
+from inspector.decode import decode_batch
+from inspector.flows import FlowConfig, FlowTable
+from inspector.slowpath import SlowDecoder
+from inspector.summarize import flow_endpoints
+from tests import craft as C
+
+S = 1_000_000_000
+T0 = C.T0_NS
+
+
+def run(packets, batch_size=65536, idle_s=120.0, linktype=101):
+    """packets: list of (seconds offset, raw IP bytes)."""
+    table = FlowTable(FlowConfig(idle_timeout_s=idle_s))
+    slow = SlowDecoder()
+    done = []
+    for i in range(0, len(packets), batch_size):
+        chunk = packets[i : i + batch_size]
+        b = PacketBatch.from_packets([p for _, p in chunk], [T0 + int(t * S) for t, _ in chunk], linktype)
+        d, rows = decode_batch(b)
+        slow.decode_rows(d, rows, b)
+        table.add(d)
+        done += table.expire()
+    done += table.finish()
+    return sorted(done, key=lambda f: f.flow_id)
+
+
+def summary(flows):
+    out = []
+    for f in flows:
+        c, s = flow_endpoints(f)
+        out.append(
+            (f.flow_id, f.proto, c, f.client_port, s, f.server_port, f.client_to_server_packets, f.client_to_server_bytes,
+             f.server_to_client_packets, f.server_to_client_bytes, f.first_seen_ns, f.last_seen_ns)
+        )
+    return out
+
+
+A, B_ = "10.0.0.1", "192.0.2.9"
+
+
+def tcp_conversation(sport=40000, t=0.0):
+    return [
+        (t + 0.0, C.tcp4(A, B_, sport, 443, "S")),
+        (t + 0.1, C.tcp4(B_, A, 443, sport, "SA")),
+        (t + 0.2, C.tcp4(A, B_, sport, 443, "A")),
+        (t + 0.3, C.tcp4(A, B_, sport, 443, "PA", b"x" * 100)),
+        (t + 0.4, C.tcp4(B_, A, 443, sport, "PA", b"y" * 300)),
+        (t + 0.5, C.tcp4(A, B_, sport, 443, "FA")),
+        (t + 0.6, C.tcp4(B_, A, 443, sport, "FA")),
+        (t + 0.7, C.tcp4(A, B_, sport, 443, "A")),
+    ]
+
+
+def test_tcp_client_is_the_syn_sender_and_counters_per_direction():
+    flows = run(tcp_conversation())
+    assert len(flows) == 1
+    f = flows[0]
+    c, s = flow_endpoints(f)
+    assert (c, f.client_port, s, f.server_port) == (A, 40000, B_, 443)
+    assert (f.client_to_server_packets, f.server_to_client_packets) == (5, 3)
+    assert f.client_to_server_bytes == 4 * 40 + 140
+    assert f.server_to_client_bytes == 2 * 40 + 340
+    assert f.last_seen_ns - f.first_seen_ns == int(0.7 * S)
+
+
+def test_syn_ack_first_means_receiver_is_client():
+    flows = run(tcp_conversation()[1:])
+    c, s = flow_endpoints(flows[0])
+    assert c == A and flows[0].server_port == 443
+
+
+def test_mid_flow_start_uses_service_port():
+    # The capture starts with the server's data packet: 443 -> ephemeral.
+    flows = run([(0, C.tcp4(B_, A, 443, 40000, "PA", b"z")), (0.1, C.tcp4(A, B_, 40000, 443, "A"))])
+    c, s = flow_endpoints(flows[0])
+    assert (c, s, flows[0].server_port) == (A, B_, 443)
+    udp = run([(0, C.udp4(B_, A, 3478, 51000, b"stun")), (0.1, C.udp4(A, B_, 51000, 3478, b"x"))])
+    assert flow_endpoints(udp[0])[0] == A
+
+
+def test_udp_first_sender_is_client_between_ephemeral_ports():
+    flows = run([(0, C.udp4(A, B_, 50000, 60000, b"a")), (1, C.udp4(B_, A, 60000, 50000, b"b"))])
+    assert flow_endpoints(flows[0])[0] == A and flows[0].server_port == 60000
+
+
+def test_idle_timeout_splits_and_same_tuple_is_a_new_flow():
+    pkts = [(0, C.udp4(A, B_, 5000, 53, b"q")), (10, C.udp4(A, B_, 5000, 53, b"q")), (200, C.udp4(A, B_, 5000, 53, b"q"))]
+    flows = run(pkts, idle_s=120)
+    assert [f.client_to_server_packets for f in flows] == [2, 1]
+    assert [f.flow_id for f in flows] == [1, 2]
+    assert len(run(pkts, idle_s=500)) == 1
+
+
+def test_tcp_reuse_after_close_is_a_new_flow():
+    pkts = tcp_conversation(t=0) + tcp_conversation(t=5)
+    flows = run(pkts)
+    assert len(flows) == 2
+    assert [f.client_to_server_packets for f in flows] == [5, 5]
+
+
+def test_rst_then_syn_is_a_new_flow_but_late_ack_is_not():
+    pkts = [
+        (0, C.tcp4(A, B_, 1234, 80, "S")),
+        (0.1, C.tcp4(B_, A, 80, 1234, "R")),
+        (0.2, C.tcp4(A, B_, 1234, 80, "A")),  # stray, stays in the closed flow
+        (1.0, C.tcp4(A, B_, 1234, 80, "S")),
+        (1.1, C.tcp4(B_, A, 80, 1234, "SA")),
+    ]
+    for bs in (1, 2, 3, 100):
+        flows = run(pkts, batch_size=bs)
+        assert [(f.client_to_server_packets, f.server_to_client_packets) for f in flows] == [(2, 1), (1, 1)], bs
+
+
+def test_syn_retransmission_is_not_a_new_flow():
+    pkts = [(0, C.tcp4(A, B_, 1, 80, "S")), (1, C.tcp4(A, B_, 1, 80, "S")), (3, C.tcp4(A, B_, 1, 80, "S"))]
+    assert len(run(pkts)) == 1
+
+
+def test_vlan_separates_flows():
+    pkt = C.udp4(A, B_, 1, 2, b"x")
+    frames = [(0, C.ether(pkt, vlans=[10])), (0.1, C.ether(pkt, vlans=[20])), (0.2, C.ether(pkt, vlans=[10]))]
+    flows = run(frames, linktype=1)
+    assert sorted((f.vlan_id, f.client_to_server_packets) for f in flows) == [(10, 2), (20, 1)]
+
+
+def test_ipv6_and_icmp_flows():
+    pkts = [
+        (0, C.udp6("2001:db8::1", "2001:db8::2", 5353, 5353, b"m")),
+        (0.1, C.ipv4(A, B_, 1, C.icmp())),
+        (0.2, C.ipv4(B_, A, 1, C.icmp(0))),
+    ]
+    flows = run(pkts)
+    assert len(flows) == 2
+    icmp = [f for f in flows if f.proto == 1][0]
+    assert (icmp.client_to_server_packets, icmp.server_to_client_packets) == (1, 1)
+
+
+def test_results_do_not_depend_on_batch_size():
+    pkts = []
+    for k in range(6):
+        pkts += tcp_conversation(sport=41000 + k, t=k * 0.05)
+    pkts += [(i * 0.01, C.udp4(A, B_, 50000 + i % 3, 8801, b"m" * i)) for i in range(40)]
+    pkts += [(300 + i, C.udp4(A, B_, 50000, 8801, b"late")) for i in range(3)]
+    pkts.sort(key=lambda p: p[0])
+    want = summary(run(pkts, batch_size=65536))
+    for bs in (1, 7, 13):
+        assert summary(run(pkts, batch_size=bs)) == want, bs
+
+
+def test_timestamps_going_backwards_do_not_depend_on_batch_size():
+    pkts = [
+        (1000, C.udp4(A, B_, 1, 2, b"a")),
+        (0, C.udp4(A, B_, 1, 2, b"b")),  # clock jumps back
+        (1001, C.udp4(A, B_, 1, 2, b"c")),
+        (1500, C.udp4(A, B_, 1, 2, b"d")),
+    ]
+    want = summary(run(pkts))
+    assert [r[6] for r in want] == [3, 1]
+    for bs in (1, 2, 3):
+        assert summary(run(pkts, batch_size=bs)) == want
