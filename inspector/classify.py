@@ -1,0 +1,285 @@
+"""Flow facts x signatures -> a verdict: which service or organisation, what kind, and why.
+
+Precedence (DESIGN.md §3), strongest first:
+
+1. payload   a detector that names a service (``zoom-media``; a STUN REALM hit carrying
+             ``service="google-meet"``; MS-TURN attributes -> ``teams``)           confidence high
+2. name      a name seen in this flow: TLS SNI, QUIC SNI, HTTP Host, certificate   confidence high
+3. dns       a name a DNS answer gave for the server address                      confidence medium
+4. cidr      the server address is in a published range                          confidence medium
+5. port      a port-only rule (never 53/80/443/STUN, the loader refuses those)    confidence low
+
+The first level that names a service decides; the verdict's evidence lists the deciding item first,
+then every other item that matched, strongest first, marking the ones that pointed elsewhere
+(``cidr:teams (says teams)``). Generic media detectors (STUN, DTLS, RTP ...) say *what* a flow carries, not
+*whose* it is: they set the role to media, and only when nothing else names a service does the flow
+get the generic ``webrtc`` verdict. A flow nothing recognises gets ``EMPTY`` and is kept.
+
+``classify_all`` adds one cross-flow rule, P2P attribution (protocol-facts.md §1.15; Michel et al.,
+IMC '22, zoom-analysis ``zoom_flow_tracker.cc``, ``stun_expiration = 300``): a client (IP, port) that
+talked STUN to service X's servers and, within the following 300 s, exchanges media with a peer from
+the same (IP, port) is in an X call. Weakness: two WebRTC applications on one host never share a
+local UDP port at the same time, but a NAT in front of the capture point could map two clients onto
+one (IP, port) pair over time; the 300 s window bounds that.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+from inspector.facts import FlowFacts
+from inspector.signatures import EndpointMatch, SignatureSet
+
+STRONG_NAME_SOURCES = frozenset({"sni", "quic-sni", "http-host", "certificate"})
+# Media detectors that mark a UDP flow as a candidate for P2P attribution.
+P2P_MEDIA_DETECTORS = frozenset({"stun", "turn-channel", "dtls", "rtp", "rtcp", "zoom-p2p"})
+# Detectors showing that a client talked STUN/TURN to a server.
+STUN_DETECTORS = frozenset({"stun", "turn", "ms-turn"})
+P2P_WINDOW_NS = 300 * 1_000_000_000
+_MAX_DETAIL = 200
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """Who a flow's server is and why (the flows.csv columns of the same names, DESIGN.md §2).
+
+    service       signature id (``zoom``, ``google-analytics`` ...), "" when unknown
+    organisation  the operator (``Zoom Video Communications, Inc.``)
+    kind          ``conferencing``, ``telemetry``, ``other`` or ""
+    category      closed vocabulary of signatures/README.md (``video-conferencing``, ``analytics`` ...)
+    role          ``signalling``, ``media``, ``relay``, ``telemetry``, ``web``, ``content`` ...
+    evidence      "; "-separated ``source:detail`` items, the deciding one first
+    confidence    ``high`` (payload or a name seen in the flow), ``medium`` (DNS name or address
+                  range, or P2P attribution), ``low`` (port only), "" when unknown
+    party         telemetry only: ``first`` (the vendor's own) or ``third``
+    """
+
+    service: str = ""
+    organisation: str = ""
+    kind: str = ""
+    category: str = ""
+    role: str = ""
+    evidence: str = ""
+    confidence: str = ""
+    party: str = ""
+
+
+EMPTY = Verdict()
+
+
+@dataclass(frozen=True, slots=True)
+class _Item:
+    """One piece of evidence: its text, the service it points to ("" = none), its strength level."""
+
+    label: str
+    detail: str
+    service: str
+    level: int  # 0 payload, 1 name, 2 dns, 3 cidr, 4 port
+    match: EndpointMatch | None = None
+    role: str = ""
+    claimants: tuple[str, ...] = ()
+
+    def text(self, decided: str) -> str:
+        points_elsewhere = self.service and decided and self.service != decided
+        if decided in self.claimants or (self.match is not None and decided in self.match.shared_with):
+            points_elsewhere = False  # a shared claim that includes the decided service agrees
+        tail = f" (says {self.service})" if points_elsewhere else ""
+        shared = ""
+        if self.match is not None and self.match.shared_with:
+            shared = f" (shared with {','.join(self.match.shared_with)})"
+        return f"{self.label}:{self.detail}{shared}{tail}"
+
+
+_CONFIDENCE = {0: "high", 1: "high", 2: "medium", 3: "medium", 4: "low"}
+
+
+def _clean(text: str) -> str:
+    """Evidence comes from the wire (SNI, STUN REALM): keep it one line and free of separators."""
+    out = "".join(ch if ch.isprintable() else "?" for ch in text).replace(";", ",")
+    return out[:_MAX_DETAIL]
+
+
+def _payload_role(sigs: SignatureSet, service: str, detector: str) -> str:
+    sig = sigs.get(service)
+    if sig is not None:
+        for rule in sig.payloads:
+            if rule.detector == detector:
+                return rule.role
+    return "media"
+
+
+def _payload_items(facts: FlowFacts, sigs: SignatureSet) -> tuple[list[_Item], str]:
+    """Payload items (level 0) and the role generic media payloads imply ("" if there are none).
+
+    A hit names a service when the detector itself attributed it (``DetectorHit.service``) or when
+    the detector belongs to specific services (``zoom-media`` -> zoom); generic detectors (``stun``,
+    ``rtp`` ... claimed by the generic signature) only say that the flow carries real-time media.
+    """
+    items: list[_Item] = []
+    generic_role = ""
+    for hit in facts.detectors:
+        detail = hit.detector + (f" {_clean(hit.detail)}" if hit.detail else "")
+        if hit.service in sigs and not sigs.is_generic(hit.service):
+            role = _payload_role(sigs, hit.service, hit.detector)
+            items.append(_Item("payload", detail, hit.service, 0, role=role))
+            continue
+        owners = sigs.services_for_detector(hit.detector)
+        claimants = tuple(s for s in owners if not sigs.is_generic(s))
+        if claimants:
+            role = _payload_role(sigs, claimants[0], hit.detector)
+            items.append(_Item("payload", detail, claimants[0], 0, role=role, claimants=claimants))
+            continue
+        role = _payload_role(sigs, owners[0], hit.detector) if owners else "media"
+        items.append(_Item("payload", detail, "", 0, role=role))
+        if owners and (not generic_role or role == "relay"):
+            generic_role = role  # TURN says more (a relay) than STUN/RTP alone (media)
+    return items, generic_role
+
+
+def _match_items(facts: FlowFacts, sigs: SignatureSet) -> list[_Item]:
+    items: list[_Item] = []
+    name = facts.server_name
+    if name:
+        level = 1 if facts.name_source in STRONG_NAME_SOURCES else 2
+        label = facts.name_source if facts.name_source in STRONG_NAME_SOURCES else "dns"
+        m = sigs.match_domain(name)
+        if m is not None:
+            items.append(_Item(label, _clean(name), m.service, level, m))
+    if facts.dns_name and facts.dns_name != name:
+        m = sigs.match_domain(facts.dns_name)
+        if m is not None:
+            items.append(_Item("dns", _clean(facts.dns_name), m.service, 2, m))
+    if facts.server_ip:
+        m = sigs.match_ip(facts.server_ip, facts.transport, facts.server_port)
+        if m is not None:
+            items.append(_Item("cidr", m.service, m.service, 3, m))
+    if facts.server_port:
+        m = sigs.match_port(facts.transport, facts.server_port)
+        if m is not None:
+            items.append(_Item("port", f"{facts.transport}/{facts.server_port}", m.service, 4, m))
+    return items
+
+
+def classify(facts: FlowFacts, sigs: SignatureSet) -> Verdict:
+    """The verdict for one flow, from its own facts only (see the module docstring)."""
+    payload_items, generic_role = _payload_items(facts, sigs)
+    match_items = _match_items(facts, sigs)
+    items = payload_items + match_items
+    decider = next((it for it in items if it.service), None)
+    if decider is None:
+        if not generic_role:
+            return EMPTY
+        return _generic_verdict(facts, sigs, items, generic_role)
+
+    service = decider.service
+    if decider.claimants and len(decider.claimants) > 1:
+        # A detector several services share (MS-TURN: Teams and Skype): a weaker item may say which.
+        service = next((it.service for it in match_items if it.service in decider.claimants), service)
+    sig = sigs.get(service)
+    assert sig is not None  # matches and claimants only name loaded signatures
+    if decider.match is not None:
+        m = decider.match
+        kind, category, role, party = m.kind, m.category, m.role, m.party
+        if generic_role and kind != "telemetry" and role not in ("media", "relay"):
+            role = generic_role  # the flow carries STUN/RTP/DTLS whatever the name's usual role
+    else:
+        same = next((it.match for it in match_items if it.service == service and it.match), None)
+        kind, category, party = sig.kind, sig.category, ""
+        role = decider.role or "media"
+        if same is not None and same.kind == "telemetry":
+            kind, category, party = same.kind, same.category, same.party
+    ordered = [decider] + [it for it in items if it is not decider]
+    evidence = "; ".join(it.text(service) for it in ordered)
+    return Verdict(
+        service=service,
+        organisation=sig.organisation,
+        kind=kind,
+        category=category,
+        role=role,
+        evidence=evidence,
+        confidence=_CONFIDENCE[decider.level],
+        party=party,
+    )
+
+
+def _generic_verdict(facts: FlowFacts, sigs: SignatureSet, items: list[_Item], role: str) -> Verdict:
+    """Real-time media nobody names: the generic ``webrtc`` signature, if loaded."""
+    generic = sigs.get(sigs.generic_id)
+    if generic is None:
+        return EMPTY
+    return Verdict(
+        service=generic.id,
+        organisation=generic.organisation,
+        kind=generic.kind,
+        category=generic.category,
+        role=role,
+        evidence="; ".join(it.text("") for it in items),
+        confidence="high",
+        party="",
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _StunEvent:
+    first_seen_ns: int
+    last_seen_ns: int
+    service: str
+    server_ip: str
+    index: int
+
+
+def classify_all(facts: Sequence[FlowFacts], sigs: SignatureSet) -> list[Verdict]:
+    """Verdicts for every flow, in order, with P2P media attributed through earlier STUN."""
+    verdicts = [classify(f, sigs) for f in facts]
+    events: dict[tuple[str, int], list[_StunEvent]] = {}
+    for i, (f, v) in enumerate(zip(facts, verdicts)):
+        if f.transport != "udp" or not v.service or v.kind != "conferencing" or v.confidence == "low":
+            continue  # a port-only guess about the STUN server is too weak to attribute other flows
+        sig = sigs.get(v.service)
+        if sig is None or sig.generic or not any(h.detector in STUN_DETECTORS for h in f.detectors):
+            continue
+        events.setdefault((f.client_ip, f.client_port), []).append(
+            _StunEvent(f.first_seen_ns, f.last_seen_ns, v.service, f.server_ip, i)
+        )
+    if not events:
+        return verdicts
+    for i, (f, v) in enumerate(zip(facts, verdicts)):
+        if f.transport != "udp" or not _unattributed_media(f, v, sigs):
+            continue
+        best: _StunEvent | None = None
+        for key in ((f.client_ip, f.client_port), (f.server_ip, f.server_port)):
+            for ev in events.get(key, ()):
+                if ev.index == i:
+                    continue
+                if ev.first_seen_ns <= f.first_seen_ns <= ev.last_seen_ns + P2P_WINDOW_NS:
+                    if best is None or ev.first_seen_ns > best.first_seen_ns:
+                        best = ev
+        if best is None:
+            continue
+        sig = sigs.get(best.service)
+        assert sig is not None
+        evidence = f"p2p-stun:{best.server_ip}" + (f"; {v.evidence}" if v.evidence else "")
+        verdicts[i] = replace(
+            v,
+            service=sig.id,
+            organisation=sig.organisation,
+            kind=sig.kind,
+            category=sig.category,
+            role="relay" if v.role == "relay" else "media",
+            evidence=evidence,
+            confidence="medium",
+            party="",
+        )
+    return verdicts
+
+
+def _unattributed_media(f: FlowFacts, v: Verdict, sigs: SignatureSet) -> bool:
+    """Media with no service of its own: unknown, generic ``webrtc``, or a port-only guess (a peer's
+    random port can hit any port rule; STUN to a named server is the stronger evidence)."""
+    if not any(h.detector in P2P_MEDIA_DETECTORS for h in f.detectors):
+        return False
+    return not v.service or sigs.is_generic(v.service) or v.confidence == "low"
+
+
+__all__ = ["EMPTY", "Verdict", "classify", "classify_all"]

@@ -1,0 +1,127 @@
+"""Who received data while each call ran (``destinations.csv``), and outside every call.
+
+For each call: every flow of the call's machine (its ``client_ip`` on either side of the flow) in
+the call's capture (any capture with ``merge``), counted from the flow's 100 ms activity buckets
+**inside the call window only**, grouped by (capture, session, destination, service).
+``destination`` is the server name when known, else the remote address.
+
+Bucket rule: a bucket counts for a window when its first packet (``first_ns``) lies in
+[start, end]. A bucket entirely inside counts whole; one straddling the end counts whole (its
+first packet is inside); one straddling the start does not count. Since a call's start and end
+are its first and last media packets, the error is at most one bucket (100 ms,
+``schema.ACTIVITY_BUCKET_NS``) of another flow's traffic at each edge. Weakness: a single
+telemetry burst that began in the last 100 ms before the call counts as outside.
+
+Outside rows (session_id empty, ``during_call`` False): every flow of the capture, buckets whose
+first packet lies inside no call window of that capture *of the flow's own machine*, grouped by
+(capture, destination, service). With one machine in the capture (the usual case) that is every
+call window of the capture; with several (a gateway capture), another machine's traffic during
+this machine's call is outside any call rather than lost, so every bucket is counted at least
+once. A bucket inside two overlapping calls of one machine (two services at once) counts in both.
+
+Sent means from this machine: the flow's client-to-server direction, swapped for flows where this
+machine is the server (``sessions.flow_sides``). ``organisation``, ``kind``, ``category`` and
+``evidence`` are those of the strongest flow of the group: the highest confidence, then the most
+bytes inside the window.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from inspector.schema import DESTINATION_COLUMNS, empty_frame
+
+GROUP_KEYS = ["out_capture", "session_id", "destination", "service"]
+
+
+def _inside(first_ns: np.ndarray, start_ns: int, end_ns: int) -> np.ndarray:
+    return (first_ns >= start_ns) & (first_ns <= end_ns)
+
+
+def window_buckets(directed: pd.DataFrame, windows: pd.DataFrame, merge: bool) -> pd.DataFrame:
+    """The buckets counted per call and outside calls, with ``out_capture`` and ``session_id``.
+
+    ``windows``: capture ("merged" with merge), session_id, client_ip, start_ns, end_ns.
+    """
+    first = directed["first_ns"].to_numpy(dtype=np.int64)
+    captures = directed["capture"].to_numpy(dtype=object)
+    local = directed["local_ip"].to_numpy(dtype=object)
+    parts = []
+    outside = np.ones(len(directed), dtype=bool)
+    for window in windows.itertuples():
+        in_scope = np.ones(len(directed), dtype=bool) if merge else captures == window.capture
+        mask = in_scope & (local == window.client_ip) & _inside(first, int(window.start_ns), int(window.end_ns))
+        outside &= ~mask
+        if mask.any():
+            parts.append(directed[mask].assign(out_capture=window.capture, session_id=window.session_id))
+    rest = directed[outside]
+    parts.append(rest.assign(out_capture="merged" if merge else rest["capture"], session_id=""))
+    return pd.concat(parts, ignore_index=True)
+
+
+def destinations_table(directed: pd.DataFrame, windows: pd.DataFrame, merge: bool) -> pd.DataFrame:
+    """Rows of ``schema.DESTINATION_COLUMNS`` (rules in the module docstring).
+
+    ``directed``: activity buckets joined with ``sessions.flow_sides`` and counted from this
+    machine's side (``sessions.directed_activity``).
+    """
+    if len(directed) == 0:
+        return empty_frame(DESTINATION_COLUMNS)
+    buckets = window_buckets(directed, windows, merge)
+    per_flow = (
+        buckets.groupby([*GROUP_KEYS, "capture", "flow_id"], sort=False)
+        .agg(
+            sent_bytes=("sent_bytes", "sum"),
+            received_bytes=("received_bytes", "sum"),
+            sent_packets=("sent_packets", "sum"),
+            received_packets=("received_packets", "sum"),
+            first_ns=("first_ns", "min"),
+            last_ns=("last_ns", "max"),
+            remote_ip=("remote_ip", "first"),
+            organisation=("organisation", "first"),
+            kind=("kind", "first"),
+            category=("category", "first"),
+            evidence=("evidence", "first"),
+            confidence_rank=("confidence_rank", "first"),
+        )
+        .reset_index()
+    )
+    per_flow["total_bytes"] = per_flow["sent_bytes"] + per_flow["received_bytes"]
+    strongest = (
+        per_flow.sort_values(["confidence_rank", "total_bytes"], ascending=False, kind="stable")
+        .groupby(GROUP_KEYS, sort=False)[["organisation", "kind", "category", "evidence"]]
+        .first()
+    )
+    grouped = per_flow.groupby(GROUP_KEYS, sort=False).agg(
+        flows=("flow_id", "size"),
+        bytes_sent=("sent_bytes", "sum"),
+        bytes_received=("received_bytes", "sum"),
+        packets_sent=("sent_packets", "sum"),
+        packets_received=("received_packets", "sum"),
+        first_ns=("first_ns", "min"),
+        last_ns=("last_ns", "max"),
+        server_ips=("remote_ip", lambda ips: ";".join(sorted(set(ips)))),
+    )
+    table = grouped.join(strongest).reset_index()
+    order = {sid: i for i, sid in enumerate(windows["session_id"])}
+    table["_order"] = table["session_id"].map(order).fillna(len(order)).astype(np.int64)
+    table = table.sort_values(
+        ["out_capture", "_order", "bytes_sent", "bytes_received", "destination"],
+        ascending=[True, True, False, False, True],
+        kind="stable",
+    )
+    data = {
+        "capture": table["out_capture"].to_numpy(dtype=object),
+        "first_seen": pd.to_datetime(table["first_ns"].to_numpy(dtype=np.int64), unit="ns", utc=True),
+        "last_seen": pd.to_datetime(table["last_ns"].to_numpy(dtype=np.int64), unit="ns", utc=True),
+        "during_call": (table["session_id"] != "").to_numpy(dtype=bool),
+    }
+    for name, _, _ in DESTINATION_COLUMNS:
+        if name not in data:
+            data[name] = table[name].to_numpy()
+    frame = pd.DataFrame({name: data[name] for name, _, _ in DESTINATION_COLUMNS})
+    return frame.astype({name: dtype for name, dtype, _ in DESTINATION_COLUMNS}).reset_index(drop=True)
+
+
+__all__ = ["destinations_table", "window_buckets"]

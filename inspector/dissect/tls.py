@@ -1,0 +1,457 @@
+"""TLS handshake messages: ClientHello, ServerHello and Certificate, from untrusted bytes.
+
+Wire formats follow RFC 8446 §4.1.2 (ClientHello), §4.1.3 (ServerHello), §4.4.2 (Certificate, 1.3)
+and RFC 5246 §7.4.2 (Certificate, 1.2 and older); DTLS additions (12-byte handshake header, the
+cookie field) follow RFC 6347 §4.2.2 / RFC 9147 §5.2. Extension numbers: RFC 6066 §3 (server_name 0),
+RFC 5764 §4.1.1 (use_srtp 14), RFC 7301 §3.1 (ALPN 16), RFC 8446 §4.2.1 (supported_versions 43),
+draft-ietf-tls-esni (ECH 0xfe0d, legacy ESNI 0xffce); see protocol-facts.md §3.3, §3.5, §3.7.
+
+Every parser here raises only ``TlsError`` and never reads past the bytes it is given: each length
+field is checked against the bytes that remain before it is used.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+HANDSHAKE_CLIENT_HELLO = 1
+HANDSHAKE_SERVER_HELLO = 2
+HANDSHAKE_CERTIFICATE = 11
+
+EXT_SERVER_NAME = 0
+EXT_USE_SRTP = 14
+EXT_ALPN = 16
+EXT_SUPPORTED_VERSIONS = 43
+EXT_ECH = 0xFE0D
+EXT_LEGACY_ESNI = 0xFFCE
+
+# TLS 1.3 ServerHello with this random is a HelloRetryRequest (RFC 8446 §4.1.3).
+HELLO_RETRY_REQUEST_RANDOM = bytes.fromhex(
+    "cf21ad74e59a6111be1d8c021e65b891c2a211167abb8c5e079e09e2c8a8339c"
+)
+
+_VERSION_NAMES = {
+    0x0300: "ssl3",
+    0x0301: "1.0",
+    0x0302: "1.1",
+    0x0303: "1.2",
+    0x0304: "1.3",
+    0xFEFF: "dtls1.0",
+    0xFEFD: "dtls1.2",
+    0xFEFC: "dtls1.3",
+    0x0100: "dtls-cisco",  # OpenSSL DTLS1_BAD_VER (Cisco AnyConnect, pre-RFC 4347)
+}
+
+
+class TlsError(ValueError):
+    """A TLS/DTLS handshake message is malformed; the reason is in ``.reason``.
+
+    ``reason`` is a short snake_case word (``truncated``, ``bad_extension_length`` ...) that the
+    caller counts in the run manifest.
+    """
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class _Cursor:
+    """Reads big-endian fields from a bytes slice; any over-read raises TlsError(reason)."""
+
+    __slots__ = ("data", "pos", "end")
+
+    def __init__(self, data: bytes, pos: int = 0, end: int | None = None) -> None:
+        self.data = data
+        self.pos = pos
+        self.end = len(data) if end is None else end
+
+    def remaining(self) -> int:
+        return self.end - self.pos
+
+    def take(self, n: int, reason: str = "truncated") -> bytes:
+        if n < 0 or self.pos + n > self.end:
+            raise TlsError(reason)
+        chunk = self.data[self.pos : self.pos + n]
+        self.pos += n
+        return chunk
+
+    def uint(self, n: int, reason: str = "truncated") -> int:
+        return int.from_bytes(self.take(n, reason), "big")
+
+    def vector(self, length_bytes: int, reason: str) -> bytes:
+        """A length-prefixed opaque vector; a length beyond the remaining bytes raises ``reason``."""
+        length = self.uint(length_bytes, reason)
+        return self.take(length, reason)
+
+
+def version_name(version: int) -> str:
+    """``0x0304`` -> ``"1.3"``; unknown values (GREASE, drafts) as ``0x7f1c``."""
+    return _VERSION_NAMES.get(version, f"0x{version:04x}")
+
+
+def is_grease(value: int) -> bool:
+    """GREASE values 0x?A?A with equal bytes (RFC 8701 §2) are sent to be ignored."""
+    return (value & 0x0F0F) == 0x0A0A and (value >> 8) == (value & 0xFF)
+
+
+@dataclass(frozen=True, slots=True)
+class ClientHello:
+    """What a ClientHello says about where the client is going.
+
+    server_name         SNI host_name as sent (decoded latin-1), "" if absent
+    alpn                ALPN protocol names in the client's order
+    legacy_version      e.g. 0x0303 (TLS) / 0xfefd (DTLS)
+    supported_versions  supported_versions extension list (GREASE kept), () if absent
+    has_ech             ECH extension 0xfe0d (or legacy ESNI 0xffce) present; the SNI is then
+                        the provider's public name, not the real destination
+    use_srtp            DTLS-SRTP protection profiles (extension 14)
+    extensions          extension types in order
+    """
+
+    server_name: str
+    alpn: tuple[str, ...]
+    legacy_version: int
+    supported_versions: tuple[int, ...]
+    has_ech: bool
+    use_srtp: tuple[int, ...]
+    extensions: tuple[int, ...]
+
+
+def handshake_header_length(dtls: bool) -> int:
+    """4 bytes for TLS (type, uint24 length); 12 for DTLS (+ message_seq, fragment offset/length)."""
+    return 12 if dtls else 4
+
+
+def _handshake_body(handshake: bytes, expected_type: int, dtls: bool) -> _Cursor:
+    """Checks the handshake header and returns a cursor bounded to the message body.
+
+    For DTLS the message must be whole (fragment_offset 0, fragment_length == length); the caller
+    reassembles fragments first. Bytes after the declared length are ignored (the next message).
+    """
+    header = _Cursor(handshake)
+    msg_type = header.uint(1)
+    if msg_type != expected_type:
+        raise TlsError("unexpected_handshake_type")
+    length = header.uint(3)
+    if dtls:
+        header.uint(2)  # message_seq
+        fragment_offset = header.uint(3)
+        fragment_length = header.uint(3)
+        if fragment_offset != 0 or fragment_length != length:
+            raise TlsError("fragmented")
+    if header.remaining() < length:
+        raise TlsError("truncated")
+    return _Cursor(handshake, header.pos, header.pos + length)
+
+
+def _parse_sni(data: bytes) -> str:
+    """server_name extension (RFC 6066 §3): ServerNameList<1..2^16-1> of (name_type, HostName<1..>)."""
+    outer = _Cursor(data)
+    names = _Cursor(outer.vector(2, "bad_sni"))
+    if outer.remaining():
+        raise TlsError("bad_sni")
+    while names.remaining():
+        name_type = names.uint(1, "bad_sni")
+        name = names.vector(2, "bad_sni")
+        if name_type == 0:
+            return name.decode("latin-1")
+    return ""
+
+
+def _parse_alpn(data: bytes) -> tuple[str, ...]:
+    """ALPN (RFC 7301 §3.1): ProtocolNameList<2..2^16-1> of ProtocolName<1..2^8-1>."""
+    outer = _Cursor(data)
+    names = _Cursor(outer.vector(2, "bad_alpn"))
+    if outer.remaining():
+        raise TlsError("bad_alpn")
+    protocols: list[str] = []
+    while names.remaining():
+        name = names.vector(1, "bad_alpn")
+        if not name:
+            raise TlsError("bad_alpn")
+        protocols.append(name.decode("latin-1"))
+    return tuple(protocols)
+
+
+def _parse_uint16_list(raw: bytes, reason: str) -> tuple[int, ...]:
+    if len(raw) % 2:
+        raise TlsError(reason)
+    return tuple(int.from_bytes(raw[i : i + 2], "big") for i in range(0, len(raw), 2))
+
+
+def _parse_extensions(body: _Cursor, lenient: bool = False) -> list[tuple[int, bytes]]:
+    """Extensions<0..2^16-1>; absent entirely when the message ends (allowed before TLS 1.2).
+
+    ``lenient``: a block length that overruns the message is cut to the message, and an
+    extension whose length overruns the block ends the list (what was read before is kept).
+    """
+    if not body.remaining():
+        return []
+    if lenient:
+        declared = body.uint(2, "bad_extensions_length")
+        block = _Cursor(body.take(min(declared, body.remaining())))
+    else:
+        block = _Cursor(body.vector(2, "bad_extensions_length"))
+    extensions: list[tuple[int, bytes]] = []
+    while block.remaining():
+        try:
+            ext_type = block.uint(2, "bad_extension_length")
+            ext_data = block.vector(2, "bad_extension_length")
+        except TlsError:
+            if lenient:
+                break
+            raise
+        extensions.append((ext_type, ext_data))
+    return extensions
+
+
+def parse_client_hello(handshake: bytes, dtls: bool = False) -> ClientHello:
+    """Parses a ClientHello handshake message starting at its handshake header.
+
+    ``handshake`` begins with the 4-byte header (type 1, uint24 length), or for DTLS the 12-byte
+    header (RFC 6347 §4.2.2) of a whole, unfragmented message. Raises TlsError on anything
+    malformed. Source: RFC 8446 §4.1.2, RFC 6347 §4.2.1 (cookie), protocol-facts.md §3.5.
+    Weakness: with ECH (has_ech) the SNI is the outer, public name only.
+    """
+    return _parse_client_hello(handshake, dtls, lenient=False)
+
+
+def parse_client_hello_lenient(handshake: bytes, dtls: bool = False) -> ClientHello:
+    """Like parse_client_hello, but keeps what is well-formed in a damaged extension list.
+
+    A malformed extension body is skipped, and an extension or block length that overruns ends
+    the list; the fixed fields (version, random, session id, cipher suites, compression) must
+    still be valid or TlsError is raised. nDPI reads names from such hellos too (its test
+    capture ``tls_invalid_reads.pcap`` has a valid SNI before a garbage ALPN).
+    Weakness: a name taken from a damaged hello is weaker evidence; callers should say so.
+    """
+    return _parse_client_hello(handshake, dtls, lenient=True)
+
+
+def _parse_client_hello(handshake: bytes, dtls: bool, lenient: bool) -> ClientHello:
+    if lenient:
+        header_length = handshake_header_length(dtls)
+        declared = int.from_bytes(handshake[1:4], "big") if len(handshake) >= 4 else 0
+        available = max(0, len(handshake) - header_length)
+        if len(handshake) >= header_length and declared > available:
+            # A message cut short: parse what is there as if that were all of it.
+            header = bytearray(handshake[:header_length])
+            header[1:4] = available.to_bytes(3, "big")
+            if dtls:
+                header[6:12] = (0).to_bytes(3, "big") + available.to_bytes(3, "big")
+            handshake = bytes(header) + handshake[header_length:]
+    body = _handshake_body(handshake, HANDSHAKE_CLIENT_HELLO, dtls)
+    legacy_version = body.uint(2)
+    body.take(32)  # random
+    session_id = body.vector(1, "bad_session_id")
+    if len(session_id) > 32:
+        raise TlsError("bad_session_id")
+    if dtls:
+        body.vector(1, "bad_cookie")
+    cipher_suites = body.vector(2, "bad_cipher_suites")
+    if not cipher_suites or len(cipher_suites) % 2:
+        raise TlsError("bad_cipher_suites")
+    if not body.vector(1, "bad_compression_methods"):
+        raise TlsError("bad_compression_methods")
+    extensions = _parse_extensions(body, lenient)
+
+    server_name = ""
+    alpn: tuple[str, ...] = ()
+    supported_versions: tuple[int, ...] = ()
+    use_srtp: tuple[int, ...] = ()
+    has_ech = False
+    seen: set[int] = set()
+    for ext_type, ext_data in extensions:
+        if ext_type in (EXT_ECH, EXT_LEGACY_ESNI):
+            has_ech = True
+        # RFC 8446 §4.2 forbids repeating an extension; if a client does, the first one counts.
+        if ext_type in seen:
+            continue
+        seen.add(ext_type)
+        try:
+            parsed = _client_extension(ext_type, ext_data)
+        except TlsError:
+            if lenient:
+                continue
+            raise
+        if parsed is None:
+            continue
+        if ext_type == EXT_SERVER_NAME:
+            server_name = parsed  # type: ignore[assignment]
+        elif ext_type == EXT_ALPN:
+            alpn = parsed  # type: ignore[assignment]
+        elif ext_type == EXT_SUPPORTED_VERSIONS:
+            supported_versions = parsed  # type: ignore[assignment]
+        elif ext_type == EXT_USE_SRTP:
+            use_srtp = parsed  # type: ignore[assignment]
+    return ClientHello(
+        server_name=server_name,
+        alpn=alpn,
+        legacy_version=legacy_version,
+        supported_versions=supported_versions,
+        has_ech=has_ech,
+        use_srtp=use_srtp,
+        extensions=tuple(ext_type for ext_type, _ in extensions),
+    )
+
+
+def _client_extension(ext_type: int, ext_data: bytes) -> str | tuple[str, ...] | tuple[int, ...] | None:
+    """The decoded value of a ClientHello extension this module reads, None for the others."""
+    if ext_type == EXT_SERVER_NAME:
+        # A server's empty server_name echo is legal; a client's must carry a list.
+        return _parse_sni(ext_data) if ext_data else None
+    if ext_type == EXT_ALPN:
+        return _parse_alpn(ext_data)
+    if ext_type == EXT_SUPPORTED_VERSIONS:
+        versions = _Cursor(ext_data)
+        return _parse_uint16_list(
+            versions.vector(1, "bad_supported_versions"), "bad_supported_versions"
+        )
+    if ext_type == EXT_USE_SRTP:
+        srtp = _Cursor(ext_data)
+        profiles = _parse_uint16_list(srtp.vector(2, "bad_use_srtp"), "bad_use_srtp")
+        srtp.vector(1, "bad_use_srtp")  # srtp_mki
+        return profiles
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class ServerHello:
+    """The server's choice: negotiated version and cipher suite.
+
+    legacy_version      record-era version field (0x0303 for TLS 1.3, which hides behind it)
+    selected_version    supported_versions value if present (RFC 8446 §4.2.1), else legacy_version
+    cipher_suite        chosen cipher suite
+    is_hello_retry      the special HelloRetryRequest random (RFC 8446 §4.1.3): not the final answer
+    extensions          extension types in order
+    """
+
+    legacy_version: int
+    selected_version: int
+    cipher_suite: int
+    is_hello_retry: bool
+    extensions: tuple[int, ...]
+
+
+def parse_server_hello(handshake: bytes, dtls: bool = False) -> ServerHello:
+    """Parses a ServerHello handshake message starting at its handshake header.
+
+    Source: RFC 8446 §4.1.3, RFC 5246 §7.4.1.3 (no cookie in DTLS ServerHello, RFC 6347 §4.2.1).
+    Weakness: a TLS 1.3 server that omits supported_versions is reported as its legacy version.
+    """
+    body = _handshake_body(handshake, HANDSHAKE_SERVER_HELLO, dtls)
+    legacy_version = body.uint(2)
+    random = body.take(32)
+    session_id = body.vector(1, "bad_session_id")
+    if len(session_id) > 32:
+        raise TlsError("bad_session_id")
+    cipher_suite = body.uint(2)
+    body.uint(1)  # compression_method
+    extensions = _parse_extensions(body)
+    selected_version = legacy_version
+    for ext_type, ext_data in extensions:
+        if ext_type == EXT_SUPPORTED_VERSIONS:
+            if len(ext_data) != 2:
+                raise TlsError("bad_supported_versions")
+            selected_version = int.from_bytes(ext_data, "big")
+    return ServerHello(
+        legacy_version=legacy_version,
+        selected_version=selected_version,
+        cipher_suite=cipher_suite,
+        is_hello_retry=random == HELLO_RETRY_REQUEST_RANDOM,
+        extensions=tuple(ext_type for ext_type, _ in extensions),
+    )
+
+
+def parse_certificate_list(handshake: bytes, dtls: bool = False) -> tuple[bytes, ...]:
+    """DER certificates of a TLS 1.2-and-older (or DTLS 1.0/1.2) Certificate message, leaf first.
+
+    Format: certificate_list<0..2^24-1> of ASN.1Cert<1..2^24-1> (RFC 5246 §7.4.2). TLS 1.3 sends
+    Certificate encrypted, so a clear one is always this older form.
+    Weakness: the certificate is what the server presented, not proof of who it is; nothing here
+    validates the chain.
+    """
+    body = _handshake_body(handshake, HANDSHAKE_CERTIFICATE, dtls)
+    certificates = _Cursor(body.vector(3, "bad_certificate_list"))
+    chain: list[bytes] = []
+    while certificates.remaining():
+        der = certificates.vector(3, "bad_certificate_length")
+        if not der:
+            raise TlsError("bad_certificate_length")
+        chain.append(der)
+    return tuple(chain)
+
+
+# TLS record content types (RFC 8446 §5.1, RFC 5246 §6.2.1).
+CONTENT_CHANGE_CIPHER_SPEC = 20
+CONTENT_ALERT = 21
+CONTENT_HANDSHAKE = 22
+CONTENT_APPLICATION_DATA = 23
+CONTENT_HEARTBEAT = 24
+
+# RFC 8446 §5.1: a record's fragment is at most 2^14 bytes; protected records add up to 256.
+# Older stacks add up to 2048 (RFC 5246 §6.2.3), the bound used here.
+MAX_RECORD_LENGTH = 2**14 + 2048
+
+
+def looks_like_tls_record(data: bytes) -> bool:
+    """Handshake record start: type 22 and major version 3 (SSL 3.0 to TLS 1.3)."""
+    return len(data) >= 3 and data[0] == CONTENT_HANDSHAKE and data[1] == 3 and data[2] <= 4
+
+
+class TlsHandshakeReader:
+    """Extracts handshake messages from one direction's TLS record-layer byte stream.
+
+    ``feed`` takes the contiguous stream from its first byte onwards (the caller reassembles TCP)
+    and returns all complete handshake messages (header included) in order. Handshake messages can
+    span records and records can hold several messages (RFC 8446 §5.1). Once a ChangeCipherSpec or
+    application data record is seen the rest is encrypted and ``encrypted`` is set. Raises TlsError
+    for a record that is not TLS. Memory: the handshake buffer is capped at ``max_bytes``.
+    """
+
+    __slots__ = ("_offset", "_handshake", "_emitted", "encrypted", "max_bytes")
+
+    def __init__(self, max_bytes: int = 65536) -> None:
+        self._offset = 0
+        self._handshake = bytearray()
+        self._emitted = 0
+        self.encrypted = False
+        self.max_bytes = max_bytes
+
+    def feed(self, stream: bytes) -> list[bytes]:
+        """``stream`` is the whole contiguous prefix seen so far (it only grows between calls)."""
+        while not self.encrypted and self._offset + 5 <= len(stream):
+            header = _Cursor(stream, self._offset)
+            content_type = header.uint(1)
+            major = header.uint(1)
+            header.uint(1)  # minor version
+            length = header.uint(2)
+            if major != 3 or content_type not in (20, 21, 22, 23, 24):
+                raise TlsError("not_tls_record")
+            if length > MAX_RECORD_LENGTH:
+                raise TlsError("bad_record_length")
+            if header.remaining() < length:
+                break
+            fragment = header.take(length)
+            self._offset = header.pos
+            if content_type == CONTENT_HANDSHAKE:
+                if len(self._handshake) + length > self.max_bytes:
+                    raise TlsError("handshake_too_large")
+                self._handshake += fragment
+            elif content_type in (CONTENT_CHANGE_CIPHER_SPEC, CONTENT_APPLICATION_DATA):
+                self.encrypted = True
+        return self._complete_messages()
+
+    def _complete_messages(self) -> list[bytes]:
+        messages: list[bytes] = []
+        buf = self._handshake
+        while self._emitted + 4 <= len(buf):
+            length = int.from_bytes(buf[self._emitted + 1 : self._emitted + 4], "big")
+            end = self._emitted + 4 + length
+            if end > len(buf):
+                if 4 + length > self.max_bytes:
+                    raise TlsError("handshake_too_large")
+                break
+            messages.append(bytes(buf[self._emitted : end]))
+            self._emitted = end
+        return messages
