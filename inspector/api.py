@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,25 +14,38 @@ import pandas as pd
 from inspector._version import __version__
 from inspector.errors import CaptureError, InspectorError
 from inspector.export import FORMATS, write_manifest, write_table
-from inspector.pipeline import AnalyzeOptions, CaptureResult, process_capture
-from inspector.schema import FLOW_COLUMNS, empty_frame
+from inspector.batch import PacketBatch
+from inspector.pipeline import AnalyzeOptions, BatchProgress, CaptureResult, process_batches, process_capture
+from inspector.schema import DESTINATION_COLUMNS, FLOW_COLUMNS, MEDIA_COLUMNS, SESSION_COLUMNS, empty_frame
 from inspector.summarize import flows_frame
 
-TABLES = ("flows",)
+TABLES = ("flows", "sessions", "destinations", "media")
 
 
 @dataclass(slots=True)
 class Analysis:
     """The result of ``analyze``: one DataFrame per table and the manifest.
 
-    flows     one row per bidirectional flow (schema.FLOW_COLUMNS)
-    manifest  chain of custody: tool version, inputs with SHA-256 and decode statistics ...
-    warnings  one line each (truncated captures ...), also in the manifest
+    flows         one row per bidirectional flow (schema.FLOW_COLUMNS)
+    manifest      chain of custody: tool version, inputs with SHA-256 and decode statistics ...
+    warnings      one line each (truncated captures ...), also in the manifest
+    sessions      one row per detected call (schema.SESSION_COLUMNS)
+    destinations  who received data during each call, and outside calls (schema.DESTINATION_COLUMNS)
+    media         one row per RTP stream of a call (schema.MEDIA_COLUMNS)
     """
 
     flows: pd.DataFrame
     manifest: dict
     warnings: list[str] = field(default_factory=list)
+    sessions: pd.DataFrame = field(default_factory=lambda: empty_frame(SESSION_COLUMNS))
+    destinations: pd.DataFrame = field(default_factory=lambda: empty_frame(DESTINATION_COLUMNS))
+    media: pd.DataFrame = field(default_factory=lambda: empty_frame(MEDIA_COLUMNS))
+
+    def call_summaries(self) -> list[str]:
+        """A short readable answer per call, and one line for activity outside calls."""
+        from inspector.report import call_summaries
+
+        return call_summaries(self)
 
     def write(self, out_dir: str | os.PathLike, fmt: str = "csv") -> list[Path]:
         """Write every table as ``fmt`` and manifest.json (listing each output's SHA-256)."""
@@ -91,6 +104,7 @@ def _input_entry(r: CaptureResult) -> dict:
     d["packets_skipped"] += reader_skipped
     for reason, n in s.records_skipped.items():
         d["skipped_by_reason"][reason] = d["skipped_by_reason"].get(reason, 0) + n
+    entry.update(getattr(s, "manifest_extra", None) or {})
     if r.payloads is not None:
         entry["payload_packets_inspected"] = r.payloads.packets_inspected
         entry["dissect_errors"] = dict(sorted(r.payloads.errors.items()))
@@ -101,7 +115,8 @@ def _labels(r: CaptureResult, signatures) -> list[dict]:
     """Naming and classification columns for each flow of ``r``."""
     from inspector.classify import classify_all
 
-    facts = [r.payloads.facts(f) for f in r.flows]
+    # Facts were taken as each flow finished (pipeline.process_batches); the state is gone.
+    facts = [r.facts[f.flow_id] if f.flow_id in r.facts else r.payloads.facts(f) for f in r.flows]
     verdicts = classify_all(facts, signatures)
     labels = []
     for fact, v in zip(facts, verdicts):
@@ -137,29 +152,116 @@ def analyze(
         paths = [paths]
     options = options or AnalyzeOptions()
     inputs = _check_inputs(paths)
-    signatures = None
-    if options.inspect_payloads:
-        from inspector.signatures import load_signatures
-
-        signatures = load_signatures(tuple(options.signature_dirs))
-    created = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    signatures = _signature_set(options)
+    created = _now_iso()
     results: list[CaptureResult] = []
     for path in inputs:
         total = path.stat().st_size
         cb = None
         if progress is not None:
             cb = lambda done, _p=str(path), _t=total: progress(_p, done, _t)  # noqa: E731
-        stage = None
-        if options.inspect_payloads:
-            from inspector.payloads import PayloadStage
+        results.append(process_capture(path, options, cb, _payload_stage(options), _collectors(options)))
+    return _build_analysis(results, signatures, options, created, command_line)
 
-            stage = PayloadStage()
-        results.append(process_capture(path, options, cb, stage))
 
+def analyze_batches(
+    batches: Iterable[PacketBatch],
+    name: str,
+    reader_stats: Callable[[], object],
+    options: AnalyzeOptions | None = None,
+    command_line: Sequence[str] | None = None,
+    path: str | None = None,
+    on_batch: Callable[[BatchProgress], None] | None = None,
+    signatures=None,
+) -> Analysis:
+    """Analyse a stream of PacketBatch (a live capture) into the same tables as ``analyze``.
+
+    ``reader_stats()`` is called once the stream has ended and returns an object with the fields
+    of ``capture.files.CaptureStats`` (the manifest's input entry); a ``manifest_extra`` dict
+    attribute on it is added to that entry (interface, filter, evidence file, kernel drops).
+    ``on_batch(BatchProgress)`` after each batch: see ``pipeline.process_batches``. ``signatures``: an already
+    loaded SignatureSet (else loaded from ``options``). Reading a file through ``analyze`` and
+    the same packets through this function give the same tables.
+    """
+    options = options or AnalyzeOptions()
+    if signatures is None:
+        signatures = _signature_set(options)
+    created = _now_iso()
+    result = process_batches(
+        batches, path or name, name, reader_stats, options, _payload_stage(options), _collectors(options), on_batch
+    )
+    return _build_analysis([result], signatures, options, created, command_line)
+
+
+def _signature_set(options: AnalyzeOptions):
+    if not options.inspect_payloads:
+        return None
+    from inspector.signatures import load_signatures
+
+    return load_signatures(tuple(options.signature_dirs))
+
+
+def _now_iso() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _payload_stage(options: AnalyzeOptions):
+    if not options.inspect_payloads:
+        return None
+    from inspector.payloads import PayloadStage
+
+    return PayloadStage()
+
+
+def _collectors(options: AnalyzeOptions) -> tuple:
+    """The per-batch collectors every capture runs through (one fresh set per capture): the
+    call stage needs per-flow activity in time buckets and the RTP headers of media packets."""
+    if not options.inspect_payloads:
+        return ()
+    from inspector.collect import ActivityCollector, RtpCollector
+
+    return (ActivityCollector(), RtpCollector())
+
+
+def _call_tables(results: list[CaptureResult], flows: pd.DataFrame, options: AnalyzeOptions):
+    """sessions, destinations and media from the collectors; fills flows.session_id."""
+    from inspector.collect import ActivityCollector, RtpCollector
+    from inspector.sessions import build_calls
+
+    activity, rtp, rtcp = [], [], []
+    for r in results:
+        for c in r.collectors:
+            if isinstance(c, ActivityCollector):
+                activity.append(c.frame(r.name))
+            elif isinstance(c, RtpCollector):
+                rtp.append(c.frame(r.name))
+                rtcp.append(c.rtcp_frame(r.name))
+    if not activity:
+        return None
+    tables = build_calls(
+        flows,
+        pd.concat(activity, ignore_index=True),
+        pd.concat(rtp, ignore_index=True),
+        pd.concat(rtcp, ignore_index=True),
+        merge=options.merge,
+    )
+    if len(tables.flow_session):
+        keyed = tables.flow_session.set_index(["capture", "flow_id"])["session_id"]
+        index = pd.MultiIndex.from_arrays([flows["capture"], flows["flow_id"]])
+        flows["session_id"] = pd.Series(keyed.reindex(index).fillna("").to_numpy(), dtype="string")
+    return tables
+
+
+def _build_analysis(
+    results: list[CaptureResult], signatures, options: AnalyzeOptions, created: str, command_line
+) -> Analysis:
+    """The tables and manifest from processed captures: the one place both ``analyze`` and
+    ``analyze_batches`` build them."""
     frames = [
         flows_frame(r.name, r.flows, _labels(r, signatures) if r.payloads is not None else None) for r in results
     ]
     flows = pd.concat(frames, ignore_index=True) if frames else empty_frame(FLOW_COLUMNS)
+    calls = _call_tables(results, flows, options) if options.inspect_payloads else None
     warnings = []
     for r in results:
         s = r.reader_stats
@@ -174,6 +276,7 @@ def analyze(
             "batch_size": options.batch_size,
             "idle_timeout_s": options.idle_timeout_s,
             "inspect_payloads": options.inspect_payloads,
+            "merge": options.merge,
         },
         "signatures": (
             {"digest": signatures.digest, "count": len(signatures.ids)} if signatures is not None else None
@@ -181,4 +284,13 @@ def analyze(
         "inputs": [_input_entry(r) for r in results],
         "warnings": warnings,
     }
-    return Analysis(flows=flows, manifest=manifest, warnings=warnings)
+    if calls is None:
+        return Analysis(flows=flows, manifest=manifest, warnings=warnings)
+    return Analysis(
+        flows=flows,
+        manifest=manifest,
+        warnings=warnings,
+        sessions=calls.sessions,
+        destinations=calls.destinations,
+        media=calls.media,
+    )

@@ -31,12 +31,14 @@ from dataclasses import dataclass, replace
 from inspector.facts import FlowFacts
 from inspector.signatures import EndpointMatch, SignatureSet
 
-STRONG_NAME_SOURCES = frozenset({"sni", "quic-sni", "http-host", "certificate"})
+STRONG_NAME_SOURCES = frozenset({"sni", "quic-sni", "http-host", "certificate", "stun-realm"})
 # Media detectors that mark a UDP flow as a candidate for P2P attribution.
 P2P_MEDIA_DETECTORS = frozenset({"stun", "turn-channel", "dtls", "rtp", "rtcp", "zoom-p2p"})
 # Detectors showing that a client talked STUN/TURN to a server.
 STUN_DETECTORS = frozenset({"stun", "turn", "ms-turn"})
 P2P_WINDOW_NS = 300 * 1_000_000_000
+# How long before a socket's STUN to a named server its other gathering requests may start.
+ICE_GATHERING_NS = 5 * 1_000_000_000
 _MAX_DETAIL = 200
 
 
@@ -137,13 +139,24 @@ def _payload_items(facts: FlowFacts, sigs: SignatureSet) -> tuple[list[_Item], s
     return items, generic_role
 
 
+# The name a DNS flow asked about (naming.py): what was looked up, not who the resolver is.
+QUERY_NAME_SOURCES = frozenset({"dns-query"})
+
+
 def _match_items(facts: FlowFacts, sigs: SignatureSet) -> list[_Item]:
+    """Name, DNS, address-range and port items for the flow's server.
+
+    A ``dns-query`` server_name is skipped: a DNS flow goes to the resolver, and ``zoom.us`` asked
+    of 8.8.8.8 does not make 8.8.8.8 Zoom (RFC 1034 §2.4: the resolver answers for any name).
+    """
     items: list[_Item] = []
-    name = facts.server_name
+    name = "" if facts.name_source in QUERY_NAME_SOURCES else facts.server_name
     if name:
         level = 1 if facts.name_source in STRONG_NAME_SOURCES else 2
         label = facts.name_source if facts.name_source in STRONG_NAME_SOURCES else "dns"
         m = sigs.match_domain(name)
+        if m is None and facts.name_source == "certificate":
+            name, m = _other_certificate_name(facts, sigs, name)
         if m is not None:
             items.append(_Item(label, _clean(name), m.service, level, m))
     if facts.dns_name and facts.dns_name != name:
@@ -159,6 +172,28 @@ def _match_items(facts: FlowFacts, sigs: SignatureSet) -> list[_Item]:
         if m is not None:
             items.append(_Item("port", f"{facts.transport}/{facts.server_port}", m.service, 4, m))
     return items
+
+
+def _other_certificate_name(facts: FlowFacts, sigs: SignatureSet, first: str) -> tuple[str, EndpointMatch | None]:
+    """The first certificate name after ``first`` that a signature claims, else (first, None).
+
+    A certificate vouches for every name it lists (RFC 6125 §6.4: each DNS-ID is a reference
+    identity the server may present), so Cisco's certificate that lists ``www.webex.com.au`` first
+    and ``webex.com`` later (webex.pcap) names Webex. A wildcard ``*.x`` is matched as ``x``.
+    Weakness: shared-hosting certificates list unrelated customers; only names a signature claims
+    count, and naming.py already prefers the first name for server_name.
+    """
+    raw = next((value for key, value in facts.attributes if key == "cert_names"), "")
+    for candidate in raw.split(",")[:64]:
+        candidate = candidate.strip().lower()
+        if candidate.startswith("*."):
+            candidate = candidate[2:]
+        if not candidate or candidate == first:
+            continue
+        m = sigs.match_domain(candidate)
+        if m is not None:
+            return candidate, m
+    return first, None
 
 
 def classify(facts: FlowFacts, sigs: SignatureSet) -> Verdict:
@@ -229,19 +264,32 @@ class _StunEvent:
     index: int
 
 
+def _attribute(v: Verdict, sig, evidence: str) -> Verdict:
+    return replace(
+        v,
+        service=sig.id,
+        organisation=sig.organisation,
+        kind=sig.kind,
+        category=sig.category,
+        role="relay" if v.role == "relay" else "media",
+        evidence=evidence + (f"; {v.evidence}" if v.evidence else ""),
+        confidence="medium",
+        party="",
+    )
+
+
 def classify_all(facts: Sequence[FlowFacts], sigs: SignatureSet) -> list[Verdict]:
-    """Verdicts for every flow, in order, with P2P media attributed through earlier STUN."""
+    """Verdicts for every flow, in order, with P2P media attributed through STUN (module docstring).
+
+    Two cross-flow rules, applied in order to media flows that have no service of their own:
+
+    1. Same local socket (``_stun_events``): STUN/TURN to service X's server from the flow's
+       local (IP, port), from ``ICE_GATHERING_NS`` before the flow up to ``P2P_WINDOW_NS`` after.
+    2. Same ICE session (``_ice_username_links``): the flow's STUN USERNAME equals that of a flow
+       of the same host already attributed to X.
+    """
     verdicts = [classify(f, sigs) for f in facts]
-    events: dict[tuple[str, int], list[_StunEvent]] = {}
-    for i, (f, v) in enumerate(zip(facts, verdicts)):
-        if f.transport != "udp" or not v.service or v.kind != "conferencing" or v.confidence == "low":
-            continue  # a port-only guess about the STUN server is too weak to attribute other flows
-        sig = sigs.get(v.service)
-        if sig is None or sig.generic or not any(h.detector in STUN_DETECTORS for h in f.detectors):
-            continue
-        events.setdefault((f.client_ip, f.client_port), []).append(
-            _StunEvent(f.first_seen_ns, f.last_seen_ns, v.service, f.server_ip, i)
-        )
+    events = _stun_events(facts, verdicts, sigs)
     if not events:
         return verdicts
     for i, (f, v) in enumerate(zip(facts, verdicts)):
@@ -252,26 +300,85 @@ def classify_all(facts: Sequence[FlowFacts], sigs: SignatureSet) -> list[Verdict
             for ev in events.get(key, ()):
                 if ev.index == i:
                     continue
-                if ev.first_seen_ns <= f.first_seen_ns <= ev.last_seen_ns + P2P_WINDOW_NS:
+                if ev.first_seen_ns - ICE_GATHERING_NS <= f.first_seen_ns <= ev.last_seen_ns + P2P_WINDOW_NS:
                     if best is None or ev.first_seen_ns > best.first_seen_ns:
                         best = ev
         if best is None:
             continue
         sig = sigs.get(best.service)
         assert sig is not None
-        evidence = f"p2p-stun:{best.server_ip}" + (f"; {v.evidence}" if v.evidence else "")
-        verdicts[i] = replace(
-            v,
-            service=sig.id,
-            organisation=sig.organisation,
-            kind=sig.kind,
-            category=sig.category,
-            role="relay" if v.role == "relay" else "media",
-            evidence=evidence,
-            confidence="medium",
-            party="",
-        )
+        detail = best.server_ip + (" (ice-gathering)" if best.first_seen_ns > f.first_seen_ns else "")
+        verdicts[i] = _attribute(v, sig, f"p2p-stun:{detail}")
+    _ice_username_links(facts, verdicts, sigs)
     return verdicts
+
+
+def _stun_events(
+    facts: Sequence[FlowFacts], verdicts: list[Verdict], sigs: SignatureSet
+) -> dict[tuple[str, int], list[_StunEvent]]:
+    """Local (IP, port) -> STUN/TURN exchanges with a named conferencing service's server.
+
+    The window also reaches ``ICE_GATHERING_NS`` *before* the exchange: an ICE agent gathers its
+    server-reflexive and relayed candidates from one host candidate's socket at the same time
+    (RFC 8445 §5.1.1.2, requests paced every Ta = 50 ms, §14.2), so Signal's client asks Google's
+    public STUN server and Signal's TURN server (REALM ``signal.org``) from one port within tens of
+    milliseconds (stun_signal.pcapng), and whichever is first is the same application's.
+    Weakness: another application that reused the same local port within those seconds would be
+    attributed too; ephemeral ports are rarely reused that fast (RFC 6056 §3.2 randomises them).
+    """
+    events: dict[tuple[str, int], list[_StunEvent]] = {}
+    for i, (f, v) in enumerate(zip(facts, verdicts)):
+        if f.transport != "udp" or not v.service or v.kind != "conferencing" or v.confidence == "low":
+            continue  # a port-only guess about the STUN server is too weak to attribute other flows
+        sig = sigs.get(v.service)
+        if sig is None or sig.generic or not any(h.detector in STUN_DETECTORS for h in f.detectors):
+            continue
+        events.setdefault((f.client_ip, f.client_port), []).append(
+            _StunEvent(f.first_seen_ns, f.last_seen_ns, v.service, f.server_ip, i)
+        )
+    return events
+
+
+def _stun_username(f: FlowFacts) -> str:
+    return next((value for key, value in f.attributes if key == "stun_username"), "")
+
+
+def _ice_username_links(facts: Sequence[FlowFacts], verdicts: list[Verdict], sigs: SignatureSet) -> None:
+    """Media flows sharing an attributed flow's STUN USERNAME on the same host inherit its service.
+
+    ICE connectivity checks carry USERNAME ``remote-ufrag:local-ufrag`` (RFC 8445 §7.2.2), with
+    fragments of at least 24 random bits (§5.3), and the agent checks every remote candidate from
+    every local one (§6.1.2.2): the same USERNAME from another local port is the same call. TURN
+    REST credentials (``expiry:user``) are issued per user and call the same way. In
+    telegram_videocall.pcapng one peer is checked from two local ports; only one of them also
+    talked to Telegram's relays. Weakness: a USERNAME is chosen by the endpoints, so a client
+    could reuse one on purpose; the link is only as strong as the flow it comes from (medium).
+    """
+    linked: dict[tuple[str, str], tuple[int, int, str, str]] = {}
+    for f, v in zip(facts, verdicts):
+        username = _stun_username(f)
+        if not username or not v.service or v.kind != "conferencing" or v.confidence == "low":
+            continue
+        if sigs.is_generic(v.service):
+            continue
+        key = (f.client_ip, username)
+        first, last, service, server = linked.get(key, (f.first_seen_ns, f.last_seen_ns, v.service, f.server_ip))
+        linked[key] = (min(first, f.first_seen_ns), max(last, f.last_seen_ns), service, server)
+    if not linked:
+        return
+    for i, (f, v) in enumerate(zip(facts, verdicts)):
+        if f.transport != "udp" or not _unattributed_media(f, v, sigs):
+            continue
+        username = _stun_username(f)
+        hit = linked.get((f.client_ip, username)) if username else None
+        if hit is None:
+            continue
+        first, last, service, server = hit
+        if not first - ICE_GATHERING_NS <= f.first_seen_ns <= last + P2P_WINDOW_NS:
+            continue
+        sig = sigs.get(service)
+        assert sig is not None
+        verdicts[i] = _attribute(v, sig, f"p2p-stun:{server} (ice-username {_clean(username)[:64]})")
 
 
 def _unattributed_media(f: FlowFacts, v: Verdict, sigs: SignatureSet) -> bool:

@@ -54,10 +54,15 @@ def analyze(
     fmt: str = typer.Option("csv", "--format", "-f", help="Table format: csv, json or parquet."),
     batch_size: int = typer.Option(65536, "--batch-size", min=1, help="Packets per batch (memory/speed only; results never change)."),
     idle_timeout: float = typer.Option(120.0, "--idle-timeout", min=0.001, help="Seconds without packets after which a flow ends."),
-    top: int = typer.Option(15, "--top", min=0, help="Flows to show in the terminal table (0: none)."),
+    top: int = typer.Option(10, "--top", min=0, help="Flows to show in the terminal table (0: none)."),
+    merge: bool = typer.Option(False, "--merge", help="Treat the captures as one timeline (one machine's capture in pieces)."),
+    signatures: Optional[list[Path]] = typer.Option(
+        None, "--signatures", help="Directory of extra signature files on top of the built-in set (repeatable)."
+    ),
+    no_payloads: bool = typer.Option(False, "--flows-only", help="Skip naming, classification and calls: flows and counters only."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No terminal output except warnings and errors."),
 ) -> None:
-    """Analyse captures and write flows.csv and manifest.json into --out."""
+    """Analyse captures: flows, sessions, destinations and media tables plus manifest.json in --out."""
     from rich.console import Console
 
     from inspector.errors import CaptureError, InspectorError, SignatureError
@@ -76,7 +81,13 @@ def analyze(
     import inspector
     from inspector.pipeline import AnalyzeOptions
 
-    options = AnalyzeOptions(batch_size=batch_size, idle_timeout_s=idle_timeout)
+    options = AnalyzeOptions(
+        batch_size=batch_size,
+        idle_timeout_s=idle_timeout,
+        inspect_payloads=not no_payloads,
+        signature_dirs=tuple(signatures or ()),
+        merge=merge,
+    )
     try:
         result = _run_with_progress(inspector, paths, options, quiet, err)
         written = result.write(out, fmt)
@@ -117,8 +128,8 @@ def _human_bytes(n: int) -> str:
 
 
 def _render_summary(console, result, top: int) -> None:
-    from rich.table import Table
     from rich.markup import escape
+    from rich.table import Table
     from rich.text import Text  # capture strings are untrusted: never parse them as markup
 
     for entry in result.manifest["inputs"]:
@@ -128,27 +139,74 @@ def _render_summary(console, result, top: int) -> None:
             f"{d['packets_skipped']:,} skipped, {entry['flows']:,} flows",
             markup=True,
         )
+    if result.manifest["options"]["inspect_payloads"]:
+        for line in result.call_summaries():
+            console.print(Text(line))
     flows = result.flows
     if top == 0 or flows.empty:
         return
     total = flows["client_to_server_bytes"] + flows["server_to_client_bytes"]
     shown = flows.assign(_total=total).nlargest(top, "_total")
     table = Table(title=f"Top {len(shown)} flows by bytes", show_lines=False)
-    for col in ("capture", "transport", "client", "server", "name", "sent", "received", "packets", "seconds"):
-        table.add_column(col, justify="right" if col in ("sent", "received", "packets", "seconds") else "left")
+    for col in ("server", "service", "kind", "proto", "sent", "recv", "secs"):
+        table.add_column(col, justify="right" if col in ("sent", "recv", "secs") else "left", overflow="fold")
     for row in shown.itertuples(index=False):
+        server = row.server_name or f"{row.server_ip}:{row.server_port}"
         table.add_row(*(Text(str(c)) for c in (
-            row.capture,
-            row.transport,
-            f"{row.client_ip}:{row.client_port}",
-            f"{row.server_ip}:{row.server_port}",
-            row.server_name or "",
+            server,
+            row.service or "?",
+            row.kind or "",
+            row.app_protocol or row.transport,
             _human_bytes(int(row.client_to_server_bytes)),
             _human_bytes(int(row.server_to_client_bytes)),
-            f"{int(row.client_to_server_packets + row.server_to_client_packets):,}",
-            f"{row.duration_s:.1f}",
+            f"{row.duration_s:.0f}",
         )))
     console.print(table)
+
+
+signatures_app = typer.Typer(help="The signature set: list it, check files.", no_args_is_help=True)
+app.add_typer(signatures_app, name="signatures")
+
+
+@signatures_app.command("list")
+def signatures_list(
+    extra: Optional[list[Path]] = typer.Option(None, "--signatures", help="Extra signature directory (repeatable)."),
+) -> None:
+    """List every signature: id, kind, category, organisation and what it matches on."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from inspector.errors import SignatureError
+    from inspector.signatures import load_signatures, signature_summary
+
+    try:
+        sigs = load_signatures(tuple(extra or ()))
+    except SignatureError as e:
+        _fail(str(e), 2)
+    table = Table(title=f"{len(sigs.ids)} signatures (digest {sigs.digest[:12]})")
+    for col in ("id", "kind", "category", "party", "organisation", "domains", "nets", "detectors"):
+        table.add_column(col, overflow="fold")
+    for r in signature_summary(sigs):
+        table.add_row(r.id, r.kind, r.category, r.party, r.organisation, str(r.domains), str(r.networks), r.detectors)
+    Console().print(table)
+
+
+@signatures_app.command("check")
+def signatures_check(
+    directory: Optional[Path] = typer.Argument(None, help="Directory of signature files (default: the built-in set)."),
+) -> None:
+    """Validate signature files: schema, vocabularies, references, domains, CIDRs, overlaps."""
+    from inspector.errors import SignatureError
+    from inspector.signatures import load_signatures
+
+    if directory is not None and not directory.is_dir():
+        _fail(f"{directory}: not a directory of signature files", 2)
+    try:
+        sigs = load_signatures((directory,) if directory is not None else ())
+    except SignatureError as e:
+        _fail(str(e), 2)
+    where = f"built-in set plus {directory}" if directory is not None else "built-in set"
+    print(f"ok: {len(sigs.ids)} signatures ({where}), digest {sigs.digest}")
 
 
 def main() -> None:
@@ -158,3 +216,7 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+from inspector.cli_live import live  # noqa: E402  (after the helpers cli_live reuses)
+
+app.command("live")(live)

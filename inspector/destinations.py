@@ -33,6 +33,8 @@ import pandas as pd
 from inspector.schema import DESTINATION_COLUMNS, empty_frame
 
 GROUP_KEYS = ["out_capture", "session_id", "destination", "service"]
+#: The capture name of every row when the run's captures are merged into one timeline.
+MERGED_CAPTURE = "merged"
 
 
 def _inside(first_ns: np.ndarray, start_ns: int, end_ns: int) -> np.ndarray:
@@ -56,7 +58,7 @@ def window_buckets(directed: pd.DataFrame, windows: pd.DataFrame, merge: bool) -
         if mask.any():
             parts.append(directed[mask].assign(out_capture=window.capture, session_id=window.session_id))
     rest = directed[outside]
-    parts.append(rest.assign(out_capture="merged" if merge else rest["capture"], session_id=""))
+    parts.append(rest.assign(out_capture=MERGED_CAPTURE if merge else rest["capture"], session_id=""))
     return pd.concat(parts, ignore_index=True)
 
 
@@ -124,4 +126,4 @@ def destinations_table(directed: pd.DataFrame, windows: pd.DataFrame, merge: boo
     return frame.astype({name: dtype for name, dtype, _ in DESTINATION_COLUMNS}).reset_index(drop=True)
 
 
-__all__ = ["destinations_table", "window_buckets"]
+__all__ = ["MERGED_CAPTURE", "destinations_table", "window_buckets"]

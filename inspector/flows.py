@@ -135,6 +135,11 @@ class FlowTable:
     def active_count(self) -> int:
         return len(self._active)
 
+    def active_flows(self) -> list[Flow]:
+        """The flows being counted right now (a snapshot list; the Flow objects are live: read
+        them on the thread that feeds the table)."""
+        return list(self._active.values())
+
     def add(self, d: DecodedBatch) -> BatchFlows:
         """Count the flow packets of ``d``; returns which flow and direction each one is."""
         rows = np.flatnonzero(d.state == STATE_FLOW)

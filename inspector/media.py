@@ -32,11 +32,12 @@ inner header is clear (facts §2.3).
      90 kHz is video (every RTP video format), any audio sampling rate is audio. This catches
      audio that sets the marker on every packet (WhatsApp 2015 in whatsapp_login_call.pcap:
      16 kHz, 160 ms packets, all marked) and one-packet-per-frame video;
-   - the marker bit on most packets: video (audio sets it only at a talkspurt start, RFC 3551
-     §4.1);
    - median RTP size >= 400 bytes: video (video fills packets towards the MTU);
-   - median RTP size < 300 bytes with one packet per timestamp: audio (speech codecs send
-     20-200-byte frames, typically 50 packets/s for 20 ms frames);
+   - the marker bit on most packets: video when the median size is >= 300 bytes, else "" (audio
+     should set it only at a talkspurt start, RFC 3551 §4.1, but WhatsApp's marks every packet,
+     so small marked packets are either);
+   - median RTP size < 300 bytes: audio (speech codecs send 20-200-byte frames, typically 50
+     packets/s for 20 ms frames);
    - otherwise "". Weakness: only Zoom marks screen sharing, elsewhere it reads as video; a
      thumbnail-sized video stream with one small packet per frame and the marker unset reads as audio.
 
@@ -107,11 +108,11 @@ def pattern_kind(
     rate = estimated_clock_rate(rtp_ts, arrival_ns) if arrival_ns is not None else None
     if rate is not None:
         return "video" if rate == VIDEO_CLOCK_RATE else "audio"
-    if np.count_nonzero(marker) / packets >= VIDEO_MIN_MARKER_FRACTION:
-        return "video"
     median = float(np.median(rtp_len))
     if median >= VIDEO_MIN_MEDIAN_RTP_BYTES:
         return "video"
+    if np.count_nonzero(marker) / packets >= VIDEO_MIN_MARKER_FRACTION:
+        return "video" if median >= AUDIO_MAX_MEDIAN_RTP_BYTES else ""
     if median < AUDIO_MAX_MEDIAN_RTP_BYTES:
         return "audio"
     return ""
@@ -231,6 +232,8 @@ def media_table(
     """
     if len(rtp) == 0 or len(membership) == 0:
         return empty_frame(MEDIA_COLUMNS)
+    # Cheap integer pre-filter before the join: most RTP-looking rows may belong to other flows.
+    rtp = rtp[np.isin(rtp["flow_id"].to_numpy(dtype=np.int64), membership["flow_id"].to_numpy(dtype=np.int64))]
     joined = rtp.merge(
         membership[["capture", "flow_id", "session_id", "scope", "start_ns", "end_ns", "swapped"]],
         on=["capture", "flow_id"],
@@ -268,7 +271,10 @@ def media_table(
         payload_type = int(np.bincount(pts & 0x7F, minlength=128).argmax())
         zoom_types = stream["zoom_type"].to_numpy(dtype=np.int64)
         zoom_types = zoom_types[zoom_types >= 0]
-        zoom_type = int(np.bincount(zoom_types).argmax()) if zoom_types.size else -1
+        zoom_type = -1
+        if zoom_types.size:
+            values, counts = np.unique(zoom_types, return_counts=True)
+            zoom_type = int(values[counts.argmax()])
         pattern = pattern_kind(sizes, rtp_ts, stream["marker"].to_numpy(dtype=bool), arrival)
         kind = stream_kind(payload_type, zoom_type, index in repair, pattern)
         stats = rtp_stream_stats(seq, rtp_ts, arrival, clock_rate(payload_type, kind, rtp_ts, arrival))

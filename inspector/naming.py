@@ -8,21 +8,26 @@ Two pieces:
 ``NameMap``    IP -> name learned from DNS answers, with time: a flow is named by the answer
                seen at or before its start, never by one seen later.
 
-Precedence (issue 3): SNI / QUIC SNI > HTTP Host > certificate > DNS. A name that is not a valid
+Precedence (issue 3): SNI / QUIC SNI > HTTP Host > certificate > STUN REALM > DNS. A name that is not a valid
 hostname (``normalise_hostname`` returns None) is kept in ``raw_names`` for the evidence but never
 used for matching.
+
+A DNS flow (port 53) is named by the first question it carries, with ``name_source`` ``dns-query``:
+that tells the investigator what was looked up. The flow goes to the resolver, so that name is
+*not* the destination's identity; the classifier ignores it (classify.py).
 """
 
 from __future__ import annotations
 
 import collections
-import ipaddress
+import socket
 from dataclasses import dataclass
 from typing import Any
 
 from inspector.dissect import dns as dns_dissect
 from inspector.dissect import dtls as dtls_dissect
 from inspector.dissect import http as http_dissect
+from inspector.dissect import stun as stun_dissect
 from inspector.dissect import tls as tls_dissect
 from inspector.dissect import x509names
 from inspector.dissect.dns import DnsMessage
@@ -81,9 +86,11 @@ class DnsName:
 
 
 def _address_key(ip: str) -> str | None:
+    """Canonical text of an address (RFC 5952 for IPv6), the form flows.csv uses; None if bad."""
+    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
     try:
-        return str(ipaddress.ip_address(ip))
-    except ValueError:
+        return socket.inet_ntop(family, socket.inet_pton(family, ip))
+    except (OSError, ValueError):
         return None
 
 
@@ -175,10 +182,13 @@ class NameMap:
 
     def lookup(self, ip: str, at_ns: int) -> DnsName | None:
         """The latest answer at or before ``at_ns`` mapping ``ip``; None if none (or a bad ip)."""
-        key = _address_key(ip)
-        if key is None:
-            return None
-        for entry in reversed(self._by_address.get(key, ())):
+        entries = self._by_address.get(ip)  # canonical text (as flows.csv writes it) hits directly
+        if entries is None:
+            key = _address_key(ip)
+            if key is None:
+                return None
+            entries = self._by_address.get(key, ())
+        for entry in reversed(entries):
             if entry.answered_at_ns <= at_ns:
                 return entry
         return None
@@ -282,8 +292,9 @@ class FlowNaming:
 
     app_protocol  ``dns``, ``tls``, ``http``, ``dtls``, ``quic`` or "" when none recognised
     server_name   normalised hostname by precedence (SNI/QUIC SNI > HTTP Host > certificate),
-                  "" if none or none valid
-    name_source   ``sni``, ``quic-sni``, ``http-host``, ``certificate`` or ""
+                  > STUN REALM; for a DNS flow the first question's name; "" if none or none valid
+    name_source   ``sni``, ``quic-sni``, ``http-host``, ``certificate``, ``stun-realm``,
+                  ``dns-query`` or ""
     raw_names     every name seen, as sent (even invalid ones), for the evidence
     attributes    (key, value) facts: ``alpn``, ``tls_version``, ``ech``, ``dtls_srtp``,
                   ``cert_names``, ``quic_version``
@@ -350,6 +361,8 @@ class FlowNamer:
         self._quic_version: str = ""
         self._quic_tried = False
         self._malformed_hello = ""
+        self._dns_query_raw: str | None = None
+        self._stun_realm_raw: str | None = None
 
     # -- feeding ---------------------------------------------------------------------------
 
@@ -401,9 +414,15 @@ class FlowNamer:
 
     def _parse_dns(self, message: bytes, ts_ns: int) -> None:
         try:
-            self.dns_messages.append((ts_ns, dns_dissect.parse_dns(message)))
+            parsed = dns_dissect.parse_dns(message)
         except dns_dissect.DnsError as exc:
             self.errors[f"dns:{exc.reason}"] += 1
+            return
+        self.dns_messages.append((ts_ns, parsed))
+        if self._dns_query_raw is None and parsed.questions:
+            # RFC 1035 §4.1.2: a response repeats the question, so a flow whose query was not
+            # captured still shows what was asked.
+            self._dns_query_raw = parsed.questions[0].name
 
     def _feed_tcp(self, from_client: bool, payload: bytes, tcp_seq: int | None) -> None:
         stream = self._streams[from_client]
@@ -422,10 +441,19 @@ class FlowNamer:
             elif self._app in ("", "http") and http_dissect.looks_like_request(data[:8]):
                 self._app = "http"
                 self._read_http(data)
+            elif self._app == "" and data[0] < 0x40:
+                self._read_stun_stream(data)
         elif tls_dissect.looks_like_tls_record(data) and self._app in ("", "tls"):
             # The server side is read even when the ClientHello was missed.
             self._app = "tls"
             self._read_tls(from_client, data)
+        elif self._app == "" and data[0] < 0x40:
+            self._read_stun_stream(data)
+
+    def _read_stun_stream(self, stream: bytes) -> None:
+        """STUN/TURN over TCP (RFC 8489 §6.2.2: messages back to back): only the REALM is kept."""
+        if self._stun_realm_raw is None:
+            self._note_stun_realm(stun_dissect.parse_stun_stream(stream[:4096]))
 
     def _read_tls(self, from_client: bool, stream: bytes) -> None:
         """Runs the direction's record reader; a reader is tied to the stream start it began at.
@@ -512,7 +540,31 @@ class FlowNamer:
         elif request.host:
             self._host_raw = request.host
 
+    def _note_stun_realm(self, messages: list[stun_dissect.StunMessage]) -> None:
+        """Keeps the first REALM a STUN/TURN message carries (RFC 8489 §14.9).
+
+        The realm names the authentication domain of a TURN server's long-term credentials
+        (RFC 8489 §9.2; its digest ancestor RFC 2617 §3.2.1 says it should name the host or
+        domain doing the authentication): ``signal.org``, ``telegram.org``, ``viber.com`` in the
+        shared captures, which nDPI reports as the flow's host name too.
+        Weakness: the server picks the string freely; it names the operator's domain, not the
+        relay host itself, and a value that is not a hostname is kept for the evidence only.
+        """
+        if self._stun_realm_raw is not None:
+            return
+        for message in messages:
+            realm = message.text(stun_dissect.ATTR_REALM)
+            if realm:
+                self._stun_realm_raw = realm.strip('"')
+                return
+
     def _feed_udp(self, from_client: bool, payload: bytes) -> None:
+        if self._app == "" and self._stun_realm_raw is None and payload[0] < 0x40:
+            # RFC 8489 §5: the two most significant bits of every STUN message are zero.
+            message = stun_dissect.parse_stun(payload)
+            if message is not None:
+                self._note_stun_realm([message])
+                return
         if self._app in ("", "dtls") and dtls_dissect.looks_like_dtls(payload):
             self._app = "dtls"
             collector = self._dtls_collectors.get(from_client)
@@ -594,6 +646,8 @@ class FlowNamer:
         version = self._server_hello.selected_version
         if version in (0x0304, 0xFEFC):
             return False  # TLS/DTLS 1.3: the certificate is encrypted
+        if self._sni_raw:
+            return False  # the client named the server; parsing its certificate adds no name
         return not self._certificate_seen
 
     @property
@@ -630,6 +684,18 @@ class FlowNamer:
             name = _certificate_name(self._cert_names)
             if name:
                 server_name, name_source = name, "certificate"
+        if not server_name and self._stun_realm_raw is not None:
+            if self._stun_realm_raw not in raw_names:
+                raw_names.append(self._stun_realm_raw)
+            name = normalise_hostname(self._stun_realm_raw)
+            if name and "." in name:
+                server_name, name_source = name, "stun-realm"
+        if not server_name and self._dns_query_raw is not None:
+            if self._dns_query_raw not in raw_names:
+                raw_names.append(self._dns_query_raw)
+            name = normalise_hostname(self._dns_query_raw)
+            if name:
+                server_name, name_source = name, "dns-query"
         return FlowNaming(
             app_protocol=self._app,
             server_name=server_name,

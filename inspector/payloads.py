@@ -13,24 +13,79 @@ from collections import Counter
 
 import numpy as np
 
-from inspector.decode import IPPROTO_TCP
+from inspector.decode import IPPROTO_TCP, IPPROTO_UDP
 from inspector.facts import FlowFacts
 from inspector.flows import Flow
 from inspector.summarize import flow_endpoints, transport_name
 
 
+# How a flow is routed, decided from its first payload packet (vectorised over the batch).
+ROUTE_NOTHING = 0  # link-local discovery chatter (mDNS, LLMNR, NetBIOS, SSDP): nothing to learn
+ROUTE_DNS = 1  # DNS: every packet to the namer (answers build the name map)
+ROUTE_NAMER = 2  # TLS, HTTP, QUIC: the namer alone
+ROUTE_MEDIA = 3  # STUN, TURN, RTP/RTCP, Zoom, DTLS: detectors, and the namer for DTLS records only
+ROUTE_BOTH = 4  # nothing recognisable yet: both, within their caps
+
+DNS_PORTS = (53,)
+# mDNS 5353 (RFC 6762), LLMNR 5355 (RFC 4795), NetBIOS 137/138 (RFC 1002), SSDP 1900 (UPnP).
+# Names in them are the local network's, not destinations the machine sends data to.
+QUIET_UDP_PORTS = (137, 138, 1900, 5353, 5355)
+
+# Caps per flow on payload packets handed to Python. The dissectors stop earlier on their own
+# when they have their answer; these bound the worst case (an unrecognisable flow).
+NAMER_CAP_PACKETS = 8
+MEDIA_CAP_PACKETS = 10
+
+
 class FlowInspection:
-    """The dissection state of one flow: its namer and its payload detectors."""
+    """The dissection state of one flow: its namer, its payload detectors, and how it is routed."""
 
-    __slots__ = ("namer", "media", "done")
+    __slots__ = ("namer", "media", "route", "namer_packets", "media_packets", "namer_done", "media_done")
 
-    def __init__(self, transport: str, client_port: int, server_port: int) -> None:
+    def __init__(self, route: int, transport: str, client_port: int, server_port: int) -> None:
         from inspector.dissect.detectors import MediaFlowState
         from inspector.naming import FlowNamer
 
-        self.namer = FlowNamer(transport, client_port, server_port)
-        self.media = MediaFlowState(transport, client_port, server_port)
-        self.done = False
+        self.route = route
+        use_namer = route in (ROUTE_DNS, ROUTE_NAMER, ROUTE_MEDIA, ROUTE_BOTH)
+        use_media = route in (ROUTE_MEDIA, ROUTE_BOTH)
+        self.namer = FlowNamer(transport, client_port, server_port) if use_namer else None
+        self.media = MediaFlowState(transport, client_port, server_port) if use_media else None
+        self.namer_packets = 0
+        self.media_packets = 0
+        self.namer_done = not use_namer
+        self.media_done = not use_media
+
+    @property
+    def done(self) -> bool:
+        return self.namer_done and self.media_done
+
+
+def _routes(proto: np.ndarray, sport: np.ndarray, dport: np.ndarray, b0: np.ndarray) -> np.ndarray:
+    """Route of each flow from its first payload packet's ports and first byte.
+
+    First-byte rules: RFC 7983/9443 demultiplexing (0-3 STUN, 20-63 DTLS, 64-79 TURN ChannelData,
+    128-191 RTP/RTCP, 192-255 QUIC long header); TLS records start with content type 22 (RFC 8446
+    §5.1); HTTP/1 requests with an upper-case method letter. Zoom's media starts 0x05 (server) or
+    its inner type 15/16/13/30 (P2P) (protocol-facts.md §2). Weakness: one packet decides; a flow
+    whose first payload misleads is only looked at through the chosen dissectors.
+    """
+    is_udp = proto == IPPROTO_UDP
+    is_tcp = proto == IPPROTO_TCP
+    route = np.full(proto.shape[0], ROUTE_BOTH, dtype=np.int8)
+    quiet = is_udp & (np.isin(sport, QUIET_UDP_PORTS) | np.isin(dport, QUIET_UDP_PORTS))
+    dns = (is_udp | is_tcp) & (np.isin(sport, DNS_PORTS) | np.isin(dport, DNS_PORTS))
+    tls_or_http = is_tcp & ((b0 == 0x16) | ((b0 >= 0x41) & (b0 <= 0x5A)))
+    quic_long = is_udp & (b0 >= 0xC0)
+    media = is_udp & (
+        (b0 <= 3) | ((b0 >= 20) & (b0 <= 79)) | ((b0 >= 128) & (b0 <= 191)) | np.isin(b0, (0x05, 15, 16, 13, 30))
+    )
+    route[media] = ROUTE_MEDIA
+    route[quic_long | tls_or_http] = ROUTE_NAMER
+    route[dns] = ROUTE_DNS
+    route[quiet] = ROUTE_NOTHING
+    route[~(is_udp | is_tcp)] = ROUTE_NOTHING
+    return route
 
 
 class PayloadStage:
@@ -45,41 +100,73 @@ class PayloadStage:
 
     def feed(self, d, bf) -> None:
         """Hand this batch's payloads to the flows that still want them, in capture order."""
+        rows = bf.rows
+        has_payload = d.payload_len[rows] > 0
+        if not has_payload.any():
+            return
+        idx = np.flatnonzero(has_payload)
+        slot_of = bf.flow_slot[idx]
+        prow = rows[idx]
+        b0 = d.payload_byte(prow, 0)
         flows = bf.flows
-        wants = np.zeros(len(flows), dtype=bool)
+        n = len(flows)
+        # Flows seen with payload for the first time: route them by their first payload packet.
+        fresh = np.fromiter((f.state is None for f in flows), dtype=bool, count=n)
+        if fresh.any():
+            first_slot, first_at = np.unique(slot_of, return_index=True)
+            keep = fresh[first_slot]
+            first_slot, first_at = first_slot[keep], first_at[keep]
+            if first_slot.shape[0]:
+                r = prow[first_at]
+                routes = _routes(d.proto[r], d.src_port[r], d.dst_port[r], b0[first_at])
+                for slot, route in zip(first_slot.tolist(), routes.tolist()):
+                    f = flows[slot]
+                    f.state = FlowInspection(route, transport_name(f.proto), f.client_port, f.server_port)
+        want_any = np.zeros(n, dtype=bool)
+        dtls_only = np.zeros(n, dtype=bool)
         for slot, f in enumerate(flows):
             st = f.state
-            if st is None:
-                st = f.state = FlowInspection(transport_name(f.proto), f.client_port, f.server_port)
-            wants[slot] = not st.done
-        if not wants.any():
+            if st is None or st.done:
+                continue
+            want_any[slot] = True
+            # Once the detectors are done with a media flow, its namer only wants DTLS records.
+            dtls_only[slot] = st.route == ROUTE_MEDIA and st.media_done
+        pick = want_any[slot_of] & (~dtls_only[slot_of] | ((b0 >= 20) & (b0 <= 63)))
+        if not pick.any():
             return
-        rows = bf.rows
-        pick = wants[bf.flow_slot] & (d.payload_len[rows] > 0)
-        idx = np.flatnonzero(pick)
-        if idx.shape[0] == 0:
-            return
-        slots = bf.flow_slot[idx].tolist()
-        from_client = bf.from_client[idx].tolist()
-        prow = rows[idx]
-        is_tcp = (d.proto[prow] == IPPROTO_TCP).tolist()
-        seqs = d.tcp_seq[prow].tolist()
-        ts = d.ts_ns[prow].tolist()
-        for k, row in enumerate(prow.tolist()):
+        sel = np.flatnonzero(pick)
+        slots = slot_of[sel].tolist()
+        from_client = bf.from_client[idx[sel]].tolist()
+        srows = prow[sel]
+        is_tcp = (d.proto[srows] == IPPROTO_TCP).tolist()
+        seqs = d.tcp_seq[srows].tolist()
+        ts = d.ts_ns[srows].tolist()
+        first_bytes = b0[sel].tolist()
+        name_map = self.name_map
+        for k, row in enumerate(srows.tolist()):
             st = flows[slots[k]].state
-            if st.done:
+            namer_wants = not st.namer_done and (st.route != ROUTE_MEDIA or 20 <= first_bytes[k] <= 63)
+            media_wants = not st.media_done
+            if not (namer_wants or media_wants):
                 continue
             payload = d.payload(row)
             self.packets_inspected += 1
-            if not st.namer.done:
-                st.namer.feed(from_client[k], payload, ts[k], seqs[k] if is_tcp[k] else None)
-            if not st.media.done:
-                st.media.feed(from_client[k], payload, ts[k])
-            if st.namer.dns_messages:
-                for when, message in st.namer.dns_messages:
-                    self.name_map.add(message, when)
-                st.namer.dns_messages.clear()
-            st.done = st.namer.done and st.media.done
+            if namer_wants:
+                namer = st.namer
+                namer.feed(from_client[k], payload, ts[k], seqs[k] if is_tcp[k] else None)
+                st.namer_packets += 1
+                if namer.dns_messages:
+                    for when, message in namer.dns_messages:
+                        name_map.add(message, when)
+                    namer.dns_messages.clear()
+                if namer.done or (st.route != ROUTE_DNS and st.namer_packets >= NAMER_CAP_PACKETS):
+                    st.namer_done = True
+            if media_wants:
+                media = st.media
+                media.feed(from_client[k], payload, ts[k])
+                st.media_packets += 1
+                if media.done or st.media_packets >= MEDIA_CAP_PACKETS:
+                    st.media_done = True
 
     def facts(self, f: Flow) -> FlowFacts:
         """What was learned about flow ``f`` (call after the capture was read)."""
@@ -91,18 +178,20 @@ class PayloadStage:
         app_protocol = server_name = name_source = ""
         detectors: tuple = ()
         attributes: list[tuple[str, str]] = []
-        if st is not None:
+        if st is not None and st.namer is not None:
             naming = st.namer.result()
             app_protocol = naming.app_protocol
             server_name, name_source = naming.server_name, naming.name_source
             attributes.extend(naming.attributes)
-            detectors = st.media.hits()
-            media_protocol = st.media.app_protocol()
-            if media_protocol and not app_protocol:
-                app_protocol = media_protocol
-            attributes.extend(st.media.attributes())
             for reason, n in st.namer.errors.items():
                 self.errors[reason] += n
+        if st is not None and st.media is not None:
+            detectors = st.media.hits()
+            media_protocol = st.media.app_protocol()
+            # A media verdict (RTP, TURN, Zoom ...) says more than the DTLS handshake beside it.
+            if media_protocol and (not app_protocol or (app_protocol == "dtls" and media_protocol != "stun")):
+                app_protocol = media_protocol
+            attributes.extend(st.media.attributes())
             for reason, n in st.media.errors.items():
                 self.errors[reason] += n
         if not server_name and dns_name:

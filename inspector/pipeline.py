@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from inspector.batch import PacketBatch
 from inspector.capture.files import open_capture
 from inspector.decode import SKIP_REASONS, STATE_FLOW, STATE_MERGED, STATE_SKIPPED, decode_batch
 from inspector.flows import DEFAULT_IDLE_TIMEOUT_S, Flow, FlowConfig, FlowTable
@@ -31,12 +32,14 @@ class AnalyzeOptions:
     idle_timeout_s    a flow ends after this long without packets
     inspect_payloads  run the dissectors and payload detectors (naming, classification)
     signature_dirs    extra signature directories on top of the built-in set
+    merge             treat several captures as one timeline (pieces of one machine's capture)
     """
 
     batch_size: int = DEFAULT_BATCH_SIZE
     idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S
     inspect_payloads: bool = True
     signature_dirs: tuple[Path, ...] = ()
+    merge: bool = False
 
 
 @dataclass(slots=True)
@@ -70,6 +73,25 @@ class CaptureResult:
     decode: DecodeStats
     reader_stats: object
     payloads: object  # the PayloadStage (naming and detector state), or None
+    facts: dict = field(default_factory=dict)  # flow_id -> FlowFacts, taken when the flow finished
+    collectors: tuple = ()  # the per-batch collectors (activity buckets, RTP headers) of this capture
+
+
+@dataclass(frozen=True, slots=True)
+class BatchProgress:
+    """What ``process_batches`` hands its ``on_batch`` hook after each batch.
+
+    table     the FlowTable (``active_flows()``: the flows being counted)
+    ended     (Flow, FlowFacts or None) for each flow that finished in this batch; its
+              dissection state is gone, the facts are all that is left of it
+    payloads  the PayloadStage, or None without payload inspection
+    decode    the DecodeStats so far (live object: read it, do not keep it)
+    """
+
+    table: FlowTable
+    ended: list
+    payloads: object
+    decode: DecodeStats
 
 
 def process_capture(
@@ -81,11 +103,47 @@ def process_capture(
 ) -> CaptureResult:
     """Read one capture through decode, the flow table and (if given) the dissect stage."""
     reader = open_capture(path, batch_size=options.batch_size)
+    p = Path(path)
+    return process_batches(
+        reader.batches(progress=progress), str(p), p.name, lambda: reader.stats, options, payload_stage, collectors
+    )
+
+
+def process_batches(
+    batches: Iterable[PacketBatch],
+    path: str,
+    name: str,
+    reader_stats: Callable[[], object],
+    options: AnalyzeOptions = AnalyzeOptions(),
+    payload_stage: object | None = None,
+    collectors: Sequence[object] = (),
+    on_batch: Callable[["BatchProgress"], None] | None = None,
+) -> CaptureResult:
+    """Run a stream of PacketBatch (a file reader, a live capture) through decode, the flow table,
+    the dissect stage and the collectors.
+
+    ``reader_stats()`` is called once the stream has ended (a live capture's counters are final
+    only then). ``on_batch(BatchProgress)`` is called after each batch, on this thread (the live
+    view reads the active flows there). A flow that finishes is summarised at once: its facts are taken and its
+    dissection state dropped, so a long capture holds dissectors for its active flows only. The
+    facts are the same as at the end of the capture: a flow's DNS name is the latest answer at or
+    before its first packet, which was seen before the flow ended.
+    """
     table = FlowTable(FlowConfig(idle_timeout_s=options.idle_timeout_s))
     slow = SlowDecoder()
     stats = DecodeStats()
     finished: list[Flow] = []
-    for batch in reader.batches(progress=progress):
+    facts: dict[int, object] = {}
+
+    def summarise(done: list[Flow]) -> list:
+        if payload_stage is not None:
+            for f in done:
+                facts[f.flow_id] = payload_stage.facts(f)
+                f.state = None
+        finished.extend(done)
+        return [(f, facts.get(f.flow_id)) for f in done]
+
+    for batch in batches:
         d, slow_rows = decode_batch(batch)
         if slow_rows.shape[0]:
             slow.decode_rows(d, slow_rows, batch)
@@ -105,8 +163,10 @@ def process_capture(
             payload_stage.feed(d, bf)
         for c in collectors:
             c.add(d, bf)
-        finished.extend(table.expire())
-    finished.extend(table.finish())
+        ended = summarise(table.expire())
+        if on_batch is not None:
+            on_batch(BatchProgress(table, ended, payload_stage, stats))
+    summarise(table.finish())
     # Fragments whose datagram never completed were counted as decoded when held: move them.
     slow.reassembler.finish()
     incomplete = slow.reassembler.incomplete_fragments
@@ -115,14 +175,15 @@ def process_capture(
         stats.packets_skipped["fragment_incomplete"] += incomplete
     stats.datagrams_reassembled = slow.reassembler.reassembled_datagrams
     finished.sort(key=lambda f: f.flow_id)
-    p = Path(path)
-    return CaptureResult(str(p), p.name, finished, stats, reader.stats, payload_stage)
+    return CaptureResult(path, name, finished, stats, reader_stats(), payload_stage, facts, tuple(collectors))
 
 
 __all__ = [
     "AnalyzeOptions",
+    "BatchProgress",
     "CaptureResult",
     "DecodeStats",
+    "process_batches",
     "process_capture",
     "STATE_MERGED",
 ]

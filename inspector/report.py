@@ -169,7 +169,8 @@ def call_summaries(tables, names: Mapping[str, str] | None = None) -> list[str]:
             f"{session.session_id} {service_name} call {_window_text(session.start, session.end)} "
             f"({format_duration(session.duration_s)}) from {session.client_ip}"
         )
-        lines.append(f"{head}, {_media_text(session, service_name)}; during it, {_destinations_text(rows, service, shown)}")
+        during = _destinations_text(rows, service, shown)
+        lines.append(f"{head}, {_media_text(session, service_name)}; during it, {during}")
     outside = destinations[destinations["session_id"] == ""]
     if len(outside) == 0:
         lines.append("Outside calls: no data to any destination.")

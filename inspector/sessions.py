@@ -55,18 +55,16 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from inspector.destinations import destinations_table
+from inspector.destinations import MERGED_CAPTURE, destinations_table
 from inspector.media import media_table
 from inspector.schema import (
     ACTIVITY_COLUMNS,
     FLOW_COLUMNS,
-    MEDIA_COLUMNS,
     RTP_COLUMNS,
     SESSION_COLUMNS,
     empty_frame,
 )
 
-MERGED_CAPTURE = "merged"
 #: app_protocol values that carry real-time media or its connectivity checks (facts §3.1-§3.4).
 MEDIA_APP_PROTOCOLS = frozenset({"rtp", "rtcp", "zoom-media", "stun", "turn", "dtls"})
 MEDIA_ROLES = frozenset({"media", "relay"})
@@ -165,8 +163,10 @@ def _endpoints_text(addresses, ports) -> str:
 #: Evidence labels that identify the flow's *server* as the service's (classify.py item labels):
 #: its name (sni, quic-sni, http-host, certificate, dns), its address range or its port.
 SERVER_EVIDENCE = ("sni:", "quic-sni:", "http-host:", "certificate:", "dns:", "cidr:", "port:")
-#: Zoom's outer SFU header is only on client-server (MMR) flows (facts §2.1).
-SERVER_PAYLOADS = ("payload:zoom-media",)
+#: Payloads only ever exchanged with a server: Zoom's outer SFU header is only on client-server
+#: (MMR) flows (facts §2.1); Discord's IP discovery is asked of the voice server the gateway
+#: assigned (facts §1.11, Discord voice-connections docs).
+SERVER_PAYLOADS = ("payload:zoom-media", "payload:discord-ip-discovery")
 
 
 def server_identified(evidence: str) -> bool:
@@ -216,7 +216,9 @@ def flow_sides(flows: pd.DataFrame) -> pd.DataFrame:
     local_ip = np.where(swapped, server_ip, client_ip)
     remote_ip = np.where(swapped, client_ip, server_ip)
     remote_port = np.where(swapped, client_port, server_port)
-    destination = np.where(swapped | (server_name == ""), remote_ip, server_name)
+    # A DNS flow's server_name is the name looked up (name_source dns-query), not the resolver's.
+    looked_up = _text(flows, "name_source") == "dns-query"
+    destination = np.where(swapped | (server_name == "") | looked_up, remote_ip, server_name)
 
     conferencing = kind == "conferencing"
     is_media = (conferencing & np.isin(role, list(MEDIA_ROLES))) | (service == "webrtc")
@@ -339,7 +341,9 @@ def call_windows(media_activity: pd.DataFrame, merge: bool, options: CallOptions
     frame["window"] = group_ids * (1 << 32) + segments
     frame["packets"] = frame["sent_packets"] + frame["received_packets"]
     frame["second"] = frame["first_ns"] // 1_000_000_000
-    per = frame.groupby("window").agg(start_ns=("first_ns", "min"), end_ns=("last_ns", "max"), packets=("packets", "sum"))
+    per = frame.groupby("window").agg(
+        start_ns=("first_ns", "min"), end_ns=("last_ns", "max"), packets=("packets", "sum")
+    )
     per["peak"] = frame.groupby(["window", "second"])["packets"].sum().groupby(level="window").max()
     min_ns = int(options.min_duration_s * 1e9)
     keep = per[
@@ -464,7 +468,7 @@ __all__ = [
     "CallOptions",
     "CallTables",
     "FLOW_SESSION_COLUMNS",
-    "MEDIA_COLUMNS",
+    "MERGED_CAPTURE",
     "build_calls",
     "call_windows",
     "fold_generic_media",

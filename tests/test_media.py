@@ -212,7 +212,8 @@ def test_dynamic_pts_by_pattern_not_by_number():
 def test_pattern_kind_rules():
     one_per_ts = np.arange(50)
     assert pattern_kind(np.full(50, 100), one_per_ts, np.zeros(50, bool)) == "audio"
-    assert pattern_kind(np.full(50, 250), one_per_ts, np.ones(50, bool)) == "video"  # a frame per packet
+    assert pattern_kind(np.full(50, 350), one_per_ts, np.ones(50, bool)) == "video"  # a frame per packet
+    assert pattern_kind(np.full(50, 250), one_per_ts, np.ones(50, bool)) == ""  # small and all marked
     assert pattern_kind(np.full(50, 900), one_per_ts, np.zeros(50, bool)) == "video"
     assert pattern_kind(np.full(50, 350), one_per_ts, np.zeros(50, bool)) == ""
     assert pattern_kind(np.full(50, 200), np.arange(50) // 2, np.zeros(50, bool)) == "video"

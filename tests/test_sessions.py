@@ -131,9 +131,8 @@ def assert_schema(frame: pd.DataFrame, columns) -> None:
 
 
 def calls(flow_rows, activity_rows, rtp_rows=(), merge=False, options=CallOptions()):
-    return build_calls(
-        flows_frame(list(flow_rows)), activity_frame(list(activity_rows)), rtp_frame(list(rtp_rows)), None, merge, options
-    )
+    flows = flows_frame(list(flow_rows))
+    return build_calls(flows, activity_frame(list(activity_rows)), rtp_frame(list(rtp_rows)), None, merge, options)
 
 
 # -- the window rule ---------------------------------------------------------------------------

@@ -21,12 +21,21 @@ Speed: an uncompressed file is memory-mapped and each batch's ``buffer`` is a ze
 whole mapping (``offset`` values are file offsets). A tight Python loop only follows the record
 chain and collects record offsets; the header fields are then gathered with numpy for the whole
 batch at once. The SHA-256 of the file runs in a second thread over the same mapping (hashlib
-releases the GIL), so reading and hashing overlap.
+releases the GIL), so reading and hashing overlap. A gzip file is inflated (and its compressed
+bytes hashed) in a second thread, 16 MiB of decompressed data at a time, while the reading thread
+walks the previous chunk; memory is bounded by a few chunks whatever the compression ratio.
+
+Measured on the 998,739-packet benchmark (386 MB Ethernet pcap, 2-core VM, warm cache, SHA-256
+included): pcap ~0.30 s (3.3 M packets/s), the same as pcapng ~0.34 s (2.9 M packets/s), gzip -1
+of the pcap ~2.2 s (zlib alone takes 1.5 s); the stdlib record walk of bench/baselines.py takes
+0.21 s and computes nothing but the count.
 
 Weaknesses: the pcap walk trusts any caplen up to 256 KiB, so a corrupt header with a plausible
 length desynchronises the rest of the file silently (the pcap format gives no way to notice);
 pcapng EPBs are not checked against their trailing length copy; SPB packets have no timestamp in
-the format and get the timestamp of the packet before them.
+the format and get the timestamp of the packet before them; a file that another process shortens
+while it is mapped kills the reader with SIGBUS (the price of mmap); the rare variants with other
+magic numbers (Kuznetzov's 0xA1B2CD34 with 24-byte records, Navtel, IXIA) are rejected as unknown.
 """
 
 from __future__ import annotations
@@ -84,7 +93,9 @@ class CaptureStats:
     compression       ``gzip`` or ""
     records_read      packet records found; each is either yielded or counted in records_skipped
     records_skipped   reason -> count (``caplen_exceeds_snaplen``, ``caplen_exceeds_record``,
-                      ``unknown_interface``, ``block_too_short``)
+                      ``unknown_interface``, ``block_too_short``; ``truncated_record`` for the record
+                      the end of the file cuts, ``caplen_absurd`` for the garbage pcap header that
+                      ends reading)
     link_types        sorted LINKTYPE values of the packets yielded
     first_ts_ns, last_ts_ns   smallest and largest packet timestamp, ns since the epoch
     truncated         the file ends inside a record or block, or is corrupt from some point on
@@ -131,6 +142,7 @@ class _Walk:
     next_pos: int
     status: str
     detail: str = ""
+    lost_record: str = ""  # when the walk ends the file: skip reason of the record it cut or rejected
 
 
 def _rows(arr: np.ndarray, width: int) -> np.ndarray:
@@ -183,7 +195,7 @@ class _PcapWalker:
         hdr = _rows(arr, 16)[rec].view(self._u4)  # (n, 4): ts_sec, ts_frac, caplen, wirelen
         caplen = hdr[:, 2]
         absurd = np.flatnonzero(caplen > MAX_PCAP_CAPLEN)
-        detail = ""
+        detail = lost = ""
         if absurd.shape[0]:
             k = int(absurd[0])
             status, next_pos = _CORRUPT, int(rec[k])
@@ -192,6 +204,7 @@ class _PcapWalker:
                 f"(more than {MAX_PCAP_CAPLEN}): corrupt from there on, pcap cannot resynchronise"
             )
             rec, hdr, caplen = rec[:k], hdr[:k], caplen[:k]
+            lost = "caplen_absurd"
         elif int(rec[-1]) + 16 + int(caplen[-1]) > size:
             # Only the last record can run past the buffer: the walk stops right after it.
             status, next_pos = _SHORT, int(rec[-1])
@@ -202,6 +215,7 @@ class _PcapWalker:
             status, next_pos = _FULL, off
         if status == _SHORT:
             detail = self._short_detail(mv, next_pos, size, base)
+            lost = "truncated_record" if size - next_pos >= 16 else ""
         keep = caplen <= self.snaplen
         n_found = rec.shape[0]
         if not keep.all():
@@ -217,7 +231,7 @@ class _PcapWalker:
         wirelen = np.minimum(np.maximum(hdr[:, 3], caplen), 0x7FFFFFFF).astype(np.int32)
         return _Walk(
             rec + 16, caplen32, wirelen, ts_ns, np.full(n, self.linktype, np.uint16),
-            next_pos, status, detail,
+            next_pos, status, detail, lost,
         )
 
     def _stop(self, pos: int, size: int, base: int) -> _Walk:
@@ -280,6 +294,7 @@ class _PcapngWalker:
         self.endian = "<"
         self.interfaces: list[_Interface] = []
         self.last_ts_ns = 0
+        self._lost = ""  # skip reason of a packet block cut by the end of the buffer
         self._set_endian("<")
 
     def _set_endian(self, endian: str) -> None:
@@ -289,6 +304,7 @@ class _PcapngWalker:
 
     def walk(self, mv: memoryview, arr: np.ndarray, pos: int, limit: int, base: int) -> _Walk:
         size = len(mv)
+        self._lost = ""
         offsets = array("q")  # block offset of every packet record, in file order
         append = offsets.append
         slow: dict[int, tuple | str] = {}  # index in offsets -> SPB/PB columns, or a skip reason
@@ -345,6 +361,7 @@ class _PcapngWalker:
                 "corrupt from there on"
             ), off
         if blen > have:
+            self._lost = "truncated_record" if btype in (2, 3, 6) else ""
             return _SHORT, self._cut(have, blen, off, base), off
         e = self.endian
         if btype == _PCAPNG_SHB:
@@ -453,6 +470,7 @@ class _PcapngWalker:
                 )
             else:
                 status, off, detail = _SHORT, last, self._cut(size - last, blen, last, base)
+                self._lost = "truncated_record"
         offset = np.empty(n, np.int64)
         caplen = np.empty(n, np.int64)
         wirelen = np.empty(n, np.int64)
@@ -506,7 +524,7 @@ class _PcapngWalker:
         self.stats.records_read += int(offset.shape[0])
         return _Walk(
             offset, caplen.astype(np.int32), np.minimum(wirelen, 0x7FFFFFFF).astype(np.int32),
-            ts_ns, linktype, off, status, detail,
+            ts_ns, linktype, off, status, detail, self._lost if status == _SHORT else "",
         )
 
 
@@ -680,6 +698,8 @@ class CaptureReader:
     def _finish(self, walk: _Walk) -> None:
         if walk.status in (_SHORT, _CORRUPT):
             self._truncate(walk.detail)
+            if walk.lost_record:
+                self.stats._skip(walk.lost_record)
 
     def _gzip_chunks(self):
         """Decompressed chunks of up to GZIP_CHUNK bytes, produced by a second thread.
@@ -761,6 +781,8 @@ class CaptureReader:
                     if walk.status in (_SHORT, _CORRUPT):
                         detail = walk.detail + " (offsets in the decompressed stream)"
                         self._truncate(detail + (f"; {gunzip.error}" if gunzip.error else ""))
+                        if walk.lost_record:
+                            self.stats._skip(walk.lost_record)
                     elif gunzip.error:
                         self._truncate(gunzip.error)
                     final = (arr, walk)

@@ -106,6 +106,7 @@ def test_pcap_absurd_caplen_is_reported_as_corruption(tmp_path):
     assert stats.truncated
     assert f"offset {garbage_at}" in stats.truncation_detail
     assert "cannot resynchronise" in stats.truncation_detail
+    assert stats.records_skipped == {"caplen_absurd": 1} and stats.records_read == 2
 
 
 def test_pcap_truncated_mid_record(tmp_path):
@@ -115,7 +116,7 @@ def test_pcap_truncated_mid_record(tmp_path):
     assert [g[3] for g in got] == [b"a" * 50]
     assert stats.truncated
     assert stats.truncation_detail == "file ends 37 bytes into a 114-byte record at offset 90"
-    assert stats.records_read == 1
+    assert stats.records_read == 2 and stats.records_skipped == {"truncated_record": 1}
 
 
 def test_pcap_truncated_mid_header(tmp_path):
@@ -124,6 +125,7 @@ def test_pcap_truncated_mid_header(tmp_path):
     stats, got = read_all(put(tmp_path, "h.pcap", cut))
     assert len(got) == 1
     assert stats.truncation_detail == "file ends 7 bytes into a 16-byte record header at offset 90"
+    assert stats.records_read == 1 and stats.records_skipped == {}
 
 
 def test_pcap_header_only_has_no_packets(tmp_path):
@@ -242,6 +244,7 @@ def test_pcapng_truncated_mid_block_and_mid_header(tmp_path):
     assert [g[3] for g in got] == [b"a" * 40]
     start = len(data) - last_block
     assert stats.truncation_detail == f"file ends 50 bytes into a 72-byte block at offset {start}"
+    assert stats.records_skipped == {"truncated_record": 1}
     stats, got = read_all(put(tmp_path, "t2.pcapng", data[: start + 5]))
     assert len(got) == 1
     assert stats.truncation_detail == f"file ends 5 bytes into a block header at offset {start}"
@@ -307,6 +310,7 @@ def test_gzip_truncated_inner_capture(tmp_path):
     stats, got = read_all(put(tmp_path, "t.gz", gzip.compress(full[:-77])))
     assert len(got) == 1
     assert stats.truncation_detail.startswith("file ends 37 bytes into a 114-byte record at offset 90")
+    assert stats.records_skipped == {"truncated_record": 1}
 
 
 def test_gzip_members_one_after_another_are_one_stream(tmp_path):
@@ -366,25 +370,26 @@ def test_empty_file(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "content",
+    ("content", "reason"),
     [
-        bytes(range(256)) * 4,  # random-looking bytes
-        b"GET / HTTP/1.1\r\nHost: example.com\r\n\r\n",  # a text file
-        b"\xd4\xc3\xb2\xa1\x02\x00",  # pcap magic, header cut
-        b"\x0a\x0d\x0d\x0a\x1c\x00",  # pcapng section header cut
-        b"\x0a\x0d\x0d\x0a\x1c\x00\x00\x00\x11\x22\x33\x44",  # no byte-order magic
-        gzip.compress(b"just some text, compressed\n"),
-        b"\x1f\x8b\x08\x00garbage that is not deflate",
-        gzip.compress(b""),
+        (bytes(range(256)) * 4, "is not a pcap or pcapng capture (unknown magic 00010203)"),
+        (b"GET / HTTP/1.1\r\nHost: example.com\r\n\r\n", "is not a pcap or pcapng capture"),
+        (b"\xd4\xc3\xb2\xa1\x02\x00", "ends inside the 24-byte pcap file header"),
+        (b"\x0a\x0d\x0d\x0a\x1c\x00", "ends inside the pcapng section header"),
+        (b"\x0a\x0d\x0d\x0a\x1c\x00\x00\x00\x11\x22\x33\x44", "is not a pcap or pcapng capture"),
+        (gzip.compress(b"just some text, compressed\n"), "is not a pcap or pcapng capture (gzip-compressed)"),
+        (b"\x1f\x8b\x08\x00garbage that is not deflate", "corrupt gzip data"),
+        (gzip.compress(b""), "is empty once decompressed (gzip)"),
     ],
     ids=["random", "text", "short-pcap-header", "short-shb", "shb-bad-bom", "gzip-text", "bad-gzip",
          "gzip-empty"],
 )
-def test_not_a_capture(tmp_path, content):
+def test_not_a_capture(tmp_path, content, reason):
     path = put(tmp_path, "capture.pcap", content)  # the name says pcap; the content decides
     with pytest.raises(CaptureError) as e:
         open_capture(path)
     assert str(e.value).startswith(f"{path}: ")
+    assert reason in str(e.value)
 
 
 def test_name_does_not_decide_format(tmp_path):
