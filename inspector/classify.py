@@ -143,6 +143,19 @@ def _payload_items(facts: FlowFacts, sigs: SignatureSet) -> tuple[list[_Item], s
 QUERY_NAME_SOURCES = frozenset({"dns-query"})
 
 
+def _plain_dtls(facts: FlowFacts) -> bool:
+    """DTLS and nothing else, without the DTLS-SRTP offer: a VPN or IoT tunnel, not call media.
+
+    WebRTC keys its media with DTLS-SRTP (RFC 8827 §6.5), whose ClientHello carries the use_srtp
+    extension (RFC 5764 §4.1.1); Cisco AnyConnect's pre-standard DTLS 0x0100 (anyconnect-vpn.pcap,
+    dtls_old_version.pcapng) and plain DTLS 1.2 services do not. Weakness: a flow whose ClientHello
+    was not captured loses the generic verdict (STUN/RTP beside it still give it one).
+    """
+    if {h.detector for h in facts.detectors} != {"dtls"}:
+        return False
+    return not any(key == "dtls_srtp" for key, _ in facts.attributes)
+
+
 def _match_items(facts: FlowFacts, sigs: SignatureSet) -> list[_Item]:
     """Name, DNS, address-range and port items for the flow's server.
 
@@ -199,6 +212,8 @@ def _other_certificate_name(facts: FlowFacts, sigs: SignatureSet, first: str) ->
 def classify(facts: FlowFacts, sigs: SignatureSet) -> Verdict:
     """The verdict for one flow, from its own facts only (see the module docstring)."""
     payload_items, generic_role = _payload_items(facts, sigs)
+    if generic_role and _plain_dtls(facts):
+        generic_role = ""
     match_items = _match_items(facts, sigs)
     items = payload_items + match_items
     decider = next((it for it in items if it.service), None)
@@ -284,7 +299,8 @@ def classify_all(facts: Sequence[FlowFacts], sigs: SignatureSet) -> list[Verdict
     Two cross-flow rules, applied in order to media flows that have no service of their own:
 
     1. Same local socket (``_stun_events``): STUN/TURN to service X's server from the flow's
-       local (IP, port), from ``ICE_GATHERING_NS`` before the flow up to ``P2P_WINDOW_NS`` after.
+       local (IP, port) before the flow began, up to ``P2P_WINDOW_NS`` before; for a flow that
+       carries only STUN/TURN itself, also up to ``ICE_GATHERING_NS`` after it began.
     2. Same ICE session (``_ice_username_links``): the flow's STUN USERNAME equals that of a flow
        of the same host already attributed to X.
     """
@@ -295,12 +311,15 @@ def classify_all(facts: Sequence[FlowFacts], sigs: SignatureSet) -> list[Verdict
     for i, (f, v) in enumerate(zip(facts, verdicts)):
         if f.transport != "udp" or not _unattributed_media(f, v, sigs):
             continue
+        # Only STUN/TURN exchanges can belong to the same candidate gathering; media needs a
+        # nominated pair, which comes after gathering (RFC 8445 §8.1.1).
+        lead_ns = ICE_GATHERING_NS if _gathering_only(f) else 0
         best: _StunEvent | None = None
         for key in ((f.client_ip, f.client_port), (f.server_ip, f.server_port)):
             for ev in events.get(key, ()):
                 if ev.index == i:
                     continue
-                if ev.first_seen_ns - ICE_GATHERING_NS <= f.first_seen_ns <= ev.last_seen_ns + P2P_WINDOW_NS:
+                if ev.first_seen_ns - lead_ns <= f.first_seen_ns <= ev.last_seen_ns + P2P_WINDOW_NS:
                     if best is None or ev.first_seen_ns > best.first_seen_ns:
                         best = ev
         if best is None:
@@ -337,6 +356,11 @@ def _stun_events(
             _StunEvent(f.first_seen_ns, f.last_seen_ns, v.service, f.server_ip, i)
         )
     return events
+
+
+def _gathering_only(f: FlowFacts) -> bool:
+    """The flow carries only STUN/TURN (candidate gathering or connectivity checks), no media."""
+    return bool(f.detectors) and all(h.detector in STUN_DETECTORS for h in f.detectors)
 
 
 def _stun_username(f: FlowFacts) -> str:
