@@ -601,6 +601,25 @@ class _Gunzip:
         return b"".join(out)
 
 
+def _drop_pages(mapping: mmap.mmap, start: int, end: int) -> None:
+    """madvise(MADV_DONTNEED) the whole pages inside [start, end) of a read-only file mapping.
+
+    For a shared file mapping this only unmaps the pages from this process; reading them again
+    faults them back in from the page cache, so correctness never depends on it.
+    """
+    advice = getattr(mmap, "MADV_DONTNEED", None)
+    if advice is None:
+        return
+    page = mmap.PAGESIZE
+    lo = -(-start // page) * page  # whole pages only: a partial page may hold unread bytes
+    hi = (end // page) * page
+    if hi > lo:
+        try:
+            mapping.madvise(advice, lo, hi - lo)
+        except (OSError, ValueError):
+            pass
+
+
 def _detect(head: bytes) -> str | None:
     """Format of a capture from its first bytes: ``pcap``, ``pcap-ns``, ``pcapng`` or None."""
     if head[:4] in _PCAP_MAGICS:
@@ -675,14 +694,19 @@ class CaptureReader:
         sha = hashlib.sha256()
 
         def hash_all() -> None:
-            # One call over the whole mapping: hashlib releases the GIL for its whole duration,
-            # whereas chunked calls would each wait for the walking thread to hand the GIL back.
-            sha.update(mv)
+            # Large chunks: hashlib releases the GIL for each call, and few calls means few waits
+            # for the walking thread to hand the GIL back. Each hashed chunk is dropped from this
+            # process's resident set (the page cache keeps it), so hashing a large file does not
+            # make the whole file resident at once.
+            for start in range(0, len(mv), HASH_CHUNK):
+                sha.update(mv[start : start + HASH_CHUNK])
+                _drop_pages(mapping, start, min(start + HASH_CHUNK, len(mv)))
 
         hasher = threading.Thread(target=hash_all, name="capture-sha256", daemon=True)
         hasher.start()
         walker = self._new_walker(bytes(mv[:24]))
         pos = walker.header_len
+        dropped_to = 0
         while True:
             walk = walker.walk(mv, arr, pos, self.batch_size, 0)
             pos = walk.next_pos
@@ -692,6 +716,12 @@ class CaptureReader:
                 hasher.join()
                 self.stats.sha256 = sha.hexdigest()
             yield arr, walk, min(pos, len(mv)) if not done else len(mv)
+            # The consumer asked for the next batch: every byte before ``pos`` has been read (the
+            # pipeline copies what it keeps). Drop those pages from the resident set, so memory
+            # is bounded by the batch, not the file (a touched mapped page counts as resident).
+            end = min(pos, len(mv))
+            _drop_pages(mapping, dropped_to - dropped_to % mmap.PAGESIZE, end)
+            dropped_to = end
             if done:
                 return
 
