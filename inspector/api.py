@@ -160,7 +160,16 @@ def analyze(
         cb = None
         if progress is not None:
             cb = lambda done, _p=str(path), _t=total: progress(_p, done, _t)  # noqa: E731
-        results.append(process_capture(path, options, cb, _payload_stage(options), _collectors(options)))
+        if options.workers > 1 and options.inspect_payloads:
+            from inspector.capture.files import open_capture
+            from inspector.parallel import process_capture_parallel
+
+            open_capture(path)  # a bad file raises its CaptureError here, not inside a worker
+            results.append(process_capture_parallel(path, options, options.workers))
+            if cb is not None:
+                cb(total)
+        else:
+            results.append(process_capture(path, options, cb, _payload_stage(options), _collectors(options)))
     return _build_analysis(results, signatures, options, created, command_line)
 
 
@@ -277,6 +286,7 @@ def _build_analysis(
             "idle_timeout_s": options.idle_timeout_s,
             "inspect_payloads": options.inspect_payloads,
             "merge": options.merge,
+            "workers": options.workers,
         },
         "signatures": (
             {"digest": signatures.digest, "count": len(signatures.ids)} if signatures is not None else None

@@ -59,6 +59,9 @@ def analyze(
     signatures: Optional[list[Path]] = typer.Option(
         None, "--signatures", help="Directory of extra signature files on top of the built-in set (repeatable)."
     ),
+    workers: int = typer.Option(
+        0, "--workers", "-w", min=0, help="Processes per capture (0: one per available core). Results never depend on it."
+    ),
     no_payloads: bool = typer.Option(False, "--flows-only", help="Skip naming, classification and calls: flows and counters only."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No terminal output except warnings and errors."),
 ) -> None:
@@ -87,6 +90,7 @@ def analyze(
         inspect_payloads=not no_payloads,
         signature_dirs=tuple(signatures or ()),
         merge=merge,
+        workers=workers or _available_cores(),
     )
     try:
         result = _run_with_progress(inspector, paths, options, quiet, err)
@@ -100,6 +104,15 @@ def analyze(
     if not quiet:
         _render_summary(console, result, top)
         console.print(f"wrote {', '.join(str(p) for p in written)}")
+
+
+def _available_cores() -> int:
+    import os
+
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
 
 
 def _run_with_progress(inspector, paths, options, quiet, err):

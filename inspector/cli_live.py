@@ -48,6 +48,9 @@ def live(
     out: Path = typer.Option(Path("inspector-out"), "--out", "-o", help="Directory for the tables and manifest.json."),
     fmt: str = typer.Option("csv", "--format", "-f", help="Table format: csv, json or parquet."),
     idle_timeout: float = typer.Option(120.0, "--idle-timeout", min=0.001, help="Seconds without packets after which a flow ends."),
+    signature_dirs: Optional[list[Path]] = typer.Option(
+        None, "--signatures", help="Directory of extra signature files on top of the built-in set (repeatable)."
+    ),
     view: Optional[bool] = typer.Option(
         None, "--view/--no-view", help="Live terminal view. Default: on when the output is a terminal.", show_default=False
     ),
@@ -65,15 +68,18 @@ def live(
     evidence = write if write is not None else out / EVIDENCE_NAME
     if evidence.is_dir():
         _fail(f"--write {evidence}: is a directory; name the evidence pcapng file", 2)
+    if evidence.exists():
+        # Evidence of an earlier run is never overwritten.
+        _fail(f"{evidence} already exists: name a new evidence file with --write, or another --out", 2)
 
     from inspector.capture.live import LiveCapture, LiveCaptureError
     from inspector.pipeline import AnalyzeOptions
 
-    options = AnalyzeOptions(idle_timeout_s=idle_timeout)
+    options = AnalyzeOptions(idle_timeout_s=idle_timeout, signature_dirs=tuple(signature_dirs or ()))
     try:
-        from inspector.api import _signature_set
+        from inspector.signatures import load_signatures
 
-        signatures = _signature_set(options)
+        signatures = load_signatures(tuple(options.signature_dirs))
     except SignatureError as e:
         _fail(str(e), 2)
     try:
@@ -90,6 +96,7 @@ def live(
     console = Console(highlight=False)
     err = Console(stderr=True, highlight=False)
     show_view = (console.is_terminal if view is None else view) and not quiet
+    previous = _stop_on_signals(capture)
     try:
         analysis = _run(capture, bpf, evidence, options, signatures, duration, count, show_view, console, err, quiet)
         written = analysis.write(out, fmt)
@@ -97,6 +104,8 @@ def live(
         _fail(str(e), 2)
     except InspectorError as e:
         _fail(str(e), 1)
+    finally:
+        _restore_signals(previous)
     for w in analysis.warnings:
         err.print(f"[yellow]warning:[/] {_escape(w)}", markup=True)
     entry = analysis.manifest["inputs"][0]
@@ -110,6 +119,31 @@ def live(
         _render_summary(console, analysis, 10)  # also the call answer (Analysis.call_summaries)
         console.print(f"evidence {evidence}: {entry['evidence_packets']:,} packets, sha256 {entry['evidence_sha256']}")
         console.print(f"wrote {', '.join(str(p) for p in written)}")
+
+
+def _stop_on_signals(capture) -> dict:
+    """SIGINT and SIGTERM stop the capture, from now until the tables are written.
+
+    LiveCapture installs the same handlers while it reads, and puts these back when it ends; they
+    cover the moments before its first read (a signal then ends an empty capture cleanly) and
+    after its last (the tables of what was captured are still written, not lost half-way).
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    previous = {}
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        previous[signum] = signal.signal(signum, lambda _s, _f: capture.stop())
+    return previous
+
+
+def _restore_signals(previous: dict) -> None:
+    import signal
+
+    for signum, handler in previous.items():
+        signal.signal(signum, handler)
 
 
 def _run(capture, bpf, evidence, options, signatures, duration, count, show_view, console, err, quiet):

@@ -37,7 +37,9 @@ def _text_frame(frame: pd.DataFrame) -> pd.DataFrame:
         if isinstance(col.dtype, pd.DatetimeTZDtype) or pd.api.types.is_datetime64_any_dtype(col):
             out[name] = col.dt.strftime(TIME_FORMAT).fillna("")
         elif pd.api.types.is_string_dtype(col) or col.dtype == object:
-            out[name] = col.fillna("").astype(str).map(neutralise)
+            text = col.fillna("").astype(str)
+            risky = text.str[:1].isin(FORMULA_TRIGGERS)
+            out[name] = text.where(~risky, "'" + text) if risky.any() else text
     return out
 
 

@@ -227,8 +227,11 @@ class FlowTable:
         key_cols = (meta, a_hi, a_lo, a_p, b_hi, b_lo, b_p)
         leaders = order[first_sorted]
         group_keys = list(zip(*(c[leaders].tolist() for c in key_cols)))
-        if syn_only_s.any():
-            for g in np.unique(group_of_sorted[syn_only_s]).tolist():
+        # Only a bare SYN after the group's first packet in this batch can split it here (a SYN
+        # opening the batch's run is checked against the stored flow in the segment loop).
+        late_syn = syn_only_s & ~new_group
+        if late_syn.any():
+            for g in np.unique(group_of_sorted[late_syn]).tolist():
                 self._tcp_reopen_splits(group_keys[g], int(group_bounds[g]), int(group_bounds[g + 1]), from_a_s, flags_s, syn_only_s, split)
 
         seg_start = np.flatnonzero(split)
@@ -279,15 +282,24 @@ class FlowTable:
 
         # New flows get ids in the order their first packets appear in the capture.
         new_segments.sort(key=lambda s: int(seg_first_row[s]))
-        for s in new_segments:
-            g = int(seg_group[s])
-            key = group_keys[g]
-            old = self._active.pop(key, None)
-            if old is not None:
-                self._finished.append(old)
-            flow = self._new_flow(d, int(rows[seg_first_row[s]]), bool(src_is_a[seg_first_row[s]]))
-            self._active[key] = flow
-            seg_flow[s] = flow
+        if new_segments:
+            first = seg_first_row[np.asarray(new_segments, dtype=np.int64)]
+            r = rows[first]
+            columns = zip(
+                d.ip_version[r].tolist(), d.proto[r].tolist(), d.vlan_id[r].tolist(), d.tunnel[r].tolist(),
+                d.src_hi[r].tolist(), d.src_lo[r].tolist(), d.src_port[r].tolist(),
+                d.dst_hi[r].tolist(), d.dst_lo[r].tolist(), d.dst_port[r].tolist(),
+                d.tcp_flags[r].tolist(), d.ts_ns[r].tolist(), src_is_a[first].tolist(),
+            )
+            seg_group_l = seg_group.tolist()
+            for s, values in zip(new_segments, columns):
+                key = group_keys[seg_group_l[s]]
+                old = self._active.pop(key, None)
+                if old is not None:
+                    self._finished.append(old)
+                flow = self._new_flow(*values)
+                self._active[key] = flow
+                seg_flow[s] = flow
         # The active entry of a key must be its last segment's flow: a later segment of the same
         # group replaced an earlier one above only if processed later, so fix it up explicitly.
         for s in range(n_seg):
@@ -298,6 +310,10 @@ class FlowTable:
         flows: list[Flow] = []
         seg_slot = np.empty(n_seg, dtype=np.int64)
         client_is_a = np.empty(n_seg, dtype=bool)
+        pkts_a_l, pkts_all_l = pkts_a.tolist(), pkts_all.tolist()
+        bytes_a_l, bytes_all_l = bytes_a.tolist(), bytes_all.tolist()
+        fin_a_l, fin_b_l, rst_l = fin_a.tolist(), fin_b.tolist(), rst_any.tolist()
+        ts_min_l, ts_max_l, clock_last_l = ts_min.tolist(), ts_max.tolist(), clock_last.tolist()
         for s in range(n_seg):
             f = seg_flow[s]
             slot = slots.get(id(f))
@@ -306,26 +322,28 @@ class FlowTable:
                 flows.append(f)
             seg_slot[s] = slot
             client_is_a[s] = f.client_is_a
-            pa, pall = int(pkts_a[s]), int(pkts_all[s])
-            ba, ball = int(bytes_a[s]), int(bytes_all[s])
+            pa, pall = pkts_a_l[s], pkts_all_l[s]
+            ba, ball = bytes_a_l[s], bytes_all_l[s]
             if f.client_is_a:
                 f.client_to_server_packets += pa
                 f.client_to_server_bytes += ba
                 f.server_to_client_packets += pall - pa
                 f.server_to_client_bytes += ball - ba
-                f.fin_from_client |= bool(fin_a[s])
-                f.fin_from_server |= bool(fin_b[s])
+                f.fin_from_client |= fin_a_l[s]
+                f.fin_from_server |= fin_b_l[s]
             else:
                 f.client_to_server_packets += pall - pa
                 f.client_to_server_bytes += ball - ba
                 f.server_to_client_packets += pa
                 f.server_to_client_bytes += ba
-                f.fin_from_client |= bool(fin_b[s])
-                f.fin_from_server |= bool(fin_a[s])
-            f.rst |= bool(rst_any[s])
-            f.first_seen_ns = min(f.first_seen_ns, int(ts_min[s]))
-            f.last_seen_ns = max(f.last_seen_ns, int(ts_max[s]))
-            f.prev_ts_ns = int(clock_last[s])
+                f.fin_from_client |= fin_b_l[s]
+                f.fin_from_server |= fin_a_l[s]
+            f.rst |= rst_l[s]
+            if ts_min_l[s] < f.first_seen_ns:
+                f.first_seen_ns = ts_min_l[s]
+            if ts_max_l[s] > f.last_seen_ns:
+                f.last_seen_ns = ts_max_l[s]
+            f.prev_ts_ns = clock_last_l[s]
 
         flow_slot_sorted = seg_slot[seg_of_sorted]
         from_client_sorted = from_a_s == client_is_a[seg_of_sorted]
@@ -362,30 +380,29 @@ class FlowTable:
                 else:
                     fin_b = True
 
-    def _new_flow(self, d: DecodedBatch, row: int, src_is_a: bool) -> Flow:
+    def _new_flow(self, ip_version, proto, vlan_id, tunnel, src_hi, src_lo, sport, dst_hi, dst_lo, dport, flags, ts_ns, src_is_a) -> Flow:
         f = Flow()
         f.flow_id = self._next_id
         self._next_id += 1
-        f.ip_version = int(d.ip_version[row])
-        f.proto = int(d.proto[row])
-        f.vlan_id = int(d.vlan_id[row])
-        f.tunnel = int(d.tunnel[row])
-        sport, dport = int(d.src_port[row]), int(d.dst_port[row])
-        flags = int(d.tcp_flags[row])
+        f.ip_version = ip_version
+        f.proto = proto
+        f.vlan_id = vlan_id
+        f.tunnel = tunnel
         src_is_client = True
-        if f.proto == IPPROTO_TCP and flags & TCP_SYN:
+        if proto == IPPROTO_TCP and flags & TCP_SYN:
             src_is_client = not (flags & TCP_ACK)
-        elif f.proto in (IPPROTO_TCP, IPPROTO_UDP):
+        elif proto in (IPPROTO_TCP, IPPROTO_UDP):
             if _is_service_port(sport) and not _is_service_port(dport):
                 src_is_client = False
-        src = (int(d.src_hi[row]), int(d.src_lo[row]), sport)
-        dst = (int(d.dst_hi[row]), int(d.dst_lo[row]), dport)
-        client, server = (src, dst) if src_is_client else (dst, src)
-        f.client_hi, f.client_lo, f.client_port = client
-        f.server_hi, f.server_lo, f.server_port = server
+        if src_is_client:
+            f.client_hi, f.client_lo, f.client_port = src_hi, src_lo, sport
+            f.server_hi, f.server_lo, f.server_port = dst_hi, dst_lo, dport
+        else:
+            f.client_hi, f.client_lo, f.client_port = dst_hi, dst_lo, dport
+            f.server_hi, f.server_lo, f.server_port = src_hi, src_lo, sport
         f.client_is_a = src_is_a == src_is_client
-        f.first_seen_ns = int(d.ts_ns[row])
-        f.last_seen_ns = f.first_seen_ns
+        f.first_seen_ns = ts_ns
+        f.last_seen_ns = ts_ns
         f.prev_ts_ns = 0  # set from the capture clock when the segment is counted
         f.client_to_server_packets = f.client_to_server_bytes = 0
         f.server_to_client_packets = f.server_to_client_bytes = 0

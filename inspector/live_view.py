@@ -30,6 +30,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, replace
 
+from inspector.decode import IPPROTO_TCP
 from inspector.streaming import preview_facts
 
 __all__ = ["LiveView", "ViewSnapshot", "CallPreview", "DestinationRow", "TelemetryRow"]
@@ -149,7 +150,9 @@ class LiveView:
         self._last_update = float("-inf")
         self._snapshot = ViewSnapshot(interface)
         self._local: set[str] = set()
-        self._verdicts: dict[int, tuple] = {}  # flow_id -> (facts, verdict) once its dissection is done
+        # flow_id -> (facts, verdict, dissection done, packets then): reused while the flow's
+        # dissection is done or it saw no new packet, so a refresh costs little on a busy link.
+        self._verdicts: dict[int, tuple] = {}
         self._ended: dict[str, DestinationRow] = {}
         self._telemetry: dict[str, TelemetryRow] = {}
         self._ended_flows = 0
@@ -191,8 +194,8 @@ class LiveView:
             from inspector.summarize import flow_endpoints
 
             client_ip, server_ip = flow_endpoints(flow)
-            destination, app_protocol = server_ip, ""
-            turned = False
+            turned = server_ip in self._local and client_ip not in self._local
+            destination, app_protocol = (client_ip if turned else server_ip), ""
         else:
             client_ip, server_ip = facts.client_ip, facts.server_ip
             turned = server_ip in self._local and client_ip not in self._local
@@ -276,20 +279,27 @@ class LiveView:
         need: list[tuple] = []
         for flow in active:
             cached = self._verdicts.get(flow.flow_id)
-            if cached is not None:
-                pairs.append((flow, cached))
+            packets = flow.client_to_server_packets + flow.server_to_client_packets
+            if cached is not None and (cached[2] or cached[3] == packets):
+                pairs.append((flow, cached[:2]))
                 continue
             facts = preview_facts(payloads, flow) if payloads is not None and flow.state is not None else None
             if facts is not None:
                 self._learn_local(facts)
+            elif flow.proto == IPPROTO_TCP:
+                # Without payload facts: the side that opened a TCP connection is taken as local.
+                from inspector.summarize import flow_endpoints
+
+                self._local.add(flow_endpoints(flow)[0])
             need.append((flow, facts))
         if need:
             with_facts = [(fl, fa) for fl, fa in need if fa is not None]
             classified = {id(fa): v for fa, v in self._classify(with_facts)}
             for flow, facts in need:
                 verdict = classified.get(id(facts)) if facts is not None else None
-                if facts is not None and flow.state is not None and flow.state.done:
-                    self._verdicts[flow.flow_id] = (facts, verdict)
+                done = flow.state is None or flow.state.done
+                packets = flow.client_to_server_packets + flow.server_to_client_packets
+                self._verdicts[flow.flow_id] = (facts, verdict, done, packets)
                 pairs.append((flow, (facts, verdict)))
 
         # Fold the active flows over the ended aggregates, without changing the latter.

@@ -687,8 +687,8 @@ class FlowNamer:
         if not server_name and self._stun_realm_raw is not None:
             if self._stun_realm_raw not in raw_names:
                 raw_names.append(self._stun_realm_raw)
-            name = normalise_hostname(self._stun_realm_raw)
-            if name and "." in name:
+            name = stun_realm_name(self._stun_realm_raw)
+            if name:
                 server_name, name_source = name, "stun-realm"
         if not server_name and self._dns_query_raw is not None:
             if self._dns_query_raw not in raw_names:
@@ -723,6 +723,20 @@ class FlowNamer:
         if self._malformed_hello:
             attributes.append(("tls_malformed", self._malformed_hello))
         return tuple(attributes)
+
+
+def stun_realm_name(raw: str) -> str:
+    """A STUN/TURN REALM as a server name (name_source ``stun-realm``), or "" when it is not one.
+
+    The REALM of a TURN server's long-term credentials (RFC 8489 §9.2, §14.9) names the operator's
+    domain: ``signal.org``, ``telegram.org``, ``viber.com`` in the shared captures, which nDPI
+    reports as the flow's host name too. Quotes are dropped (RFC 8489 §14.9 defines the value as
+    a quoted-string's content; some servers send the quotes). A single label (``relay``) names
+    nothing and is refused. Weakness: the server chooses the string; it names a domain, not the
+    relay host.
+    """
+    name = normalise_hostname(raw.strip().strip('"')) if raw else None
+    return name if name and "." in name else ""
 
 
 def _certificate_name(names: tuple[str, ...]) -> str:

@@ -91,12 +91,20 @@ def _routes(proto: np.ndarray, sport: np.ndarray, dport: np.ndarray, b0: np.ndar
 class PayloadStage:
     """Feeds payloads to per-flow dissectors for one capture (or one merged timeline)."""
 
-    def __init__(self, name_map=None) -> None:
+    def __init__(self, name_map=None, partition: tuple[int, int] = (0, 1)) -> None:
+        """``partition = (k, n)``: dissect only the flows whose id is k modulo n (the parallel
+        workers of ``inspector.parallel`` split one capture's flows this way). DNS flows are
+        dissected by every partition, since every flow's naming needs all answers."""
         from inspector.naming import NameMap
 
         self.name_map = name_map if name_map is not None else NameMap()
         self.errors: Counter = Counter()
         self.packets_inspected = 0
+        self.partition = partition
+
+    def owns(self, f: Flow) -> bool:
+        k, n = self.partition
+        return n == 1 or f.flow_id % n == k
 
     def feed(self, d, bf) -> None:
         """Hand this batch's payloads to the flows that still want them, in capture order."""
@@ -121,6 +129,8 @@ class PayloadStage:
                 routes = _routes(d.proto[r], d.src_port[r], d.dst_port[r], b0[first_at])
                 for slot, route in zip(first_slot.tolist(), routes.tolist()):
                     f = flows[slot]
+                    if route != ROUTE_DNS and not self.owns(f):
+                        route = ROUTE_NOTHING  # another partition dissects this flow
                     f.state = FlowInspection(route, transport_name(f.proto), f.client_port, f.server_port)
         want_any = np.zeros(n, dtype=bool)
         dtls_only = np.zeros(n, dtype=bool)
@@ -168,8 +178,10 @@ class PayloadStage:
                 if media.done or st.media_packets >= MEDIA_CAP_PACKETS:
                     st.media_done = True
 
-    def facts(self, f: Flow) -> FlowFacts:
-        """What was learned about flow ``f`` (call after the capture was read)."""
+    def facts(self, f: Flow) -> FlowFacts | None:
+        """What was learned about flow ``f`` (None when another partition owns it)."""
+        if not self.owns(f):
+            return None
         client_ip, server_ip = flow_endpoints(f)
         transport = transport_name(f.proto)
         st: FlowInspection | None = f.state

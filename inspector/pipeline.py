@@ -33,6 +33,7 @@ class AnalyzeOptions:
     inspect_payloads  run the dissectors and payload detectors (naming, classification)
     signature_dirs    extra signature directories on top of the built-in set
     merge             treat several captures as one timeline (pieces of one machine's capture)
+    workers           processes per capture (``inspector.parallel``); results never depend on it
     """
 
     batch_size: int = DEFAULT_BATCH_SIZE
@@ -40,6 +41,7 @@ class AnalyzeOptions:
     inspect_payloads: bool = True
     signature_dirs: tuple[Path, ...] = ()
     merge: bool = False
+    workers: int = 1
 
 
 @dataclass(slots=True)

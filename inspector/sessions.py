@@ -4,9 +4,14 @@ A call is detected from its media, never from signalling (a client keeps its sig
 telemetry connections open all day). The rule, with ``CallOptions`` defaults:
 
 1. **Media flows** are flows the classifier judged a service's media: kind ``conferencing`` with
-   role ``media`` or ``relay``, or service ``webrtc`` (generic STUN/DTLS/RTP), or kind
-   ``conferencing`` with a media app_protocol (``rtp``, ``rtcp``, ``zoom-media``, ``stun``,
-   ``turn``, ``dtls``).
+   role ``media`` or ``relay`` *and* media-capable (UDP, a media app_protocol, or a ``payload:``
+   evidence item), or service ``webrtc`` (generic STUN/DTLS/RTP), or kind ``conferencing`` with a
+   media app_protocol (``rtp``, ``rtcp``, ``zoom-media``, ``stun``, ``turn``, ``dtls``). A TCP
+   flow whose only evidence is the service's address range is not media: a vendor's media ranges
+   also serve its TLS web and signalling (webex.pcap: 15 TLS/443 connections to Webex's
+   published ranges with 4-12 packets each, a join's control traffic, not a call), while real
+   media over TCP (TURN-TCP/TLS fallback, RFC 6062) shows STUN/TURN framing that a payload
+   detector names. Weakness: a vendor's proprietary media over TLS/443 with no detector is missed.
 2. They are grouped per (capture, this machine's address, service); with ``merge=True`` the
    captures form one timeline and the capture is left out of the key.
 3. In each group, the flows' 100 ms activity buckets (``schema.ACTIVITY_COLUMNS``) are sorted by
@@ -129,16 +134,24 @@ def _normalise(frame: pd.DataFrame | None, columns) -> pd.DataFrame:
     return frame.reset_index(drop=True)
 
 
-SHARED_ADDRESS_SPACE = ipaddress.ip_network("100.64.0.0/10")  # RFC 6598 carrier-grade NAT
+#: Where a peer on this machine's network (or behind the same carrier NAT) sits, never a
+#: service's server: RFC 1918, RFC 4193 unique-local, link-local (RFC 3927, RFC 4291 §2.5.6) and
+#: RFC 6598 shared address space. Python's ``is_private`` is not used: it also covers the
+#: documentation ranges (RFC 5737), which stand for public addresses in examples and tests.
+LOCAL_NETWORKS = tuple(
+    ipaddress.ip_network(n)
+    for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16", "100.64.0.0/10",
+              "fc00::/7", "fe80::/10")
+)  # fmt: skip
 
 
 def _is_private(address: str) -> bool:
-    """RFC 1918 / RFC 4193 / link-local / RFC 6598 shared space: not a service's server."""
+    """RFC 1918 / RFC 4193 / link-local / RFC 6598 shared space (``LOCAL_NETWORKS``)."""
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:
         return False
-    return ip.is_private or ip.is_link_local or ip in SHARED_ADDRESS_SPACE
+    return any(ip.version == n.version and ip in n for n in LOCAL_NETWORKS)
 
 
 def endpoint_text(address: str, port: int) -> str:
@@ -167,6 +180,11 @@ SERVER_EVIDENCE = ("sni:", "quic-sni:", "http-host:", "certificate:", "dns:", "c
 #: (MMR) flows (facts §2.1); Discord's IP discovery is asked of the voice server the gateway
 #: assigned (facts §1.11, Discord voice-connections docs).
 SERVER_PAYLOADS = ("payload:zoom-media", "payload:discord-ip-discovery")
+
+
+def _has_payload_evidence(evidence: str) -> bool:
+    """The verdict rests on a payload detector (``payload:`` item), not only on names/ranges."""
+    return any(item.strip().startswith("payload:") for item in evidence.split(";"))
 
 
 def server_identified(evidence: str) -> bool:
@@ -221,7 +239,10 @@ def flow_sides(flows: pd.DataFrame) -> pd.DataFrame:
     destination = np.where(swapped | (server_name == "") | looked_up, remote_ip, server_name)
 
     conferencing = kind == "conferencing"
-    is_media = (conferencing & np.isin(role, list(MEDIA_ROLES))) | (service == "webrtc")
+    transport = _text(flows, "transport")
+    media_payload = np.array([_has_payload_evidence(e) for e in evidence], dtype=bool)
+    media_capable = (transport == "udp") | np.isin(app, list(MEDIA_APP_PROTOCOLS)) | media_payload
+    is_media = (conferencing & np.isin(role, list(MEDIA_ROLES)) & media_capable) | (service == "webrtc")
     is_media |= conferencing & np.isin(app, list(MEDIA_APP_PROTOCOLS))
     candidates = is_media & (service == "webrtc")
     private_remote = np.array([ok and _is_private(ip) for ok, ip in zip(candidates, remote_ip)], dtype=bool)

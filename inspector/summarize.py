@@ -6,6 +6,7 @@ Each table is built once, column by column from plain lists, with the dtypes dec
 
 from __future__ import annotations
 
+import functools
 import socket
 from collections.abc import Sequence
 
@@ -46,6 +47,11 @@ def address_text(version: int, hi: int, lo: int) -> str:
     return socket.inet_ntop(socket.AF_INET6, hi.to_bytes(8, "big") + lo.to_bytes(8, "big"))
 
 
+@functools.lru_cache(maxsize=65536)
+def _address_text_cached(version: int, hi: int, lo: int) -> str:
+    return address_text(version, hi, lo)
+
+
 def flow_endpoints(f: Flow) -> tuple[str, str]:
     return address_text(f.ip_version, f.client_hi, f.client_lo), address_text(f.ip_version, f.server_hi, f.server_lo)
 
@@ -57,23 +63,22 @@ def flows_frame(capture: str, flows: Sequence[Flow], labels: Sequence[dict] | No
     later stages filled; missing keys stay empty.
     """
     n = len(flows)
-    cols: dict[str, list] = {name: [] for name, _, _ in FLOW_COLUMNS}
-    for f in flows:
-        client_ip, server_ip = flow_endpoints(f)
-        cols["flow_id"].append(f.flow_id)
-        cols["transport"].append(transport_name(f.proto))
-        cols["client_ip"].append(client_ip)
-        cols["client_port"].append(f.client_port)
-        cols["server_ip"].append(server_ip)
-        cols["server_port"].append(f.server_port)
-        cols["first_seen"].append(f.first_seen_ns)
-        cols["last_seen"].append(f.last_seen_ns)
-        cols["client_to_server_packets"].append(f.client_to_server_packets)
-        cols["client_to_server_bytes"].append(f.client_to_server_bytes)
-        cols["server_to_client_packets"].append(f.server_to_client_packets)
-        cols["server_to_client_bytes"].append(f.server_to_client_bytes)
-        cols["vlan_id"].append(f.vlan_id)
-        cols["tunnel"].append(TUNNEL_NAMES[f.tunnel] if f.tunnel < len(TUNNEL_NAMES) else str(f.tunnel))
+    cols: dict[str, list] = {}
+    text = _address_text_cached
+    cols["flow_id"] = [f.flow_id for f in flows]
+    cols["transport"] = [transport_name(f.proto) for f in flows]
+    cols["client_ip"] = [text(f.ip_version, f.client_hi, f.client_lo) for f in flows]
+    cols["client_port"] = [f.client_port for f in flows]
+    cols["server_ip"] = [text(f.ip_version, f.server_hi, f.server_lo) for f in flows]
+    cols["server_port"] = [f.server_port for f in flows]
+    cols["first_seen"] = [f.first_seen_ns for f in flows]
+    cols["last_seen"] = [f.last_seen_ns for f in flows]
+    cols["client_to_server_packets"] = [f.client_to_server_packets for f in flows]
+    cols["client_to_server_bytes"] = [f.client_to_server_bytes for f in flows]
+    cols["server_to_client_packets"] = [f.server_to_client_packets for f in flows]
+    cols["server_to_client_bytes"] = [f.server_to_client_bytes for f in flows]
+    cols["vlan_id"] = [f.vlan_id for f in flows]
+    cols["tunnel"] = [TUNNEL_NAMES[f.tunnel] if f.tunnel < len(TUNNEL_NAMES) else str(f.tunnel) for f in flows]
     label_names = (
         "app_protocol",
         "server_name",

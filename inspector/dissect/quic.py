@@ -32,13 +32,13 @@ not listed here (future or private) are counted as ``unknown_version`` and skipp
 from __future__ import annotations
 
 import collections
+import hmac
+import re
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes, hmac
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
 
 from inspector.dissect import gquic
 from inspector.dissect.gquic import GQuicError, GQuicHello
@@ -217,14 +217,31 @@ def hkdf_expand_label(secret: bytes, label: str, length: int, context: bytes = b
         + bytes([len(context)])
         + context
     )
-    return HKDFExpand(hashes.SHA256(), length, info).derive(secret)
+    return _hkdf_expand(secret, info, length)
+
+
+def _hkdf_expand(prk: bytes, info: bytes, length: int) -> bytes:
+    """HKDF-Expand (RFC 5869 §2.3) with HMAC-SHA256: T(i) = HMAC(PRK, T(i-1) | info | i).
+
+    Written on the standard library's one-shot ``hmac.digest``: QUIC Initial keys need one
+    block each (<= 32 bytes), and building a ``cryptography`` HKDF object per label cost more
+    than the hashing itself.
+    """
+    if length > 255 * 32:
+        raise ValueError("HKDF-Expand output is limited to 255 hash lengths")
+    output = b""
+    block = b""
+    counter = 1
+    while len(output) < length:
+        block = hmac.digest(prk, block + info + bytes([counter]), "sha256")
+        output += block
+        counter += 1
+    return output[:length]
 
 
 def _hkdf_extract(salt: bytes, ikm: bytes) -> bytes:
     """HKDF-Extract (RFC 5869 §2.2): PRK = HMAC-SHA256(key=salt, msg=IKM)."""
-    mac = hmac.HMAC(salt, hashes.SHA256())
-    mac.update(ikm)
-    return mac.finalize()
+    return hmac.digest(salt, ikm, "sha256")
 
 
 def initial_secret(salt: bytes, dcid: bytes) -> bytes:
@@ -376,21 +393,41 @@ def decrypt_client_initial(packet: bytes, pn_offset: int, keys: InitialKeys) -> 
     first packets of a connection). Raises QuicError("decrypt_failed") when the tag does not
     verify (wrong version salt, wrong DCID, or a corrupted packet).
     """
+    return _decrypt_initial(packet, pn_offset, _InitialCipher(keys))
+
+
+class _InitialCipher:
+    """The AES contexts of one set of Initial keys, built once and reused for every packet.
+
+    AES-ECB keeps no state between blocks, so one encryptor serves every 16-byte
+    header-protection sample (RFC 9001 §5.4.3); AESGCM holds only the key (RFC 9001 §5.3).
+    """
+
+    __slots__ = ("iv", "hp_encryptor", "aead")
+
+    def __init__(self, keys: InitialKeys) -> None:
+        self.iv = int.from_bytes(keys.iv, "big")
+        self.hp_encryptor = Cipher(algorithms.AES(keys.hp), modes.ECB()).encryptor()
+        self.aead = AESGCM(keys.key)
+
+
+def _decrypt_initial(packet: bytes, pn_offset: int, cipher: _InitialCipher) -> tuple[int, bytes]:
+    """``decrypt_client_initial`` with prepared AES contexts (same checks, same errors)."""
     if len(packet) < pn_offset + 4 + 16:
         raise QuicError("too_short_for_sample")
-    sample = packet[pn_offset + 4 : pn_offset + 20]
-    mask = header_protection_mask(keys.hp, sample)
+    mask = cipher.hp_encryptor.update(packet[pn_offset + 4 : pn_offset + 20])
     first_byte = packet[0] ^ (mask[0] & 0x0F)
     pn_length = (first_byte & 0x03) + 1
-    pn_bytes = bytes(b ^ m for b, m in zip(packet[pn_offset : pn_offset + pn_length], mask[1:]))
-    packet_number = int.from_bytes(pn_bytes, "big")
-    payload_offset = pn_offset + pn_length
-    if len(packet) - payload_offset < 16:
+    pn_end = pn_offset + pn_length
+    packet_number = int.from_bytes(packet[pn_offset:pn_end], "big") ^ int.from_bytes(
+        mask[1 : 1 + pn_length], "big"
+    )
+    if len(packet) - pn_end < 16:
         raise QuicError("too_short_for_tag")
-    header = bytes([first_byte]) + packet[1:pn_offset] + pn_bytes
-    nonce = (int.from_bytes(keys.iv, "big") ^ packet_number).to_bytes(12, "big")
+    header = bytes([first_byte]) + packet[1:pn_offset] + packet_number.to_bytes(pn_length, "big")
+    nonce = (cipher.iv ^ packet_number).to_bytes(12, "big")
     try:
-        plaintext = AESGCM(keys.key).decrypt(nonce, packet[payload_offset:], header)
+        plaintext = cipher.aead.decrypt(nonce, packet[pn_end:], header)
     except InvalidTag:
         raise QuicError("decrypt_failed") from None
     return packet_number, plaintext
@@ -425,6 +462,10 @@ def _read_crypto(data: bytes, pos: int) -> tuple[int, bytes, int]:
     return offset, data[pos : pos + length], pos + length
 
 
+# A run of PADDING (0x00) and PING (0x01) frames, each one byte long (RFC 9000 §19.1, §19.2).
+_PADDING_OR_PING_RUN = re.compile(rb"[\x00\x01]+")
+
+
 def parse_initial_frames(plaintext: bytes) -> list[tuple[int, bytes]]:
     """CRYPTO fragments (offset, data) of an Initial payload in IETF framing, in packet order.
 
@@ -436,11 +477,14 @@ def parse_initial_frames(plaintext: bytes) -> list[tuple[int, bytes]]:
     fragments: list[tuple[int, bytes]] = []
     pos = 0
     end = len(plaintext)
+    skip = _PADDING_OR_PING_RUN.match
     while pos < end:
         frame_type = plaintext[pos]
-        pos += 1
         if frame_type == 0x00 or frame_type == 0x01:
+            # One-byte frames: jump the whole run (a client pads its Initial to 1200 bytes).
+            pos = skip(plaintext, pos).end()
             continue
+        pos += 1
         if frame_type in (0x02, 0x03):
             pos = _skip_ack(plaintext, pos, frame_type == 0x03)
         elif frame_type == 0x06:
@@ -626,7 +670,7 @@ class QuicInitialCollector:
         self._datagrams = 0
         self._crypto = CryptoReassembler()
         self._first_dcid: bytes | None = None
-        self._keys: dict[tuple[bytes, bytes, str], InitialKeys] = {}
+        self._keys: dict[tuple[bytes, bytes, str], _InitialCipher] = {}
 
     @property
     def server_name(self) -> str:
@@ -710,9 +754,9 @@ class QuicInitialCollector:
             dcids.append(self._first_dcid)
         for dcid in dcids:
             for salt in profile.salts:
-                keys = self._keys_for(dcid, salt, profile)
+                cipher = self._cipher_for(dcid, salt, profile)
                 try:
-                    _, plaintext = decrypt_client_initial(packet, pn_offset, keys)
+                    _, plaintext = _decrypt_initial(packet, pn_offset, cipher)
                 except QuicError as error:
                     last_error = error
                     continue
@@ -720,15 +764,15 @@ class QuicInitialCollector:
                 return
         raise last_error
 
-    def _keys_for(self, dcid: bytes, salt: bytes, profile: VersionProfile) -> InitialKeys:
+    def _cipher_for(self, dcid: bytes, salt: bytes, profile: VersionProfile) -> _InitialCipher:
         cache_key = (dcid, salt, profile.labels[0])
-        keys = self._keys.get(cache_key)
-        if keys is None:
+        cipher = self._keys.get(cache_key)
+        if cipher is None:
             if len(self._keys) >= 8:  # bounded: a flow has one or two DCIDs in its Initials
                 self._keys.clear()
-            keys = client_initial_keys(dcid, salt, profile.labels)
-            self._keys[cache_key] = keys
-        return keys
+            cipher = _InitialCipher(client_initial_keys(dcid, salt, profile.labels))
+            self._keys[cache_key] = cipher
+        return cipher
 
     def _consume_plaintext(self, plaintext: bytes, profile: VersionProfile, version: int) -> None:
         if profile.frames == "gquic":

@@ -12,6 +12,7 @@ field is checked against the bytes that remain before it is used.
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass
 
 HANDSHAKE_CLIENT_HELLO = 1
@@ -76,12 +77,23 @@ class _Cursor:
         return chunk
 
     def uint(self, n: int, reason: str = "truncated") -> int:
-        return int.from_bytes(self.take(n, reason), "big")
+        pos = self.pos
+        stop = pos + n
+        if n < 0 or stop > self.end:
+            raise TlsError(reason)
+        self.pos = stop
+        return int.from_bytes(self.data[pos:stop], "big")
 
     def vector(self, length_bytes: int, reason: str) -> bytes:
         """A length-prefixed opaque vector; a length beyond the remaining bytes raises ``reason``."""
-        length = self.uint(length_bytes, reason)
-        return self.take(length, reason)
+        pos = self.pos + length_bytes
+        if pos > self.end:
+            raise TlsError(reason)
+        stop = pos + int.from_bytes(self.data[self.pos : pos], "big")
+        if stop > self.end:
+            raise TlsError(reason)
+        self.pos = stop
+        return self.data[pos:stop]
 
 
 def version_name(version: int) -> str:
@@ -128,55 +140,76 @@ def _handshake_body(handshake: bytes, expected_type: int, dtls: bool) -> _Cursor
     For DTLS the message must be whole (fragment_offset 0, fragment_length == length); the caller
     reassembles fragments first. Bytes after the declared length are ignored (the next message).
     """
-    header = _Cursor(handshake)
-    msg_type = header.uint(1)
-    if msg_type != expected_type:
+    start, end = _handshake_bounds(handshake, expected_type, dtls)
+    return _Cursor(handshake, start, end)
+
+
+def _handshake_bounds(handshake: bytes, expected_type: int, dtls: bool) -> tuple[int, int]:
+    """(start, end) of the message body after the checks ``_handshake_body`` documents."""
+    available = len(handshake)
+    if not available:
+        raise TlsError("truncated")
+    if handshake[0] != expected_type:
         raise TlsError("unexpected_handshake_type")
-    length = header.uint(3)
+    if available < 4:
+        raise TlsError("truncated")
+    length = (handshake[1] << 16) | (handshake[2] << 8) | handshake[3]
+    start = 4
     if dtls:
-        header.uint(2)  # message_seq
-        fragment_offset = header.uint(3)
-        fragment_length = header.uint(3)
+        # message_seq (2 bytes), then fragment_offset and fragment_length (3 bytes each).
+        if available < 12:
+            raise TlsError("truncated")
+        fragment_offset = (handshake[6] << 16) | (handshake[7] << 8) | handshake[8]
+        fragment_length = (handshake[9] << 16) | (handshake[10] << 8) | handshake[11]
         if fragment_offset != 0 or fragment_length != length:
             raise TlsError("fragmented")
-    if header.remaining() < length:
+        start = 12
+    if available - start < length:
         raise TlsError("truncated")
-    return _Cursor(handshake, header.pos, header.pos + length)
+    return start, start + length
 
 
 def _parse_sni(data: bytes) -> str:
     """server_name extension (RFC 6066 §3): ServerNameList<1..2^16-1> of (name_type, HostName<1..>)."""
-    outer = _Cursor(data)
-    names = _Cursor(outer.vector(2, "bad_sni"))
-    if outer.remaining():
+    end = len(data)
+    # The list must fill the extension exactly.
+    if end < 2 or (data[0] << 8 | data[1]) != end - 2:
         raise TlsError("bad_sni")
-    while names.remaining():
-        name_type = names.uint(1, "bad_sni")
-        name = names.vector(2, "bad_sni")
+    pos = 2
+    while pos < end:
+        name_type = data[pos]
+        if pos + 3 > end:
+            raise TlsError("bad_sni")
+        stop = pos + 3 + (data[pos + 1] << 8 | data[pos + 2])
+        if stop > end:
+            raise TlsError("bad_sni")
         if name_type == 0:
-            return name.decode("latin-1")
+            return data[pos + 3 : stop].decode("latin-1")
+        pos = stop
     return ""
 
 
 def _parse_alpn(data: bytes) -> tuple[str, ...]:
     """ALPN (RFC 7301 §3.1): ProtocolNameList<2..2^16-1> of ProtocolName<1..2^8-1>."""
-    outer = _Cursor(data)
-    names = _Cursor(outer.vector(2, "bad_alpn"))
-    if outer.remaining():
+    end = len(data)
+    if end < 2 or (data[0] << 8 | data[1]) != end - 2:
         raise TlsError("bad_alpn")
     protocols: list[str] = []
-    while names.remaining():
-        name = names.vector(1, "bad_alpn")
-        if not name:
+    pos = 2
+    while pos < end:
+        length = data[pos]
+        stop = pos + 1 + length
+        if not length or stop > end:
             raise TlsError("bad_alpn")
-        protocols.append(name.decode("latin-1"))
+        protocols.append(data[pos + 1 : stop].decode("latin-1"))
+        pos = stop
     return tuple(protocols)
 
 
 def _parse_uint16_list(raw: bytes, reason: str) -> tuple[int, ...]:
     if len(raw) % 2:
         raise TlsError(reason)
-    return tuple(int.from_bytes(raw[i : i + 2], "big") for i in range(0, len(raw), 2))
+    return struct.unpack(f">{len(raw) // 2}H", raw)
 
 
 def _parse_extensions(body: _Cursor, lenient: bool = False) -> list[tuple[int, bytes]]:
@@ -185,24 +218,47 @@ def _parse_extensions(body: _Cursor, lenient: bool = False) -> list[tuple[int, b
     ``lenient``: a block length that overruns the message is cut to the message, and an
     extension whose length overruns the block ends the list (what was read before is kept).
     """
-    if not body.remaining():
+    data = body.data
+    spans = _extension_spans(data, body.pos, body.end, lenient)
+    body.pos = body.end
+    return [(ext_type, data[start:stop]) for ext_type, start, stop in spans]
+
+
+def _extension_spans(
+    data: bytes, pos: int, end: int, lenient: bool
+) -> list[tuple[int, int, int]]:
+    """The extension block in ``data[pos:end]`` as (type, start, stop) of each extension body.
+
+    Same rules and errors as ``_parse_extensions``; offsets instead of copies, so extensions
+    nobody reads cost no slicing.
+    """
+    if pos >= end:
         return []
-    if lenient:
-        declared = body.uint(2, "bad_extensions_length")
-        block = _Cursor(body.take(min(declared, body.remaining())))
-    else:
-        block = _Cursor(body.vector(2, "bad_extensions_length"))
-    extensions: list[tuple[int, bytes]] = []
-    while block.remaining():
-        try:
-            ext_type = block.uint(2, "bad_extension_length")
-            ext_data = block.vector(2, "bad_extension_length")
-        except TlsError:
+    if pos + 2 > end:
+        raise TlsError("bad_extensions_length")
+    block_end = pos + 2 + (data[pos] << 8 | data[pos + 1])
+    pos += 2
+    if block_end > end:
+        if not lenient:
+            raise TlsError("bad_extensions_length")
+        block_end = end
+    spans: list[tuple[int, int, int]] = []
+    append = spans.append
+    while pos < block_end:
+        # extension_type (2 bytes), extension_data<0..2^16-1>.
+        start = pos + 4
+        if start > block_end:
             if lenient:
                 break
-            raise
-        extensions.append((ext_type, ext_data))
-    return extensions
+            raise TlsError("bad_extension_length")
+        stop = start + (data[pos + 2] << 8 | data[pos + 3])
+        if stop > block_end:
+            if lenient:
+                break
+            raise TlsError("bad_extension_length")
+        append((data[pos] << 8 | data[pos + 1], start, stop))
+        pos = stop
+    return spans
 
 
 def parse_client_hello(handshake: bytes, dtls: bool = False) -> ClientHello:
@@ -240,20 +296,42 @@ def _parse_client_hello(handshake: bytes, dtls: bool, lenient: bool) -> ClientHe
             if dtls:
                 header[6:12] = (0).to_bytes(3, "big") + available.to_bytes(3, "big")
             handshake = bytes(header) + handshake[header_length:]
-    body = _handshake_body(handshake, HANDSHAKE_CLIENT_HELLO, dtls)
-    legacy_version = body.uint(2)
-    body.take(32)  # random
-    session_id = body.vector(1, "bad_session_id")
-    if len(session_id) > 32:
+    data = handshake
+    pos, end = _handshake_bounds(data, HANDSHAKE_CLIENT_HELLO, dtls)
+    # legacy_version (2 bytes) and random (32 bytes).
+    if pos + 34 > end:
+        raise TlsError("truncated")
+    legacy_version = data[pos] << 8 | data[pos + 1]
+    pos += 34
+    # legacy_session_id<0..32>.
+    if pos >= end:
+        raise TlsError("bad_session_id")
+    length = data[pos]
+    pos += 1 + length
+    if pos > end or length > 32:
         raise TlsError("bad_session_id")
     if dtls:
-        body.vector(1, "bad_cookie")
-    cipher_suites = body.vector(2, "bad_cipher_suites")
-    if not cipher_suites or len(cipher_suites) % 2:
+        # cookie<0..2^8-1> (RFC 6347 §4.2.1).
+        if pos >= end:
+            raise TlsError("bad_cookie")
+        pos += 1 + data[pos]
+        if pos > end:
+            raise TlsError("bad_cookie")
+    # cipher_suites<2..2^16-2>: non-empty, whole uint16 values.
+    if pos + 2 > end:
         raise TlsError("bad_cipher_suites")
-    if not body.vector(1, "bad_compression_methods"):
+    length = data[pos] << 8 | data[pos + 1]
+    pos += 2 + length
+    if pos > end or not length or length % 2:
+        raise TlsError("bad_cipher_suites")
+    # legacy_compression_methods<1..2^8-1>.
+    if pos >= end:
         raise TlsError("bad_compression_methods")
-    extensions = _parse_extensions(body, lenient)
+    length = data[pos]
+    pos += 1 + length
+    if pos > end or not length:
+        raise TlsError("bad_compression_methods")
+    extensions = _extension_spans(data, pos, end, lenient)
 
     server_name = ""
     alpn: tuple[str, ...] = ()
@@ -261,15 +339,17 @@ def _parse_client_hello(handshake: bytes, dtls: bool, lenient: bool) -> ClientHe
     use_srtp: tuple[int, ...] = ()
     has_ech = False
     seen: set[int] = set()
-    for ext_type, ext_data in extensions:
-        if ext_type in (EXT_ECH, EXT_LEGACY_ESNI):
+    for ext_type, start, stop in extensions:
+        if ext_type == EXT_ECH or ext_type == EXT_LEGACY_ESNI:
             has_ech = True
         # RFC 8446 §4.2 forbids repeating an extension; if a client does, the first one counts.
         if ext_type in seen:
             continue
         seen.add(ext_type)
+        if ext_type not in _CLIENT_EXTENSIONS_READ:
+            continue
         try:
-            parsed = _client_extension(ext_type, ext_data)
+            parsed = _client_extension(ext_type, data[start:stop])
         except TlsError:
             if lenient:
                 continue
@@ -291,8 +371,12 @@ def _parse_client_hello(handshake: bytes, dtls: bool, lenient: bool) -> ClientHe
         supported_versions=supported_versions,
         has_ech=has_ech,
         use_srtp=use_srtp,
-        extensions=tuple(ext_type for ext_type, _ in extensions),
+        extensions=tuple([span[0] for span in extensions]),
     )
+
+
+# The ClientHello extensions ``_client_extension`` decodes; the others are only listed.
+_CLIENT_EXTENSIONS_READ = frozenset((EXT_SERVER_NAME, EXT_ALPN, EXT_SUPPORTED_VERSIONS, EXT_USE_SRTP))
 
 
 def _client_extension(ext_type: int, ext_data: bytes) -> str | tuple[str, ...] | tuple[int, ...] | None:
@@ -420,24 +504,24 @@ class TlsHandshakeReader:
 
     def feed(self, stream: bytes) -> list[bytes]:
         """``stream`` is the whole contiguous prefix seen so far (it only grows between calls)."""
-        while not self.encrypted and self._offset + 5 <= len(stream):
-            header = _Cursor(stream, self._offset)
-            content_type = header.uint(1)
-            major = header.uint(1)
-            header.uint(1)  # minor version
-            length = header.uint(2)
-            if major != 3 or content_type not in (20, 21, 22, 23, 24):
+        available = len(stream)
+        while not self.encrypted and self._offset + 5 <= available:
+            # Record header: type (1), version major/minor (2), uint16 length (RFC 8446 §5.1).
+            offset = self._offset
+            content_type = stream[offset]
+            length = stream[offset + 3] << 8 | stream[offset + 4]
+            if stream[offset + 1] != 3 or content_type not in (20, 21, 22, 23, 24):
                 raise TlsError("not_tls_record")
             if length > MAX_RECORD_LENGTH:
                 raise TlsError("bad_record_length")
-            if header.remaining() < length:
+            start = offset + 5
+            if available - start < length:
                 break
-            fragment = header.take(length)
-            self._offset = header.pos
+            self._offset = start + length
             if content_type == CONTENT_HANDSHAKE:
                 if len(self._handshake) + length > self.max_bytes:
                     raise TlsError("handshake_too_large")
-                self._handshake += fragment
+                self._handshake += stream[start : start + length]
             elif content_type in (CONTENT_CHANGE_CIPHER_SPEC, CONTENT_APPLICATION_DATA):
                 self.encrypted = True
         return self._complete_messages()

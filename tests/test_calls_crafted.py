@@ -1,0 +1,303 @@
+"""The calls stage end to end on a capture crafted with scapy: one WebRTC call and two beacons.
+
+The capture (``build_call_capture``) holds, from one machine 192.168.1.10:
+
+* at T0 (five minutes before the call) a telemetry beacon: TCP to 198.51.100.7:443, a TLS
+  ClientHello with SNI ``app-measurement.com`` (Google Analytics for Firebase) and a few bytes
+  of application data each way;
+* at T0+300 s a call to 203.0.113.50:40000 (UDP from port 50000): a STUN Binding request and
+  success response (RFC 8489 §5, §14.2), a DTLS 1.2 ClientHello/ServerHello with use_srtp
+  (RFC 6347 §4.2, RFC 5764 §4.1.1), then 20 s of RTP audio (Opus PT 111, 48 kHz clock, 20 ms
+  frames: 960 ticks per packet, RFC 7587 §4.2) at 50 packets/s each way;
+* at T0+310 s, inside the call, the same beacon to 198.51.100.8:443.
+
+Every expected number below is computed from the packets the test built (IP total lengths,
+RFC 791), not from the pipeline, and the window is the first and last media packet times.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from scapy.layers.inet import IP, TCP, UDP
+from scapy.layers.l2 import Ether
+from scapy.packet import Raw
+from scapy.utils import PcapWriter
+
+import inspector
+from tests.dissect.test_tls import (
+    client_hello,
+    record,
+    server_hello,
+    sni_extension,
+    use_srtp_extension,
+)
+
+CLIENT = "192.168.1.10"
+PEER = "203.0.113.50"
+CLIENT_MEDIA_PORT, PEER_MEDIA_PORT = 50000, 40000
+BEACON_OUTSIDE, BEACON_INSIDE = "198.51.100.7", "198.51.100.8"
+BEACON_SNI = b"app-measurement.com"
+T0_S = 1_700_000_000  # 2023-11-14T22:13:20Z
+CALL_START_S = T0_S + 300
+RTP_START_S = CALL_START_S + 0.5
+RTP_PACKETS = 1000  # 20 s at 50 packets/s
+RTP_INTERVAL_US = 20_000
+RECEIVED_OFFSET_US = 5_000
+OPUS_PT = 111
+SENT_SSRC, RECEIVED_SSRC = 0x11111111, 0x22222222
+STUN_MAGIC = 0x2112A442
+
+
+@dataclass
+class Built:
+    """What the test wrote, as the truth to compare with: per flow key, packets and IP bytes."""
+
+    packets: list[tuple[int, object]] = field(default_factory=list)  # (time in µs, scapy packet)
+
+    def add(self, time_us: int, packet) -> None:
+        self.packets.append((time_us, packet))
+
+    def ip_totals(self, a: str, b: str) -> tuple[int, int, int, int]:
+        """(packets a->b, bytes a->b, packets b->a, bytes b->a), IP total length (RFC 791)."""
+        out = [0, 0, 0, 0]
+        for _, p in self.packets:
+            if p[IP].src == a and p[IP].dst == b:
+                out[0] += 1
+                out[1] += len(bytes(p[IP]))
+            elif p[IP].src == b and p[IP].dst == a:
+                out[2] += 1
+                out[3] += len(bytes(p[IP]))
+        return tuple(out)
+
+    def times_us(self, a: str, b: str) -> tuple[int, int]:
+        times = [t for t, p in self.packets if {p[IP].src, p[IP].dst} == {a, b}]
+        return min(times), max(times)
+
+
+def _us(seconds: float) -> int:
+    return int(round(seconds * 1_000_000))
+
+
+def _udp(src: str, dst: str, sport: int, dport: int, payload: bytes):
+    return Ether() / IP(src=src, dst=dst) / UDP(sport=sport, dport=dport) / Raw(payload)
+
+
+def stun_binding(response: bool, transaction: bytes) -> bytes:
+    """STUN Binding request (0x0001, no attributes) or success response (0x0101) with an
+    XOR-MAPPED-ADDRESS (RFC 8489 §14.2: port and address XOR the magic cookie)."""
+    if not response:
+        return struct.pack("!HHI", 0x0001, 0, STUN_MAGIC) + transaction
+    xport = CLIENT_MEDIA_PORT ^ (STUN_MAGIC >> 16)
+    xaddr = int.from_bytes(bytes(map(int, CLIENT.split("."))), "big") ^ STUN_MAGIC
+    attr = struct.pack("!HHBBHI", 0x0020, 8, 0, 0x01, xport, xaddr)
+    return struct.pack("!HHI", 0x0101, len(attr), STUN_MAGIC) + transaction + attr
+
+
+def dtls_record(body: bytes, sequence: int) -> bytes:
+    """DTLS 1.2 handshake record: type 22, version 0xFEFD, epoch 0, 48-bit sequence (RFC 6347 §4.1)."""
+    return struct.pack("!BHH", 22, 0xFEFD, 0) + sequence.to_bytes(6, "big") + struct.pack("!H", len(body)) + body
+
+
+def rtp_packet(seq: int, timestamp: int, ssrc: int, marker: bool = False) -> bytes:
+    """RTP v2 header (RFC 3550 §5.1) and an 80-byte stand-in for an encrypted Opus frame."""
+    return struct.pack("!BBHII", 0x80, (0x80 if marker else 0) | OPUS_PT, seq & 0xFFFF, timestamp, ssrc) + b"\xab" * 80
+
+
+def _beacon(built: Built, server: str, start_s: float, client_port: int) -> None:
+    """A TCP connection to ``server``:443: handshake, ClientHello with the telemetry SNI,
+    ServerHello, 60 bytes of application data each way (TLS record type 23)."""
+    t = _us(start_s)
+    seq_c, seq_s = 1000, 5000
+    hello = record(client_hello(sni_extension(BEACON_SNI)))
+    reply = record(server_hello(), version=0x0303)
+    data_c = record(b"\x01" * 60, content_type=23, version=0x0303)
+    data_s = record(b"\x02" * 60, content_type=23, version=0x0303)
+
+    def tcp(src, dst, sport, dport, flags, seq, ack, payload=b""):
+        packet = Ether() / IP(src=src, dst=dst) / TCP(sport=sport, dport=dport, flags=flags, seq=seq, ack=ack)
+        return packet / Raw(payload) if payload else packet
+
+    c, s, cp = CLIENT, server, client_port
+    steps = [
+        tcp(c, s, cp, 443, "S", seq_c, 0),
+        tcp(s, c, 443, cp, "SA", seq_s, seq_c + 1),
+        tcp(c, s, cp, 443, "A", seq_c + 1, seq_s + 1),
+        tcp(c, s, cp, 443, "PA", seq_c + 1, seq_s + 1, hello),
+        tcp(s, c, 443, cp, "PA", seq_s + 1, seq_c + 1 + len(hello), reply),
+        tcp(c, s, cp, 443, "PA", seq_c + 1 + len(hello), seq_s + 1 + len(reply), data_c),
+        tcp(s, c, 443, cp, "PA", seq_s + 1 + len(reply), seq_c + 1 + len(hello) + len(data_c), data_s),
+    ]
+    for i, packet in enumerate(steps):
+        built.add(t + i * 10_000, packet)  # 10 ms apart: one 100 ms activity bucket
+
+
+def build_call_capture(
+    path: Path,
+    received_first_seq: int = 1000,
+    dropped_received_seqs: frozenset[int] = frozenset(),
+) -> Built:
+    """Write the capture of the module docstring to ``path`` (pcap, Ethernet, µs timestamps).
+
+    ``received_first_seq``/``dropped_received_seqs``: the received stream's first RTP sequence
+    number and the 16-bit sequence numbers left out of it (loss, RFC 3550 A.1).
+    """
+    built = Built()
+    _beacon(built, BEACON_OUTSIDE, T0_S, 51000)
+    transaction = bytes(range(1, 13))
+    c_to_p = dict(src=CLIENT, dst=PEER, sport=CLIENT_MEDIA_PORT, dport=PEER_MEDIA_PORT)
+    p_to_c = dict(src=PEER, dst=CLIENT, sport=PEER_MEDIA_PORT, dport=CLIENT_MEDIA_PORT)
+    t = _us(CALL_START_S)
+    built.add(t, _udp(payload=stun_binding(False, transaction), **c_to_p))
+    built.add(t + 20_000, _udp(payload=stun_binding(True, transaction), **p_to_c))
+    hello = client_hello(use_srtp_extension(0x0001), dtls=True, version=0xFEFD)
+    built.add(t + 100_000, _udp(payload=dtls_record(hello, 0), **c_to_p))
+    reply = server_hello(version=0xFEFD, extensions=use_srtp_extension(0x0001), dtls=True)
+    built.add(t + 130_000, _udp(payload=dtls_record(reply, 0), **p_to_c))
+    start = _us(RTP_START_S)
+    for i in range(RTP_PACKETS):
+        built.add(start + i * RTP_INTERVAL_US, _udp(payload=rtp_packet(20_000 + i, 960 * i, SENT_SSRC, i == 0), **c_to_p))
+        seq = (received_first_seq + i) & 0xFFFF
+        if seq in dropped_received_seqs:
+            continue
+        arrival = start + i * RTP_INTERVAL_US + RECEIVED_OFFSET_US
+        built.add(arrival, _udp(payload=rtp_packet(seq, 7_000 + 960 * i, RECEIVED_SSRC, i == 0), **p_to_c))
+    _beacon(built, BEACON_INSIDE, CALL_START_S + 10, 51001)
+    built.packets.sort(key=lambda item: item[0])
+    writer = PcapWriter(str(path), linktype=1, sync=True)
+    try:
+        writer.write_header(built.packets[0][1])
+        for time_us, packet in built.packets:
+            writer.write_packet(packet, sec=time_us // 1_000_000, usec=time_us % 1_000_000)
+    finally:
+        writer.close()
+    return built
+
+
+def _iso(time_us: int) -> str:
+    return pd.Timestamp(time_us * 1000, unit="ns", tz="UTC").strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+@pytest.fixture(scope="module")
+def clean_call(tmp_path_factory):
+    path = tmp_path_factory.mktemp("call") / "crafted-call.pcap"
+    built = build_call_capture(path)
+    analysis = inspector.analyze([path])
+    out = tmp_path_factory.mktemp("out")
+    analysis.write(out)
+    return built, analysis, out
+
+
+def test_flows_are_classified_as_expected(clean_call):
+    # The test's premise: the media flow is generic WebRTC (STUN/DTLS/RTP to an unnamed public
+    # address) and both beacons are Google Analytics for Firebase telemetry, named by their SNI.
+    _, analysis, _ = clean_call
+    flows = analysis.flows.set_index("server_ip")
+    assert flows.loc[PEER, "service"] == "webrtc"
+    assert flows.loc[PEER, "session_id"] == "s1"
+    for beacon in (BEACON_OUTSIDE, BEACON_INSIDE):
+        assert flows.loc[beacon, "server_name"] == "app-measurement.com"
+        assert flows.loc[beacon, "service"] == "google-analytics"
+        assert flows.loc[beacon, "kind"] == "telemetry"
+        assert flows.loc[beacon, "session_id"] == ""
+
+
+def test_sessions_csv(clean_call):
+    built, _, out = clean_call
+    first_us, last_us = built.times_us(CLIENT, PEER)
+    # Window: first media packet (the STUN request) to the last RTP packet (received stream,
+    # 5 ms after the last sent one).
+    assert first_us == _us(CALL_START_S)
+    assert last_us == _us(RTP_START_S) + (RTP_PACKETS - 1) * RTP_INTERVAL_US + RECEIVED_OFFSET_US
+    sent_p, sent_b, recv_p, recv_b = built.ip_totals(CLIENT, PEER)
+    assert (sent_p, recv_p) == (1002, 1002)
+    # IP bytes: RTP 20 + 8 + 12 + 80 = 120 per packet; STUN request 20 + 8 + 20, response
+    # 20 + 8 + 32; DTLS records 20 + 8 + 13 + handshake.
+    hello = client_hello(use_srtp_extension(1), dtls=True, version=0xFEFD)
+    reply = server_hello(version=0xFEFD, extensions=use_srtp_extension(1), dtls=True)
+    assert sent_b == 1000 * 120 + 48 + 41 + len(hello)
+    assert recv_b == 1000 * 120 + 60 + 41 + len(reply)
+    duration = (last_us - first_us) / 1e6
+    expected = (
+        "capture,session_id,service,start,end,duration_s,client_ip,media_flows,peers,is_p2p,relay_servers,"
+        "bytes_sent,bytes_received,audio_streams,video_streams,screen_streams\n"
+        f"crafted-call.pcap,s1,webrtc,{_iso(first_us)},{_iso(last_us)},{duration},{CLIENT},1,"
+        f"{PEER}:{PEER_MEDIA_PORT},False,{PEER}:{PEER_MEDIA_PORT},{sent_b},{recv_b},2,0,0\n"
+    )
+    assert (out / "sessions.csv").read_text() == expected
+
+
+def test_destinations_csv_byte_for_byte(clean_call):
+    built, _, out = clean_call
+    rows = []
+    # During the call: the media peer (sent bytes first), then the beacon inside the window.
+    # Outside: the beacon five minutes before. Columns: DESIGN.md §2.
+    for session, server, name, service, org, kind, category, evidence in (
+        ("s1", PEER, PEER, "webrtc", "unknown operator (IETF WebRTC protocols)", "conferencing",
+         "webrtc-media", None),
+        ("s1", BEACON_INSIDE, "app-measurement.com", "google-analytics",
+         "Google LLC", "telemetry", "analytics", "sni:app-measurement.com"),
+        ("", BEACON_OUTSIDE, "app-measurement.com", "google-analytics",
+         "Google LLC", "telemetry", "analytics", "sni:app-measurement.com"),
+    ):
+        sent_p, sent_b, recv_p, recv_b = built.ip_totals(CLIENT, server)
+        first_us, last_us = built.times_us(CLIENT, server)
+        if evidence is None:
+            evidence = _media_evidence(out)
+        rows.append(
+            f"crafted-call.pcap,{session},{name},{server},{service},{org},{kind},{category},1,"
+            f"{sent_b},{recv_b},{sent_p},{recv_p},{_iso(first_us)},{_iso(last_us)},"
+            f"{'True' if session else 'False'},{evidence}\n"
+        )
+    # The beacons: 4 packets each way (SYN/ACK/hello/data vs SYN-ACK/hello/data): hand count.
+    assert built.ip_totals(CLIENT, BEACON_INSIDE)[0] == 4 and built.ip_totals(CLIENT, BEACON_INSIDE)[2] == 3
+    header = (
+        "capture,session_id,destination,server_ips,service,organisation,kind,category,flows,bytes_sent,"
+        "bytes_received,packets_sent,packets_received,first_seen,last_seen,during_call,evidence\n"
+    )
+    assert (out / "destinations.csv").read_text() == header + "".join(rows)
+
+
+def _media_evidence(out: Path) -> str:
+    """The media flow's evidence as flows.csv has it (the classifier's wording, not this stage's)."""
+    flows = pd.read_csv(out / "flows.csv", dtype=str, keep_default_na=False)
+    evidence = flows.loc[flows["server_ip"] == PEER, "evidence"].iloc[0]
+    assert evidence.startswith("payload:")  # decided by STUN/DTLS/RTP payloads
+    return f'"{evidence}"' if ";" in evidence and "," in evidence else evidence
+
+
+def test_media_csv_clean(clean_call):
+    _, _, out = clean_call
+    media = pd.read_csv(out / "media.csv")
+    assert list(media["direction"]) == ["received", "sent"] or list(media["direction"]) == ["sent", "received"]
+    media = media.set_index("direction")
+    assert media.loc["sent", "ssrc"] == SENT_SSRC and media.loc["received", "ssrc"] == RECEIVED_SSRC
+    for direction in ("sent", "received"):
+        row = media.loc[direction]
+        assert row["media_kind"] == "audio"
+        assert row["payload_type"] == OPUS_PT
+        assert row["packets"] == RTP_PACKETS
+        assert row["bytes"] == RTP_PACKETS * 120
+        assert row["duration_s"] == pytest.approx((RTP_PACKETS - 1) * RTP_INTERVAL_US / 1e6)
+        assert row["bitrate_kbps"] == pytest.approx(120 * 8 * RTP_PACKETS / 19.98 / 1000)
+        assert row["lost_packets"] == 0 and row["loss_rate"] == 0.0
+        # Arrival spacing matches the RTP clock exactly (20 ms = 960 ticks at 48 kHz): no jitter.
+        assert row["jitter_ms"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_media_csv_loss_across_the_sequence_wrap(tmp_path):
+    # The received stream starts at 65000 and wraps after 65535 (RFC 3550 A.1 extended sequence
+    # numbers). Dropped: two before the wrap, 65535 itself, 0 right after it, and one far after.
+    dropped = frozenset({65010, 65300, 65535, 0, 400})
+    path = tmp_path / "lossy-call.pcap"
+    build_call_capture(path, received_first_seq=65000, dropped_received_seqs=dropped)
+    media = inspector.analyze([path]).media.set_index("direction")
+    received = media.loc["received"]
+    assert received["packets"] == RTP_PACKETS - len(dropped)
+    assert received["lost_packets"] == len(dropped)
+    assert received["loss_rate"] == pytest.approx(len(dropped) / RTP_PACKETS)
+    assert media.loc["sent", "lost_packets"] == 0
