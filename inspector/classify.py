@@ -98,8 +98,9 @@ _CONFIDENCE = {0: "high", 1: "high", 2: "medium", 3: "medium", 4: "low"}
 
 def _clean(text: str) -> str:
     """Evidence comes from the wire (SNI, STUN REALM): keep it one line and free of separators."""
-    out = "".join(ch if ch.isprintable() else "?" for ch in text).replace(";", ",")
-    return out[:_MAX_DETAIL]
+    if not text.isprintable():  # rare: only then is each character looked at
+        text = "".join(ch if ch.isprintable() else "?" for ch in text)
+    return text.replace(";", ",")[:_MAX_DETAIL]
 
 
 def _payload_role(sigs: SignatureSet, service: str, detector: str) -> str:
@@ -187,7 +188,9 @@ def _match_items(facts: FlowFacts, sigs: SignatureSet) -> list[_Item]:
     return items
 
 
-def _other_certificate_name(facts: FlowFacts, sigs: SignatureSet, first: str) -> tuple[str, EndpointMatch | None]:
+def _other_certificate_name(
+    facts: FlowFacts, sigs: SignatureSet, first: str
+) -> tuple[str, EndpointMatch | None]:
     """The first certificate name after ``first`` that a signature claims, else (first, None).
 
     A certificate vouches for every name it lists (RFC 6125 §6.4: each DNS-ID is a reference
@@ -386,7 +389,8 @@ def _ice_username_links(facts: Sequence[FlowFacts], verdicts: list[Verdict], sig
         if sigs.is_generic(v.service):
             continue
         key = (f.client_ip, username)
-        first, last, service, server = linked.get(key, (f.first_seen_ns, f.last_seen_ns, v.service, f.server_ip))
+        seen = (f.first_seen_ns, f.last_seen_ns, v.service, f.server_ip)
+        first, last, service, server = linked.get(key, seen)
         linked[key] = (min(first, f.first_seen_ns), max(last, f.last_seen_ns), service, server)
     if not linked:
         return

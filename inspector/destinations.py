@@ -41,54 +41,84 @@ def _inside(first_ns: np.ndarray, start_ns: int, end_ns: int) -> np.ndarray:
     return (first_ns >= start_ns) & (first_ns <= end_ns)
 
 
-def window_buckets(directed: pd.DataFrame, windows: pd.DataFrame, merge: bool) -> pd.DataFrame:
-    """The buckets counted per call and outside calls, with ``out_capture`` and ``session_id``.
+def _flow_totals(directed, rows: np.ndarray) -> dict[str, np.ndarray]:
+    """Per flow among ``rows`` (indexes into the side-sorted buckets): sums, first/last packet
+    and the flow's first bucket position, one entry per flow in side order."""
+    side = directed.side[rows]
+    if side.size == 0:
+        return {}
+    change = np.ones(side.size, dtype=bool)
+    change[1:] = side[1:] != side[:-1]
+    starts = np.flatnonzero(change)
+    return {
+        "side": side[starts],
+        "position": directed.position[rows][starts],
+        "sent_bytes": np.add.reduceat(directed.sent_bytes[rows], starts),
+        "received_bytes": np.add.reduceat(directed.received_bytes[rows], starts),
+        "sent_packets": np.add.reduceat(directed.sent_packets[rows], starts),
+        "received_packets": np.add.reduceat(directed.received_packets[rows], starts),
+        "first_ns": np.minimum.reduceat(directed.first_ns[rows], starts),
+        "last_ns": np.maximum.reduceat(directed.last_ns[rows], starts),
+    }
 
-    ``windows``: capture ("merged" with merge), session_id, client_ip, start_ns, end_ns.
+
+def window_flows(directed, sides: pd.DataFrame, windows: pd.DataFrame, merge: bool) -> pd.DataFrame:
+    """Per (call or outside, flow): the flow's buckets counted there, with ``out_capture`` and
+    ``session_id`` and the flow's ``sessions.flow_sides`` columns.
+
+    ``directed``: ``sessions.DirectedBuckets`` (rows sorted by flow). ``windows``: capture
+    ("merged" with merge), session_id, client_ip, start_ns, end_ns. Rows come per window in
+    ``windows`` order, then outside, each in order of the flow's first bucket.
     """
-    first = directed["first_ns"].to_numpy(dtype=np.int64)
-    captures = directed["capture"].to_numpy(dtype=object)
-    local = directed["local_ip"].to_numpy(dtype=object)
-    parts = []
-    outside = np.ones(len(directed), dtype=bool)
+    first = directed.first_ns
+    captures = sides["capture"].to_numpy(dtype=object)
+    locals_ = sides["local_ip"].to_numpy(dtype=object)
+    capture_codes, capture_names = pd.factorize(captures)
+    local_codes, local_names = pd.factorize(locals_)
+    capture_lookup = {name: i for i, name in enumerate(capture_names)}
+    local_lookup = {name: i for i, name in enumerate(local_names)}
+    row_capture = capture_codes[directed.side]
+    row_local = local_codes[directed.side]
+    parts: list[dict[str, np.ndarray]] = []
+    labels: list[tuple[str | None, str]] = []
+    outside = np.ones(first.size, dtype=bool)
     for window in windows.itertuples():
-        in_scope = np.ones(len(directed), dtype=bool) if merge else captures == window.capture
-        mask = in_scope & (local == window.client_ip) & _inside(first, int(window.start_ns), int(window.end_ns))
+        mask = row_local == local_lookup.get(window.client_ip, -2)
+        if not merge:
+            mask &= row_capture == capture_lookup.get(window.capture, -2)
+        mask &= _inside(first, int(window.start_ns), int(window.end_ns))
         outside &= ~mask
-        if mask.any():
-            parts.append(directed[mask].assign(out_capture=window.capture, session_id=window.session_id))
-    rest = directed[outside]
-    parts.append(rest.assign(out_capture=MERGED_CAPTURE if merge else rest["capture"], session_id=""))
-    return pd.concat(parts, ignore_index=True)
+        totals = _flow_totals(directed, np.flatnonzero(mask))
+        if totals:
+            parts.append(totals)
+            labels.append((window.capture, window.session_id))
+    totals = _flow_totals(directed, np.flatnonzero(outside))
+    if totals:
+        parts.append(totals)
+        labels.append((MERGED_CAPTURE if merge else None, ""))
+    frames = []
+    for totals, (out_capture, session_id) in zip(parts, labels):
+        order = np.argsort(totals["position"], kind="stable")
+        side = totals["side"][order]
+        frame = sides.iloc[side].reset_index(drop=True)
+        for name, values in totals.items():
+            if name not in ("side", "position"):
+                frame[name] = values[order]
+        frame["out_capture"] = captures[side] if out_capture is None else out_capture
+        frame["session_id"] = session_id
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True)
 
 
-def destinations_table(directed: pd.DataFrame, windows: pd.DataFrame, merge: bool) -> pd.DataFrame:
+def destinations_table(directed, sides: pd.DataFrame, windows: pd.DataFrame, merge: bool) -> pd.DataFrame:
     """Rows of ``schema.DESTINATION_COLUMNS`` (rules in the module docstring).
 
-    ``directed``: activity buckets joined with ``sessions.flow_sides`` and counted from this
-    machine's side (``sessions.directed_activity``).
+    ``directed``: activity buckets counted from this machine's side (``sessions.directed_activity``);
+    ``sides``: ``sessions.flow_sides``.
     """
-    if len(directed) == 0:
+    if directed.side.size == 0:
         return empty_frame(DESTINATION_COLUMNS)
-    buckets = window_buckets(directed, windows, merge)
-    per_flow = (
-        buckets.groupby([*GROUP_KEYS, "capture", "flow_id"], sort=False)
-        .agg(
-            sent_bytes=("sent_bytes", "sum"),
-            received_bytes=("received_bytes", "sum"),
-            sent_packets=("sent_packets", "sum"),
-            received_packets=("received_packets", "sum"),
-            first_ns=("first_ns", "min"),
-            last_ns=("last_ns", "max"),
-            remote_ip=("remote_ip", "first"),
-            organisation=("organisation", "first"),
-            kind=("kind", "first"),
-            category=("category", "first"),
-            evidence=("evidence", "first"),
-            confidence_rank=("confidence_rank", "first"),
-        )
-        .reset_index()
-    )
+    per_flow = window_flows(directed, sides, windows, merge)
     per_flow["total_bytes"] = per_flow["sent_bytes"] + per_flow["received_bytes"]
     strongest = (
         per_flow.sort_values(["confidence_rank", "total_bytes"], ascending=False, kind="stable")
@@ -126,4 +156,4 @@ def destinations_table(directed: pd.DataFrame, windows: pd.DataFrame, merge: boo
     return frame.astype({name: dtype for name, dtype, _ in DESTINATION_COLUMNS}).reset_index(drop=True)
 
 
-__all__ = ["MERGED_CAPTURE", "destinations_table", "window_buckets"]
+__all__ = ["MERGED_CAPTURE", "destinations_table", "window_flows"]

@@ -38,7 +38,8 @@ class FlowFacts:
     app_protocol  ``dns``, ``tls``, ``quic``, ``http``, ``stun``, ``turn``, ``dtls``, ``rtp``,
                   ``rtcp``, ``zoom-media`` ... or "" when no dissector recognised the payload
     server_name   lower-case hostname without trailing dot, or ""
-    name_source   ``sni``, ``quic-sni``, ``http-host``, ``certificate``, ``dns`` or ""
+    name_source   ``sni``, ``quic-sni``, ``http-host``, ``certificate``, ``stun-realm``, ``dns``,
+                  ``dns-query`` (a DNS flow: the name looked up, not the resolver's) or ""
     dns_name      the name a DNS answer seen before the flow gave for server_ip ("" if none),
                   kept even when a stronger source named the flow
     detectors     payload detector hits, strongest first

@@ -31,6 +31,8 @@ import time
 from dataclasses import dataclass, replace
 
 from inspector.decode import IPPROTO_TCP
+# The call stage's own vocabulary (rule 1 of its module docstring), so the preview cannot drift.
+from inspector.sessions import CLIENT_APP_PROTOCOLS, MEDIA_APP_PROTOCOLS, MEDIA_ROLES
 from inspector.streaming import preview_facts
 
 __all__ = ["LiveView", "ViewSnapshot", "CallPreview", "DestinationRow", "TelemetryRow"]
@@ -39,10 +41,6 @@ MAX_GAP_S = 60.0
 MIN_MEDIA_PACKETS = 20
 MAX_DESTINATIONS = 4096
 OTHER_DESTINATIONS = "(other destinations)"
-# Same vocabulary as inspector.sessions (rule 1 of its module docstring).
-MEDIA_APP_PROTOCOLS = frozenset({"rtp", "rtcp", "zoom-media", "stun", "turn", "dtls"})
-MEDIA_ROLES = frozenset({"media", "relay"})
-CLIENT_APP_PROTOCOLS = frozenset({"dns", "tls", "quic", "http"})
 
 
 @dataclass(frozen=True, slots=True)

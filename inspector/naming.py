@@ -451,9 +451,20 @@ class FlowNamer:
             self._read_stun_stream(data)
 
     def _read_stun_stream(self, stream: bytes) -> None:
-        """STUN/TURN over TCP (RFC 8489 §6.2.2: messages back to back): only the REALM is kept."""
-        if self._stun_realm_raw is None:
-            self._note_stun_realm(stun_dissect.parse_stun_stream(stream[:4096]))
+        """STUN/TURN over TCP (RFC 8489 §6.2.2: messages back to back, each sized by its own
+        header): whole messages from the stream start are read, at most 16; only the REALM is
+        kept. A message cut by the end of what has arrived waits for the next segment."""
+        if self._stun_realm_raw is not None:
+            return
+        messages = []
+        pos = 0
+        while len(messages) < 16 and pos < len(stream):
+            message = stun_dissect.parse_stun(stream[pos:], allow_trailing=True)
+            if message is None:
+                break
+            messages.append(message)
+            pos += message.total_len
+        self._note_stun_realm(messages)
 
     def _read_tls(self, from_client: bool, stream: bytes) -> None:
         """Runs the direction's record reader; a reader is tied to the stream start it began at.

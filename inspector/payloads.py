@@ -27,6 +27,7 @@ ROUTE_MEDIA = 3  # STUN, TURN, RTP/RTCP, Zoom, DTLS: detectors, and the namer fo
 ROUTE_BOTH = 4  # nothing recognisable yet: both, within their caps
 
 DNS_PORTS = (53,)
+HTTP_METHOD_INITIALS = tuple(b"GPHDOCT")
 # mDNS 5353 (RFC 6762), LLMNR 5355 (RFC 4795), NetBIOS 137/138 (RFC 1002), SSDP 1900 (UPnP).
 # Names in them are the local network's, not destinations the machine sends data to.
 QUIET_UDP_PORTS = (137, 138, 1900, 5353, 5355)
@@ -66,7 +67,7 @@ def _routes(proto: np.ndarray, sport: np.ndarray, dport: np.ndarray, b0: np.ndar
 
     First-byte rules: RFC 7983/9443 demultiplexing (0-3 STUN, 20-63 DTLS, 64-79 TURN ChannelData,
     128-191 RTP/RTCP, 192-255 QUIC long header); TLS records start with content type 22 (RFC 8446
-    §5.1); HTTP/1 requests with an upper-case method letter. Zoom's media starts 0x05 (server) or
+    §5.1); HTTP/1 requests with a method's first letter. Zoom's media starts 0x05 (server) or
     its inner type 15/16/13/30 (P2P) (protocol-facts.md §2). Weakness: one packet decides; a flow
     whose first payload misleads is only looked at through the chosen dissectors.
     """
@@ -75,12 +76,17 @@ def _routes(proto: np.ndarray, sport: np.ndarray, dport: np.ndarray, b0: np.ndar
     route = np.full(proto.shape[0], ROUTE_BOTH, dtype=np.int8)
     quiet = is_udp & (np.isin(sport, QUIET_UDP_PORTS) | np.isin(dport, QUIET_UDP_PORTS))
     dns = (is_udp | is_tcp) & (np.isin(sport, DNS_PORTS) | np.isin(dport, DNS_PORTS))
-    tls_or_http = is_tcp & ((b0 == 0x16) | ((b0 >= 0x41) & (b0 <= 0x5A)))
+    # First letters of the HTTP/1 methods (RFC 9110 §9, RFC 5789 PATCH, RFC 9113 §3.4 "PRI").
+    tls_or_http = is_tcp & ((b0 == 0x16) | np.isin(b0, HTTP_METHOD_INITIALS))
     quic_long = is_udp & (b0 >= 0xC0)
     media = is_udp & (
         (b0 <= 3) | ((b0 >= 20) & (b0 <= 79)) | ((b0 >= 128) & (b0 <= 191)) | np.isin(b0, (0x05, 15, 16, 13, 30))
     )
     route[media] = ROUTE_MEDIA
+    # gQUIC's public-flags byte (0x00-0x0F on a client's first packets: version flag 0x01,
+    # connection-id flags 0x08/0x0C) collides with STUN (0-3) and Zoom's inner type 13 (0x0D):
+    # on UDP 443 (QUIC's port) let both the namer and the detectors look.
+    route[is_udp & ((sport == 443) | (dport == 443)) & (b0 < 20)] = ROUTE_BOTH
     route[quic_long | tls_or_http] = ROUTE_NAMER
     route[dns] = ROUTE_DNS
     route[quiet] = ROUTE_NOTHING
@@ -206,6 +212,13 @@ class PayloadStage:
             attributes.extend(st.media.attributes())
             for reason, n in st.media.errors.items():
                 self.errors[reason] += n
+        if not server_name and st is not None and st.media is not None:
+            # A TURN server's REALM (RFC 8489 §14.9) names its operator: signal.org, telegram.org.
+            from inspector.naming import stun_realm_name
+
+            realm = stun_realm_name(dict(st.media.attributes()).get("stun_realm", ""))
+            if realm:
+                server_name, name_source = realm, "stun-realm"
         if not server_name and dns_name:
             server_name, name_source = dns_name, "dns"
         if dns is not None and dns.chain:

@@ -27,7 +27,7 @@ FLOW_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("server_to_client_bytes", "int64", "IP-layer bytes sent by the server"),
     ("app_protocol", "string", "dns, tls, quic, http, stun, turn, dtls, rtp, rtcp, zoom-media ... or empty"),
     ("server_name", "string", "who the server is: lower-case hostname without trailing dot, or empty"),
-    ("name_source", "string", "where server_name came from: sni, quic-sni, http-host, certificate, dns"),
+    ("name_source", "string", "where server_name came from: sni, quic-sni, http-host, certificate, stun-realm, dns; dns-query on a DNS flow: the name looked up"),
     ("service", "string", "signature id of the service or organisation (zoom, teams ...), or empty"),
     ("organisation", "string", "organisation operating the destination"),
     ("kind", "string", "conferencing, telemetry, other, or empty when unknown"),

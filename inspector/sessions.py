@@ -175,7 +175,7 @@ def _endpoints_text(addresses, ports) -> str:
 
 #: Evidence labels that identify the flow's *server* as the service's (classify.py item labels):
 #: its name (sni, quic-sni, http-host, certificate, dns), its address range or its port.
-SERVER_EVIDENCE = ("sni:", "quic-sni:", "http-host:", "certificate:", "dns:", "cidr:", "port:")
+SERVER_EVIDENCE = ("sni:", "quic-sni:", "http-host:", "certificate:", "stun-realm:", "dns:", "cidr:", "port:")
 #: Payloads only ever exchanged with a server: Zoom's outer SFU header is only on client-server
 #: (MMR) flows (facts §2.1); Discord's IP discovery is asked of the voice server the gateway
 #: assigned (facts §1.11, Discord voice-connections docs).
@@ -271,23 +271,81 @@ def flow_sides(flows: pd.DataFrame) -> pd.DataFrame:
     )
 
 
-def directed_activity(activity: pd.DataFrame, sides: pd.DataFrame) -> pd.DataFrame:
-    """Activity buckets joined with their flow's sides, counted from this machine's point of view.
+@dataclass(frozen=True, slots=True)
+class DirectedBuckets:
+    """Activity buckets of known flows counted from this machine's side, as numpy columns.
 
-    Adds sent_bytes/received_bytes/sent_packets/received_packets (swapped for flows this machine
-    served) and every ``flow_sides`` column.
+    Rows are sorted by ``side`` (row of the ``flow_sides`` frame), then by ``position`` (row of
+    the activity frame), so each flow's buckets are one contiguous run. Integer keys instead of
+    string joins: the call stage runs on hour-long captures with ~10^6 buckets.
+
+    side            row of the flow in ``flow_sides``
+    position        row of the bucket in the activity frame (its order)
+    first_ns/last_ns  first and last packet of the flow in the bucket
+    sent_bytes/received_bytes/sent_packets/received_packets  from this machine's point of view
+    (the flow's client-to-server direction, swapped for flows this machine served)
     """
-    joined = activity.merge(sides, on=["capture", "flow_id"], how="inner")
-    swapped = joined["swapped"].to_numpy(dtype=bool)
-    c2s_b = joined["client_to_server_bytes"].to_numpy(dtype=np.int64)
-    s2c_b = joined["server_to_client_bytes"].to_numpy(dtype=np.int64)
-    c2s_p = joined["client_to_server_packets"].to_numpy(dtype=np.int64)
-    s2c_p = joined["server_to_client_packets"].to_numpy(dtype=np.int64)
-    joined["sent_bytes"] = np.where(swapped, s2c_b, c2s_b)
-    joined["received_bytes"] = np.where(swapped, c2s_b, s2c_b)
-    joined["sent_packets"] = np.where(swapped, s2c_p, c2s_p)
-    joined["received_packets"] = np.where(swapped, c2s_p, s2c_p)
-    return joined
+
+    side: np.ndarray
+    position: np.ndarray
+    first_ns: np.ndarray
+    last_ns: np.ndarray
+    sent_bytes: np.ndarray
+    received_bytes: np.ndarray
+    sent_packets: np.ndarray
+    received_packets: np.ndarray
+
+    def take(self, rows: np.ndarray) -> "DirectedBuckets":
+        return DirectedBuckets(*(getattr(self, name)[rows] for name in self.__slots__))
+
+
+def side_rows(sides: pd.DataFrame, captures, flow_ids: np.ndarray) -> np.ndarray:
+    """Row of ``sides`` for each (capture, flow_id) pair, -1 where no flow matches.
+
+    A (capture, flow_id) pair present twice in ``sides`` maps to its first row.
+    """
+    flow_ids = np.asarray(flow_ids, dtype=np.int64)
+    if len(sides) == 0 or flow_ids.size == 0:
+        return np.full(flow_ids.size, -1, dtype=np.int64)
+    side_codes, names = pd.factorize(sides["capture"].to_numpy(dtype=object))
+    lookup = {name: i for i, name in enumerate(names)}
+    codes, uniques = pd.factorize(captures)
+    mapped = np.array([lookup.get(u, -1) for u in uniques] + [-1], dtype=np.int64)
+    cap = mapped[codes]  # factorize gives -1 for a missing capture: the extra -1 entry
+    side_keys = (side_codes.astype(np.int64) << 40) | sides["flow_id"].to_numpy(dtype=np.int64)
+    unique_keys, first_row = np.unique(side_keys, return_index=True)
+    keys = (np.maximum(cap, 0) << 40) | flow_ids
+    at = np.clip(np.searchsorted(unique_keys, keys), 0, unique_keys.size - 1)
+    found = (unique_keys[at] == keys) & (cap >= 0)
+    return np.where(found, first_row[at], -1).astype(np.int64)
+
+
+def directed_activity(activity: pd.DataFrame, sides: pd.DataFrame) -> DirectedBuckets:
+    """Activity buckets of the flows in ``sides``, counted from this machine's point of view.
+
+    Buckets of flows missing from ``sides`` are dropped (an inner join on capture and flow_id).
+    """
+    side = side_rows(sides, activity["capture"], activity["flow_id"].to_numpy(dtype=np.int64))
+    known = np.flatnonzero(side >= 0)
+    order = known[np.argsort(side[known], kind="stable")]
+    side = side[order]
+    swapped = sides["swapped"].to_numpy(dtype=bool)[side]
+
+    def column(name: str) -> np.ndarray:
+        return activity[name].to_numpy(dtype=np.int64)[order]
+
+    c2s_b, s2c_b = column("client_to_server_bytes"), column("server_to_client_bytes")
+    c2s_p, s2c_p = column("client_to_server_packets"), column("server_to_client_packets")
+    return DirectedBuckets(
+        side=side,
+        position=order.astype(np.int64),
+        first_ns=column("first_ns"),
+        last_ns=column("last_ns"),
+        sent_bytes=np.where(swapped, s2c_b, c2s_b),
+        received_bytes=np.where(swapped, c2s_b, s2c_b),
+        sent_packets=np.where(swapped, s2c_p, c2s_p),
+        received_packets=np.where(swapped, c2s_p, s2c_p),
+    )
 
 
 def _split_windows(first_ns: np.ndarray, last_ns: np.ndarray, max_gap_ns: int) -> np.ndarray:
@@ -300,80 +358,150 @@ def _split_windows(first_ns: np.ndarray, last_ns: np.ndarray, max_gap_ns: int) -
     return np.cumsum(new)
 
 
-def fold_generic_media(frame: pd.DataFrame, max_gap_ns: int) -> np.ndarray:
-    """The service each media bucket's call is grouped under (``call_service``).
+def _run_starts(*keys: np.ndarray) -> np.ndarray:
+    """Start index of each run of equal consecutive key tuples (rows already grouped)."""
+    if keys[0].size == 0:
+        return np.zeros(0, dtype=np.int64)
+    change = np.zeros(keys[0].size, dtype=bool)
+    change[0] = True
+    for key in keys:
+        change[1:] |= key[1:] != key[:-1]
+    return np.flatnonzero(change)
 
-    A generic ``webrtc`` media flow (STUN/DTLS/RTP nothing named) whose activity overlaps, within
-    ``max_gap_ns``, the media flows of exactly one named service from the same machine (and scope)
-    is that service's call: a client's TURN or peer flows that escaped attribution (the
-    classifier's P2P rule, facts §1.15, only covers STUN to a named server). Weakness: an
-    unrelated WebRTC call (a browser tab) running at the same time as one named call is folded
-    into it; with two named services at once the flow stays its own ``webrtc`` call.
+
+def _side_spans(media: DirectedBuckets, sides_count: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(sides with media buckets, their first first_ns, their last last_ns): rows are side-sorted."""
+    starts = _run_starts(media.side)
+    if starts.size == 0:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty, empty
+    return (
+        media.side[starts],
+        np.minimum.reduceat(media.first_ns, starts),
+        np.maximum.reduceat(media.last_ns, starts),
+    )
+
+
+def fold_generic_media(
+    services: np.ndarray, scopes: np.ndarray, locals_: np.ndarray, first_ns: np.ndarray, last_ns: np.ndarray,
+    max_gap_ns: int,
+) -> np.ndarray:  # fmt: skip
+    """The service each media flow's call is grouped under (``call_service``), one per flow.
+
+    Arguments are per media flow: its service, scope (capture, or "merged"), this machine's
+    address, and its first/last media bucket time. A generic ``webrtc`` media flow (STUN/DTLS/RTP
+    nothing named) whose activity overlaps, within ``max_gap_ns``, the media flows of exactly one
+    named service from the same machine (and scope) is that service's call: a client's TURN or
+    peer flows that escaped attribution (the classifier's P2P rule, facts §1.15, only covers STUN
+    to a named server). Weakness: an unrelated WebRTC call (a browser tab) running at the same
+    time as one named call is folded into it; with two named services at once the flow stays its
+    own ``webrtc`` call.
     """
-    services = frame["service"].to_numpy(dtype=object).copy()
+    services = np.asarray(services, dtype=object).copy()
     generic = services == "webrtc"
     if not generic.any() or generic.all():
         return services
-    spans = (
-        frame.groupby(["scope", "local_ip", "capture", "flow_id"], sort=False)
-        .agg(service=("service", "first"), first_ns=("first_ns", "min"), last_ns=("last_ns", "max"))
-        .reset_index()
-    )
-    named = spans[spans["service"] != "webrtc"]
-    new_service: dict[tuple, str] = {}
-    for flow in spans[spans["service"] == "webrtc"].itertuples():
+    named = np.flatnonzero(~generic)
+    result = services.copy()
+    for i in np.flatnonzero(generic):
         near = named[
-            (named["scope"] == flow.scope)
-            & (named["local_ip"] == flow.local_ip)
-            & (named["first_ns"] <= flow.last_ns + max_gap_ns)
-            & (named["last_ns"] >= flow.first_ns - max_gap_ns)
+            (scopes[named] == scopes[i])
+            & (locals_[named] == locals_[i])
+            & (first_ns[named] <= last_ns[i] + max_gap_ns)
+            & (last_ns[named] >= first_ns[i] - max_gap_ns)
         ]
-        candidates = set(near["service"])
+        candidates = set(services[near])
         if len(candidates) == 1:
-            new_service[(flow.capture, flow.flow_id)] = candidates.pop()
-    if not new_service:
-        return services
-    keys = zip(frame["capture"].to_numpy(dtype=object), frame["flow_id"].to_numpy(dtype=np.int64))
-    return np.array([new_service.get((c, int(f)), s) for (c, f), s in zip(keys, services)], dtype=object)
+            result[i] = candidates.pop()
+    return result
 
 
-def call_windows(media_activity: pd.DataFrame, merge: bool, options: CallOptions) -> pd.DataFrame:
+@dataclass(frozen=True, slots=True)
+class CallWindows:
+    """Accepted call windows and the media buckets inside them.
+
+    windows   one row per call in session order: scope, client_ip, service, start_ns, end_ns,
+              session_id
+    buckets   the media buckets of the accepted calls, sorted by call group then time
+    session   per bucket of ``buckets``: row of ``windows`` it belongs to
+    """
+
+    windows: pd.DataFrame
+    buckets: DirectedBuckets
+    session: np.ndarray
+
+
+def call_windows(
+    media: DirectedBuckets, sides: pd.DataFrame, merge: bool, options: CallOptions
+) -> CallWindows:
     """Call windows from the media flows' directed activity (the rule in the module docstring).
 
-    Returns one row per bucket that belongs to a call: the bucket's columns plus ``scope``
-    (capture, or "merged"), ``call_service`` (``fold_generic_media``), ``window`` (a key) and
-    ``start_ns``/``end_ns`` of its call; buckets of rejected candidates are dropped.
+    Groups are (scope, this machine's address, call service) with scope the capture (or
+    "merged"); a silence longer than ``max_gap_s`` splits a group; candidates failing the
+    duration, packet or peak-rate thresholds are dropped. Sessions are numbered by start time,
+    then scope, client address and service.
     """
-    if len(media_activity) == 0:
-        return media_activity.assign(scope=[], call_service=[], window=[], start_ns=[], end_ns=[])
     max_gap_ns = int(options.max_gap_s * 1e9)
-    frame = media_activity.copy()
-    frame["scope"] = MERGED_CAPTURE if merge else frame["capture"].astype(object)
-    frame["call_service"] = fold_generic_media(frame, max_gap_ns)
-    frame = frame.sort_values(["scope", "local_ip", "call_service", "first_ns", "last_ns"], kind="stable")
-    segments = np.zeros(len(frame), dtype=np.int64)
-    group_ids = frame.groupby(["scope", "local_ip", "call_service"], sort=False).ngroup().to_numpy()
-    first = frame["first_ns"].to_numpy(dtype=np.int64)
-    last = frame["last_ns"].to_numpy(dtype=np.int64)
-    # Rows are sorted by group then time, so each group is one contiguous run.
-    bounds = np.flatnonzero(np.diff(group_ids)) + 1
-    for lo, hi in zip(np.concatenate(([0], bounds)), np.concatenate((bounds, [len(frame)]))):
-        segments[lo:hi] = _split_windows(first[lo:hi], last[lo:hi], max_gap_ns)
-    frame["window"] = group_ids * (1 << 32) + segments
-    frame["packets"] = frame["sent_packets"] + frame["received_packets"]
-    frame["second"] = frame["first_ns"] // 1_000_000_000
-    per = frame.groupby("window").agg(
-        start_ns=("first_ns", "min"), end_ns=("last_ns", "max"), packets=("packets", "sum")
+    flows, span_first, span_last = _side_spans(media, len(sides))
+    captures = sides["capture"].to_numpy(dtype=object)
+    scope_of_flow = np.full(flows.size, MERGED_CAPTURE, dtype=object) if merge else captures[flows]
+    local_of_flow = sides["local_ip"].to_numpy(dtype=object)[flows]
+    service_of_flow = fold_generic_media(
+        sides["service"].to_numpy(dtype=object)[flows], scope_of_flow, local_of_flow, span_first, span_last,
+        max_gap_ns,
+    )  # fmt: skip
+    # Group number = rank of (scope, local_ip, call_service) in string order.
+    triples = list(zip(scope_of_flow, local_of_flow, service_of_flow))
+    ranks = {triple: rank for rank, triple in enumerate(sorted(set(triples)))}
+    group_of_side = np.full(len(sides), -1, dtype=np.int64)
+    group_of_side[flows] = [ranks[t] for t in triples]
+    group_names = sorted(ranks, key=ranks.get)
+
+    group = group_of_side[media.side]
+    order = np.lexsort((media.position, media.last_ns, media.first_ns, group))
+    rows = media.take(order)
+    group = group[order]
+    segments = np.zeros(group.size, dtype=np.int64)
+    bounds = _run_starts(group)
+    for lo, hi in zip(bounds, np.append(bounds[1:], group.size)):
+        segments[lo:hi] = _split_windows(rows.first_ns[lo:hi], rows.last_ns[lo:hi], max_gap_ns)
+    starts = _run_starts(group, segments)  # each candidate window is one contiguous run
+    packets = rows.sent_packets + rows.received_packets
+    window_start = np.minimum.reduceat(rows.first_ns, starts) if starts.size else starts
+    window_end = np.maximum.reduceat(rows.last_ns, starts) if starts.size else starts
+    window_packets = np.add.reduceat(packets, starts) if starts.size else starts
+    # Busiest second: bucket packets summed per (window, second of the first packet).
+    second = rows.first_ns // 1_000_000_000
+    window_of_row = np.repeat(np.arange(starts.size), np.diff(np.append(starts, group.size)))
+    second_starts = _run_starts(window_of_row, second)
+    per_second = np.add.reduceat(packets, second_starts) if second_starts.size else second_starts
+    peak = np.zeros(starts.size, dtype=np.int64)
+    if second_starts.size:
+        np.maximum.at(peak, window_of_row[second_starts], per_second)
+    keep = (
+        (window_end - window_start >= int(options.min_duration_s * 1e9))
+        & (window_packets >= options.min_packets)
+        & (peak >= options.min_peak_packets_per_s)
     )
-    per["peak"] = frame.groupby(["window", "second"])["packets"].sum().groupby(level="window").max()
-    min_ns = int(options.min_duration_s * 1e9)
-    keep = per[
-        (per["end_ns"] - per["start_ns"] >= min_ns)
-        & (per["packets"] >= options.min_packets)
-        & (per["peak"] >= options.min_peak_packets_per_s)
-    ]
-    frame = frame[frame["window"].isin(keep.index)].drop(columns=["packets", "second"])
-    return frame.merge(keep[["start_ns", "end_ns"]], left_on="window", right_index=True, how="left")
+    kept = np.flatnonzero(keep)
+    first_rows = starts[kept]
+    windows = pd.DataFrame(
+        {
+            "scope": [group_names[g][0] for g in group[first_rows]],
+            "client_ip": [group_names[g][1] for g in group[first_rows]],
+            "service": [group_names[g][2] for g in group[first_rows]],
+            "start_ns": window_start[kept].astype(np.int64),
+            "end_ns": window_end[kept].astype(np.int64),
+            "candidate": kept,
+        }
+    ).sort_values(["start_ns", "scope", "client_ip", "service"], kind="stable")
+    windows["session_id"] = [f"s{i}" for i in range(1, len(windows) + 1)]
+    session_of_candidate = np.full(starts.size, -1, dtype=np.int64)
+    session_of_candidate[windows["candidate"].to_numpy(dtype=np.int64)] = np.arange(len(windows))
+    session = session_of_candidate[window_of_row]
+    inside = np.flatnonzero(session >= 0)
+    windows = windows.drop(columns="candidate").reset_index(drop=True)
+    return CallWindows(windows, rows.take(inside), session[inside])
 
 
 def _sessions_frame(rows: dict[str, list], media: pd.DataFrame) -> pd.DataFrame:
@@ -393,6 +521,25 @@ def _sessions_frame(rows: dict[str, list], media: pd.DataFrame) -> pd.DataFrame:
     data["duration_s"] = (end - start) / 1e9
     frame = pd.DataFrame({name: pd.Series(data[name]) for name, _, _ in SESSION_COLUMNS})
     return frame.astype({name: dtype for name, dtype, _ in SESSION_COLUMNS})
+
+
+def _membership(calls: CallWindows, sides: pd.DataFrame) -> pd.DataFrame:
+    """One row per (media flow, call): the flow's ``flow_sides`` columns plus session_id, scope,
+    start_ns and end_ns of the call (a flow silent for longer than max_gap_s between two calls
+    belongs to both). Rows in order of the flow's first bucket in the call."""
+    n_sessions = max(len(calls.windows), 1)
+    pairs = calls.buckets.side * n_sessions + calls.session
+    _, first = np.unique(pairs, return_index=True)
+    first = np.sort(first)
+    side = calls.buckets.side[first]
+    session = calls.session[first]
+    members = sides.iloc[side].reset_index(drop=True)
+    windows = calls.windows
+    for column in ("session_id", "scope", "start_ns", "end_ns"):
+        members[column] = windows[column].to_numpy()[session]
+    members["side"] = side
+    members["session"] = session
+    return members
 
 
 def build_calls(
@@ -416,32 +563,16 @@ def build_calls(
     rtp = _normalise(rtp, RTP_COLUMNS)
     sides = flow_sides(flows)
     directed = directed_activity(activity, sides)
-    buckets = call_windows(directed[directed["is_media"]], merge, options)
-
-    windows = (
-        buckets.groupby("window")
-        .agg(
-            scope=("scope", "first"),
-            client_ip=("local_ip", "first"),
-            service=("call_service", "first"),
-            start_ns=("start_ns", "first"),
-            end_ns=("end_ns", "first"),
-        )
-        .sort_values(["start_ns", "scope", "client_ip", "service"], kind="stable")
-    )
-    windows["session_id"] = [f"s{i}" for i in range(1, len(windows) + 1)]
-    buckets = buckets.merge(windows[["session_id"]], left_on="window", right_index=True)
-    # The call's media flows, with the window each belongs to (a flow silent for longer than
-    # max_gap_s between two calls belongs to both).
-    membership = (
-        buckets.groupby(["capture", "flow_id", "session_id"], sort=False)
-        .size()
-        .reset_index()[["capture", "flow_id", "session_id"]]
-        .merge(windows[["session_id", "scope", "start_ns", "end_ns"]], on="session_id")
-        .merge(sides, on=["capture", "flow_id"])
-    )
+    is_media = sides["is_media"].to_numpy(dtype=bool)
+    calls = call_windows(directed.take(np.flatnonzero(is_media[directed.side])), sides, merge, options)
+    windows = calls.windows
+    membership = _membership(calls, sides)
     media = media_table(rtp, rtcp, membership, merge)
 
+    n = len(windows)
+    inside = calls.buckets
+    bytes_sent = np.bincount(calls.session, weights=inside.sent_bytes, minlength=n) if n else np.zeros(0)
+    bytes_received = np.bincount(calls.session, weights=inside.received_bytes, minlength=n) if n else np.zeros(0)
     rows: dict[str, list] = {
         name: []
         for name in (
@@ -449,9 +580,9 @@ def build_calls(
             "peers", "is_p2p", "relay_servers", "bytes_sent", "bytes_received",
         )
     }  # fmt: skip
-    for window in windows.itertuples():
-        members = membership[membership["session_id"] == window.session_id]
-        inside = buckets[buckets["session_id"] == window.session_id]
+    member_session = membership["session"].to_numpy(dtype=np.int64)
+    for index, window in enumerate(windows.itertuples()):
+        members = membership[member_session == index]
         relays = members[~members["is_p2p"] & members["role"].isin(list(MEDIA_ROLES))]
         rows["capture"].append(window.scope)
         rows["session_id"].append(window.session_id)
@@ -463,14 +594,14 @@ def build_calls(
         rows["peers"].append(_endpoints_text(members["remote_ip"], members["remote_port"]))
         rows["is_p2p"].append(bool(members["is_p2p"].any()))
         rows["relay_servers"].append(_endpoints_text(relays["remote_ip"], relays["remote_port"]))
-        rows["bytes_sent"].append(int(inside["sent_bytes"].sum()))
-        rows["bytes_received"].append(int(inside["received_bytes"].sum()))
+        rows["bytes_sent"].append(int(bytes_sent[index]))
+        rows["bytes_received"].append(int(bytes_received[index]))
     sessions = _sessions_frame(rows, media)
 
     windows_for_destinations = windows.rename(columns={"scope": "capture"})[
         ["capture", "session_id", "client_ip", "start_ns", "end_ns"]
     ].reset_index(drop=True)
-    destinations = destinations_table(directed, windows_for_destinations, merge)
+    destinations = destinations_table(directed, sides, windows_for_destinations, merge)
     return CallTables(sessions, destinations, media, _flow_session(membership, windows))
 
 
@@ -490,8 +621,12 @@ __all__ = [
     "CallTables",
     "FLOW_SESSION_COLUMNS",
     "MERGED_CAPTURE",
+    "CallWindows",
+    "DirectedBuckets",
     "build_calls",
     "call_windows",
+    "directed_activity",
+    "side_rows",
     "fold_generic_media",
     "endpoint_text",
     "flow_sides",

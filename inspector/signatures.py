@@ -32,6 +32,7 @@ import hashlib
 import ipaddress
 import json
 import re
+import socket
 import tomllib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -333,14 +334,18 @@ class SignatureSet:
         Without ``transport`` the port qualifiers are ignored. Returns None for anything that is
         not an IP address.
         """
-        try:
-            addr = ipaddress.ip_address(ip.strip())
-        except (ValueError, AttributeError):
-            return None
-        if getattr(addr, "ipv4_mapped", None) is not None:
-            addr = addr.ipv4_mapped  # ::ffff:a.b.c.d is the IPv4 host
-        starts, ends, cands = self._intervals[addr.version]
-        x = int(addr)
+        x = _dotted_quad(ip)
+        if x is not None:
+            starts, ends, cands = self._intervals[4]
+        else:
+            try:
+                addr = ipaddress.ip_address(ip.strip())
+            except (ValueError, AttributeError):
+                return None
+            if getattr(addr, "ipv4_mapped", None) is not None:
+                addr = addr.ipv4_mapped  # ::ffff:a.b.c.d is the IPv4 host
+            starts, ends, cands = self._intervals[addr.version]
+            x = int(addr)
         i = bisect.bisect_right(starts, x) - 1
         if i < 0 or x > ends[i]:
             return None
@@ -381,6 +386,21 @@ class SignatureSet:
 
     def summary(self) -> list[SignatureRow]:
         return signature_summary(self)
+
+
+def _dotted_quad(ip: object) -> int | None:
+    """The IPv4 address of a canonical dotted quad ("192.0.2.1") as an int, else None.
+
+    A fast path for what the flow table writes; anything else (IPv6, spaces, leading zeros,
+    which ``ipaddress`` rejects, RFC 6943 §3.1.1) returns None and takes the ``ipaddress`` path.
+    """
+    if type(ip) is not str or _DOTTED_QUAD.fullmatch(ip) is None:
+        return None
+    return int.from_bytes(socket.inet_aton(ip), "big")
+
+
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9][0-9]|[0-9])"
+_DOTTED_QUAD = re.compile(rf"{_OCTET}\.{_OCTET}\.{_OCTET}\.{_OCTET}")
 
 
 def _to_match(hits: list[tuple[_Claim, str]], source: str) -> EndpointMatch:

@@ -96,6 +96,7 @@ def _score(pairs):
     return rows, ok, missed, excluded
 
 
+@pytest.mark.shared
 def test_conferencing_services_agree_with_ndpi(pairs, capsys):
     rows, ok, missed, excluded = _score(pairs)
     per_app = Counter(p.app for p in rows)
@@ -112,6 +113,7 @@ def test_conferencing_services_agree_with_ndpi(pairs, capsys):
     assert len(rows) == 243 and len(ok) / len(rows) >= FLOOR_RATE
 
 
+@pytest.mark.shared
 def test_no_conferencing_flow_gets_another_named_service(pairs):
     """A wrong service is worse than none: a miss may be unknown or generic media, never another
     vendor (the documented nDPI disagreements aside)."""
@@ -125,11 +127,13 @@ def test_no_conferencing_flow_gets_another_named_service(pairs):
     reason="97% needs a payload detector outside this owner's files: WhatsApp's 'WA' stream header "
     "(+5) would give 237/243 = 97.5% (see KNOWN_MISSES)",
 )
+@pytest.mark.shared
 def test_conferencing_agreement_reaches_the_issue_target(pairs):
     rows, ok, _, _ = _score(pairs)
     assert len(ok) / len(rows) >= TARGET_RATE
 
 
+@pytest.mark.shared
 def test_signal_flows_before_the_realm_are_signal(pairs):
     """stun_signal.pcapng: the client asks Google's public STUN server and Signal's TURN server on
     443 (no REALM yet) from the same socket, tens of ms before the REALM signal.org shows up on
@@ -141,6 +145,7 @@ def test_signal_flows_before_the_realm_are_signal(pairs):
     assert sum("(ice-gathering)" in r.evidence for r in gathering) == 5
 
 
+@pytest.mark.shared
 def test_telegram_peer_checked_from_a_second_socket_is_telegram(pairs):
     """telegram_videocall.pcapng: one peer is checked from two local ports with the same ICE
     USERNAME; only one port also talked to Telegram's relays (classify._ice_username_links)."""
@@ -208,6 +213,7 @@ CONFERENCING_NOT_IN_NDPI = {
 }  # fmt: skip
 
 
+@pytest.mark.shared
 def test_every_conferencing_verdict_ndpi_does_not_share_is_listed(pairs, ndpi_analyses):
     ndpi_label = {(p.pcap, p.ours.flow_id): p for p in pairs}
     ours = {}
@@ -221,6 +227,7 @@ def test_every_conferencing_verdict_ndpi_does_not_share_is_listed(pairs, ndpi_an
     assert ours == CONFERENCING_NOT_IN_NDPI
 
 
+@pytest.mark.shared
 def test_plain_dtls_is_not_call_media(ndpi_analyses):
     """Cisco AnyConnect's pre-standard DTLS (version 0x0100) carries a VPN, not a call."""
     for capture in ("anyconnect-vpn.pcap", "dtls_old_version.pcapng"):
@@ -247,6 +254,7 @@ def _named_flows(ndpi_analyses):
     return out
 
 
+@pytest.mark.shared
 def test_every_telemetry_host_is_telemetry_with_its_organisation(ndpi_analyses, sigs):
     named = _named_flows(ndpi_analyses)
     assert {h for h in TELEMETRY_HOSTS if h not in named} == DNS_ONLY_TELEMETRY_HOSTS
@@ -260,9 +268,12 @@ def test_every_telemetry_host_is_telemetry_with_its_organisation(ndpi_analyses, 
     assert wrong == {}
 
 
+@pytest.mark.shared
 def test_cdns_fonts_and_login_pages_are_not_telemetry(ndpi_analyses):
     named = _named_flows(ndpi_analyses)
-    flagged = {h: [r.service for _, r in named.get(h, ()) if r.kind == "telemetry"] for h in NOT_TELEMETRY_HOSTS}
+    flagged = {
+        h: [r.service for _, r in named.get(h, ()) if r.kind == "telemetry"] for h in NOT_TELEMETRY_HOSTS
+    }
     assert {h: s for h, s in flagged.items() if s} == {}
     # The list is about flows that exist: all but three names are reached by some flow.
     assert {h for h in NOT_TELEMETRY_HOSTS if h not in named} == {
@@ -270,6 +281,7 @@ def test_cdns_fonts_and_login_pages_are_not_telemetry(ndpi_analyses):
     }  # fmt: skip
 
 
+@pytest.mark.shared
 def test_every_telemetry_flow_is_a_listed_host_or_says_why(ndpi_analyses):
     """The reverse direction: nothing is telemetry by accident. A flow is telemetry because its
     name is a listed telemetry host, or a DNS-learned/address item of one (same organisation)."""

@@ -68,7 +68,8 @@ def ndpi_pairs(ndpi_dir: Path, analyses: dict) -> list[Pair]:
     index: dict[tuple, object] = {}
     for capture, flows in analyses.items():
         for r in flows.itertuples():
-            key = (capture, r.transport, frozenset([(r.client_ip, r.client_port), (r.server_ip, r.server_port)]))
+            ends = frozenset([(r.client_ip, r.client_port), (r.server_ip, r.server_port)])
+            key = (capture, r.transport, ends)
             index.setdefault(key, r)
     pairs = []
     with open(ndpi_dir / "expected" / "flows.tsv", newline="") as fh:
@@ -125,6 +126,7 @@ def _in_scope(p: Pair) -> bool:
     return bool(p.ndpi_host) and p.master in NAMED_MASTERS and not is_address_literal(p.ndpi_host)
 
 
+@pytest.mark.shared
 def test_server_names_agree_with_ndpi(pairs, capsys):
     with_host = [p for p in pairs if p.ndpi_host]
     masters = Counter(p.master for p in with_host)
@@ -141,18 +143,21 @@ def test_server_names_agree_with_ndpi(pairs, capsys):
         agree = len(scoped) - len(wrong)
         print(f"\n[issue 3] server_name == nDPI host name: {agree}/{len(scoped)} = {agree / len(scoped):.2%}")
     assert len(scoped) >= 500 and len(literals) == 12
-    assert set(wrong) - set(NAMING_EXCEPTIONS) == set(), {k: wrong[k] for k in set(wrong) - set(NAMING_EXCEPTIONS)}
+    unexplained = set(wrong) - set(NAMING_EXCEPTIONS)
+    assert unexplained == set(), {k: wrong[k] for k in unexplained}
     assert set(NAMING_EXCEPTIONS) <= set(wrong), "an exception no longer disagrees: drop it from the list"
     assert len(wrong) <= 0.01 * len(scoped)
 
 
+@pytest.mark.shared
 def test_address_literals_are_never_a_server_name(pairs):
     for p in pairs:
         if p.master in NAMED_MASTERS and p.ndpi_host and is_address_literal(p.ndpi_host):
             assert not is_address_literal(p.ours.server_name or "x"), (p.pcap, p.ndpi_flow)
     teams = {p.ndpi_flow: p.ours for p in pairs if p.pcap == "teams.pcap" and p.ndpi_flow in ("34", "39")}
     # No SNI, and nDPI prints the address; the certificate says who the server is.
-    assert {(r.server_name, r.name_source) for r in teams.values()} == {("tr.teams.microsoft.com", "certificate")}
+    named = {(r.server_name, r.name_source) for r in teams.values()}
+    assert named == {("tr.teams.microsoft.com", "certificate")}
 
 
 # Every capture with a QUIC flow nDPI names, and the QUIC flavour it carries (MANIFEST.csv).
@@ -165,7 +170,7 @@ QUIC_CAPTURES = {
     "quic-mvfst-22.pcap": "Facebook mvfst draft-22",
     "quic-v2.pcapng": "QUIC v2 (RFC 9369)",
     "quic_0RTT.pcap": "QUIC v1 with 0-RTT",
-    "quic_frags_ch_out_of_order_same_packet_craziness.pcapng": "v1, ClientHello split over CRYPTO frames out of order",
+    "quic_frags_ch_out_of_order_same_packet_craziness.pcapng": "v1, ClientHello in out-of-order frames",
     "youtube_quic.pcap": "gQUIC (YouTube)",
     "doq_adguard.pcapng": "DNS over QUIC",
     "dlt_ppp.pcap": "QUIC over a PPP link",
@@ -175,6 +180,7 @@ QUIC_CAPTURES = {
 }
 
 
+@pytest.mark.shared
 @pytest.mark.parametrize("capture", sorted(QUIC_CAPTURES))
 def test_every_quic_capture_yields_its_sni(pairs, capture):
     rows = [p for p in pairs if p.pcap == capture and p.master == "QUIC" and p.ndpi_host]
@@ -184,21 +190,25 @@ def test_every_quic_capture_yields_its_sni(pairs, capture):
     assert got == want
 
 
+@pytest.mark.shared
 def test_quic_capture_list_is_complete(pairs):
     assert {p.pcap for p in pairs if p.master == "QUIC" and p.ndpi_host} == set(QUIC_CAPTURES)
 
 
+@pytest.mark.shared
 def test_dns_flows_are_named_by_the_question_and_classified_as_the_resolver(pairs):
     dns = [p for p in pairs if p.master == "DNS" and p.ndpi_host]
     assert len(dns) >= 80
     for p in dns:
-        assert (p.ours.server_name, p.ours.name_source, p.ours.app_protocol) == (p.ndpi_host, "dns-query", "dns"), p
+        got = (p.ours.server_name, p.ours.name_source, p.ours.app_protocol)
+        assert got == (p.ndpi_host, "dns-query", "dns"), (p.pcap, p.ndpi_flow)
         # The question never decides the verdict: zoom.us asked of 192.168.1.1 is not Zoom.
         assert f":{p.ndpi_host}" not in p.ours.evidence, (p.pcap, p.ndpi_flow, p.ours.evidence)
     zoom_lookups = [p.ours for p in dns if p.pcap == "zoom.pcap" and p.ndpi_host.endswith("zoom.us")]
     assert len(zoom_lookups) == 5 and {r.service for r in zoom_lookups} == {""}
 
 
+@pytest.mark.shared
 def test_stun_realms_name_turn_servers(pairs):
     """nDPI's host name for these TURN flows is the REALM (RFC 8489 §14.9)."""
     stun = [p for p in pairs if p.master == "STUN" and p.ndpi_host]
@@ -287,8 +297,49 @@ def test_a_realm_that_is_not_a_domain_is_not_a_name():
     assert (r.server_name, r.name_source) == ("", "") and "relay" in r.raw_names
 
 
-def test_sni_beats_a_stun_realm_and_garbage_never_raises():
+def test_stun_looking_garbage_names_nothing():
     namer = FlowNamer("udp", 1, 3478)
     for junk in (b"\x00", b"\x00\x01\x00\x08" + b"\x00" * 16, b"\x01\x13\xff\xff" + b"\x00" * 40):
         namer.feed(False, junk, 1)
     assert namer.result().server_name == "" and not namer.errors
+
+
+def test_stun_shaped_garbage_never_breaks_the_namer():
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    @settings(max_examples=300, deadline=None)
+    @given(
+        transport=st.sampled_from(["udp", "tcp"]),
+        bodies=st.lists(st.binary(max_size=120), min_size=1, max_size=4),
+        attrs=st.lists(st.tuples(st.integers(0, 0xFFFF), st.binary(max_size=40)), max_size=4),
+    )
+    def run(transport, bodies, attrs):
+        namer = FlowNamer(transport, 40000, 3478)
+        for i, body in enumerate(bodies):
+            # Half the datagrams are well-framed STUN with random attributes, half raw bytes.
+            payload = stun_message(0x0113, attrs) + body if i % 2 == 0 else body
+            namer.feed(i % 2 == 1, payload, i, tcp_seq=1000 + 200 * i if transport == "tcp" else None)
+        r = namer.result()
+        assert not any(reason.startswith("naming:internal") for reason in namer.errors)
+        assert r.name_source in ("", "stun-realm")
+
+    run()
+
+
+@pytest.mark.parametrize(
+    ("raw", "name"),
+    [
+        ("signal.org", "signal.org"),
+        ('"Telegram.ORG"', "telegram.org"),  # quoted-string content with its quotes, any case
+        ("viber.com.", "viber.com"),
+        ("relay", ""),  # one label names nothing
+        ("1636988335:1875434045", ""),  # a TURN REST username pasted as realm is not a name
+        ("", ""),
+        ("a" * 300 + ".com", ""),
+    ],
+)
+def test_stun_realm_name(raw, name):
+    from inspector.naming import stun_realm_name
+
+    assert stun_realm_name(raw) == name

@@ -53,6 +53,7 @@ def golden_path(capture: str) -> Path:
     return GOLDEN_DIR / f"{capture}.flows.csv"
 
 
+@pytest.mark.shared
 def test_golden_flows(ndpi_analyses, request):
     regen = request.config.getoption("--regen-golden")
     stale, missing = [], []
@@ -68,16 +69,19 @@ def test_golden_flows(ndpi_analyses, request):
             continue
         want = path.read_text()
         if want != text:
-            diff = difflib.unified_diff(want.splitlines(), text.splitlines(), str(path), "pipeline now", n=0, lineterm="")
+            lines = (want.splitlines(), text.splitlines(), str(path), "pipeline now")
+            diff = difflib.unified_diff(*lines, n=0, lineterm="")
             stale.append("\n".join(list(diff)[:40]))
     if regen:
-        extra = {p.name for p in GOLDEN_DIR.glob("*.flows.csv")} - {golden_path(c).name for c in ndpi_analyses}
+        known = {golden_path(c).name for c in ndpi_analyses}
+        extra = {p.name for p in GOLDEN_DIR.glob("*.flows.csv")} - known
         assert not extra, f"golden files without a capture (delete them): {sorted(extra)}"
         pytest.skip(f"regenerated {len(ndpi_analyses)} golden files in {GOLDEN_DIR}")
     assert not missing, f"no golden file for {missing}: run pytest tests/test_golden.py --regen-golden"
     assert not stale, "golden flows differ (review, then --regen-golden if intended):\n" + "\n\n".join(stale)
 
 
+@pytest.mark.shared
 def test_every_golden_file_belongs_to_a_shared_capture(ndpi_dir):
     captures = {p.name for p in ndpi_dir.glob("*.pcap*")}
     names = {p.name.removesuffix(".flows.csv") for p in GOLDEN_DIR.glob("*.flows.csv")}

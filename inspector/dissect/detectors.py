@@ -36,6 +36,16 @@ MAX_RTP_SAMPLES = 64
 MAX_TCP_FRAMES = 16
 
 
+class _Tally(dict):
+    """A counter: a missing key reads as 0, as with ``collections.Counter``, without Counter's
+    construction cost (a flow's evidence holds several and most flows never use them)."""
+
+    __slots__ = ()
+
+    def __missing__(self, key: object) -> int:
+        return 0
+
+
 @dataclass(slots=True)
 class _RtpTrack:
     """One RTP source seen in one direction: its payload type and sequence numbers."""
@@ -58,7 +68,7 @@ class FlowEvidence:
         # STUN / TURN
         self.stun_cookie_messages = 0
         self.stun_classic_messages = 0
-        self.stun_classic_tids: collections.Counter[bytes] = collections.Counter()
+        self.stun_classic_tids: dict[bytes, int] = _Tally()
         self.turn_messages = 0
         self.turn_methods: set[str] = set()
         self.stun_services: dict[str, str] = {}  # service -> first evidence detail
@@ -71,7 +81,7 @@ class FlowEvidence:
         self.ms_turn_stun_frames = 0  # frames whose inner bytes parse as STUN
         self.ms_turn_messages = 0  # TURN-method messages carrying Microsoft attributes
         # ChannelData
-        self.channels: collections.Counter[int] = collections.Counter()
+        self.channels: dict[int, int] = _Tally()
         # DTLS
         self.dtls_packets = 0
         self.dtls_handshakes = 0
@@ -82,13 +92,13 @@ class FlowEvidence:
         self.rtcp_packets = 0  # plain RTCP and SRTCP datagrams
         self.rtcp_plain = 0  # datagrams that are an exact RTCP compound
         self.rtcp_multi = 0  # datagrams holding an exact compound of >= 2 RTCP packets
-        self.rtcp_senders: collections.Counter[tuple[bool, int]] = collections.Counter()
+        self.rtcp_senders: dict[tuple[bool, int], int] = _Tally()
         # Zoom
         self.zoom_server_media = 0
         self.zoom_layouts: set[str] = set()
         self.zoom_kinds: set[str] = set()
         self.zoom_p2p_media = 0
-        self.zoom_p2p_ssrcs: collections.Counter[int] = collections.Counter()
+        self.zoom_p2p_ssrcs: dict[int, int] = _Tally()
         self.zoom_setup_client: set[bytes] = set()
         self.zoom_setup_server: set[bytes] = set()
         self.zoom_p2p_setup = 0
@@ -331,7 +341,7 @@ _APP_PROTOCOL = {detector.name: detector.app_protocol for detector in DETECTORS}
 #: Hits after which more packets cannot change the verdict: RTP media seen. Signalling-only
 #: verdicts (STUN, TURN, MS-TURN, Zoom setup) and RTCP are not final: with RTP/RTCP multiplexing
 #: (RFC 5761) the RTP and its payload types may come later.
-_FINAL = frozenset({"whatsapp-media", "rtp"})
+_FINAL = frozenset({"whatsapp-media", "rtp"})  # MediaFlowState._firm tests these directly
 _ZOOM = frozenset({"zoom-media", "zoom-p2p"})
 
 
@@ -377,11 +387,13 @@ class MediaFlowState:
         ev = self.evidence
         if not (ev.rtp_samples or ev.rtcp_packets or ev.zoom_server_media or ev.zoom_p2p_media):
             return False
-        for hit in self.hits():
-            if hit.detector in _FINAL:
-                return True
-            if hit.detector in _ZOOM and ev.zoom_server_media + ev.zoom_p2p_media >= 4:
-                return True
+        # Only the detectors in _FINAL and _ZOOM can make the verdict firm, so only they run
+        # here (every packet); the full registry runs once, when the hits are read.
+        # Both _FINAL detectors need a validated RTP track, and detect_rtp hits on any.
+        if ev.rtp_samples >= 3 and detect_rtp(ev) is not None:
+            return True
+        if ev.zoom_server_media + ev.zoom_p2p_media >= 4:
+            return detect_zoom_media(ev) is not None or detect_zoom_p2p(ev) is not None
         return False
 
     def _feed(self, from_client: bool, payload: bytes) -> None:
@@ -505,6 +517,7 @@ class MediaFlowState:
 
     def _note_stun(self, message: stun.StunMessage) -> None:
         ev = self.evidence
+        types = message.attribute_types
         if len(ev.stun_types) < 8:
             ev.stun_types.add(message.message_type)
         if not ev.stun_first_transaction:
@@ -516,7 +529,7 @@ class MediaFlowState:
             ev.stun_cookie_messages += 1
         if message.is_turn:
             ev.turn_messages += 1
-            if message.attribute_types & stun.MS_ATTRIBUTES:
+            if types & stun.MS_ATTRIBUTES:
                 ev.ms_turn_messages += 1
             ev.turn_methods.add(stun.METHOD_NAMES.get(message.method, f"0x{message.method:03x}"))
             if message.method == 0x009:
@@ -526,10 +539,10 @@ class MediaFlowState:
         if (
             not message.classic
             and message.message_type == 0x0001
-            and message.attribute_types == {stun.ATTR_MESSAGE_INTEGRITY}
+            and types == {stun.ATTR_MESSAGE_INTEGRITY}
         ):
             ev.integrity_only_bindings += 1
-        service, detail = stun.stun_service(message)
+        service, detail = stun.stun_service(message, types)
         if service and service not in ev.stun_services:
             ev.stun_services[service] = detail
         for key, attr_type in (
@@ -537,7 +550,7 @@ class MediaFlowState:
             ("stun_realm", stun.ATTR_REALM),
             ("stun_username", stun.ATTR_USERNAME),
         ):
-            if key not in ev.stun_text:
+            if key not in ev.stun_text and attr_type in types:
                 text = message.text(attr_type)
                 if text:
                     ev.stun_text[key] = text

@@ -196,7 +196,9 @@ def parse_stun(data: bytes, *, allow_trailing: bool = False) -> StunMessage | No
         return None
     if classic and message_type not in CLASSIC_TYPES:
         return None
-    transaction_id = bytes(data[4:20]) if classic else bytes(data[8:20])
+    if type(data) is not bytes:
+        data = bytes(data)  # memoryview / bytearray: one copy, then slices are bytes already
+    transaction_id = data[4:20] if classic else data[8:20]
     walked = _walk_attributes(data, total, padded=True)
     if walked is None and not classic:
         # Microsoft's TURN servers (teams.pcap) send ERROR-CODE/NONCE values unpadded, as the
@@ -235,9 +237,9 @@ def _walk_attributes(
         end = pos + 4 + attr_len
         if end > total:
             return None
-        value = bytes(data[pos + 4 : end])
+        value = data[pos + 4 : end]
         if attr_type == ATTR_FINGERPRINT and attr_len == 4:
-            fingerprint_ok = struct.unpack("!I", value)[0] == fingerprint(bytes(data[:pos]))
+            fingerprint_ok = struct.unpack("!I", value)[0] == fingerprint(data[:pos])
         attributes.append((attr_type, value))
         # Padding to 4 bytes (RFC 5389 §15); WhatsApp omits it after the last attribute
         # (wa_voice.pcap Allocate requests), so a message may end right after the value.
@@ -295,8 +297,12 @@ def strip_ms_turn(data: bytes) -> bytes | None:
     return bytes(data[MS_TURN_HEADER_LEN:])
 
 
-def stun_service(message: StunMessage) -> tuple[str, str]:
+def stun_service(
+    message: StunMessage, attribute_types: frozenset[int] | None = None
+) -> tuple[str, str]:
     """(service id, evidence detail) the message itself attributes, or ("", "").
+
+    ``attribute_types`` is ``message.attribute_types`` when the caller has already built it.
 
     Rules (facts §3.2 "Vendor fingerprints", nDPI stun.c; checked against the shared captures):
     attributes 0x0101/0x0103 -> zoom (zoom.pcap, zoom_p2p.pcapng); Microsoft attributes -> teams
@@ -310,7 +316,7 @@ def stun_service(message: StunMessage) -> tuple[str, str]:
     nDPI's Signal/Telegram labels in the shared captures come from address caches, not text we
     can see (those flows carry no REALM naming the service).
     """
-    types = message.attribute_types
+    types = message.attribute_types if attribute_types is None else attribute_types
     if types & ZOOM_ATTRIBUTES:
         return "zoom", f"stun attr=0x{min(types & ZOOM_ATTRIBUTES):04x}"
     if types & MS_ATTRIBUTES:
@@ -324,6 +330,8 @@ def stun_service(message: StunMessage) -> tuple[str, str]:
     if types & WEBEX_ATTRIBUTES:
         return "webex", f"stun attr=0x{min(types & WEBEX_ATTRIBUTES):04x}"
     for attr_type, label in ((ATTR_REALM, "realm"), (ATTR_SOFTWARE, "software")):
+        if attr_type not in types:
+            continue
         text = message.text(attr_type).lower()
         if not text:
             continue
