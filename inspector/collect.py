@@ -6,8 +6,9 @@ Both run on every batch over numpy columns, with no per-packet Python:
   (schema.ACTIVITY_COLUMNS), so the call stage can count bytes *inside* a call window.
 * ``RtpCollector`` reads the RTP header of every UDP packet that can carry RTP: plain RTP/SRTP
   (RFC 3550 §5.1: version 2 in the top two bits; SRTP leaves the header in clear, RFC 3711 §3.1)
-  and RTP inside Zoom's media encapsulation (protocol-facts.md §2: outer type 0x05 and the inner
-  type byte at offset 8 on server flows; the inner header at offset 0 on P2P flows). RTCP packets
+  and RTP inside Zoom's media encapsulation (protocol-facts.md §2, the layouts of
+  ``inspector.dissect.zoom``: outer type 0x05 with the inner header at 8 (2022 clients, direction
+  byte 7 = 0x00/0x04) or at 1 (2019 clients) on server flows; the inner header at 0 on P2P flows). RTCP packets
   (second byte 200-207 per RFC 3550 §12.1, the RFC 5761 §4 demultiplexing rule) are kept whole.
   Weakness: the first-byte test admits non-RTP payloads that start with 0b10; the call stage keeps
   only rows of flows the classifier judged media, and RTP validation over several packets happened
@@ -30,8 +31,28 @@ ZOOM_VIDEO = 16
 ZOOM_SCREEN_SERVER = 13
 ZOOM_SCREEN_P2P = 30
 ZOOM_RTCP_TYPES = (33, 34, 35)
+ZOOM_UNKNOWN_RTP = 0x01
 ZOOM_OUTER_MEDIA = 0x05
 ZOOM_OUTER_LEN = 8
+ZOOM_LEGACY_OUTER_LEN = 1
+ZOOM_DIRECTIONS = (0x00, 0x04)  # byte 7 of the 2022 outer header: to / from Zoom
+
+
+def _zoom_rtp_offset(inner_type: np.ndarray, byte20: np.ndarray, byte7: np.ndarray) -> np.ndarray:
+    """Offset of the embedded RTP header from the inner header, -1 for types without RTP
+    (dissect.zoom ``_inner_rtp_offset``; RTCP types are left to the RTCP path)."""
+    return np.select(
+        [
+            inner_type == ZOOM_AUDIO,
+            (inner_type == ZOOM_VIDEO) & (byte20 == 0x02),
+            inner_type == ZOOM_VIDEO,
+            inner_type == ZOOM_SCREEN_P2P,
+            (inner_type == ZOOM_SCREEN_SERVER) & (byte7 == 0x1E),
+            inner_type == ZOOM_UNKNOWN_RTP,
+        ],
+        [19, 24, 20, 20, 27, 26],
+        default=-1,
+    )
 
 
 class ActivityCollector:
@@ -115,29 +136,33 @@ class RtpCollector:
         zoom_type = np.full(rows.shape[0], -1, dtype=np.int64)
         plain = (b0 & 0xC0) == 0x80
         start[plain] = 0
-        # Zoom server flows: outer header 0x05 ... direction, inner type at 8.
-        outer = b0 == ZOOM_OUTER_MEDIA
-        inner_at = np.where(outer, ZOOM_OUTER_LEN, 0)
-        inner_type = np.where(outer, d.payload_byte(rows, ZOOM_OUTER_LEN), b0).astype(np.int64)
-        zoomish = outer | np.isin(b0, (ZOOM_AUDIO, ZOOM_VIDEO, ZOOM_SCREEN_P2P, ZOOM_SCREEN_SERVER))
-        video_flag = d.payload_bytes_at(rows, inner_at + 20)
-        screen_sub = d.payload_bytes_at(rows, inner_at + 7)
-        rel = np.select(
-            [
-                inner_type == ZOOM_AUDIO,
-                (inner_type == ZOOM_VIDEO) & (video_flag == 0x02),
-                inner_type == ZOOM_VIDEO,
-                inner_type == ZOOM_SCREEN_P2P,
-                (inner_type == ZOOM_SCREEN_SERVER) & (screen_sub == 0x1E),
-            ],
-            [19, 24, 20, 20, 27],
-            default=-1,
+        # Zoom, in dissect.zoom's order (parse_server_media, then parse_p2p_media): the 2022
+        # server layout (outer 0x05, direction byte 7 = 0x00/0x04, inner at 8), the 2019 one
+        # (outer 0x05, inner at 1), then P2P (inner at 0). The first whose embedded RTP header
+        # shows version 2 wins.
+        outer = (b0 == ZOOM_OUTER_MEDIA) & ~plain
+        direction = d.payload_byte(rows, 7)
+        layouts = (
+            (outer & np.isin(direction, ZOOM_DIRECTIONS) & (d.payload_len[rows] > ZOOM_OUTER_LEN), ZOOM_OUTER_LEN),
+            (outer, ZOOM_LEGACY_OUTER_LEN),
+            (~outer & ~plain, 0),
         )
-        zstart = np.where(zoomish & (rel >= 0), inner_at + rel, -1)
-        zb0 = d.payload_bytes_at(rows, np.maximum(zstart, 0))
-        zoom_ok = (zstart >= 0) & ((zb0 & 0xC0) == 0x80) & ~plain
-        start[zoom_ok] = zstart[zoom_ok]
-        zoom_type[zoom_ok] = inner_type[zoom_ok]
+        for candidate, inner_at in layouts:
+            todo = candidate & (start < 0)
+            if not todo.any():
+                continue
+            sub = rows[todo]
+            at = np.full(sub.shape[0], inner_at, dtype=np.int64)
+            inner_type = d.payload_bytes_at(sub, at).astype(np.int64)
+            rel = _zoom_rtp_offset(
+                inner_type, d.payload_bytes_at(sub, at + 20), d.payload_bytes_at(sub, at + 7)
+            )
+            zstart = np.where(rel >= 0, at + rel, -1)
+            version_ok = (d.payload_bytes_at(sub, np.maximum(zstart, 0)) & 0xC0) == 0x80
+            ok = (zstart >= 0) & version_ok
+            index = np.flatnonzero(todo)[ok]
+            start[index] = zstart[ok]
+            zoom_type[index] = inner_type[ok]
 
         # RTCP (plain): second byte 200-207 (RFC 5761 §4); kept whole for SR/RR parsing.
         is_rtcp = plain & (b1 >= 200) & (b1 <= 207)

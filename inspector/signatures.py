@@ -89,6 +89,7 @@ DETECTORS = frozenset(
         "zoom-p2p",
         "discord-ip-discovery",
         "whatsapp-media",
+        "whatsapp-chat",
     }
 )
 

@@ -41,7 +41,8 @@ EXPECTED: dict[str, Expected] = {
     # dissect.zoom.parse_server_media finds RTP in none of them.
     "zoom.pcap": Expected(calls=(("zoom", False),), media_streams=(0,)),
     # Two Zoom 1:1 meetings. Call 1: STUN to 206.247.87.213:3478 every 2 s from 17:43:53.7
-    # (20 requests, no answers in the capture) while the P2P path to 192.168.1.226:46757 carries
+    # (20 requests on two ports, answered only by ICMP "host administratively prohibited": the
+    # unnamed 206.247.87.213 row of destinations.csv) while the P2P path to 192.168.1.226:46757 carries
     # 322 packets for 1.67 s (tshark conversation duration 1.6682 s): the P2P flow 8 simply
     # lasts 1.7 s, so its RTP rows covering ~1.4 s of the 43 s window are all there is (44
     # audio + 203 video datagrams; the collector and dissect.zoom.parse_p2p_media agree on

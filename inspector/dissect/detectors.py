@@ -26,7 +26,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from inspector.dissect import media, rtp, stun, zoom
+from inspector.dissect import media, rtp, stun, whatsapp, zoom
 from inspector.facts import DetectorHit
 
 #: Payload packets after which a flow's verdict is final (nDPI gives up on most flows sooner).
@@ -65,6 +65,7 @@ class FlowEvidence:
         self.client_port = client_port
         self.server_port = server_port
         self.packets = 0
+        self.whatsapp_chat_version: str | None = None
         # STUN / TURN
         self.stun_cookie_messages = 0
         self.stun_classic_messages = 0
@@ -323,11 +324,23 @@ class Detector:
 
 
 #: Tried in this order; hits come back in this order (strongest first).
+def detect_whatsapp_chat(ev: FlowEvidence) -> DetectorHit | None:
+    """WhatsApp's chat stream header (``WA`` + version) on the client's first TCP segment.
+
+    Source: libprotoident lpi_whatsapp.cc, nDPI whatsapp.c, the shared WhatsApp captures (details
+    in ``inspector.dissect.whatsapp``). Weakness: four plain-text bytes on one segment; another
+    protocol opening with ``WA`` and a small version pair would match."""
+    if ev.whatsapp_chat_version is None:
+        return None
+    return DetectorHit("whatsapp-chat", "whatsapp", f"WA stream header version {ev.whatsapp_chat_version}")
+
+
 DETECTORS: tuple[Detector, ...] = (
     Detector("zoom-media", detect_zoom_media, "zoom-media"),
     Detector("zoom-p2p", detect_zoom_p2p, "zoom-media"),
     Detector("ms-turn", detect_ms_turn, "turn"),
     Detector("whatsapp-media", detect_whatsapp_media, ""),
+    Detector("whatsapp-chat", detect_whatsapp_chat, ""),
     Detector("discord-ip-discovery", detect_discord_ip_discovery, ""),
     Detector("turn", detect_turn, "turn"),
     Detector("stun", detect_stun, "stun"),
@@ -458,7 +471,13 @@ class MediaFlowState:
             self.evidence.dtls_packets += 1
 
     def _feed_stream(self, from_client: bool, payload: bytes) -> None:
-        """TCP: STUN back to back (RFC 5389 §7.2.2) or RFC 4571-framed STUN/RTP/RTCP/DTLS."""
+        """TCP: STUN back to back (RFC 5389 §7.2.2) or RFC 4571-framed STUN/RTP/RTCP/DTLS;
+        the WhatsApp chat stream header on the client's first segment."""
+        if from_client and self.evidence.packets == 1:
+            version = whatsapp.chat_stream_version(payload)
+            if version is not None:
+                self.evidence.whatsapp_chat_version = version
+                return
         messages = stun.parse_stun_stream(payload)
         if messages:
             for message in messages:

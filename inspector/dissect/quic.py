@@ -32,6 +32,7 @@ not listed here (future or private) are counted as ``unknown_version`` and skipp
 from __future__ import annotations
 
 import collections
+import functools
 import hmac
 import re
 from dataclasses import dataclass
@@ -209,15 +210,21 @@ def read_varint(data: bytes, pos: int) -> tuple[int, int]:
 def hkdf_expand_label(secret: bytes, label: str, length: int, context: bytes = b"") -> bytes:
     """TLS 1.3 HKDF-Expand-Label with SHA-256 (RFC 8446 §7.1): info = HkdfLabel{length,
     "tls13 " + label, context}."""
+    return _hkdf_expand(secret, _hkdf_label(label, length, context), length)
+
+
+@functools.lru_cache(maxsize=32)
+def _hkdf_label(label: str, length: int, context: bytes) -> bytes:
+    """The HkdfLabel structure (RFC 8446 §7.1); QUIC uses a handful of fixed labels, so the
+    encoded structures are kept rather than rebuilt for every connection."""
     full_label = b"tls13 " + label.encode("ascii")
-    info = (
+    return (
         length.to_bytes(2, "big")
         + bytes([len(full_label)])
         + full_label
         + bytes([len(context)])
         + context
     )
-    return _hkdf_expand(secret, info, length)
 
 
 def _hkdf_expand(prk: bytes, info: bytes, length: int) -> bytes:
@@ -227,6 +234,8 @@ def _hkdf_expand(prk: bytes, info: bytes, length: int) -> bytes:
     block each (<= 32 bytes), and building a ``cryptography`` HKDF object per label cost more
     than the hashing itself.
     """
+    if length <= 32:  # one block, T(1) (every QUIC Initial key)
+        return hmac.digest(prk, info + b"\x01", "sha256")[:length]
     if length > 255 * 32:
         raise ValueError("HKDF-Expand output is limited to 255 hash lengths")
     output = b""
@@ -455,9 +464,19 @@ def _skip_ack(data: bytes, pos: int, with_ecn: bool) -> int:
 
 
 def _read_crypto(data: bytes, pos: int) -> tuple[int, bytes, int]:
-    offset, pos = read_varint(data, pos)
-    length, pos = read_varint(data, pos)
-    if length > len(data) - pos:
+    end = len(data)
+    # Offset and Length varints (RFC 9000 §19.6); one-byte forms (values < 64) read inline.
+    if pos < end and data[pos] < 0x40:
+        offset = data[pos]
+        pos += 1
+    else:
+        offset, pos = read_varint(data, pos)
+    if pos < end and data[pos] < 0x40:
+        length = data[pos]
+        pos += 1
+    else:
+        length, pos = read_varint(data, pos)
+    if length > end - pos:
         raise QuicError("bad_crypto_length")
     return offset, data[pos : pos + length], pos + length
 

@@ -62,7 +62,7 @@ def names(state: MediaFlowState) -> list[str]:
 
 def test_registry_names_and_order() -> None:
     assert [d.name for d in DETECTORS] == [
-        "zoom-media", "zoom-p2p", "ms-turn", "whatsapp-media", "discord-ip-discovery",
+        "zoom-media", "zoom-p2p", "ms-turn", "whatsapp-media", "whatsapp-chat", "discord-ip-discovery",
         "turn", "stun", "turn-channel", "dtls", "rtp", "rtcp",
     ]  # fmt: skip
 

@@ -136,3 +136,22 @@ def test_discord_keepalive() -> None:
     assert media.is_discord_keepalive(bytes.fromhex("1337cafe0e000000"))
     assert not media.is_discord_keepalive(bytes.fromhex("1337cafe0e00000000"))
     assert not media.is_discord_keepalive(bytes.fromhex("1337cafd0e000000"))
+
+
+# --- WhatsApp chat stream header (inspector/dissect/whatsapp.py) -------------------------------
+
+from inspector.dissect.whatsapp import chat_stream_version  # noqa: E402
+
+
+def test_whatsapp_chat_header_plain_and_after_edge_routing():
+    # Both byte strings as they open chat connections in the shared WhatsApp captures.
+    assert chat_stream_version(bytes.fromhex("5741010500001af80501a59189fc1269")) == "1.5"
+    assert chat_stream_version(bytes.fromhex("45440001000004080508025741020100")) == "2.1"
+
+
+def test_whatsapp_chat_header_rejects_lookalikes():
+    assert chat_stream_version(b"WA") is None
+    assert chat_stream_version(b"WA\x00\x05") is None  # major version 0
+    assert chat_stream_version(b"WAIT FOR IT") is None  # 'I' = 0x49 is not a version 1-9
+    assert chat_stream_version(b"ED\x00\x01\xff\xff\xff" + b"WA\x01\x05") is None  # absurd preamble
+    assert chat_stream_version(b"GET / HTTP/1.1\r\n") is None
