@@ -197,7 +197,8 @@ def signatures_list(
     except SignatureError as e:
         _fail(str(e), 2)
     table = Table(title=f"{len(sigs.ids)} signatures (digest {sigs.digest[:12]})")
-    for col in ("id", "kind", "category", "party", "organisation", "domains", "nets", "detectors"):
+    table.add_column("id", no_wrap=True)
+    for col in ("kind", "category", "party", "organisation", "domains", "nets", "detectors"):
         table.add_column(col, overflow="fold")
     for r in signature_summary(sigs):
         table.add_row(r.id, r.kind, r.category, r.party, r.organisation, str(r.domains), str(r.networks), r.detectors)

@@ -145,7 +145,9 @@ class RtpCollector:
         layouts = (
             (outer & np.isin(direction, ZOOM_DIRECTIONS) & (d.payload_len[rows] > ZOOM_OUTER_LEN), ZOOM_OUTER_LEN),
             (outer, ZOOM_LEGACY_OUTER_LEN),
-            (~outer & ~plain, 0),
+            # Not inner type 1 at offset 0: a STUN success response starts 0x01 0x01 (RFC 8489
+            # §5), and Zoom's P2P flows carry types 15/16/30 (facts §2.2).
+            (~outer & ~plain & (b0 != ZOOM_UNKNOWN_RTP), 0),
         )
         for candidate, inner_at in layouts:
             todo = candidate & (start < 0)

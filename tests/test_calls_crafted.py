@@ -301,3 +301,51 @@ def test_media_csv_loss_across_the_sequence_wrap(tmp_path):
     assert received["lost_packets"] == len(dropped)
     assert received["loss_rate"] == pytest.approx(len(dropped) / RTP_PACKETS)
     assert media.loc["sent", "lost_packets"] == 0
+
+
+# --- the RTP collector on Zoom's encapsulations (inspector/collect.py) ---------------------------
+
+
+def _zoom_inner(inner_type: int, seq: int) -> bytes:
+    """A Zoom inner media header (facts §2.3): audio (15) has its RTP at 19; video (16) at 24
+    when inner byte 20 is 0x02."""
+    rtp = rtp_packet(seq, 960 * seq, 0x5A5A0000 + inner_type)
+    if inner_type == 15:
+        return bytes([15]) + b"\x00" * 18 + rtp
+    return bytes([16]) + b"\x00" * 19 + b"\x02" + b"\x00" * 3 + rtp
+
+
+@pytest.mark.parametrize(
+    "layout, wrap",
+    [
+        ("sfu 2022 (8-byte outer, direction 0x00)", lambda inner: b"\x05" + b"\x10" * 6 + b"\x00" + inner),
+        ("sfu 2019 (1-byte outer)", lambda inner: b"\x05" + inner),
+        ("p2p (no outer)", lambda inner: inner),
+    ],
+)
+def test_rtp_collector_reads_zoom_layouts_like_the_dissector(tmp_path, layout, wrap):
+    from inspector.collect import RtpCollector
+    from inspector.dissect.zoom import parse_p2p_media, parse_server_media
+    from inspector.payloads import PayloadStage
+    from inspector.pipeline import AnalyzeOptions, process_capture
+
+    path = tmp_path / "zoom.pcap"
+    writer = PcapWriter(str(path), linktype=1, sync=True)
+    payloads = [wrap(_zoom_inner(inner_type, seq)) for seq in range(6) for inner_type in (15, 16)]
+    try:
+        for i, payload in enumerate(payloads):
+            packet = _udp(CLIENT, PEER, 50000, 8801, payload)
+            if i == 0:
+                writer.write_header(packet)
+            writer.write_packet(packet, sec=T0_S, usec=i * 1000)
+    finally:
+        writer.close()
+    collector = RtpCollector()
+    process_capture(path, AnalyzeOptions(), None, PayloadStage(), (collector,))
+    rows = collector.frame("zoom.pcap")
+    parsed = [parse_server_media(p) or parse_p2p_media(p) for p in payloads]
+    assert all(p is not None for p in parsed), layout
+    assert list(rows["zoom_type"]) == [p.inner_type for p in parsed]
+    assert list(rows["ssrc"]) == [p.rtp.ssrc for p in parsed]
+    assert list(rows["seq"]) == [p.rtp.sequence for p in parsed]
+    assert list(rows["rtp_len"]) == [len(pl) - p.rtp_offset for pl, p in zip(payloads, parsed)]

@@ -77,3 +77,65 @@ def test_no_capture_runs_on_the_bundled_sample(tmp_path):
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["inputs"][0]["name"] == SAMPLE_CAPTURE.name
     assert manifest["inputs"][0]["packets"] > 100
+
+
+USER_SIGNATURE = '''schema = 1
+id = "acme-beacon"
+name = "ACME beacon"
+organisation = "ACME Analytics Ltd."
+kind = "telemetry"
+category = "analytics"
+party = "third"
+references = ["https://example.org/acme (test fixture)"]
+updated = 2026-11-25
+
+[[endpoints]]
+role = "telemetry"
+domains = ["beacon.acme-analytics.example"]
+'''
+
+
+def test_signatures_check_and_list(tmp_path):
+    r = run("signatures", "check")
+    assert r.returncode == 0 and r.stdout.startswith("ok: ")
+    (tmp_path / "acme-beacon.toml").write_text(USER_SIGNATURE)
+    r = run("signatures", "check", tmp_path)
+    assert r.returncode == 0 and "plus" in r.stdout
+    r = run("signatures", "list", "--signatures", tmp_path)
+    assert r.returncode == 0 and "acme-beacon" in r.stdout
+
+
+def test_broken_signature_file_is_one_line_naming_file_and_key(tmp_path):
+    (tmp_path / "acme-beacon.toml").write_text(USER_SIGNATURE.replace('kind = "telemetry"', 'kind = "spyware"'))
+    r = run("signatures", "check", tmp_path)
+    assert r.returncode == 2
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "acme-beacon.toml" in lines[0] and "kind" in lines[0]
+    cap = C.write_pcap(tmp_path / "a.pcap", [C.ether(C.udp4("10.0.0.1", "10.0.0.2", 40000, 53, b"q" * 12))])
+    r = run("analyze", cap, "--signatures", tmp_path, "--out", tmp_path / "out")
+    assert r.returncode == 2 and "acme-beacon.toml" in r.stderr
+
+
+def test_user_signature_classifies_a_flow(tmp_path):
+    from tests.dissect.test_tls import client_hello, record, sni_extension
+
+    sigs = tmp_path / "sigs"
+    sigs.mkdir()
+    (sigs / "acme-beacon.toml").write_text(USER_SIGNATURE)
+    hello = record(client_hello(sni_extension(b"beacon.acme-analytics.example")))
+    a, b = "10.0.0.1", "192.0.2.7"
+    packets = [
+        C.ether(C.tcp4(a, b, 40000, 443, "S")),
+        C.ether(C.tcp4(b, a, 443, 40000, "SA")),
+        C.ether(C.tcp4(a, b, 40000, 443, "PA", hello, seq=1)),
+    ]
+    cap = C.write_pcap(tmp_path / "beacon.pcap", packets)
+    r = run("analyze", cap, "--signatures", sigs, "--out", tmp_path / "out", "-q")
+    assert r.returncode == 0, r.stderr
+    import pandas as pd
+
+    flows = pd.read_csv(tmp_path / "out" / "flows.csv", keep_default_na=False)
+    row = flows.iloc[0]
+    assert (row.server_name, row.name_source, row.service, row.kind) == (
+        "beacon.acme-analytics.example", "sni", "acme-beacon", "telemetry")
+    assert row.evidence.startswith("sni:beacon.acme-analytics.example")

@@ -148,6 +148,17 @@ def _ietf(name: str, salt: bytes) -> VersionProfile:
 def version_profile(version: int) -> VersionProfile | None:
     """The Initial-protection profile of ``version``, or None when it is not one we can open.
 
+    The profiles are built once at import (``_build_profile`` holds the rules and sources).
+    """
+    profile = _PROFILES.get(version)
+    if profile is None and version & 0x0F0F0F0F == 0x0A0A0A0A:
+        return _GREASED
+    return profile
+
+
+def _build_profile(version: int) -> VersionProfile | None:
+    """The Initial-protection profile of ``version``, or None when it is not one we can open.
+
     Sources: RFC 9001 §5.2 (v1), RFC 9369 §3 (v2), protocol-facts.md §3.6 (draft salts), nDPI
     ``quic.c`` (mvfst and Google versions). Weakness: greased versions 0x?a?a?a?a (RFC 9000 §15)
     have no salt of their own; the v1 and draft-29 salts are tried and the AEAD tag decides.
@@ -184,6 +195,24 @@ def version_profile(version: int) -> VersionProfile | None:
             "greased", (SALT_V1, SALT_DRAFT_29), _LABELS_V1, _TYPES_V1, "ietf", "tls"
         )
     return None
+
+
+_PROFILES: dict[int, VersionProfile] = {
+    version: profile
+    for version in (
+        VERSION_1,
+        VERSION_2,
+        *(0xFF000000 | draft for draft in range(22, 35)),
+        0xFACEB001,
+        0xFACEB002,
+        0xFACEB00E,
+        VERSION_Q050,
+        VERSION_T050,
+        VERSION_T051,
+    )
+    if (profile := _build_profile(version)) is not None
+}
+_GREASED = _build_profile(0x0A0A0A0A)
 
 
 # --- primitive readers ----------------------------------------------------------------------
