@@ -96,18 +96,23 @@ def window_flows(directed, sides: pd.DataFrame, windows: pd.DataFrame, merge: bo
     if totals:
         parts.append(totals)
         labels.append((MERGED_CAPTURE if merge else None, ""))
-    frames = []
+    columns: dict[str, list[np.ndarray]] = {}
+    out_captures, session_ids = [], []
     for totals, (out_capture, session_id) in zip(parts, labels):
         order = np.argsort(totals["position"], kind="stable")
-        side = totals["side"][order]
-        frame = sides.iloc[side].reset_index(drop=True)
         for name, values in totals.items():
-            if name not in ("side", "position"):
-                frame[name] = values[order]
-        frame["out_capture"] = captures[side] if out_capture is None else out_capture
-        frame["session_id"] = session_id
-        frames.append(frame)
-    return pd.concat(frames, ignore_index=True)
+            columns.setdefault(name, []).append(values[order])
+        side = totals["side"][order]
+        out_captures.append(captures[side] if out_capture is None else np.full(side.size, out_capture, dtype=object))
+        session_ids.append(np.full(side.size, session_id, dtype=object))
+    side = np.concatenate(columns.pop("side"))
+    del columns["position"]
+    frame = sides.iloc[side].reset_index(drop=True)
+    for name, values in columns.items():
+        frame[name] = np.concatenate(values)
+    frame["out_capture"] = np.concatenate(out_captures)
+    frame["session_id"] = np.concatenate(session_ids)
+    return frame
 
 
 def destinations_table(directed, sides: pd.DataFrame, windows: pd.DataFrame, merge: bool) -> pd.DataFrame:

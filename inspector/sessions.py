@@ -369,7 +369,7 @@ def _run_starts(*keys: np.ndarray) -> np.ndarray:
     return np.flatnonzero(change)
 
 
-def _side_spans(media: DirectedBuckets, sides_count: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _side_spans(media: DirectedBuckets) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(sides with media buckets, their first first_ns, their last last_ns): rows are side-sorted."""
     starts = _run_starts(media.side)
     if starts.size == 0:
@@ -442,7 +442,7 @@ def call_windows(
     then scope, client address and service.
     """
     max_gap_ns = int(options.max_gap_s * 1e9)
-    flows, span_first, span_last = _side_spans(media, len(sides))
+    flows, span_first, span_last = _side_spans(media)
     captures = sides["capture"].to_numpy(dtype=object)
     scope_of_flow = np.full(flows.size, MERGED_CAPTURE, dtype=object) if merge else captures[flows]
     local_of_flow = sides["local_ip"].to_numpy(dtype=object)[flows]
@@ -507,12 +507,13 @@ def call_windows(
 def _sessions_frame(rows: dict[str, list], media: pd.DataFrame) -> pd.DataFrame:
     if not rows["session_id"]:
         return empty_frame(SESSION_COLUMNS)
-    counts = {k: [] for k in ("audio_streams", "video_streams", "screen_streams")}
-    for sid in rows["session_id"]:
-        kinds = media.loc[media["session_id"] == sid, "media_kind"]
-        counts["audio_streams"].append(int((kinds == "audio").sum()))
-        counts["video_streams"].append(int((kinds == "video").sum()))
-        counts["screen_streams"].append(int((kinds == "screen").sum()))
+    per_kind: dict[tuple[str, str], int] = {}
+    for key in zip(media["session_id"].to_numpy(dtype=object), media["media_kind"].to_numpy(dtype=object)):
+        per_kind[key] = per_kind.get(key, 0) + 1
+    counts = {
+        f"{kind}_streams": [per_kind.get((sid, kind), 0) for sid in rows["session_id"]]
+        for kind in ("audio", "video", "screen")
+    }
     data = {**rows, **counts}
     start = np.asarray(data.pop("start_ns"), dtype=np.int64)
     end = np.asarray(data.pop("end_ns"), dtype=np.int64)
@@ -581,19 +582,25 @@ def build_calls(
         )
     }  # fmt: skip
     member_session = membership["session"].to_numpy(dtype=np.int64)
+    member_order = np.argsort(member_session, kind="stable")
+    member_bounds = np.searchsorted(member_session[member_order], np.arange(n + 1))
+    is_p2p = membership["is_p2p"].to_numpy(dtype=bool)
+    relay = ~is_p2p & np.isin(membership["role"].to_numpy(dtype=object), list(MEDIA_ROLES))
+    remote_ip = membership["remote_ip"].to_numpy(dtype=object)
+    remote_port = membership["remote_port"].to_numpy(dtype=np.int64)
     for index, window in enumerate(windows.itertuples()):
-        members = membership[member_session == index]
-        relays = members[~members["is_p2p"] & members["role"].isin(list(MEDIA_ROLES))]
+        members = member_order[member_bounds[index] : member_bounds[index + 1]]
+        relays = members[relay[members]]
         rows["capture"].append(window.scope)
         rows["session_id"].append(window.session_id)
         rows["service"].append(window.service)
         rows["start_ns"].append(int(window.start_ns))
         rows["end_ns"].append(int(window.end_ns))
         rows["client_ip"].append(window.client_ip)
-        rows["media_flows"].append(len(members))
-        rows["peers"].append(_endpoints_text(members["remote_ip"], members["remote_port"]))
-        rows["is_p2p"].append(bool(members["is_p2p"].any()))
-        rows["relay_servers"].append(_endpoints_text(relays["remote_ip"], relays["remote_port"]))
+        rows["media_flows"].append(int(members.size))
+        rows["peers"].append(_endpoints_text(remote_ip[members], remote_port[members]))
+        rows["is_p2p"].append(bool(is_p2p[members].any()))
+        rows["relay_servers"].append(_endpoints_text(remote_ip[relays], remote_port[relays]))
         rows["bytes_sent"].append(int(bytes_sent[index]))
         rows["bytes_received"].append(int(bytes_received[index]))
     sessions = _sessions_frame(rows, media)

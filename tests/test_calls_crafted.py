@@ -253,8 +253,11 @@ def test_destinations_csv_byte_for_byte(clean_call):
             f"{sent_b},{recv_b},{sent_p},{recv_p},{_iso(first_us)},{_iso(last_us)},"
             f"{'True' if session else 'False'},{evidence}\n"
         )
-    # The beacons: 4 packets each way (SYN/ACK/hello/data vs SYN-ACK/hello/data): hand count.
-    assert built.ip_totals(CLIENT, BEACON_INSIDE)[0] == 4 and built.ip_totals(CLIENT, BEACON_INSIDE)[2] == 3
+    # Hand count of a beacon: 4 packets from the client (SYN, ACK, ClientHello, data: 40 + 40 +
+    # 40 + hello + 40 + 65 bytes) and 3 from the server (SYN-ACK, ServerHello, data).
+    hello = record(client_hello(sni_extension(BEACON_SNI)))
+    assert built.ip_totals(CLIENT, BEACON_INSIDE) == (4, 40 + 40 + 40 + len(hello) + 40 + 65, 3,
+                                                      40 + 40 + len(record(server_hello())) + 40 + 65)
     header = (
         "capture,session_id,destination,server_ips,service,organisation,kind,category,flows,bytes_sent,"
         "bytes_received,packets_sent,packets_received,first_seen,last_seen,during_call,evidence\n"
@@ -349,3 +352,55 @@ def test_rtp_collector_reads_zoom_layouts_like_the_dissector(tmp_path, layout, w
     assert list(rows["ssrc"]) == [p.rtp.ssrc for p in parsed]
     assert list(rows["seq"]) == [p.rtp.sequence for p in parsed]
     assert list(rows["rtp_len"]) == [len(pl) - p.rtp_offset for pl, p in zip(payloads, parsed)]
+
+
+# --- which flows are call media (inspector/sessions.py rule 1) ----------------------------------
+
+
+def test_media_role_needs_udp_or_media_payload_evidence():
+    from inspector.sessions import flow_sides
+    from tests.test_sessions import flows_frame
+
+    sides = flow_sides(
+        flows_frame(
+            [
+                # TLS to a vendor's media range, decided by the range alone (webex.pcap): not media.
+                {"flow_id": 1, "transport": "tcp", "server_port": 443, "app_protocol": "tls",
+                 "service": "webex", "role": "media", "evidence": "cidr:webex", "confidence": "medium"},
+                # UDP to the same range: media (vendor media protocols are UDP first).
+                {"flow_id": 2, "transport": "udp", "server_port": 9000, "app_protocol": "",
+                 "service": "webex", "role": "media", "evidence": "cidr:webex", "confidence": "medium"},
+                # TURN over TCP/443 (RFC 6062), named by its payload: media (relay).
+                {"flow_id": 3, "transport": "tcp", "server_port": 443, "app_protocol": "",
+                 "service": "teams", "role": "relay", "evidence": "payload:turn turn; cidr:teams"},
+                # TCP with a media app_protocol: media.
+                {"flow_id": 4, "transport": "tcp", "server_port": 5000, "app_protocol": "rtp",
+                 "service": "zoom", "role": "media", "evidence": "port:tcp/5000"},
+            ]
+        )  # fmt: skip
+    )
+    assert list(sides["is_media"]) == [False, True, True, True]
+
+
+def test_documentation_addresses_are_public_peers():
+    # RFC 5737 documentation ranges stand for public addresses: generic WebRTC to one is a server
+    # (not P2P), while RFC 1918 / RFC 6598 peers are P2P. Python's ip.is_private says otherwise.
+    from inspector.sessions import flow_sides
+    from tests.test_sessions import flows_frame
+
+    rows = [
+        {"flow_id": i, "server_ip": ip, "service": "webrtc", "role": "media", "app_protocol": "rtp",
+         "evidence": "payload:rtp rtp"}
+        for i, ip in enumerate(("203.0.113.50", "192.168.0.4", "100.64.1.1", "8.8.8.8", "fd00::1"), start=1)
+    ]  # fmt: skip
+    assert list(flow_sides(flows_frame(rows))["is_p2p"]) == [False, True, True, False, True]
+
+
+def test_call_summary_names_the_beacon_inside_and_outside(clean_call):
+    _, analysis, _ = clean_call
+    lines = analysis.call_summaries()
+    assert len(lines) == 2
+    assert lines[0].startswith("s1 WebRTC media call 2023-11-14 22:18:20-22:18:40 UTC (20s) from 192.168.1.10")
+    assert "app-measurement.com 341 B (third-party telemetry: analytics)" in lines[0]
+    assert lines[1].startswith("Outside calls (crafted-call.pcap): data went to:")
+    assert "app-measurement.com 341 B" in lines[1]

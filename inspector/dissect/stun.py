@@ -131,8 +131,10 @@ class StunMessage:
 
 
 def _printable(text: str) -> str:
-    cleaned = "".join(ch if ch.isprintable() else "?" for ch in text.rstrip("\x00"))
-    return cleaned[:128]
+    text = text.rstrip("\x00")
+    if not text.isprintable():  # only then is each character looked at
+        text = "".join(ch if ch.isprintable() else "?" for ch in text)
+    return text[:128]
 
 
 def decode_address(value: bytes, transaction_id: bytes, xor: bool) -> str:

@@ -212,25 +212,15 @@ def _parse_uint16_list(raw: bytes, reason: str) -> tuple[int, ...]:
     return struct.unpack(f">{len(raw) // 2}H", raw)
 
 
-def _parse_extensions(body: _Cursor, lenient: bool = False) -> list[tuple[int, bytes]]:
-    """Extensions<0..2^16-1>; absent entirely when the message ends (allowed before TLS 1.2).
-
-    ``lenient``: a block length that overruns the message is cut to the message, and an
-    extension whose length overruns the block ends the list (what was read before is kept).
-    """
-    data = body.data
-    spans = _extension_spans(data, body.pos, body.end, lenient)
-    body.pos = body.end
-    return [(ext_type, data[start:stop]) for ext_type, start, stop in spans]
-
-
 def _extension_spans(
     data: bytes, pos: int, end: int, lenient: bool
 ) -> list[tuple[int, int, int]]:
-    """The extension block in ``data[pos:end]`` as (type, start, stop) of each extension body.
+    """Extensions<0..2^16-1> in ``data[pos:end]`` as (type, start, stop) of each extension body;
+    absent entirely when the message ends (allowed before TLS 1.2). Offsets, not copies, so
+    extensions nobody reads cost no slicing. Bytes after the block are ignored.
 
-    Same rules and errors as ``_parse_extensions``; offsets instead of copies, so extensions
-    nobody reads cost no slicing.
+    ``lenient``: a block length that overruns the message is cut to the message, and an
+    extension whose length overruns the block ends the list (what was read before is kept).
     """
     if pos >= end:
         return []
@@ -423,27 +413,38 @@ def parse_server_hello(handshake: bytes, dtls: bool = False) -> ServerHello:
     Source: RFC 8446 §4.1.3, RFC 5246 §7.4.1.3 (no cookie in DTLS ServerHello, RFC 6347 §4.2.1).
     Weakness: a TLS 1.3 server that omits supported_versions is reported as its legacy version.
     """
-    body = _handshake_body(handshake, HANDSHAKE_SERVER_HELLO, dtls)
-    legacy_version = body.uint(2)
-    random = body.take(32)
-    session_id = body.vector(1, "bad_session_id")
-    if len(session_id) > 32:
+    data = handshake
+    pos, end = _handshake_bounds(data, HANDSHAKE_SERVER_HELLO, dtls)
+    # legacy_version (2 bytes) and random (32 bytes).
+    if pos + 34 > end:
+        raise TlsError("truncated")
+    legacy_version = data[pos] << 8 | data[pos + 1]
+    random = data[pos + 2 : pos + 34]
+    pos += 34
+    # legacy_session_id_echo<0..32>.
+    if pos >= end:
         raise TlsError("bad_session_id")
-    cipher_suite = body.uint(2)
-    body.uint(1)  # compression_method
-    extensions = _parse_extensions(body)
+    length = data[pos]
+    pos += 1 + length
+    if pos > end or length > 32:
+        raise TlsError("bad_session_id")
+    # cipher_suite (2 bytes) and legacy_compression_method (1 byte).
+    if pos + 3 > end:
+        raise TlsError("truncated")
+    cipher_suite = data[pos] << 8 | data[pos + 1]
+    extensions = _extension_spans(data, pos + 3, end, lenient=False)
     selected_version = legacy_version
-    for ext_type, ext_data in extensions:
+    for ext_type, start, stop in extensions:
         if ext_type == EXT_SUPPORTED_VERSIONS:
-            if len(ext_data) != 2:
+            if stop - start != 2:
                 raise TlsError("bad_supported_versions")
-            selected_version = int.from_bytes(ext_data, "big")
+            selected_version = data[start] << 8 | data[start + 1]
     return ServerHello(
         legacy_version=legacy_version,
         selected_version=selected_version,
         cipher_suite=cipher_suite,
         is_hello_retry=random == HELLO_RETRY_REQUEST_RANDOM,
-        extensions=tuple(ext_type for ext_type, _ in extensions),
+        extensions=tuple([span[0] for span in extensions]),
     )
 
 
