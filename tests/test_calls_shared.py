@@ -55,10 +55,11 @@ class Expected:
 EXPECTED: dict[str, Expected] = {
     # Zoom 2019 client joining a meeting: STUN to 162.255.37.14/162.255.38.14:3478-3479, SFU
     # setup on three UDP/8801 flows to 109.94.160.99 and 175 packets from it within ~1.5 s: one
-    # 4 s call, server-relayed. No media rows: every outer-0x05 datagram carries inner type 0x15
-    # (1029-byte packets filled with 0x01, a bandwidth probe), 0x0d control ("data_bind_re...")
-    # or 0x22 RTCP, none of the audio/video/screen types with RTP (facts §2.3), and
-    # dissect.zoom.parse_server_media finds RTP in none of them.
+    # 4 s call, server-relayed. No media rows: in the 2019 layout (1-byte outer 0x05, inner type
+    # at byte 1) the datagrams carry inner type 0x15 (179 packets of 1029 bytes filled with 0x01,
+    # a bandwidth probe), 0x0a/0x0c/0x0d control ("data_bind_re...") or 0x22 RTCP, none of the
+    # audio/video/screen types with RTP (facts §2.3); dissect.zoom.parse_server_media finds RTP
+    # in none of them (one RTCP packet only).
     "zoom.pcap": Expected(calls=(("zoom", False),), media_streams=(0,)),
     # Two Zoom 1:1 meetings. Call 1: STUN to 206.247.87.213:3478 every 2 s from 17:43:53.7
     # (20 requests on two ports, answered only by ICMP "host administratively prohibited": the
