@@ -41,16 +41,19 @@ MEDIA_CAP_PACKETS = 10
 class FlowInspection:
     """The dissection state of one flow: its namer, its payload detectors, and how it is routed."""
 
-    __slots__ = ("namer", "media", "route", "namer_packets", "media_packets", "namer_done", "media_done")
+    __slots__ = (
+        "namer", "media", "route", "namer_packets", "media_packets", "namer_done", "media_done", "ports"
+    )
 
     def __init__(self, route: int, transport: str, client_port: int, server_port: int) -> None:
         from inspector.dissect.detectors import MediaFlowState
-        from inspector.naming import FlowNamer
 
         self.route = route
         use_namer = route in (ROUTE_DNS, ROUTE_NAMER, ROUTE_MEDIA, ROUTE_BOTH)
         use_media = route in (ROUTE_MEDIA, ROUTE_BOTH)
-        self.namer = FlowNamer(transport, client_port, server_port) if use_namer else None
+        # The namer is built on its first packet: most media flows never send it one.
+        self.namer = None
+        self.ports = (transport, client_port, server_port)
         self.media = MediaFlowState(transport, client_port, server_port) if use_media else None
         self.namer_packets = 0
         self.media_packets = 0
@@ -114,6 +117,7 @@ class PayloadStage:
 
     def feed(self, d, bf) -> None:
         """Hand this batch's payloads to the flows that still want them, in capture order."""
+        from inspector.naming import FlowNamer
         rows = bf.rows
         has_payload = d.payload_len[rows] > 0
         if not has_payload.any():
@@ -169,6 +173,8 @@ class PayloadStage:
             self.packets_inspected += 1
             if namer_wants:
                 namer = st.namer
+                if namer is None:
+                    namer = st.namer = FlowNamer(*st.ports)
                 namer.feed(from_client[k], payload, ts[k], seqs[k] if is_tcp[k] else None)
                 st.namer_packets += 1
                 if namer.dns_messages:

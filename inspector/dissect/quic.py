@@ -602,38 +602,44 @@ class CryptoReassembler:
         end = offset + len(data)
         if end > self._cap:
             raise QuicError("crypto_too_large")
-        if end > len(self._buffer):
-            self._buffer.extend(bytes(end - len(self._buffer)))
-        # Write only the bytes not yet covered, so the first copy of every byte wins.
+        buffer = self._buffer
+        if end > len(buffer):
+            buffer.extend(bytes(end - len(buffer)))
+        # Write only the bytes not yet covered, so the first copy of every byte wins; in the
+        # same pass, fold [offset, end) into the sorted list of covered ranges (ranges that
+        # overlap or touch it merge with it).
         cursor = offset
+        merged_start, merged_end = offset, end
+        covered: list[tuple[int, int]] = []
+        placed = False
         for start, stop in self._covered:
-            if stop <= cursor or start >= end:
+            if stop < offset:
+                covered.append((start, stop))
                 continue
-            if start > cursor:
-                self._buffer[cursor:start] = data[cursor - offset : start - offset]
-            cursor = max(cursor, stop)
-            if cursor >= end:
-                break
+            if start > end:
+                if not placed:
+                    covered.append((merged_start, merged_end))
+                    placed = True
+                covered.append((start, stop))
+                continue
+            # Overlaps or touches [offset, end).
+            if stop > cursor and start < end:
+                if start > cursor:
+                    buffer[cursor:start] = data[cursor - offset : start - offset]
+                cursor = max(cursor, stop)
+            merged_start = min(merged_start, start)
+            merged_end = max(merged_end, stop)
         if cursor < end:
-            self._buffer[cursor:end] = data[cursor - offset :]
-        self._covered = _merge(self._covered + [(offset, end)])
+            buffer[cursor:end] = data[cursor - offset :]
+        if not placed:
+            covered.append((merged_start, merged_end))
+        self._covered = covered
 
     def contiguous(self) -> bytes:
         """The bytes from offset 0 up to the first gap."""
         if not self._covered or self._covered[0][0] != 0:
             return b""
         return bytes(self._buffer[: self._covered[0][1]])
-
-
-def _merge(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    merged: list[tuple[int, int]] = []
-    for start, stop in sorted(ranges):
-        if merged and start <= merged[-1][1]:
-            if stop > merged[-1][1]:
-                merged[-1] = (merged[-1][0], stop)
-        else:
-            merged.append((start, stop))
-    return merged
 
 
 # --- Google QUIC entry point ----------------------------------------------------------------
