@@ -371,6 +371,7 @@ class MediaFlowState:
         self.evidence = FlowEvidence(self.transport, client_port, server_port)
         self.errors: collections.Counter[str] = collections.Counter()
         self._hits: tuple[DetectorHit, ...] | None = ()
+        self._attributes: tuple[tuple[str, str], ...] | None = None
         self._done = False
 
     # -- feeding --------------------------------------------------------------------------
@@ -391,6 +392,7 @@ class MediaFlowState:
         except Exception:  # a parser bug must not stop the capture; the parsers do not raise
             self.errors["internal_error"] += 1
         self._hits = None
+        self._attributes = None
         if self.evidence.packets == 1 and _opaque_first_payload(self.transport, data):
             self._done = True
         elif self.evidence.packets >= MAX_PACKETS or self._firm():
@@ -686,6 +688,11 @@ class MediaFlowState:
         message types and first transaction id; RTP payload types and SSRCs; DTLS versions; Zoom
         media kinds and layout; TURN channels; Discord discovery address and SSRC. Text values
         come from the wire: exporters must neutralise them (DESIGN.md §2)."""
+        if self._attributes is None:  # kept until the next ``feed``, like ``hits``
+            self._attributes = self._read_attributes()
+        return self._attributes
+
+    def _read_attributes(self) -> tuple[tuple[str, str], ...]:
         ev = self.evidence
         out: list[tuple[str, str]] = [(key, ev.stun_text[key]) for key in sorted(ev.stun_text)]
         if ev.stun_types:
