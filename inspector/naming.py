@@ -505,6 +505,10 @@ class FlowNamer:
             elif not from_client and msg_type == tls_dissect.HANDSHAKE_CERTIFICATE:
                 if not self._certificate_seen:
                     self._certificate_seen = True
+                    if self._sni_raw and normalise_hostname(self._sni_raw):
+                        # The client named the server with a usable name: the certificate's names
+                        # would only be a weaker source, and X.509 parsing is the costliest step.
+                        return
                     chain = tls_dissect.parse_certificate_list(message, dtls=dtls)
                     if chain:
                         self._cert_names = x509names.certificate_names(chain[0])
@@ -657,7 +661,7 @@ class FlowNamer:
         version = self._server_hello.selected_version
         if version in (0x0304, 0xFEFC):
             return False  # TLS/DTLS 1.3: the certificate is encrypted
-        if self._sni_raw:
+        if self._sni_raw and normalise_hostname(self._sni_raw):
             return False  # the client named the server; parsing its certificate adds no name
         return not self._certificate_seen
 

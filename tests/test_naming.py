@@ -225,13 +225,26 @@ def test_http_host_over_two_segments() -> None:
 
 
 def test_sni_beats_nothing_else_in_precedence_order() -> None:
-    # SNI > HTTP Host > certificate: a flow with a valid SNI reports it even with a certificate.
+    # SNI > HTTP Host > certificate: a flow with a valid SNI reports it even with a certificate,
+    # and the certificate is then not parsed at all (it could only be a weaker source).
     der = make_certificate("other.example.org")
     namer = FlowNamer("tcp", 51000, 443)
     namer.feed(True, tls_client_stream(sni_extension(b"meet.google.com")), 1, 1)
     namer.feed(False, record(server_hello() + certificate_message(der)), 2, 1)
     assert namer.result().server_name == "meet.google.com"
-    assert namer.result().raw_names == ("meet.google.com", "other.example.org")
+    assert namer.result().raw_names == ("meet.google.com",)
+    assert namer.done
+
+
+def test_certificate_still_names_a_flow_whose_sni_is_not_a_hostname() -> None:
+    # An IP literal in the SNI (RFC 6066 §3 forbids it, teams.pcap has it) is no name: the
+    # certificate is parsed and names the flow.
+    der = make_certificate("tr.teams.example.com")
+    namer = FlowNamer("tcp", 51001, 443)
+    namer.feed(True, tls_client_stream(sni_extension(b"52.114.250.152")), 1, 1)
+    namer.feed(False, record(server_hello() + certificate_message(der)), 2, 1)
+    result = namer.result()
+    assert (result.server_name, result.name_source) == ("tr.teams.example.com", "certificate")
 
 
 def test_dns_udp_messages_and_errors() -> None:
