@@ -162,15 +162,21 @@ class PayloadStage:
         seqs = d.tcp_seq[srows].tolist()
         ts = d.ts_ns[srows].tolist()
         first_bytes = b0[sel].tolist()
+        starts = d.payload_off[srows].tolist()
+        ends = (d.payload_off[srows] + d.payload_len[srows]).tolist()
+        in_extra = d.payload_in_extra[srows].tolist()
+        # Slicing memoryviews copies just the payload, without a numpy call per packet.
+        buffer, extra = memoryview(d.buffer), memoryview(d.extra)
         name_map = self.name_map
-        for k, row in enumerate(srows.tolist()):
+        inspected = 0
+        for k in range(len(slots)):
             st = flows[slots[k]].state
             namer_wants = not st.namer_done and (st.route != ROUTE_MEDIA or 20 <= first_bytes[k] <= 63)
             media_wants = not st.media_done
             if not (namer_wants or media_wants):
                 continue
-            payload = d.payload(row)
-            self.packets_inspected += 1
+            payload = bytes((extra if in_extra[k] else buffer)[starts[k] : ends[k]])
+            inspected += 1
             if namer_wants:
                 namer = st.namer
                 if namer is None:
@@ -189,6 +195,7 @@ class PayloadStage:
                 st.media_packets += 1
                 if media.done or st.media_packets >= MEDIA_CAP_PACKETS:
                     st.media_done = True
+        self.packets_inspected += inspected
 
     def facts(self, f: Flow) -> FlowFacts | None:
         """What was learned about flow ``f`` (None when another partition owns it)."""

@@ -53,7 +53,9 @@ def _address_text_cached(version: int, hi: int, lo: int) -> str:
 
 
 def flow_endpoints(f: Flow) -> tuple[str, str]:
-    return address_text(f.ip_version, f.client_hi, f.client_lo), address_text(f.ip_version, f.server_hi, f.server_lo)
+    """(client address, server address) as text."""
+    text = _address_text_cached
+    return text(f.ip_version, f.client_hi, f.client_lo), text(f.ip_version, f.server_hi, f.server_lo)
 
 
 def flows_frame(capture: str, flows: Sequence[Flow], labels: Sequence[dict] | None = None) -> pd.DataFrame:
