@@ -22,20 +22,20 @@ import pandas as pd
 
 from inspector.decode import IPPROTO_UDP, DecodedBatch
 from inspector.flows import BatchFlows
+from inspector.dissect import zoom
 from inspector.schema import ACTIVITY_BUCKET_NS, ACTIVITY_COLUMNS, RTP_COLUMNS
 
-# Zoom inner media types and where their RTP (or RTCP) header starts, relative to the inner
-# header (protocol-facts.md §2.3, from Michel et al. IMC '22 and their zoom-analysis tool).
-ZOOM_AUDIO = 15
-ZOOM_VIDEO = 16
-ZOOM_SCREEN_SERVER = 13
-ZOOM_SCREEN_P2P = 30
-ZOOM_RTCP_TYPES = (33, 34, 35)
-ZOOM_UNKNOWN_RTP = 0x01
-ZOOM_OUTER_MEDIA = 0x05
-ZOOM_OUTER_LEN = 8
-ZOOM_LEGACY_OUTER_LEN = 1
-ZOOM_DIRECTIONS = (0x00, 0x04)  # byte 7 of the 2022 outer header: to / from Zoom
+# Zoom's layouts (protocol-facts.md §2.3, Michel et al. IMC '22), one table in dissect/zoom.py.
+ZOOM_AUDIO = zoom.INNER_AUDIO
+ZOOM_VIDEO = zoom.INNER_VIDEO
+ZOOM_SCREEN_SERVER = zoom.INNER_SCREEN_SERVER
+ZOOM_SCREEN_P2P = zoom.INNER_SCREEN_P2P
+ZOOM_RTCP_TYPES = zoom.INNER_RTCP
+ZOOM_UNKNOWN_RTP = zoom.INNER_UNKNOWN_RTP
+ZOOM_OUTER_MEDIA = zoom.SFU_MEDIA
+ZOOM_OUTER_LEN = zoom.SFU_OUTER_LEN
+ZOOM_LEGACY_OUTER_LEN = zoom.SFU_LEGACY_OUTER_LEN
+ZOOM_DIRECTIONS = (zoom.DIRECTION_TO_SERVER, zoom.DIRECTION_FROM_SERVER)  # byte 7, 2022 layout
 
 
 def _zoom_rtp_offset(inner_type: np.ndarray, byte20: np.ndarray, byte7: np.ndarray) -> np.ndarray:

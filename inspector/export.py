@@ -8,13 +8,13 @@ evaluates it as a formula. Numeric columns are never quoted or altered.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterable
 from pathlib import Path
 
 import pandas as pd
 
+from inspector.digest import sha256_file
 from inspector.errors import InspectorError
 
 FORMULA_TRIGGERS = ("=", "+", "-", "@", "\t", "\r")
@@ -62,14 +62,6 @@ def write_table(frame: pd.DataFrame, path: Path, fmt: str) -> Path:
     else:
         raise InspectorError(f"unknown format {fmt!r}: use one of {', '.join(FORMATS)}")
     return path
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def write_manifest(manifest: dict, out_dir: Path, outputs: Iterable[Path]) -> Path:

@@ -103,6 +103,18 @@ def _mix(h: np.ndarray, v: np.ndarray) -> np.ndarray:
     return h ^ (h >> np.uint64(31))
 
 
+def _group_runs(keys: np.ndarray):
+    """Group equal keys: (order, new_group, group_of_sorted, first_sorted) where ``order`` sorts
+    the rows by key keeping capture order inside a group, ``new_group`` marks each group's first
+    sorted row, ``group_of_sorted`` numbers the groups, ``first_sorted`` is where each starts."""
+    order = np.argsort(keys, kind="stable")
+    sorted_keys = keys[order]
+    new_group = np.empty(keys.shape[0], dtype=bool)
+    new_group[0] = True
+    np.not_equal(sorted_keys[1:], sorted_keys[:-1], out=new_group[1:])
+    return order, new_group, np.cumsum(new_group) - 1, np.flatnonzero(new_group)
+
+
 @dataclass(slots=True)
 class BatchFlows:
     """What the flow table says about one DecodedBatch.
@@ -176,13 +188,7 @@ class FlowTable:
         for col in (meta, a_hi, a_lo, b_hi, b_lo, ports):
             h = _mix(h, col)
 
-        order = np.argsort(h, kind="stable")  # groups by key, capture order inside a group
-        hs = h[order]
-        new_group = np.empty(m, dtype=bool)
-        new_group[0] = True
-        np.not_equal(hs[1:], hs[:-1], out=new_group[1:])
-        group_of_sorted = np.cumsum(new_group) - 1
-        first_sorted = np.flatnonzero(new_group)
+        order, new_group, group_of_sorted, first_sorted = _group_runs(h)
         # Guard against hash collisions: every member must carry its group leader's key.
         leader = order[first_sorted[group_of_sorted]]
         same = (
@@ -196,13 +202,7 @@ class FlowTable:
         if not same.all():
             keys = np.rec.fromarrays([meta, a_hi, a_lo, b_hi, b_lo, ports])
             _, inverse = np.unique(keys, return_inverse=True)
-            order = np.argsort(inverse, kind="stable")
-            inv_sorted = inverse[order]
-            new_group = np.empty(m, dtype=bool)
-            new_group[0] = True
-            np.not_equal(inv_sorted[1:], inv_sorted[:-1], out=new_group[1:])
-            group_of_sorted = np.cumsum(new_group) - 1
-            first_sorted = np.flatnonzero(new_group)
+            order, new_group, group_of_sorted, first_sorted = _group_runs(inverse.reshape(-1))
 
         # The capture clock: the running maximum of timestamps in capture order. Idle gaps are
         # measured on it, so timestamps that jump backwards never split or merge flows

@@ -163,3 +163,17 @@ def test_timestamps_going_backwards_do_not_depend_on_batch_size():
     assert [r[6] for r in want] == [3, 1]
     for bs in (1, 2, 3):
         assert summary(run(pkts, batch_size=bs)) == want
+
+
+def test_hash_collisions_fall_back_to_exact_grouping(monkeypatch):
+    """Every key hashing alike must give the same flows as distinct hashes (the collision guard)."""
+    from inspector import flows as flows_module
+
+    pkts = []
+    for k in range(4):
+        pkts += tcp_conversation(sport=42000 + k, t=k * 0.05)
+    pkts += [(i * 0.01, C.udp4(A, B_, 50000 + i % 3, 8801, b"m" * i)) for i in range(20)]
+    pkts.sort(key=lambda p: p[0])
+    want = summary(run(pkts, batch_size=9))
+    monkeypatch.setattr(flows_module, "_mix", lambda h, v: h * 0)  # every key hashes to 0
+    assert summary(run(pkts, batch_size=9)) == want

@@ -16,7 +16,6 @@ overflows are counted, not recovered; timestamps are the kernel's receive time, 
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import re
 import select
 import signal
@@ -30,6 +29,7 @@ from typing import Iterator
 
 from inspector.batch import LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL, PacketBatch
 from inspector.capture.writer import PcapngWriter
+from inspector.digest import sha256_file
 from inspector.errors import InspectorError
 
 __all__ = ["LiveCapture", "LiveCaptureError", "LiveStats", "SNAPLEN"]
@@ -293,7 +293,7 @@ class LiveCapture:
             if writer is not None:
                 writer.flush()
                 writer.close()
-                self._sha256 = _sha256_file(self.evidence_path)  # type: ignore[arg-type]
+                self._sha256 = sha256_file(self.evidence_path)  # type: ignore[arg-type]
 
     def _loop(self, sock: socket.socket, writer) -> Iterator[PacketBatch]:
         view = memoryview(bytearray(SNAPLEN))
@@ -415,9 +415,3 @@ def _sll_header(address: tuple) -> bytes:
     return struct.pack(">HHH8sH", pkttype, hatype, len(addr), addr[:8], proto)
 
 
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
