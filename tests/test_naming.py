@@ -432,36 +432,31 @@ def _tcp_packets(path, transport=None):  # type: ignore[no-untyped-def]
 
     import dpkt
 
-    with open(path, "rb") as handle:
+    from tests.dpkt_frames import dpkt_frames
+
+    for ts, link, frame in dpkt_frames(path):
         try:
-            reader = dpkt.pcap.Reader(handle)
-        except ValueError:
-            handle.seek(0)
-            reader = dpkt.pcapng.Reader(handle)
-        link = reader.datalink()
-        for ts, frame in reader:
-            try:
-                layer2 = dpkt.sll.SLL(frame) if link == 113 else dpkt.ethernet.Ethernet(frame)
-            except (dpkt.UnpackError, IndexError):
-                continue
-            packet = layer2.data
-            for _ in range(2):  # the outer packet, then a GTP-U inner packet
-                if isinstance(packet, dpkt.ip.IP):
-                    family = socket.AF_INET
-                elif isinstance(packet, dpkt.ip6.IP6):
-                    family = socket.AF_INET6
-                else:
-                    break
-                src = socket.inet_ntop(family, packet.src)
-                dst = socket.inet_ntop(family, packet.dst)
-                segment = packet.data
-                if isinstance(segment, dpkt.udp.UDP) and 2152 in (segment.sport, segment.dport):
-                    packet = _gtp_inner(bytes(segment.data))
-                    continue
-                if isinstance(segment, transport or dpkt.tcp.TCP):
-                    yield int(ts * 1e9), (src, segment.sport), (dst, segment.dport), segment
-                    break
+            layer2 = dpkt.sll.SLL(frame) if link == 113 else dpkt.ethernet.Ethernet(frame)
+        except (dpkt.UnpackError, IndexError):
+            continue
+        packet = layer2.data
+        for _ in range(2):  # the outer packet, then a GTP-U inner packet
+            if isinstance(packet, dpkt.ip.IP):
+                family = socket.AF_INET
+            elif isinstance(packet, dpkt.ip6.IP6):
+                family = socket.AF_INET6
+            else:
                 break
+            src = socket.inet_ntop(family, packet.src)
+            dst = socket.inet_ntop(family, packet.dst)
+            segment = packet.data
+            if isinstance(segment, dpkt.udp.UDP) and 2152 in (segment.sport, segment.dport):
+                packet = _gtp_inner(bytes(segment.data))
+                continue
+            if isinstance(segment, transport or dpkt.tcp.TCP):
+                yield int(ts * 1e9), (src, segment.sport), (dst, segment.dport), segment
+                break
+            break
 
 
 @pytest.mark.shared

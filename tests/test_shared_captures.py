@@ -11,15 +11,12 @@ import dpkt
 import pytest
 
 import inspector
+from tests.dpkt_frames import dpkt_frames
 from inspector.pipeline import AnalyzeOptions
 
 
 def dpkt_count(path) -> int:
-    with open(path, "rb") as fh:
-        head = fh.read(4)
-        fh.seek(0)
-        reader = dpkt.pcapng.Reader(fh) if head == b"\x0a\x0d\x0d\x0a" else dpkt.pcap.Reader(fh)
-        return sum(1 for _ in reader)
+    return sum(1 for _ in dpkt_frames(path))
 
 
 # nDPI's expected output prints this IPv6 address with two "::" runs, which is not an address

@@ -11,6 +11,8 @@ from collections import Counter
 from pathlib import Path
 
 import dpkt
+
+from tests.dpkt_frames import dpkt_frames
 import numpy as np
 import pytest
 
@@ -417,30 +419,23 @@ def _ip_layer(buf: bytes, linktype: int):
 def capture_flows(path: Path) -> dict[tuple, list[tuple[bool, bytes, int]]]:
     """Bidirectional flows of a capture: key (transport, first sender, first receiver)."""
     flows: dict[tuple, list[tuple[bool, bytes, int]]] = {}
-    with path.open("rb") as handle:
-        try:
-            reader = dpkt.pcap.Reader(handle)
-        except ValueError:
-            handle.seek(0)
-            reader = dpkt.pcapng.Reader(handle)
-        linktype = reader.datalink()
-        for ts, buf in reader:
-            ip = _ip_layer(buf, linktype)
-            if ip is None or not isinstance(ip.data, (dpkt.udp.UDP, dpkt.tcp.TCP)):
-                continue
-            l4 = ip.data
-            family = socket.AF_INET if isinstance(ip, dpkt.ip.IP) else socket.AF_INET6
-            src = (socket.inet_ntop(family, ip.src), l4.sport)
-            dst = (socket.inet_ntop(family, ip.dst), l4.dport)
-            transport = "udp" if isinstance(l4, dpkt.udp.UDP) else "tcp"
-            forward, backward = (transport, src, dst), (transport, dst, src)
-            if backward in flows:
-                key, from_client = backward, False
-            else:
-                key, from_client = forward, True
-            packets = flows.setdefault(key, [])
-            if l4.data:
-                packets.append((from_client, bytes(l4.data), int(ts * 1e9)))
+    for ts, linktype, buf in dpkt_frames(path):
+        ip = _ip_layer(buf, linktype)
+        if ip is None or not isinstance(ip.data, (dpkt.udp.UDP, dpkt.tcp.TCP)):
+            continue
+        l4 = ip.data
+        family = socket.AF_INET if isinstance(ip, dpkt.ip.IP) else socket.AF_INET6
+        src = (socket.inet_ntop(family, ip.src), l4.sport)
+        dst = (socket.inet_ntop(family, ip.dst), l4.dport)
+        transport = "udp" if isinstance(l4, dpkt.udp.UDP) else "tcp"
+        forward, backward = (transport, src, dst), (transport, dst, src)
+        if backward in flows:
+            key, from_client = backward, False
+        else:
+            key, from_client = forward, True
+        packets = flows.setdefault(key, [])
+        if l4.data:
+            packets.append((from_client, bytes(l4.data), int(ts * 1e9)))
     return flows
 
 

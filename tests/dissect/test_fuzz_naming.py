@@ -80,24 +80,19 @@ def test_flow_namer_never_raises_on_random_packets(transport, server_port, packe
 def _udp_tcp_payloads(path: Path):  # type: ignore[no-untyped-def]
     import dpkt
 
-    with open(path, "rb") as handle:
+    from tests.dpkt_frames import dpkt_frames
+
+    for _, link, frame in dpkt_frames(path):
         try:
-            reader = dpkt.pcap.Reader(handle)
-        except ValueError:
-            handle.seek(0)
-            reader = dpkt.pcapng.Reader(handle)
-        link = reader.datalink()
-        for _, frame in reader:
-            try:
-                layer2 = dpkt.sll.SLL(frame) if link == 113 else dpkt.ethernet.Ethernet(frame)
-            except (dpkt.UnpackError, IndexError):
-                continue
-            packet = layer2.data
-            if not isinstance(packet, (dpkt.ip.IP, dpkt.ip6.IP6)):
-                continue
-            segment = packet.data
-            if isinstance(segment, (dpkt.udp.UDP, dpkt.tcp.TCP)) and segment.data:
-                yield type(segment).__name__.lower(), segment.sport, segment.dport, bytes(segment.data)
+            layer2 = dpkt.sll.SLL(frame) if link == 113 else dpkt.ethernet.Ethernet(frame)
+        except (dpkt.UnpackError, IndexError):
+            continue
+        packet = layer2.data
+        if not isinstance(packet, (dpkt.ip.IP, dpkt.ip6.IP6)):
+            continue
+        segment = packet.data
+        if isinstance(segment, (dpkt.udp.UDP, dpkt.tcp.TCP)) and segment.data:
+            yield type(segment).__name__.lower(), segment.sport, segment.dport, bytes(segment.data)
 
 
 @functools.lru_cache(maxsize=1)

@@ -746,25 +746,21 @@ def _ip_payload(link_type: int, frame: bytes) -> dpkt.Packet | None:
 
 def udp_datagrams(path: Path):
     """(src ip, src port, dst ip, dst port, payload) of every UDP datagram in a capture."""
-    with path.open("rb") as handle:
-        magic = handle.read(4)
-        handle.seek(0)
-        is_pcapng = magic == b"\x0a\x0d\x0d\x0a"
-        reader = dpkt.pcapng.Reader(handle) if is_pcapng else dpkt.pcap.Reader(handle)
-        link_type = reader.datalink()
-        for _, frame in reader:
-            try:
-                ip = _ip_payload(link_type, frame)
-            except (dpkt.UnpackError, IndexError, ValueError):
-                continue
-            if not isinstance(ip, (dpkt.ip.IP, dpkt.ip6.IP6)):
-                continue
-            if not isinstance(ip.data, dpkt.udp.UDP):
-                continue
-            family = socket.AF_INET if isinstance(ip, dpkt.ip.IP) else socket.AF_INET6
-            src = socket.inet_ntop(family, ip.src)
-            dst = socket.inet_ntop(family, ip.dst)
-            yield src, ip.data.sport, dst, ip.data.dport, bytes(ip.data.data)
+    from tests.dpkt_frames import dpkt_frames
+
+    for _, link_type, frame in dpkt_frames(path):
+        try:
+            ip = _ip_payload(link_type, frame)
+        except (dpkt.UnpackError, IndexError, ValueError):
+            continue
+        if not isinstance(ip, (dpkt.ip.IP, dpkt.ip6.IP6)):
+            continue
+        if not isinstance(ip.data, dpkt.udp.UDP):
+            continue
+        family = socket.AF_INET if isinstance(ip, dpkt.ip.IP) else socket.AF_INET6
+        src = socket.inet_ntop(family, ip.src)
+        dst = socket.inet_ntop(family, ip.dst)
+        yield src, ip.data.sport, dst, ip.data.dport, bytes(ip.data.data)
 
 
 def collect_flows(path: Path) -> dict[tuple[str, int, str, int], QuicInitialCollector]:
