@@ -118,6 +118,7 @@ class PayloadStage:
     def feed(self, d, bf) -> None:
         """Hand this batch's payloads to the flows that still want them, in capture order."""
         from inspector.naming import FlowNamer
+
         rows = bf.rows
         has_payload = d.payload_len[rows] > 0
         if not has_payload.any():
