@@ -288,18 +288,7 @@ def _parse_client_hello(handshake: bytes, dtls: bool, lenient: bool) -> ClientHe
             handshake = bytes(header) + handshake[header_length:]
     data = handshake
     pos, end = _handshake_bounds(data, HANDSHAKE_CLIENT_HELLO, dtls)
-    # legacy_version (2 bytes) and random (32 bytes).
-    if pos + 34 > end:
-        raise TlsError("truncated")
-    legacy_version = data[pos] << 8 | data[pos + 1]
-    pos += 34
-    # legacy_session_id<0..32>.
-    if pos >= end:
-        raise TlsError("bad_session_id")
-    length = data[pos]
-    pos += 1 + length
-    if pos > end or length > 32:
-        raise TlsError("bad_session_id")
+    legacy_version, _random, pos = _hello_prefix(data, pos, end)
     if dtls:
         # cookie<0..2^8-1> (RFC 6347 §4.2.1).
         if pos >= end:
@@ -407,6 +396,24 @@ class ServerHello:
     extensions: tuple[int, ...]
 
 
+def _hello_prefix(data: bytes, pos: int, end: int) -> tuple[int, bytes, int]:
+    """legacy_version (2 bytes), random (32 bytes) and legacy_session_id<0..32> (the ServerHello's
+    session_id_echo), which both hellos open with (RFC 8446 §4.1.2-4.1.3, RFC 5246 §7.4.1.2-3).
+    Returns (legacy_version, random, position after the session id)."""
+    if pos + 34 > end:
+        raise TlsError("truncated")
+    legacy_version = data[pos] << 8 | data[pos + 1]
+    random = data[pos + 2 : pos + 34]
+    pos += 34
+    if pos >= end:
+        raise TlsError("bad_session_id")
+    length = data[pos]
+    pos += 1 + length
+    if pos > end or length > 32:
+        raise TlsError("bad_session_id")
+    return legacy_version, random, pos
+
+
 def parse_server_hello(handshake: bytes, dtls: bool = False) -> ServerHello:
     """Parses a ServerHello handshake message starting at its handshake header.
 
@@ -415,19 +422,7 @@ def parse_server_hello(handshake: bytes, dtls: bool = False) -> ServerHello:
     """
     data = handshake
     pos, end = _handshake_bounds(data, HANDSHAKE_SERVER_HELLO, dtls)
-    # legacy_version (2 bytes) and random (32 bytes).
-    if pos + 34 > end:
-        raise TlsError("truncated")
-    legacy_version = data[pos] << 8 | data[pos + 1]
-    random = data[pos + 2 : pos + 34]
-    pos += 34
-    # legacy_session_id_echo<0..32>.
-    if pos >= end:
-        raise TlsError("bad_session_id")
-    length = data[pos]
-    pos += 1 + length
-    if pos > end or length > 32:
-        raise TlsError("bad_session_id")
+    legacy_version, random, pos = _hello_prefix(data, pos, end)
     # cipher_suite (2 bytes) and legacy_compression_method (1 byte).
     if pos + 3 > end:
         raise TlsError("truncated")
