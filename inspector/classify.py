@@ -296,6 +296,36 @@ def _attribute(v: Verdict, sig, evidence: str) -> Verdict:
     )
 
 
+def _verdict_key(f: FlowFacts) -> tuple:
+    """Everything ``classify`` reads of a flow's facts (not the client side, not the times)."""
+    cert_names = ""
+    dtls_srtp = False
+    for key, value in f.attributes:
+        if key == "cert_names":
+            cert_names = value
+        elif key == "dtls_srtp":
+            dtls_srtp = True
+    return (
+        f.transport, f.server_ip, f.server_port, f.app_protocol, f.server_name, f.name_source, f.dns_name,
+        f.detectors, cert_names, dtls_srtp,
+    )
+
+
+def _classify_each(facts: Sequence[FlowFacts], sigs: SignatureSet) -> list[Verdict]:
+    """``classify`` for every flow, once per distinct ``_verdict_key``: a client opens many
+    connections to the same server under the same name (browsers up to six per host, telemetry
+    beacons every minute, a call's reconnects), and each gets the same verdict."""
+    seen: dict[tuple, Verdict] = {}
+    verdicts = []
+    for f in facts:
+        key = _verdict_key(f)
+        v = seen.get(key)
+        if v is None:
+            v = seen[key] = classify(f, sigs)
+        verdicts.append(v)
+    return verdicts
+
+
 def classify_all(facts: Sequence[FlowFacts], sigs: SignatureSet) -> list[Verdict]:
     """Verdicts for every flow, in order, with P2P media attributed through STUN (module docstring).
 
@@ -307,7 +337,7 @@ def classify_all(facts: Sequence[FlowFacts], sigs: SignatureSet) -> list[Verdict
     2. Same ICE session (``_ice_username_links``): the flow's STUN USERNAME equals that of a flow
        of the same host already attributed to X.
     """
-    verdicts = [classify(f, sigs) for f in facts]
+    verdicts = _classify_each(facts, sigs)
     events = _stun_events(facts, verdicts, sigs)
     if not events:
         return verdicts

@@ -18,6 +18,7 @@ import numpy as np
 from inspector.batch import PacketBatch
 from inspector.capture.files import open_capture
 from inspector.decode import SKIP_REASONS, STATE_FLOW, STATE_MERGED, STATE_SKIPPED, decode_batch
+from inspector.gcpause import paused_collector
 from inspector.flows import DEFAULT_IDLE_TIMEOUT_S, Flow, FlowConfig, FlowTable
 from inspector.slowpath import SlowDecoder
 
@@ -145,7 +146,7 @@ def process_batches(
         finished.extend(done)
         return [(f, facts.get(f.flow_id)) for f in done]
 
-    for batch in batches:
+    def one_batch(batch: PacketBatch) -> None:
         d, slow_rows = decode_batch(batch)
         if slow_rows.shape[0]:
             slow.decode_rows(d, slow_rows, batch)
@@ -168,7 +169,12 @@ def process_batches(
         ended = summarise(table.expire())
         if on_batch is not None:
             on_batch(BatchProgress(table, ended, payload_stage, stats))
-    summarise(table.finish())
+
+    with paused_collector() as collector:
+        for batch in batches:
+            one_batch(batch)
+            collector.tick()
+        summarise(table.finish())
     # Fragments whose datagram never completed were counted as decoded when held: move them.
     slow.reassembler.finish()
     incomplete = slow.reassembler.incomplete_fragments

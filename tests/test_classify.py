@@ -475,3 +475,72 @@ def test_classify_never_raises_on_hostile_facts(sigs):
         classify_all([f, f], sigs)
 
     check()
+
+
+# -- one verdict per distinct server-side facts (classify._classify_each) -------------------------
+
+_SERVERS = ("170.114.9.9", "52.114.250.152", "142.250.1.1", "192.0.2.10")
+_NAMES = ("", "zoom.us", "teams.microsoft.com", "app-measurement.com", "example.com")
+_SOURCES = ("", "sni", "quic-sni", "certificate", "dns", "dns-query", "stun-realm")
+_HITS = (
+    (),
+    (DetectorHit("stun"),),
+    (DetectorHit("rtp", packets=9),),
+    (DetectorHit("dtls"),),
+    (DetectorHit("zoom-media", packets=40),),
+    (DetectorHit("stun", service="teams", detail="ms-turn"),),
+)
+_ATTRIBUTES = (
+    (),
+    (("cert_names", "www.example.net,zoom.us"),),
+    (("dtls_srtp", "1"),),
+    (("stun_username", "abcd:efgh"),),
+    (("alpn", "h2"), ("cert_names", "*.teams.microsoft.com")),
+)
+
+
+def test_verdicts_are_shared_only_between_identical_server_sides(sigs):
+    """Flows that differ from one base flow in one field each: the cache must never hand one
+    flow's verdict to another whose server side differs."""
+    from dataclasses import replace
+
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from inspector.classify import _classify_each
+
+    fields = {
+        "transport": st.sampled_from(("tcp", "udp")),
+        "client_ip": st.sampled_from(("10.0.0.2", "10.0.0.3")),
+        "client_port": st.integers(1024, 1030),
+        "server_ip": st.sampled_from(_SERVERS),
+        "server_port": st.sampled_from((443, 3478, 8801, 19302)),
+        "app_protocol": st.sampled_from(("", "tls", "stun", "rtp")),
+        "server_name": st.sampled_from(_NAMES),
+        "name_source": st.sampled_from(_SOURCES),
+        "dns_name": st.sampled_from(_NAMES),
+        "detectors": st.sampled_from(_HITS),
+        "attributes": st.sampled_from(_ATTRIBUTES),
+        "first_seen_ns": st.integers(0, 10),
+        "last_seen_ns": st.integers(10, 20),
+    }
+    one_field = st.sampled_from(sorted(fields)).flatmap(lambda k: st.tuples(st.just(k), fields[k]))
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.fixed_dictionaries(fields), st.lists(one_field, min_size=1, max_size=12))
+    def check(base, changes):
+        batch = [FlowFacts(**base)] + [replace(FlowFacts(**base), **{k: v}) for k, v in changes]
+        assert _classify_each(batch, sigs) == [classify(f, sigs) for f in batch]
+
+    check()
+
+
+def test_verdict_cache_keeps_certificate_names_apart(sigs):
+    from inspector.classify import _classify_each
+
+    plain = flow(server_name="www.example.net", name_source="certificate")
+    listed = flow(server_name="www.example.net", name_source="certificate",
+                  attributes=(("cert_names", "www.example.net,zoom.us"),))
+    verdicts = _classify_each([plain, listed, plain], sigs)
+    assert [v.service for v in verdicts] == ["", "zoom", ""]
+    assert verdicts[0] is verdicts[2]  # same server side: one classify call

@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+import gc
+import weakref
+
+import pytest
+
+from inspector.gcpause import paused_collector
+
+
+class _Node:
+    def __init__(self) -> None:
+        self.me = self  # a reference cycle: only the cyclic collector frees it
+
+
+def test_automatic_collection_is_off_inside_and_restored_after():
+    assert gc.isenabled()
+    with paused_collector():
+        assert not gc.isenabled()
+    assert gc.isenabled()
+
+
+def test_restored_after_an_error():
+    with pytest.raises(RuntimeError):
+        with paused_collector():
+            raise RuntimeError("boom")
+    assert gc.isenabled()
+
+
+def test_a_disabled_collector_stays_disabled():
+    gc.disable()
+    try:
+        with paused_collector():
+            pass
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+
+
+def test_ticks_still_free_cycles_made_inside():
+    with paused_collector(every=2) as collector:
+        node = _Node()
+        alive = weakref.ref(node)
+        del node
+        collector.tick()
+        assert alive() is not None  # automatic collection is off and one tick is not enough
+        collector.tick()
+        assert alive() is None
