@@ -331,6 +331,24 @@ class FlowNamer:
     nothing is awaited from the server. A DNS flow is never done: every answer matters.
     """
 
+    # Scalar state starts as these class-level defaults and becomes per-instance on first
+    # assignment: a namer is built for tens of thousands of flows, most of which set few of them.
+    _http_done = False
+    _client_hello: tls_dissect.ClientHello | None = None
+    _server_hello: tls_dissect.ServerHello | None = None
+    _certificate_seen = False
+    _server_encrypted = False
+    _sni_raw: str | None = None
+    _quic_sni_raw: str | None = None
+    _host_raw: str | None = None
+    _cert_names: tuple[str, ...] = ()
+    _quic_collector: Any = None
+    _quic_version: str = ""
+    _quic_tried = False
+    _malformed_hello = ""
+    _dns_query_raw: str | None = None
+    _stun_realm_raw: str | None = None
+
     def __init__(self, transport: str, client_port: int, server_port: int) -> None:
         self.transport = transport.lower()
         self.client_port = client_port
@@ -342,27 +360,13 @@ class FlowNamer:
         self._packets = {True: 0, False: 0}
         self._bytes = {True: 0, False: 0}
         self._failed = {True: False, False: False}
-        self._streams = {True: _TcpStream(), False: _TcpStream()}
+        # Only TCP payloads are rebuilt as streams (TLS, HTTP, DNS and STUN over TCP).
+        self._streams = {True: _TcpStream(), False: _TcpStream()} if self.transport == "tcp" else {}
         self._stream_full = {True: False, False: False}
         self._tls_readers: dict[
             bool, tuple[int | None, tls_dissect.TlsHandshakeReader | None]
         ] = {}
         self._dtls_collectors: dict[bool, dtls_dissect.DtlsHandshakeCollector] = {}
-        self._http_done = False
-        self._client_hello: tls_dissect.ClientHello | None = None
-        self._server_hello: tls_dissect.ServerHello | None = None
-        self._certificate_seen = False
-        self._server_encrypted = False
-        self._sni_raw: str | None = None
-        self._quic_sni_raw: str | None = None
-        self._host_raw: str | None = None
-        self._cert_names: tuple[str, ...] = ()
-        self._quic_collector: Any = None
-        self._quic_version: str = ""
-        self._quic_tried = False
-        self._malformed_hello = ""
-        self._dns_query_raw: str | None = None
-        self._stun_realm_raw: str | None = None
 
     # -- feeding ---------------------------------------------------------------------------
 

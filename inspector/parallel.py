@@ -1,18 +1,22 @@
-"""One capture on several cores: every worker reads and counts all packets, each dissects a share.
+"""One capture on several cores: one process reads and counts, worker processes dissect.
 
-Reading, decoding and flow accounting are vectorised and cheap; the per-packet Python of the
-dissectors is what costs. So each of ``n`` worker processes runs the whole columnar path over the
-whole capture (flow ids and counters come out identical in every worker, because the flow table is
-deterministic), but dissects only the flows whose id is ``k`` modulo ``n`` — plus every DNS flow,
-since naming needs all answers. The call stage's collectors are dealt out too (collector ``i`` runs
-in worker ``i`` modulo ``n``: activity buckets in worker 0, RTP headers in worker 1 on two cores),
-so no worker carries them all. The parent takes the flows and counters from worker 0, each
-collector from the worker that ran it and each flow's facts from the worker that owns it, so the
-tables are identical to a single-process run whatever ``n`` is (tested).
+The columnar stages (read, decode, flow table, the call stage's collectors) run once, in the
+calling process. What costs is the per-packet Python of the dissectors, and it only ever looks at
+a few packets per flow: the namer takes at most ``NAMER_CAP_PACKETS`` payload packets of a flow
+(all of a DNS flow's), the detectors at most ``MEDIA_CAP_PACKETS``. So the reading process routes
+each flow by its first payload packet exactly as ``payloads.PayloadStage`` does, and ships every
+payload packet that may still reach a dissector, decided from those caps alone, to the worker
+that owns the flow (flow id modulo ``n``); DNS flows go to every worker, since each flow's name
+needs all answers seen before it. A worker runs ``PayloadStage.dissect`` on what it receives, so
+each dissector sees exactly the packets it would see in one process (the worker applies the same
+"still wants it" rules; it is only handed a superset). When a flow ends, the reader sends it to
+its owner, which takes the flow's facts and drops its state, as ``pipeline.process_batches``
+does. Messages keep capture order, so the tables are identical to a one-process run whatever
+``n`` is (tested). Memory stays bounded: a pipe holds at most one message a worker has not read,
+and each side keeps state for active flows only.
 
-Weakness: reading and decoding are repeated in every worker, so the speed-up is bounded by the
-share of time the dissectors take (Amdahl); on two cores it is about 1.5-1.7x for conferencing
-captures.
+Weakness: the reading process does the columnar work alone, and the call stage after it is
+serial (Amdahl); the dissectors spread over the workers.
 """
 
 from __future__ import annotations
@@ -22,16 +26,21 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
+from inspector.decode import IPPROTO_TCP
+from inspector.payloads import (
+    MEDIA_CAP_PACKETS,
+    NAMER_CAP_PACKETS,
+    ROUTE_BOTH,
+    ROUTE_DNS,
+    ROUTE_MEDIA,
+    ROUTE_NAMER,
+    ROUTE_NOTHING,
+    _routes,
+)
 from inspector.pipeline import AnalyzeOptions, CaptureResult, process_capture
-
-
-@dataclass(slots=True)
-class _Part:
-    facts: dict
-    errors: Counter
-    packets_inspected: int
-    result: CaptureResult | None  # worker 0 only: flows, counters, reader stats
-    collectors: dict  # position in the run's collector list -> the collector this worker ran
+from inspector.summarize import transport_name
 
 
 @dataclass(slots=True)
@@ -45,40 +54,265 @@ class MergedPayloads:
         raise KeyError(f.flow_id)
 
 
-def _work(args: tuple[str, AnalyzeOptions, int, int]) -> _Part:
-    from inspector.collect import ActivityCollector, RtpCollector
-    from inspector.payloads import PayloadStage
+class _Routed:
+    """The reading process's view of one flow: its route and how many of its payload packets
+    were shipped as namer and as detector candidates (the caps bound both)."""
 
-    path, options, k, n = args
-    stage = PayloadStage(partition=(k, n))
-    every = (ActivityCollector(), RtpCollector())
-    mine = {i: c for i, c in enumerate(every) if i % n == k}
-    r = process_capture(path, options, None, stage, tuple(mine.values()))
-    owned = {fid: f for fid, f in r.facts.items() if f is not None}
-    for f in r.flows:
+    __slots__ = ("route", "namer_shipped", "media_shipped")
+
+    def __init__(self, route: int) -> None:
+        self.route = route
+        self.namer_shipped = 0
+        self.media_shipped = 0
+
+
+def _ranks(groups: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """For each element where ``mask``, how many earlier masked elements share its group
+    (0 for the first); a large number elsewhere."""
+    out = np.full(groups.shape[0], np.iinfo(np.int64).max // 2, dtype=np.int64)
+    where = np.flatnonzero(mask)
+    if where.shape[0] == 0:
+        return out
+    g = groups[where]
+    order = np.argsort(g, kind="stable")
+    sorted_groups = g[order]
+    positions = np.arange(sorted_groups.shape[0])
+    starts = np.r_[True, sorted_groups[1:] != sorted_groups[:-1]]
+    first_of_group = np.maximum.accumulate(np.where(starts, positions, 0))
+    ranks = np.empty_like(positions)
+    ranks[order] = positions - first_of_group
+    out[where] = ranks
+    return out
+
+
+class PayloadShipper:
+    """Takes the PayloadStage's place in ``pipeline.process_batches`` in the reading process."""
+
+    def __init__(self, connections: list) -> None:
+        self.connections = connections
+        self.n = len(connections)
+        self._ended: list[list] = [[] for _ in range(self.n)]
+        self._dropped: list[list[int]] = [[] for _ in range(self.n)]
+        self.dns_packets_shipped = 0
+
+    def feed(self, d, bf) -> None:
+        n_workers = self.n
+        new_routes: list[list[tuple]] = [[] for _ in range(n_workers)]
+        rows = bf.rows
+        has_payload = d.payload_len[rows] > 0
+        if not has_payload.any():
+            self._send(new_routes, None)
+            return
+        idx = np.flatnonzero(has_payload)
+        slot_of = bf.flow_slot[idx]
+        prow = rows[idx]
+        b0 = d.payload_byte(prow, 0)
+        flows = bf.flows
+        n = len(flows)
+        fresh = np.fromiter((f.state is None for f in flows), dtype=bool, count=n)
+        if fresh.any():
+            first_slot, first_at = np.unique(slot_of, return_index=True)
+            keep = fresh[first_slot]
+            first_slot, first_at = first_slot[keep], first_at[keep]
+            if first_slot.shape[0]:
+                r = prow[first_at]
+                routes = _routes(d.proto[r], d.src_port[r], d.dst_port[r], b0[first_at])
+                for slot, route in zip(first_slot.tolist(), routes.tolist()):
+                    f = flows[slot]
+                    f.state = _Routed(route)
+                    if route == ROUTE_NOTHING:
+                        continue
+                    entry = (f.flow_id, route, transport_name(f.proto), f.client_port, f.server_port)
+                    for k in range(n_workers) if route == ROUTE_DNS else (f.flow_id % n_workers,):
+                        new_routes[k].append(entry)
+        route_of = np.fromiter(
+            (f.state.route if f.state is not None else ROUTE_NOTHING for f in flows), dtype=np.int8, count=n
+        )
+        namer_before = np.fromiter(
+            (f.state.namer_shipped if f.state is not None else 0 for f in flows), dtype=np.int64, count=n
+        )
+        media_before = np.fromiter(
+            (f.state.media_shipped if f.state is not None else 0 for f in flows), dtype=np.int64, count=n
+        )
+        route = route_of[slot_of]
+        dtls = (b0 >= 20) & (b0 <= 63)
+        # Which dissector may still take each packet (PayloadStage.dissect's "wants"): the namer
+        # takes any payload of TLS/HTTP/QUIC and unknown flows but only DTLS records of a media
+        # flow; the detectors take any payload of media and unknown flows.
+        namer_candidate = (route == ROUTE_NAMER) | (route == ROUTE_BOTH) | ((route == ROUTE_MEDIA) & dtls)
+        media_candidate = (route == ROUTE_MEDIA) | (route == ROUTE_BOTH)
+        namer_rank = _ranks(slot_of, namer_candidate) + namer_before[slot_of]
+        media_rank = _ranks(slot_of, media_candidate) + media_before[slot_of]
+        ship = (
+            (route == ROUTE_DNS)
+            | (namer_candidate & (namer_rank < NAMER_CAP_PACKETS))
+            | (media_candidate & (media_rank < MEDIA_CAP_PACKETS))
+        )
+        namer_added = np.bincount(slot_of[namer_candidate], minlength=n)
+        media_added = np.bincount(slot_of[media_candidate], minlength=n)
+        for slot in np.flatnonzero((namer_added > 0) | (media_added > 0)).tolist():
+            st = flows[slot].state
+            st.namer_shipped = min(NAMER_CAP_PACKETS, st.namer_shipped + int(namer_added[slot]))
+            st.media_shipped = min(MEDIA_CAP_PACKETS, st.media_shipped + int(media_added[slot]))
+        if not ship.any():
+            self._send(new_routes, None)
+            return
+        sel = np.flatnonzero(ship)
+        fid_of_slot = np.fromiter((f.flow_id for f in flows), dtype=np.int64, count=n)
+        fids = fid_of_slot[slot_of[sel]]
+        srows = prow[sel]
+        is_dns = route[sel] == ROUTE_DNS
+        self.dns_packets_shipped += int(is_dns.sum())
+        owner = fids % n_workers
+        starts = d.payload_off[srows]
+        ends = starts + d.payload_len[srows]
+        in_extra = d.payload_in_extra[srows]
+        buffer, extra = memoryview(d.buffer), memoryview(d.extra)
+        packets = []
+        for k in range(n_workers):
+            mine = np.flatnonzero(is_dns | (owner == k))
+            if mine.shape[0] == 0:
+                packets.append(None)
+                continue
+            s, e, x = starts[mine].tolist(), ends[mine].tolist(), in_extra[mine].tolist()
+            lengths = (ends[mine] - starts[mine]).astype(np.int64)
+            blob = b"".join([(extra if xx else buffer)[a:b] for a, b, xx in zip(s, e, x)])
+            r = srows[mine]
+            packets.append(
+                (
+                    fids[mine],
+                    bf.from_client[idx[sel[mine]]],
+                    d.ts_ns[r],
+                    np.where(d.proto[r] == IPPROTO_TCP, d.tcp_seq[r].astype(np.int64), -1),
+                    b0[sel[mine]],
+                    lengths,
+                    blob,
+                )
+            )
+        self._send(new_routes, packets)
+
+    def _send(self, new_routes: list[list[tuple]], packets: list | None) -> None:
+        for k, conn in enumerate(self.connections):
+            batch = packets[k] if packets is not None else None
+            if not (self._ended[k] or self._dropped[k] or new_routes[k] or batch is not None):
+                continue
+            conn.send((self._ended[k], self._dropped[k], new_routes[k], batch))
+            self._ended[k] = []
+            self._dropped[k] = []
+
+    def facts(self, f):
+        """A flow ended: its owner takes its facts (after the packets already shipped)."""
+        owner = f.flow_id % self.n
+        st = f.state
+        if st is not None and st.route == ROUTE_DNS:
+            for k in range(self.n):
+                if k != owner:
+                    self._dropped[k].append(f.flow_id)
         f.state = None
-    r.payloads = None
-    r.facts = {}
-    r.collectors = ()
-    return _Part(owned, stage.errors, stage.packets_inspected, r if k == 0 else None, mine)
+        self._ended[owner].append(f)
+        return None
+
+    def close(self) -> list:
+        """Flush the last ended flows, stop the workers and return their results."""
+        self._send([[] for _ in range(self.n)], None)
+        for conn in self.connections:
+            conn.send(None)
+        return [conn.recv() for conn in self.connections]
+
+
+def _facts_row(f) -> tuple:
+    """FlowFacts as plain tuples: pickling frozen dataclasses goes through ``__reduce__`` per
+    object and cost a worker ~0.7 s for the benchmark's 35 k flows; tuples of str/int are
+    pickled in C."""
+    hits = tuple((h.detector, h.service, h.detail, h.packets) for h in f.detectors)
+    return (
+        f.transport, f.client_ip, f.client_port, f.server_ip, f.server_port, f.app_protocol,
+        f.server_name, f.name_source, f.dns_name, hits, f.attributes, f.first_seen_ns, f.last_seen_ns,
+    )
+
+
+def _facts_from_row(row: tuple):
+    from inspector.facts import DetectorHit, FlowFacts
+
+    hits = tuple(DetectorHit(*h) for h in row[9])
+    return FlowFacts(*row[:9], hits, *row[10:])
+
+
+def _dissect_worker(conn, k: int, n: int) -> None:
+    """One worker: replay the shipped packets into a PayloadStage that owns flows k mod n."""
+    from inspector.payloads import FlowInspection, PayloadStage
+
+    stage = PayloadStage(partition=(k, n))
+    states: dict[int, FlowInspection] = {}
+    facts: dict[int, object] = {}
+    while True:
+        message = conn.recv()
+        if message is None:
+            break
+        ended, dropped, new_routes, batch = message
+        for f in ended:
+            f.state = states.pop(f.flow_id, None)
+            fact = stage.facts(f)
+            if fact is not None:
+                facts[f.flow_id] = _facts_row(fact)
+        for flow_id in dropped:
+            states.pop(flow_id, None)
+        for flow_id, route, transport, client_port, server_port in new_routes:
+            states[flow_id] = FlowInspection(route, transport, client_port, server_port)
+        if batch is None:
+            continue
+        fids, from_client, ts, seqs, first_bytes, lengths, blob = batch
+        view = memoryview(blob)
+        ends = np.cumsum(lengths).tolist()
+        starts = [0] + ends[:-1]
+
+        def payload_of(i: int) -> bytes:
+            return bytes(view[starts[i] : ends[i]])
+
+        stage.dissect(
+            [states[fid] for fid in fids.tolist()],
+            from_client.tolist(),
+            ts.tolist(),
+            [seq if seq >= 0 else None for seq in seqs.tolist()],
+            first_bytes.tolist(),
+            payload_of,
+        )
+    conn.send((facts, stage.errors, stage.packets_inspected))
+    conn.close()
 
 
 def process_capture_parallel(path: str | Path, options: AnalyzeOptions, workers: int) -> CaptureResult:
-    """Like ``pipeline.process_capture`` with the payload stage and collectors, on ``workers`` cores."""
+    """Like ``pipeline.process_capture`` with the payload stage and collectors, with the
+    dissectors in ``workers`` processes."""
+    from inspector.collect import ActivityCollector, RtpCollector
+
     ctx = multiprocessing.get_context("fork")
-    with ctx.Pool(workers) as pool:
-        parts = pool.map(_work, [(str(path), options, k, workers) for k in range(workers)])
-    base = parts[0].result
+    connections, processes = [], []
+    for k in range(workers):
+        ours, theirs = ctx.Pipe()
+        p = ctx.Process(target=_dissect_worker, args=(theirs, k, workers), daemon=True)
+        p.start()
+        theirs.close()
+        connections.append(ours)
+        processes.append(p)
+    shipper = PayloadShipper(connections)
+    try:
+        result = process_capture(path, options, None, shipper, (ActivityCollector(), RtpCollector()))
+        parts = shipper.close()
+    finally:
+        for p in processes:
+            p.join(timeout=5)
+            if p.is_alive():
+                p.terminate()
     facts: dict = {}
     errors: Counter = Counter()
     inspected = 0
-    collectors: dict = {}
-    for part in parts:
-        facts.update(part.facts)
-        errors.update(part.errors)
-        inspected += part.packets_inspected
-        collectors.update(part.collectors)
-    base.facts = facts
-    base.collectors = tuple(collectors[i] for i in sorted(collectors))
-    base.payloads = MergedPayloads(errors, inspected)
-    return base
+    for part_facts, part_errors, part_inspected in parts:
+        facts.update((flow_id, _facts_from_row(row)) for flow_id, row in part_facts.items())
+        errors.update(part_errors)
+        inspected += part_inspected
+    # Every worker dissected every DNS packet; one process would have counted each once.
+    inspected -= (workers - 1) * shipper.dns_packets_shipped
+    result.facts = facts
+    result.payloads = MergedPayloads(errors, inspected)
+    return result

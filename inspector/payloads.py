@@ -117,8 +117,6 @@ class PayloadStage:
 
     def feed(self, d, bf) -> None:
         """Hand this batch's payloads to the flows that still want them, in capture order."""
-        from inspector.naming import FlowNamer
-
         rows = bf.rows
         has_payload = d.payload_len[rows] > 0
         if not has_payload.any():
@@ -157,32 +155,49 @@ class PayloadStage:
             return
         sel = np.flatnonzero(pick)
         slots = slot_of[sel].tolist()
-        from_client = bf.from_client[idx[sel]].tolist()
         srows = prow[sel]
-        is_tcp = (d.proto[srows] == IPPROTO_TCP).tolist()
-        seqs = d.tcp_seq[srows].tolist()
-        ts = d.ts_ns[srows].tolist()
-        first_bytes = b0[sel].tolist()
+        is_tcp = d.proto[srows] == IPPROTO_TCP
+        tcp_seqs = [seq if tcp else None for seq, tcp in zip(d.tcp_seq[srows].tolist(), is_tcp.tolist())]
         starts = d.payload_off[srows].tolist()
         ends = (d.payload_off[srows] + d.payload_len[srows]).tolist()
         in_extra = d.payload_in_extra[srows].tolist()
         # Slicing memoryviews copies just the payload, without a numpy call per packet.
         buffer, extra = memoryview(d.buffer), memoryview(d.extra)
+
+        def payload_of(k: int) -> bytes:
+            return bytes((extra if in_extra[k] else buffer)[starts[k] : ends[k]])
+
+        self.dissect(
+            [flows[slot].state for slot in slots],
+            bf.from_client[idx[sel]].tolist(),
+            d.ts_ns[srows].tolist(),
+            tcp_seqs,
+            b0[sel].tolist(),
+            payload_of,
+        )
+
+    def dissect(self, inspections, from_client, ts, tcp_seqs, first_bytes, payload_of) -> None:
+        """The per-packet part of ``feed``: packet ``k`` (in capture order) belongs to the flow
+        whose state is ``inspections[k]``; its payload is ``payload_of(k)``, fetched only when a
+        dissector still wants it. ``tcp_seqs[k]`` is None for a packet that is not TCP.
+        ``inspector.parallel`` calls this in its dissect workers with packets shipped to them."""
+        from inspector.naming import FlowNamer
+
         name_map = self.name_map
         inspected = 0
-        for k in range(len(slots)):
-            st = flows[slots[k]].state
+        for k in range(len(inspections)):
+            st = inspections[k]
             namer_wants = not st.namer_done and (st.route != ROUTE_MEDIA or 20 <= first_bytes[k] <= 63)
             media_wants = not st.media_done
             if not (namer_wants or media_wants):
                 continue
-            payload = bytes((extra if in_extra[k] else buffer)[starts[k] : ends[k]])
+            payload = payload_of(k)
             inspected += 1
             if namer_wants:
                 namer = st.namer
                 if namer is None:
                     namer = st.namer = FlowNamer(*st.ports)
-                namer.feed(from_client[k], payload, ts[k], seqs[k] if is_tcp[k] else None)
+                namer.feed(from_client[k], payload, ts[k], tcp_seqs[k])
                 st.namer_packets += 1
                 if namer.dns_messages:
                     for when, message in namer.dns_messages:

@@ -18,7 +18,8 @@ def test_workers_do_not_change_the_tables(ndpi_dir, name):
         many = inspector.analyze([ndpi_dir / name], AnalyzeOptions(workers=workers))
         for table in TABLES:
             pd.testing.assert_frame_equal(getattr(one, table), getattr(many, table), obj=f"{name} {table} workers={workers}")
-        assert many.manifest["inputs"][0]["decode"] == one.manifest["inputs"][0]["decode"]
+        for key in ("decode", "payload_packets_inspected", "dissect_errors"):
+            assert many.manifest["inputs"][0][key] == one.manifest["inputs"][0][key], key
 
 
 def test_workers_and_batch_size_together(ndpi_dir):
@@ -26,3 +27,28 @@ def test_workers_and_batch_size_together(ndpi_dir):
     other = inspector.analyze([ndpi_dir / "wa_voice.pcap"], AnalyzeOptions(workers=2, batch_size=7))
     for table in TABLES:
         pd.testing.assert_frame_equal(getattr(base, table), getattr(other, table))
+
+
+def test_ranks_count_earlier_masked_members_of_the_same_group():
+    import numpy as np
+
+    from inspector.parallel import _ranks
+
+    groups = np.array([3, 1, 3, 3, 1, 2, 3])
+    mask = np.array([True, True, False, True, True, True, True])
+    ranks = _ranks(groups, mask)
+    assert ranks[mask].tolist() == [0, 0, 1, 1, 0, 2]
+    assert (ranks[~mask] > 1_000_000).all()
+    assert (_ranks(groups, np.zeros(7, dtype=bool)) > 1_000_000).all()
+
+
+def test_facts_cross_the_process_boundary_unchanged():
+    from inspector.facts import DetectorHit, FlowFacts
+    from inspector.parallel import _facts_from_row, _facts_row
+
+    f = FlowFacts(
+        "udp", "10.0.0.2", 50000, "170.114.9.9", 8801, "zoom-media", "zoom.us", "dns", "zoom.us",
+        (DetectorHit("zoom-media", "zoom", "outer 0x05", 40), DetectorHit("stun")),
+        (("stun_realm", "zoom.us"),), 1, 2,
+    )
+    assert _facts_from_row(_facts_row(f)) == f
