@@ -266,6 +266,17 @@ def _build_analysis(
 ) -> Analysis:
     """The tables and manifest from processed captures: the one place both ``analyze`` and
     ``analyze_batches`` build them."""
+    from inspector.gcpause import paused_collector
+
+    # Building the tables makes objects per flow while every flow's facts stay alive: without
+    # the pause, the automatic collector walks them all again and again (gcpause docstring).
+    with paused_collector():
+        return _build_tables(results, signatures, options, created, command_line)
+
+
+def _build_tables(
+    results: list[CaptureResult], signatures, options: AnalyzeOptions, created: str, command_line
+) -> Analysis:
     frames = [
         flows_frame(r.name, r.flows, _labels(r, signatures) if r.payloads is not None else None) for r in results
     ]
