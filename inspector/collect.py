@@ -1,6 +1,7 @@
 """Columnar per-batch collectors for the call stage: activity buckets and RTP/RTCP headers.
 
-Both run on every batch over numpy columns, with no per-packet Python:
+Both run on every batch over numpy columns, with no per-packet Python (except the parse of
+datagrams that may be plain RTCP: a few percent of media packets):
 
 * ``ActivityCollector`` sums each flow's packets and IP-layer bytes per direction in 100 ms buckets
   (schema.ACTIVITY_COLUMNS), so the call stage can count bytes *inside* a call window.
@@ -8,11 +9,14 @@ Both run on every batch over numpy columns, with no per-packet Python:
   (RFC 3550 §5.1: version 2 in the top two bits; SRTP leaves the header in clear, RFC 3711 §3.1)
   and RTP inside Zoom's media encapsulation (protocol-facts.md §2, the layouts of
   ``inspector.dissect.zoom``: outer type 0x05 with the inner header at 8 (2022 clients, direction
-  byte 7 = 0x00/0x04) or at 1 (2019 clients) on server flows; the inner header at 0 on P2P flows). RTCP packets
-  (second byte 200-207 per RFC 3550 §12.1, the RFC 5761 §4 demultiplexing rule) are kept whole.
+  byte 7 = 0x00/0x04) or at 1 (2019 clients) on server flows; the inner header at 0 on P2P flows), and
+  folds the header fields into per-stream running state (``media_stats.RunningStreams``), so it
+  holds O(streams) whatever the capture length. RTCP packets (second byte 200-207 per RFC 3550
+  §12.1, the RFC 5761 §4 demultiplexing rule) are parsed as they arrive into the report blocks
+  the call stage reads (``media_stats.RunningReports``).
   Weakness: the first-byte test admits non-RTP payloads that start with 0b10; the call stage keeps
-  only rows of flows the classifier judged media, and RTP validation over several packets happened
-  in the detectors.
+  only streams of flows the classifier judged media (RTP validation over several packets happened
+  in the detectors), and the running state forgets streams of under 5 packets once they end.
 """
 
 from __future__ import annotations
@@ -21,8 +25,14 @@ import numpy as np
 import pandas as pd
 
 from inspector.decode import IPPROTO_UDP, DecodedBatch
-from inspector.flows import BatchFlows
 from inspector.dissect import zoom
+from inspector.flows import BatchFlows
+from inspector.media_stats import (
+    RunningReports,
+    RunningStreams,
+    report_frame,
+    segment_frame,
+)
 from inspector.schema import ACTIVITY_BUCKET_NS, ACTIVITY_COLUMNS, RTP_COLUMNS
 
 # Zoom's layouts (protocol-facts.md §2.3, Michel et al. IMC '22), one table in dissect/zoom.py.
@@ -118,11 +128,26 @@ class ActivityCollector:
 
 
 class RtpCollector:
-    """RTP header fields of candidate media packets, and whole RTCP packets."""
+    """RTP header fields of candidate media packets folded into per-stream running state
+    (``media_stats.RunningStreams``: memory grows with streams and their silences, not packets),
+    and RTCP report blocks parsed as they arrive (``media_stats.RunningReports``).
 
-    def __init__(self) -> None:
-        self._parts: list[dict[str, np.ndarray]] = []
-        self._rtcp: list[tuple[int, bool, int, bytes]] = []
+    ``max_gap_s`` must not exceed the call stage's ``CallOptions.max_gap_s`` (the default is that
+    value): streams are cut into segments at silences longer than it, so that a call window takes
+    or leaves a segment whole; a larger value could leave a segment across two windows.
+    """
+
+    def __init__(self, max_gap_s: float | None = None, keep_rows: bool = False) -> None:
+        """``keep_rows``: also keep every packet's header row for ``rows_frame`` (tests and
+        debugging only: that memory grows with the capture)."""
+        self._rows: list[tuple[np.ndarray, ...]] | None = [] if keep_rows else None
+        if max_gap_s is None:
+            from inspector.sessions import CallOptions
+
+            max_gap_s = CallOptions().max_gap_s
+        self.max_gap_s = float(max_gap_s)
+        self._streams = RunningStreams(int(self.max_gap_s * 1e9))
+        self._reports = RunningReports(int(self.max_gap_s * 1e9))
 
     def add(self, d: DecodedBatch, bf: BatchFlows) -> None:
         rows_all = bf.rows
@@ -168,14 +193,17 @@ class RtpCollector:
             start[index] = zstart[ok]
             zoom_type[index] = inner_type[ok]
 
-        # RTCP (plain): second byte 200-207 (RFC 5761 §4); kept whole for SR/RR parsing.
+        # RTCP (plain): second byte 200-207 (RFC 5761 §4). Only datagrams a whole number of
+        # 32-bit words long can be plain RTCP (every RTCP packet is, RFC 3550 §6.4.1 "length"),
+        # and only plain RTCP's report blocks are read: the rest is not parsed.
         is_rtcp = plain & (b1 >= 200) & (b1 <= 207)
-        if is_rtcp.any():
-            fids = [bf.flows[s].flow_id for s in bf.flow_slot[sel[is_rtcp]].tolist()]
-            fc = bf.from_client[sel[is_rtcp]].tolist()
-            tss = d.ts_ns[rows[is_rtcp]].tolist()
-            for fid, c, t, r in zip(fids, fc, tss, rows[is_rtcp].tolist()):
-                self._rtcp.append((fid, c, t, d.payload(r)))
+        words = is_rtcp & (d.payload_len[rows] % 4 == 0)
+        if words.any():
+            fids = [bf.flows[s].flow_id for s in bf.flow_slot[sel[words]].tolist()]
+            fc = bf.from_client[sel[words]].tolist()
+            tss = d.ts_ns[rows[words]].tolist()
+            for fid, c, t, r in zip(fids, fc, tss, rows[words].tolist()):
+                self._reports.add(fid, c, t, d.payload(r))
         has = (start >= 0) & ~is_rtcp
         if not has.any():
             return
@@ -187,37 +215,42 @@ class RtpCollector:
             return
         slots = bf.flow_slot[sel[has]][ok]
         fid_of_slot = np.fromiter((f.flow_id for f in bf.flows), dtype=np.int64, count=len(bf.flows))
-        # Kept in the narrowest types the fields fit (29 bytes a packet instead of 96): the
-        # frame widens them to the schema's int64 once, at the end.
-        part = {
-            "flow_id": fid_of_slot[slots].astype(np.int64),
-            "from_client": bf.from_client[sel[has]][ok],
-            "ts_ns": d.ts_ns[r][ok],
-            "ssrc": ((hdr[8] << 24) | (hdr[9] << 16) | (hdr[10] << 8) | hdr[11])[ok].astype(np.uint32),
-            "seq": ((hdr[2] << 8) | hdr[3])[ok].astype(np.uint16),
-            "rtp_ts": ((hdr[4] << 24) | (hdr[5] << 16) | (hdr[6] << 8) | hdr[7])[ok].astype(np.uint32),
-            "payload_type": (hdr[1] & 0x7F)[ok].astype(np.uint8),
-            "marker": ((hdr[1] & 0x80) != 0)[ok],
-            "rtp_len": (d.payload_len[r].astype(np.int64) - st)[ok].astype(np.int32),
-            "ip_bytes": d.ip_bytes[r][ok].astype(np.int32),
-            "zoom_type": zoom_type[has][ok].astype(np.int8),
-        }
-        self._parts.append(part)
+        columns = (
+            fid_of_slot[slots],
+            bf.from_client[sel[has]][ok],
+            d.ts_ns[r][ok],
+            ((hdr[8] << 24) | (hdr[9] << 16) | (hdr[10] << 8) | hdr[11])[ok],
+            ((hdr[2] << 8) | hdr[3])[ok],
+            ((hdr[4] << 24) | (hdr[5] << 16) | (hdr[6] << 8) | hdr[7])[ok],
+            (hdr[1] & 0x7F)[ok],
+            ((hdr[1] & 0x80) != 0)[ok],
+            (d.payload_len[r].astype(np.int64) - st)[ok],
+            d.ip_bytes[r][ok],
+            zoom_type[has][ok],
+        )
+        if self._rows is not None:
+            self._rows.append(columns)
+        self._streams.add(*columns)
+
+    def rows_frame(self, capture: str) -> pd.DataFrame:
+        """The kept header rows (``keep_rows=True``) as ``schema.RTP_COLUMNS``."""
+        from inspector.media import FOLD_COLUMNS
+
+        parts = self._rows or []
+        data = {name: np.concatenate([p[i] for p in parts]) if parts else np.zeros(0, dtype=np.int64)
+                for i, name in enumerate(FOLD_COLUMNS)}  # fmt: skip
+        frame = pd.DataFrame(data)
+        frame.insert(0, "capture", capture)
+        return frame[[c for c, _, _ in RTP_COLUMNS]].astype({c: t for c, t, _ in RTP_COLUMNS})
+
+    def state_bytes(self) -> int:
+        """Bytes the running stream state holds (not counting RTCP report segments)."""
+        return self._streams.state_bytes()
 
     def frame(self, capture: str) -> pd.DataFrame:
-        dtypes = {c: t for c, t, _ in RTP_COLUMNS}
-        if not self._parts:
-            return pd.DataFrame({c: pd.Series([], dtype=t) for c, t, _ in RTP_COLUMNS})
-        # The collector hands its data over: the parts are released as the frame is built.
-        parts, self._parts = self._parts, []
-        cols = {}
-        for k in list(parts[0]):
-            cols[k] = np.concatenate([p.pop(k) for p in parts])
-        df = pd.DataFrame(cols)
-        df.insert(0, "capture", pd.Series([capture] * len(df), dtype="string"))
-        return df[[c for c, _, _ in RTP_COLUMNS]].astype(dtypes)
+        """The streams' segments (``schema.RTP_SEGMENT_COLUMNS`` plus the object columns)."""
+        return segment_frame(self._streams, capture)
 
     def rtcp_frame(self, capture: str) -> pd.DataFrame:
-        df = pd.DataFrame(self._rtcp, columns=["flow_id", "from_client", "ts_ns", "payload"])
-        df.insert(0, "capture", capture)
-        return df.astype({"capture": "string", "flow_id": "int64", "from_client": "bool", "ts_ns": "int64"})
+        """Report segments (``schema.RTCP_REPORT_COLUMNS``)."""
+        return report_frame(self._reports, capture)

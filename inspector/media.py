@@ -41,31 +41,55 @@ inner header is clear (facts §2.3).
    - otherwise "". Weakness: only Zoom marks screen sharing, elsewhere it reads as video; a
      thumbnail-sized video stream with one small packet per frame and the marker unset reads as audio.
 
-**Loss and jitter** come from ``inspector.media_stats.rtp_stream_stats`` (RFC 3550 A.1/A.3 and
-§6.4.1; wrap-around, duplicates and reordering handled there), with packets in arrival order.
-The clock rate for jitter: RFC 3551's table for static types; for dynamic types the rate the
-stream itself shows (RTP timestamp advance / arrival time over >= 1 s, snapped to a standard
-rate within 5%), else ``media_stats.clock_rate_for`` (48 kHz audio, 90 kHz video).
+**Input: running per-stream state, not packets.** The collector folds every RTP header into
+per-stream *segments* as batches arrive (``media_stats.RunningStreams``, memory O(streams)); a
+segment is a stream's packets between silences longer than the call gap, so it lies inside a
+call window exactly when it overlaps it (the argument is in that class's docstring). A stream's
+row combines the segments inside the window: counts add, first/last arrival take the extremes,
+the payload type and Zoom type are the most common over the summed counts.
+
+**Loss and jitter**: loss from RFC 3550 A.1 extended sequence numbers (wrap-around, duplicates
+and reordering handled in ``RunningStreams``; expected = highest - lowest + 1); jitter by
+RFC 3550 §6.4.1/A.8, carried per segment at every candidate clock rate and chained over the
+silences between segments with one recurrence step each. The clock rate: RFC 3551's table for
+static types; for dynamic types the rate the stream itself shows in the window (RTP timestamp
+advance / arrival time over >= 1 s, snapped to a standard rate within 5%), else
+``media_stats.clock_rate_for`` (48 kHz audio, 90 kHz video). Rule 4 reads exact running values
+(packets per timestamp up to the lookback bound, marker count, median size against its two
+thresholds) and rule 3 reads bottom-k timestamp sketches (exact up to 64 distinct timestamps per
+stream); their bounds and weaknesses are in ``RunningStreams``.
 
 **RTCP**: for *sent* streams, a capture on the sender sees no loss in the sequence numbers. When
 the remote side's plain (unencrypted, ``rtcp_coverage == 0``) RTCP SR/RR blocks report on the
 stream's SSRC inside the window, the largest plausible cumulative loss reported (RFC 3550 §6.4.1)
 is used when it exceeds the sequence-gap count. SRTCP report blocks are ciphertext and ignored.
+The collector parses report blocks as they arrive and keeps per (flow, side, SSRC) only the
+largest loss per segment of reports (``media_stats.RunningReports``).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 
-from inspector.dissect.rtp import RTCP_RR, RTCP_SR, parse_rtcp_compound, rtcp_coverage
 from inspector.media_stats import (
+    CANDIDATE_CLOCK_RATES,
+    MEDIAN_THRESHOLDS,
+    NO_HASH,
+    PRUNE_BELOW_PACKETS,
     STATIC_AUDIO,
     STATIC_CLOCK_RATES,
     STATIC_VIDEO,
+    TIMESTAMP_SKETCH,
+    ZOOM_FEC_PT,
     ZOOM_KIND,
+    RunningReports,
+    RunningStreams,
     clock_rate_for,
-    rtp_stream_stats,
+    report_frame,
+    segment_frame,
 )
 from inspector.schema import MEDIA_COLUMNS, empty_frame
 
@@ -73,9 +97,7 @@ from inspector.schema import MEDIA_COLUMNS, empty_frame
 #: UDP payload starting 0b10 of a media flow, and in non-RTP payloads the 32-bit "SSRC" is noise
 #: that rarely repeats (RFC 3550 §8.1: SSRCs are random), while a real stream of a call repeats
 #: its SSRC in every packet. Weakness: a stream of 1-4 packets inside the window is left out.
-MIN_STREAM_PACKETS = 5
-#: Zoom's FEC payload type (facts §2.3, zoom-analysis zoom.cc ``stream_type::fec``).
-ZOOM_FEC_PT = 110
+MIN_STREAM_PACKETS = PRUNE_BELOW_PACKETS
 VIDEO_MIN_PACKETS_PER_TIMESTAMP = 1.2
 VIDEO_MIN_MARKER_FRACTION = 0.5
 VIDEO_MIN_MEDIAN_RTP_BYTES = 400
@@ -105,27 +127,75 @@ def _distinct(values: np.ndarray) -> np.ndarray:
     return ordered[keep]
 
 
+@dataclass(frozen=True, slots=True)
+class StreamShape:
+    """What rule 4 reads of a stream: exact running counts, no per-packet arrays.
+
+    packets          RTP packets in the window
+    timestamps       distinct RTP timestamps
+    marker_packets   packets with the marker bit
+    clock_rate       the clock rate the stream shows (``estimated_clock_rate``), or None
+    median_at_least  threshold -> whether the median RTP size is >= it (MEDIAN_THRESHOLDS)
+    """
+
+    packets: int
+    timestamps: int
+    marker_packets: int
+    clock_rate: int | None
+    median_at_least: dict[int, bool]
+
+
+def median_at_least(packets: int, at_or_above: int, largest_below: int, smallest_from: int, threshold: int) -> bool:
+    """``np.median(sizes) >= threshold`` from three running values (exact).
+
+    With k of n sizes at or above the threshold: an odd n has its middle at or above it when
+    k > n/2; an even n averages the two middle sizes, which straddle the threshold exactly when
+    k == n/2, and are then the largest size below it and the smallest at or above it.
+    """
+    if packets == 0:
+        return False
+    if packets % 2:
+        return at_or_above > packets // 2
+    if at_or_above != packets // 2:
+        return at_or_above > packets // 2
+    return (largest_below + smallest_from) / 2 >= threshold
+
+
+def shape_kind(shape: StreamShape) -> str:
+    """Rule 4 of the module docstring: audio/video from frames, clock rate, marker bits, sizes."""
+    if shape.packets == 0:
+        return ""
+    if shape.packets / shape.timestamps >= VIDEO_MIN_PACKETS_PER_TIMESTAMP:
+        return "video"
+    if shape.clock_rate is not None:
+        return "video" if shape.clock_rate == VIDEO_CLOCK_RATE else "audio"
+    if shape.median_at_least[VIDEO_MIN_MEDIAN_RTP_BYTES]:
+        return "video"
+    small = not shape.median_at_least[AUDIO_MAX_MEDIAN_RTP_BYTES]
+    if shape.marker_packets / shape.packets >= VIDEO_MIN_MARKER_FRACTION:
+        return "" if small else "video"
+    if small:
+        return "audio"
+    return ""
+
+
 def pattern_kind(
     rtp_len: np.ndarray, rtp_ts: np.ndarray, marker: np.ndarray, arrival_ns: np.ndarray | None = None
 ) -> str:
-    """Rule 4 of the module docstring: audio/video from frames, clock rate, marker bits, sizes."""
-    packets = rtp_len.size
-    if packets == 0:
+    """Rule 4 over one stream's packet arrays (``shape_kind`` of their exact shape)."""
+    sizes = np.asarray(rtp_len, dtype=np.int64)
+    if sizes.size == 0:
         return ""
-    per_timestamp = packets / _distinct(rtp_ts).size
-    if per_timestamp >= VIDEO_MIN_PACKETS_PER_TIMESTAMP:
-        return "video"
     rate = estimated_clock_rate(rtp_ts, arrival_ns) if arrival_ns is not None else None
-    if rate is not None:
-        return "video" if rate == VIDEO_CLOCK_RATE else "audio"
-    median = float(np.median(rtp_len))
-    if median >= VIDEO_MIN_MEDIAN_RTP_BYTES:
-        return "video"
-    if np.count_nonzero(marker) / packets >= VIDEO_MIN_MARKER_FRACTION:
-        return "video" if median >= AUDIO_MAX_MEDIAN_RTP_BYTES else ""
-    if median < AUDIO_MAX_MEDIAN_RTP_BYTES:
-        return "audio"
-    return ""
+    median = float(np.median(sizes))
+    shape = StreamShape(
+        packets=int(sizes.size),
+        timestamps=int(_distinct(rtp_ts).size),
+        marker_packets=int(np.count_nonzero(marker)),
+        clock_rate=rate,
+        median_at_least={t: median >= t for t in MEDIAN_THRESHOLDS},
+    )
+    return shape_kind(shape)
 
 
 def stream_kind(payload_type: int, zoom_type: int, repair: bool, pattern: str) -> str:
@@ -144,6 +214,18 @@ def stream_kind(payload_type: int, zoom_type: int, repair: bool, pattern: str) -
     return pattern
 
 
+def snapped_clock_rate(packets: int, span_ns: int, timestamp_advance: int) -> int | None:
+    """The standard rate within 5% of ``timestamp_advance`` over ``span_ns``, or None (needs
+    >= 10 packets over >= 1 s)."""
+    if packets < 10 or span_ns < CLOCK_ESTIMATE_MIN_SPAN_NS:
+        return None
+    rate = timestamp_advance * 1e9 / span_ns
+    for standard in STANDARD_CLOCK_RATES:
+        if abs(rate - standard) <= CLOCK_ESTIMATE_TOLERANCE * standard:
+            return standard
+    return None
+
+
 def estimated_clock_rate(rtp_ts: np.ndarray, arrival_ns: np.ndarray) -> int | None:
     """The RTP clock rate a stream shows, snapped to a standard rate, or None.
 
@@ -154,28 +236,53 @@ def estimated_clock_rate(rtp_ts: np.ndarray, arrival_ns: np.ndarray) -> int | No
     if rtp_ts.size < 10:
         return None
     span_ns = int(arrival_ns.max() - arrival_ns.min())
-    if span_ns < CLOCK_ESTIMATE_MIN_SPAN_NS:
-        return None
     ts = np.asarray(rtp_ts, dtype=np.int64) % TS_MOD
     steps = (np.diff(ts) + TS_MOD // 2) % TS_MOD - TS_MOD // 2
     unwrapped = np.concatenate(([0], np.cumsum(steps)))
     first, last = int(np.argmin(arrival_ns)), int(np.argmax(arrival_ns))
-    rate = (unwrapped[last] - unwrapped[first]) * 1e9 / span_ns
-    for standard in STANDARD_CLOCK_RATES:
-        if abs(rate - standard) <= CLOCK_ESTIMATE_TOLERANCE * standard:
-            return standard
-    return None
+    return snapped_clock_rate(int(rtp_ts.size), span_ns, int(unwrapped[last] - unwrapped[first]))
 
 
-def clock_rate(payload_type: int, kind: str, rtp_ts: np.ndarray, arrival_ns: np.ndarray) -> int:
+def jitter_clock_rate(payload_type: int, kind: str, shown_rate: int | None) -> int:
     """Clock rate for jitter: static table, else the stream's own rate, else media_stats' guess."""
     if payload_type in STATIC_CLOCK_RATES:
         return STATIC_CLOCK_RATES[payload_type]
-    return estimated_clock_rate(rtp_ts, arrival_ns) or clock_rate_for(payload_type, kind)
+    return shown_rate or clock_rate_for(payload_type, kind)
 
 
-def _repair_streams(keys: list[tuple], timestamps: list[np.ndarray]) -> set[int]:
-    """Indexes of streams whose timestamps mostly belong to a larger stream of the same flow/direction."""
+def clock_rate(payload_type: int, kind: str, rtp_ts: np.ndarray, arrival_ns: np.ndarray) -> int:
+    """``jitter_clock_rate`` with the rate shown by one stream's packet arrays."""
+    if payload_type in STATIC_CLOCK_RATES:
+        return STATIC_CLOCK_RATES[payload_type]
+    return jitter_clock_rate(payload_type, kind, estimated_clock_rate(rtp_ts, arrival_ns))
+
+
+def _sketch_union(sketches: list[np.ndarray], full: list[bool]) -> tuple[np.ndarray, int]:
+    """(the bottom-k of the union of segment sketches, the hash up to which it is complete):
+    a segment that overflowed its sketch is complete only up to its largest kept hash."""
+    limit = 1 << 32
+    parts = []
+    for sketch, overflowed in zip(sketches, full):
+        real = sketch[sketch != NO_HASH].astype(np.int64)
+        parts.append(real)
+        if overflowed and real.size:
+            limit = min(limit, int(real[-1]))
+    values = _distinct(np.concatenate(parts))
+    values = values[values <= limit]
+    if values.size > TIMESTAMP_SKETCH:
+        values = values[:TIMESTAMP_SKETCH]
+        limit = int(values[-1])
+    return values, limit
+
+
+def _repair_streams(keys: list[tuple], packets: list[int], sketches: list[tuple[np.ndarray, int]]) -> set[int]:
+    """Indexes of streams whose timestamps mostly belong to a larger stream of the same flow/direction.
+
+    Timestamps come as bottom-k sketches (``media_stats.TIMESTAMP_SKETCH`` smallest hashes with
+    the hash up to which each is complete). Below the lower of two limits both sketches hold
+    every timestamp of their stream, so the shares are counted there: exact while each stream
+    has at most k distinct timestamps, a consistent sample (~1/sqrt(k) error) beyond.
+    """
     by_flow: dict[tuple, list[int]] = {}
     for i, key in enumerate(keys):
         by_flow.setdefault(key[:4], []).append(i)  # session, capture, flow, direction
@@ -183,27 +290,50 @@ def _repair_streams(keys: list[tuple], timestamps: list[np.ndarray]) -> set[int]
     for members in by_flow.values():
         if len(members) < 2:
             continue
-        distinct = {i: _distinct(timestamps[i]) for i in members}
         for i in members:
             for j in members:
-                if i == j or timestamps[j].size <= timestamps[i].size:
+                if i == j or packets[j] <= packets[i]:
                     continue
-                common = np.isin(distinct[i], distinct[j]).sum()
-                shared = common / distinct[i].size
-                coverage = common / distinct[j].size
+                (hashes_i, limit_i), (hashes_j, limit_j) = sketches[i], sketches[j]
+                limit = min(limit_i, limit_j)
+                sample_i = hashes_i[hashes_i <= limit]
+                sample_j = hashes_j[hashes_j <= limit]
+                if sample_i.size == 0 or sample_j.size == 0:
+                    continue
+                common = np.isin(sample_i, sample_j).sum()
+                shared = common / sample_i.size
+                coverage = common / sample_j.size
                 if shared >= REPAIR_MIN_SHARED_TIMESTAMPS and coverage < REPAIR_MAX_COVERAGE:
                     repair.add(i)
                     break
     return repair
 
 
-def reported_losses(rtcp: pd.DataFrame | None, membership: pd.DataFrame) -> dict[tuple, int]:
+def _report_segments(rtcp: pd.DataFrame | None, max_gap_ns: int) -> pd.DataFrame | None:
+    """``schema.RTCP_REPORT_COLUMNS`` rows: as given, or parsed from whole RTCP packets
+    (capture, flow_id, from_client, ts_ns, payload) in arrival order."""
+    if rtcp is None or len(rtcp) == 0 or "payload" not in rtcp.columns:
+        return rtcp
+    frames = []
+    for capture, part in rtcp.groupby("capture", sort=False):
+        reports = RunningReports(max_gap_ns)
+        part = part.sort_values("ts_ns", kind="stable")
+        for row in part.itertuples():
+            if isinstance(row.payload, (bytes, bytearray, memoryview)):
+                reports.add(int(row.flow_id), bool(row.from_client), int(row.ts_ns), bytes(row.payload))
+        frames.append(report_frame(reports, str(capture)))
+    return pd.concat(frames, ignore_index=True)
+
+
+def reported_losses(rtcp: pd.DataFrame | None, membership: pd.DataFrame, max_gap_s: float = 60.0) -> dict[tuple, int]:
     """(session_id, capture, flow_id, ssrc) -> the largest cumulative loss the remote side reported.
 
-    Only RTCP from the remote side, inside the call window, plain (no SRTCP trailer), and with a
-    cumulative loss that is not negative (RFC 3550 §6.4.1 allows negative values for duplicates).
+    Only RTCP from the remote side, inside the call window (a report segment overlapping it lies
+    inside it, ``media_stats.RunningReports``), plain (no SRTCP trailer), and with a cumulative
+    loss that is not negative (RFC 3550 §6.4.1 allows negative values for duplicates).
     """
     losses: dict[tuple, int] = {}
+    rtcp = _report_segments(rtcp, int(max_gap_s * 1e9))
     if rtcp is None or len(rtcp) == 0 or len(membership) == 0:
         return losses
     joined = rtcp.merge(
@@ -211,54 +341,33 @@ def reported_losses(rtcp: pd.DataFrame | None, membership: pd.DataFrame) -> dict
         on=["capture", "flow_id"],
     )
     from_me = joined["from_client"].to_numpy(dtype=bool) ^ joined["swapped"].to_numpy(dtype=bool)
-    ts = joined["ts_ns"].to_numpy(dtype=np.int64)
-    keep = ~from_me & (ts >= joined["start_ns"].to_numpy()) & (ts <= joined["end_ns"].to_numpy())
+    first = joined["first_ns"].to_numpy(dtype=np.int64)
+    last = joined["last_ns"].to_numpy(dtype=np.int64)
+    keep = ~from_me & (first <= joined["end_ns"].to_numpy()) & (last >= joined["start_ns"].to_numpy())
     for row in joined[keep].itertuples():
-        if not isinstance(row.payload, (bytes, bytearray, memoryview)):
-            continue
-        payload = bytes(row.payload)
-        packets = parse_rtcp_compound(payload)
-        if rtcp_coverage(payload, packets) != 0:
-            continue
-        for packet in packets:
-            if packet.packet_type not in (RTCP_SR, RTCP_RR):
-                continue
-            for block in packet.report_blocks:
-                if block.cumulative_lost < 0:
-                    continue
-                key = (row.session_id, row.capture, int(row.flow_id), int(block.ssrc))
-                losses[key] = max(losses.get(key, 0), block.cumulative_lost)
+        key = (row.session_id, row.capture, int(row.flow_id), int(row.ssrc))
+        losses[key] = max(losses.get(key, 0), int(row.cumulative_lost))
     return losses
 
 
-def _member_rows(rtp: pd.DataFrame, membership: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    """(rtp rows, membership rows) of every RTP packet of a call's media flow inside the call's
-    window: an inner join on (capture, flow_id) with integer keys, rows in membership order then
-    RTP order."""
-    from inspector.sessions import side_rows
+def stream_segments(rtp: pd.DataFrame, max_gap_s: float = 60.0) -> pd.DataFrame:
+    """``schema.RTP_SEGMENT_COLUMNS`` frame: as given, or folded from per-packet
+    ``schema.RTP_COLUMNS`` rows (one batch per capture, as the collector would)."""
+    if "seq" not in rtp.columns:
+        return rtp
+    frames = []
+    for capture, part in rtp.groupby("capture", sort=False):
+        streams = RunningStreams(int(max_gap_s * 1e9))
+        streams.add(*(part[name].to_numpy() for name in FOLD_COLUMNS))
+        frames.append(segment_frame(streams, str(capture)))
+    if not frames:
+        return segment_frame(RunningStreams(int(max_gap_s * 1e9)), "")
+    return pd.concat(frames, ignore_index=True)
 
-    member_of_rtp = side_rows(membership, rtp["capture"], rtp["flow_id"].to_numpy(dtype=np.int64))
-    # side_rows maps to a flow's first membership row; a flow in several calls has several rows.
-    flow_keys = list(zip(membership["capture"].to_numpy(dtype=object), membership["flow_id"].to_numpy(dtype=np.int64)))
-    first_row: dict[tuple, int] = {}
-    for i, key in enumerate(flow_keys):
-        first_row.setdefault(key, i)
-    known = np.flatnonzero(member_of_rtp >= 0)
-    order = known[np.argsort(member_of_rtp[known], kind="stable")]
-    grouped = member_of_rtp[order]
-    ts = rtp["ts_ns"].to_numpy(dtype=np.int64)
-    start = membership["start_ns"].to_numpy(dtype=np.int64)
-    end = membership["end_ns"].to_numpy(dtype=np.int64)
-    rtp_parts, member_parts = [], []
-    for m, key in enumerate(flow_keys):
-        lo, hi = np.searchsorted(grouped, [first_row[key], first_row[key] + 1])
-        rows = order[lo:hi]
-        rows = rows[(ts[rows] >= start[m]) & (ts[rows] <= end[m])]
-        rtp_parts.append(rows)
-        member_parts.append(np.full(rows.size, m, dtype=np.int64))
-    if not rtp_parts:
-        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-    return np.concatenate(rtp_parts), np.concatenate(member_parts)
+
+#: RTP_COLUMNS in the order ``RunningStreams.add`` takes them.
+FOLD_COLUMNS = ("flow_id", "from_client", "ts_ns", "ssrc", "seq", "rtp_ts", "payload_type", "marker",
+                "rtp_len", "ip_bytes", "zoom_type")  # fmt: skip
 
 
 def _string_ranks(values: np.ndarray) -> np.ndarray:
@@ -267,11 +376,105 @@ def _string_ranks(values: np.ndarray) -> np.ndarray:
     return inverse.reshape(-1).astype(np.int64)
 
 
+def _window_segments(segments: pd.DataFrame, membership: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """(segment rows, membership rows): every segment of a call's media flow that overlaps the
+    call's window (and so lies inside it, ``RunningStreams``)."""
+    by_flow: dict[tuple, np.ndarray] = {}
+    captures = segments["capture"].to_numpy(dtype=object)
+    flow_ids = segments["flow_id"].to_numpy(dtype=np.int64)
+    order = np.lexsort((flow_ids, _string_ranks(captures))) if len(segments) else np.zeros(0, dtype=np.int64)
+    bounds = _run_starts_pair(captures[order], flow_ids[order])
+    for lo, hi in zip(bounds, np.append(bounds[1:], order.size)):
+        by_flow[(captures[order[lo]], int(flow_ids[order[lo]]))] = np.sort(order[lo:hi])
+    first = segments["first_ns"].to_numpy(dtype=np.int64)
+    last = segments["last_ns"].to_numpy(dtype=np.int64)
+    seg_parts, member_parts = [], []
+    keys = zip(membership["capture"].to_numpy(dtype=object), membership["flow_id"].to_numpy(dtype=np.int64),
+               membership["start_ns"].to_numpy(dtype=np.int64), membership["end_ns"].to_numpy(dtype=np.int64))  # fmt: skip
+    for m, (capture, flow_id, start, end) in enumerate(keys):
+        rows = by_flow.get((capture, int(flow_id)))
+        if rows is None:
+            continue
+        rows = rows[(first[rows] <= end) & (last[rows] >= start)]
+        seg_parts.append(rows)
+        member_parts.append(np.full(rows.size, m, dtype=np.int64))
+    if not seg_parts:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    return np.concatenate(seg_parts), np.concatenate(member_parts)
+
+
+def _run_starts_pair(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    if b.size == 0:
+        return np.zeros(0, dtype=np.int64)
+    change = np.zeros(b.size, dtype=bool)
+    change[0] = True
+    change[1:] = (a[1:] != a[:-1]) | (b[1:] != b[:-1])
+    return np.flatnonzero(change)
+
+
+def _mode(counts: list[dict[int, int]]) -> int:
+    """The most common value over several {value: count} maps, the lowest on ties; -1 if none."""
+    total: dict[int, int] = {}
+    for part in counts:
+        for value, count in part.items():
+            total[value] = total.get(value, 0) + count
+    if not total:
+        return -1
+    return min(total, key=lambda v: (-total[v], v))
+
+
+class _Window:
+    """One stream's segments inside a window, combined (``RunningStreams`` columns)."""
+
+    def __init__(self, columns: dict, rows: np.ndarray) -> None:
+        self.c = columns
+        self.rows = rows  # in time order
+
+    def total(self, name: str) -> int:
+        return int(self.c[name][self.rows].sum())
+
+    def shape(self) -> StreamShape:
+        c, rows = self.c, self.rows
+        packets = self.total("packets")
+        first, last = c["first_ns"][rows], c["last_ns"][rows]
+        at_first, at_last = rows[int(np.argmin(first))], rows[int(np.argmax(last))]
+        advance = int(c["unwrapped_last"][at_last]) - int(c["unwrapped_first"][at_first])
+        rate = snapped_clock_rate(packets, int(last.max()) - int(first.min()), advance)
+        at_least = {t: self.median_at_least(packets, t) for t in MEDIAN_THRESHOLDS}
+        return StreamShape(packets, self.total("timestamps"), self.total("marker_packets"), rate, at_least)
+
+    def median_at_least(self, packets: int, threshold: int) -> bool:
+        c, rows = self.c, self.rows
+        largest_below = int(c[f"size_below_{threshold}"][rows].max())
+        smallest_from = int(c[f"size_from_{threshold}"][rows].min())
+        return median_at_least(packets, self.total(f"size_ge_{threshold}"), largest_below, smallest_from, threshold)
+
+    def jitter_units(self, rate: int) -> float:
+        """RFC 3550 jitter after the window's last packet: the segments' values chained by one
+        recurrence step over each silence between them."""
+        c = self.c
+        r = CANDIDATE_CLOCK_RATES.index(rate)
+        jitter = 0.0
+        previous = None
+        for s in self.rows.tolist():
+            if previous is not None:
+                arrival_step = float(int(c["join_first_ns"][s]) - int(c["join_last_ns"][previous])) * (rate / 1e9)
+                ts_step = (int(c["join_first_rtp_ts"][s]) - int(c["join_last_rtp_ts"][previous]) + TS_MOD // 2) % TS_MOD - TS_MOD // 2
+                jitter = jitter * (15.0 / 16.0) + abs(arrival_step - ts_step) / 16.0
+            jitter = jitter * (15.0 / 16.0) ** int(c["jitter_steps"][s]) + float(c["jitter"][s][r])
+            previous = s
+        return jitter
+
+
 def media_table(
-    rtp: pd.DataFrame, rtcp: pd.DataFrame | None, membership: pd.DataFrame, merge: bool
+    rtp: pd.DataFrame, rtcp: pd.DataFrame | None, membership: pd.DataFrame, merge: bool, max_gap_s: float = 60.0
 ) -> pd.DataFrame:
     """One row per (call, flow, direction, SSRC), columns and dtypes of ``schema.MEDIA_COLUMNS``.
 
+    ``rtp``: the collector's stream segments (``schema.RTP_SEGMENT_COLUMNS``) or per-packet
+    ``schema.RTP_COLUMNS`` rows (folded here the same way). ``rtcp``: report segments
+    (``schema.RTCP_REPORT_COLUMNS``) or whole RTCP packets. ``max_gap_s``: the call-window gap
+    the segments were cut at (``sessions.CallOptions.max_gap_s``).
     ``membership``: the calls' media flows, one row per (capture, flow_id, session_id) with the
     call's ``scope``, ``start_ns``, ``end_ns`` and the flow's ``swapped`` (this machine is the
     flow's server, so ``from_client`` means received). Streams come in (session_id, capture,
@@ -279,77 +482,64 @@ def media_table(
     """
     if len(rtp) == 0 or len(membership) == 0:
         return empty_frame(MEDIA_COLUMNS)
-    # Cheap integer pre-filter before the join: most RTP-looking rows may belong to other flows.
-    rtp = rtp[np.isin(rtp["flow_id"].to_numpy(dtype=np.int64), membership["flow_id"].to_numpy(dtype=np.int64))]
-    rows, member = _member_rows(rtp, membership)
+    segments = stream_segments(rtp, max_gap_s)
+    # Cheap integer pre-filter before the join: most RTP-looking segments belong to other flows.
+    member_flows = membership["flow_id"].to_numpy(dtype=np.int64)
+    segments = segments[np.isin(segments["flow_id"].to_numpy(dtype=np.int64), member_flows)].reset_index(drop=True)
+    rows, member = _window_segments(segments, membership)
     if rows.size == 0:
         return empty_frame(MEDIA_COLUMNS)
-    column = {name: rtp[name].to_numpy(dtype=np.int64)[rows] for name in
-              ("ts_ns", "ssrc", "seq", "rtp_ts", "payload_type", "rtp_len", "ip_bytes", "zoom_type")}  # fmt: skip
-    from_client = rtp["from_client"].to_numpy(dtype=bool)[rows]
-    marker = rtp["marker"].to_numpy(dtype=bool)[rows]
-    sent = from_client ^ membership["swapped"].to_numpy(dtype=bool)[member]
-    zoom_fec = (column["zoom_type"] >= 0) & (column["payload_type"] == ZOOM_FEC_PT)
+    c = {name: segments[name].to_numpy() for name in segments.columns if name != "capture"}
+    sent = c["from_client"].astype(bool)[rows] ^ membership["swapped"].to_numpy(dtype=bool)[member]
     session_ids = membership["session_id"].to_numpy(dtype=object)
     captures = membership["capture"].to_numpy(dtype=object)
     flow_ids = membership["flow_id"].to_numpy(dtype=np.int64)
     # Stream order (session_id, capture, flow_id, direction, ssrc, zoom_fec) as two integer keys:
     # the membership row's rank in (session_id, capture, flow_id) order with the direction
-    # ("received" before "sent"), and the 32-bit SSRC with the FEC flag.
+    # ("received" before "sent"), and the 32-bit SSRC with the FEC flag; then time.
     member_order = np.lexsort((flow_ids, _string_ranks(captures), _string_ranks(session_ids)))
     member_rank = np.empty(member_order.size, dtype=np.int64)
     member_rank[member_order] = np.arange(member_order.size)
     high = member_rank[member] * 2 + sent
-    low = column["ssrc"] * 2 + zoom_fec
-    order = np.lexsort((column["ts_ns"], low, high))
-    keys = (high[order], low[order])
-    change = np.zeros(order.size, dtype=bool)
-    change[0] = True
-    for key in keys:
-        change[1:] |= key[1:] != key[:-1]
-    starts = np.flatnonzero(change)
+    low = c["ssrc"].astype(np.int64)[rows] * 2 + c["zoom_fec"].astype(bool)[rows]
+    order = np.lexsort((rows, c["first_ns"].astype(np.int64)[rows], low, high))
+    starts = _run_starts_pair(high[order], low[order])
     ends = np.append(starts[1:], order.size)
-    big = (ends - starts) >= MIN_STREAM_PACKETS
-    starts, ends = starts[big], ends[big]
-    if starts.size == 0:
-        return empty_frame(MEDIA_COLUMNS)
-    stream_keys: list[tuple] = []
-    slices: list[np.ndarray] = []
-    for lo, hi in zip(starts, ends):
+    packets_of = c["packets"].astype(np.int64)
+    windows: list[tuple[tuple, _Window]] = []
+    for lo, hi in zip(starts.tolist(), ends.tolist()):
         at = order[lo:hi]
+        if int(packets_of[rows[at]].sum()) < MIN_STREAM_PACKETS:
+            continue
         m = member[at[0]]
-        stream_keys.append(
-            (session_ids[m], captures[m], int(flow_ids[m]), "sent" if sent[at[0]] else "received",
-             int(column["ssrc"][at[0]]), bool(zoom_fec[at[0]]), m)
-        )  # fmt: skip
-        slices.append(at)
-    repair = _repair_streams([k[:6] for k in stream_keys], [column["rtp_ts"][at] for at in slices])
-    losses = reported_losses(rtcp, membership)
+        key = (session_ids[m], captures[m], int(flow_ids[m]), "sent" if sent[at[0]] else "received",
+               int(c["ssrc"][rows[at[0]]]), bool(c["zoom_fec"][rows[at[0]]]), m)  # fmt: skip
+        windows.append((key, _Window(c, rows[at])))
+    if not windows:
+        return empty_frame(MEDIA_COLUMNS)
+    sketches = []
+    for _, w in windows:
+        sketches.append(_sketch_union([c["sketch"][s] for s in w.rows], [bool(c["sketch_full"][s]) for s in w.rows]))
+    repair = _repair_streams([k[:6] for k, _ in windows], [w.total("packets") for _, w in windows], sketches)
+    losses = reported_losses(rtcp, membership, max_gap_s)
     scopes = membership["scope"].to_numpy(dtype=object)
     out: dict[str, list] = {name: [] for name, _, _ in MEDIA_COLUMNS}
-    for index, (key, at) in enumerate(zip(stream_keys, slices)):
+    for index, (key, w) in enumerate(windows):
         session_id, capture, flow_id, direction, ssrc, _, m = key
-        seq = column["seq"][at]
-        rtp_ts = column["rtp_ts"][at]
-        arrival = column["ts_ns"][at]
-        sizes = column["rtp_len"][at]
-        payload_type = int(np.bincount(column["payload_type"][at] & 0x7F, minlength=128).argmax())
-        zoom_types = column["zoom_type"][at]
-        zoom_types = zoom_types[zoom_types >= 0]
-        zoom_type = -1
-        if zoom_types.size:
-            values, counts = np.unique(zoom_types, return_counts=True)
-            zoom_type = int(values[counts.argmax()])
-        pattern = pattern_kind(sizes, rtp_ts, marker[at], arrival)
-        kind = stream_kind(payload_type, zoom_type, index in repair, pattern)
-        stats = rtp_stream_stats(seq, rtp_ts, arrival, clock_rate(payload_type, kind, rtp_ts, arrival))
-        lost, expected = stats.lost_packets, stats.expected
+        payload_type = max(_mode([c["payload_types"][s] for s in w.rows]), 0)
+        zoom_type = _mode([c["zoom_types"][s] for s in w.rows])
+        shape = w.shape()
+        kind = stream_kind(payload_type, zoom_type, index in repair, shape_kind(shape))
+        rate = jitter_clock_rate(payload_type, kind, shape.clock_rate)
+        packets = w.total("packets")
+        expected = int(c["seq_high"][w.rows].max()) - int(c["seq_low"][w.rows].min()) + 1
+        lost = max(expected - w.total("seq_distinct"), 0)
         if direction == "sent":
             reported = losses.get((session_id, capture, flow_id, ssrc), 0)
             if reported > lost and reported <= expected:
                 lost = reported
-        ip_bytes = int(column["ip_bytes"][at].sum())
-        duration_s = (int(arrival.max()) - int(arrival.min())) / 1e9
+        ip_bytes = w.total("ip_bytes")
+        duration_s = (int(c["last_ns"][w.rows].max()) - int(c["first_ns"][w.rows].min())) / 1e9
         out["capture"].append(scopes[m] if merge else capture)
         out["session_id"].append(session_id)
         out["flow_id"].append(flow_id)
@@ -357,22 +547,27 @@ def media_table(
         out["ssrc"].append(ssrc)
         out["media_kind"].append(kind)
         out["payload_type"].append(payload_type)
-        out["packets"].append(stats.packets)
+        out["packets"].append(packets)
         out["bytes"].append(ip_bytes)
         out["duration_s"].append(duration_s)
         out["bitrate_kbps"].append(ip_bytes * 8 / duration_s / 1000 if duration_s > 0 else 0.0)
         out["lost_packets"].append(int(lost))
         out["loss_rate"].append(lost / expected if expected else 0.0)
-        out["jitter_ms"].append(stats.jitter_ms)
+        out["jitter_ms"].append(w.jitter_units(rate) * 1000.0 / rate)
     frame = pd.DataFrame({name: pd.Series(out[name], dtype=object) for name, _, _ in MEDIA_COLUMNS})
     return frame.astype({name: dtype for name, dtype, _ in MEDIA_COLUMNS})
 
 
 __all__ = [
+    "StreamShape",
     "clock_rate",
     "estimated_clock_rate",
+    "jitter_clock_rate",
     "media_table",
+    "median_at_least",
     "pattern_kind",
     "reported_losses",
+    "shape_kind",
     "stream_kind",
+    "stream_segments",
 ]

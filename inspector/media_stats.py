@@ -12,6 +12,7 @@ nDPI's payload-type table).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
@@ -198,3 +199,711 @@ def media_kind_for(
         if payload_type in DYNAMIC_VIDEO_HINTS:
             return "video"
     return ""
+
+
+# -- Running per-stream state (bounded memory for the call stage) -------------------------------
+#
+# ``RunningStreams`` folds RTP header rows batch by batch into per-stream *segments*, so the call
+# stage holds O(streams) state instead of one row per packet. Everything is numpy over the batch's
+# rows grouped by stream; Python runs once per segment and batch (for the jitter dot products).
+
+#: Every clock rate ``media.clock_rate`` can choose: RFC 3551's static table and the standard
+#: rates a stream may show (RFC 3551 §4.5, RFC 7587, the 90 kHz video formats). The jitter is
+#: carried at each of them, because the rate is only decided when the call window is known.
+CANDIDATE_CLOCK_RATES = (8000, 11025, 16000, 22050, 24000, 32000, 44100, 48000, 90000)
+#: Packet sizes media.pattern_kind compares the median RTP size with (its rule 4 thresholds).
+MEDIAN_THRESHOLDS = (300, 400)
+#: How many previous packets of a segment a repeated RTP timestamp is looked for in (a video
+#: frame's packets are consecutive; reordering across a frame boundary is a packet or two).
+TIMESTAMP_LOOKBACK = 4
+#: Sequence numbers tracked behind a stream's highest one for late packets (reordering and
+#: duplicates); an older late packet inside the seen range is taken as a duplicate.
+SEQUENCE_WINDOW = 2048
+#: Bottom-k sketch size of a segment's RTP timestamps (the repair-stream test's sample).
+TIMESTAMP_SKETCH = 64
+#: Jitter steps folded at once per segment (queued until then, so the value never depends on
+#: how packets were batched; a segment of up to this many steps gets one closed-form sum).
+JITTER_CHUNK = 1024
+#: Odd multiplier: a bijection on 32-bit values that scatters RTP timestamps for the sketch.
+SKETCH_HASH = 0x9E3779B1
+NO_HASH = 0xFFFFFFFF
+_JITTER_WEIGHT = 15.0 / 16.0
+_I64_MAX = np.iinfo(np.int64).max
+_I64_MIN = np.iinfo(np.int64).min
+_EXT_BIAS = 1 << 39
+
+
+def _signed(values: np.ndarray, modulus: int) -> np.ndarray:
+    """Differences mod ``modulus`` read as signed (a wrap continues, RFC 3550 A.1)."""
+    return (values + modulus // 2) % modulus - modulus // 2
+
+
+def _run_starts(*keys: np.ndarray) -> np.ndarray:
+    change = np.zeros(keys[0].size, dtype=bool)
+    if keys[0].size:
+        change[0] = True
+    for key in keys:
+        change[1:] |= key[1:] != key[:-1]
+    return np.flatnonzero(change)
+
+
+def _group_cumsum(values: np.ndarray, starts: np.ndarray, group: np.ndarray) -> np.ndarray:
+    """Inclusive cumulative sum restarting at each group start (rows grouped)."""
+    total = np.cumsum(values)
+    before = total[starts] - values[starts]
+    return total - before[group]
+
+
+def _group_running_max_before(values: np.ndarray, starts: np.ndarray, group: np.ndarray,
+                              carried: np.ndarray) -> np.ndarray:  # fmt: skip
+    """Per row: the maximum of ``carried[group]`` and the group's earlier rows (exclusive)."""
+    base = values[starts][group]
+    span = int(np.abs(values - base).max(initial=0)) * 2 + 2
+    keyed = group.astype(np.int64) * span + (values - base) + span // 2
+    inclusive = np.maximum.accumulate(keyed) - group.astype(np.int64) * span - span // 2 + base
+    before = np.empty_like(values)
+    before[1:] = inclusive[:-1]
+    first = np.zeros(values.size, dtype=bool)
+    first[starts] = True
+    before[first] = _I64_MIN
+    return np.maximum(before, carried[group])
+
+
+class RunningStreams:
+    """Per-(flow, direction, SSRC, FEC) RTP statistics folded batch by batch, split into segments.
+
+    **Segments.** A stream's packets are cut into segments at every silence longer than
+    ``max_gap_ns`` (a packet more than that before or after the stream's previous one). The call
+    windows (sessions.call_windows, rule 3) are cut from the media flows' 100 ms activity buckets
+    sorted by time: a new window starts only where a bucket begins more than ``max_gap_s`` after
+    the latest end of every earlier bucket of the group, and every RTP packet lies in a bucket of
+    its flow. Two packets of one flow at most ``max_gap_s`` apart therefore never fall in two
+    windows, and by induction neither does a segment (the absolute gap is used, so a timestamp
+    that runs backwards cannot stretch a segment over a boundary either). A segment is thus
+    inside a window exactly when it overlaps it, and the window takes or leaves it whole.
+    ``fold_generic_media`` only changes which group a flow joins, not the cut rule.
+
+    **Exact running statistics per segment**: packets, IP-layer and RTP bytes, first/last
+    arrival, marker bits, payload-type and Zoom-type counts, RFC 3550 A.1 extended sequence
+    numbers (distinct, lowest, highest, duplicates, reordering; carried across segments of the
+    stream), the unwrapped RTP timestamp at the first and last arrival (for the clock rate a
+    stream shows), and for the median RTP size against each of ``MEDIAN_THRESHOLDS`` the count
+    at or above it, the largest size below it and the smallest at or above it (enough to decide
+    ``median >= threshold`` exactly). The A.8 jitter is carried at every candidate clock rate
+    (``CANDIDATE_CLOCK_RATES``): the rate is decided only once the window is known (from the
+    window's payload type, kind and timestamps, exactly as before), so no early guess is needed.
+    Each segment's packets are queued and folded JITTER_CHUNK steps at a time (J = J * (15/16)^m
+    + the closed form over the chunk's m steps); the rest is folded when the segment ends (silent
+    for longer than the gap on the capture clock) or when the segments are read. Chunks are
+    counted from the segment's first packet, so the value never depends on batching, and a
+    segment of up to JITTER_CHUNK steps gets the very dot product ``interarrival_jitter`` computes.
+
+    **Bounded approximations** (each with its bound and weakness):
+    * distinct RTP timestamps: a packet starts a new timestamp unless one of the segment's
+      previous ``TIMESTAMP_LOOKBACK`` packets carried it. Weakness: a timestamp recurring later
+      (a late retransmission in the same SSRC) counts again, lowering packets per timestamp.
+    * late sequence numbers more than ``SEQUENCE_WINDOW`` below the highest so far are taken as
+      duplicates (if inside the seen range). Weakness: an original packet that late is loss.
+      Distinct sequence numbers are counted against the stream's whole history, so a window
+      holding a later segment only misses the rare copy of a number sent before the silence.
+    * RTP timestamps for the repair-stream test: a bottom-k sketch (``TIMESTAMP_SKETCH``
+      smallest hashes, a consistent sample across streams; exact while a segment has no more
+      distinct timestamps). Weakness: above that, shares are estimates (~1/sqrt(k) error).
+    * streams of fewer than PRUNE_BELOW_PACKETS packets are forgotten once their only segment
+      has ended (``_prune``: noise "SSRCs" of non-RTP payloads).
+
+    Memory, whatever the capture length: about 1 KB per segment, at most JITTER_CHUNK + 1 queued
+    (arrival, timestamp) pairs per active segment, and at most SEQUENCE_WINDOW missing sequence
+    numbers per stream. Packet order: within a batch rows are taken in timestamp order (stable),
+    across batches in capture order (the old per-packet code sorted a whole window by timestamp;
+    the two differ only where capture timestamps run backwards across a batch boundary).
+    """
+
+    def __init__(self, max_gap_ns: int) -> None:
+        self.max_gap_ns = int(max_gap_ns)
+        self._keys: dict[tuple[int, int], int] = {}
+        self._stream: dict[str, np.ndarray] = {}
+        self._segment: dict[str, np.ndarray] = {}
+        self._streams = 0
+        self._segments = 0
+        self._missing = np.zeros(0, dtype=np.int64)  # stream << 40 | (ext + bias), sorted
+        self._payload_types: dict[int, dict[int, int]] = {}  # segment -> {payload type: packets}
+        self._zoom_types: dict[int, dict[int, int]] = {}  # segment -> {Zoom inner type: packets}
+        self._free_streams: list[int] = []  # slots of pruned streams/segments, reused first
+        self._free_segments: list[int] = []
+        self._jitter_weights = np.zeros(0)
+        empty = np.zeros(0, dtype=np.int64)
+        self._pending = (empty, empty, empty)  # segment, arrival, RTP timestamp of queued packets
+        self._clock_ns = _I64_MIN
+
+    # storage -------------------------------------------------------------------------------
+    _STREAM_FIELDS: ClassVar[dict[str, tuple[type, object]]] = {
+        "flow_id": (np.int64, 0), "from_client": (np.bool_, False), "ssrc": (np.int64, 0),
+        "zoom_fec": (np.bool_, False), "segment": (np.int64, -1), "last_ns": (np.int64, 0),
+        "last_rtp_ts": (np.int64, 0), "unwrapped": (np.int64, 0), "last_ext": (np.int64, 0),
+        "seq_max": (np.int64, _I64_MIN), "seq_min": (np.int64, _I64_MAX), "segments": (np.int64, 0),
+    }  # fmt: skip
+    _SEGMENT_FIELDS: ClassVar[dict[str, tuple[type, object]]] = {
+        "stream": (np.int64, 0), "packets": (np.int64, 0), "ip_bytes": (np.int64, 0),
+        "rtp_bytes": (np.int64, 0), "marker_packets": (np.int64, 0), "timestamps": (np.int64, 0),
+        "first_ns": (np.int64, _I64_MAX), "last_ns": (np.int64, _I64_MIN),
+        "unwrapped_first": (np.int64, 0), "unwrapped_last": (np.int64, 0),
+        "join_first_ns": (np.int64, 0), "join_first_rtp_ts": (np.int64, 0),
+        "join_last_ns": (np.int64, 0), "join_last_rtp_ts": (np.int64, 0),
+        "seq_low": (np.int64, _I64_MAX), "seq_high": (np.int64, _I64_MIN),
+        "seq_distinct": (np.int64, 0), "reordered": (np.int64, 0), "jitter_steps": (np.int64, 0),
+        "size_ge_300": (np.int64, 0), "size_below_300": (np.int64, -1), "size_from_300": (np.int64, _I64_MAX),
+        "size_ge_400": (np.int64, 0), "size_below_400": (np.int64, -1), "size_from_400": (np.int64, _I64_MAX),
+        "sketch_full": (np.bool_, False), "live": (np.bool_, False),
+    }  # fmt: skip
+
+    @staticmethod
+    def _grow(table: dict, fields: dict, used: int, extra: int) -> None:
+        need = used + extra
+        have = next(iter(table.values())).shape[0] if table else 0
+        if need <= have:
+            return
+        size = max(need, have * 2, 64)
+        for name, (dtype, fill) in fields.items():
+            column = np.full(size, fill, dtype=dtype)
+            if name in table:
+                column[:have] = table[name]
+            table[name] = column
+        for name, shape in (("context", TIMESTAMP_LOOKBACK), ("jitter", len(CANDIDATE_CLOCK_RATES)),
+                            ("sketch", TIMESTAMP_SKETCH)):  # fmt: skip
+            if ("segment" in fields) == (name == "context"):  # streams: context; segments: the rest
+                fill = {"context": -1, "jitter": 0.0, "sketch": NO_HASH}[name]
+                dtype = {"context": np.int64, "jitter": np.float64, "sketch": np.uint32}[name]
+                column = np.full((size, shape), fill, dtype=dtype)
+                if name in table:
+                    column[:have] = table[name]
+                table[name] = column
+
+    def state_bytes(self) -> int:
+        """Bytes held by the running state (numpy buffers and the count dictionaries)."""
+        arrays = list(self._stream.values()) + list(self._segment.values()) + [self._missing, *self._pending]
+        per_entry = 100  # a dict entry with its tuple key and int objects, roughly
+        entries = len(self._keys) + sum(len(d) + 1 for d in self._payload_types.values())
+        entries += sum(len(d) + 1 for d in self._zoom_types.values())
+        return sum(a.nbytes for a in arrays) + per_entry * entries
+
+    # folding -------------------------------------------------------------------------------
+    def add(self, flow_id, from_client, ts_ns, ssrc, seq, rtp_ts, payload_type, marker, rtp_len,
+            ip_bytes, zoom_type) -> None:  # fmt: skip
+        """Fold one batch of RTP header rows (any order; equal-length numpy columns)."""
+        if len(ts_ns) == 0:
+            return
+        fid = np.asarray(flow_id, dtype=np.int64)
+        c2s = np.asarray(from_client, dtype=bool)
+        ssrc = np.asarray(ssrc, dtype=np.int64)
+        zoom = np.asarray(zoom_type, dtype=np.int64)
+        pt = np.asarray(payload_type, dtype=np.int64) & 0x7F
+        fec = (zoom >= 0) & (pt == ZOOM_FEC_PT)
+        high = fid * 2 + c2s
+        low = ssrc * 2 + fec
+        ts_all = np.asarray(ts_ns, dtype=np.int64)
+        order = np.lexsort((ts_all, low, high))
+        high, low = high[order], low[order]
+        starts = _run_starts(high, low)
+        group = np.repeat(np.arange(starts.size), np.diff(np.append(starts, order.size)))
+        stream = self._stream_slots(high[starts], low[starts])
+        row = {
+            "ts": ts_all[order],
+            "seq": np.asarray(seq, dtype=np.int64)[order] % SEQ_MOD,
+            "rtp_ts": np.asarray(rtp_ts, dtype=np.int64)[order] % TS_MOD,
+            "pt": pt[order],
+            "marker": np.asarray(marker, dtype=bool)[order],
+            "rtp_len": np.asarray(rtp_len, dtype=np.int64)[order],
+            "ip_bytes": np.asarray(ip_bytes, dtype=np.int64)[order],
+            "zoom": zoom[order],
+        }
+        self._fold(row, starts, group, stream)
+
+    def _stream_slots(self, high: np.ndarray, low: np.ndarray) -> np.ndarray:
+        """Stream slot per (flow*2+from_client, ssrc*2+fec) key, new slots for new keys."""
+        slots = np.empty(high.size, dtype=np.int64)
+        new: list[int] = []
+        for i, key in enumerate(zip(high.tolist(), low.tolist())):
+            slot = self._keys.get(key)
+            if slot is None:
+                new.append(i)
+            else:
+                slots[i] = slot
+        if new:
+            picked = np.asarray(new)
+            at = self._allocate(self._stream, self._STREAM_FIELDS, "_streams", self._free_streams, len(new))
+            slots[picked] = at
+            for i, slot in zip(new, at.tolist()):
+                self._keys[(int(high[i]), int(low[i]))] = slot
+            self._stream["flow_id"][at] = high[picked] // 2
+            self._stream["from_client"][at] = (high[picked] % 2) == 1
+            self._stream["ssrc"][at] = low[picked] // 2
+            self._stream["zoom_fec"][at] = (low[picked] % 2) == 1
+        return slots
+
+    def _allocate(self, table: dict, fields: dict, used: str, free: list[int], count: int) -> np.ndarray:
+        """``count`` slots with default values: pruned ones first, then new ones at the end."""
+        reused = [free.pop() for _ in range(min(count, len(free)))]
+        fresh = count - len(reused)
+        start = getattr(self, used)
+        self._grow(table, fields, start, fresh)
+        setattr(self, used, start + fresh)
+        slots = np.array(reused + list(range(start, start + fresh)), dtype=np.int64)
+        if reused:
+            at = np.asarray(reused, dtype=np.int64)
+            for name, (_, fill) in fields.items():
+                table[name][at] = fill
+            for name, fill in (("context", -1), ("jitter", 0.0), ("sketch", NO_HASH)):
+                if name in table:
+                    table[name][at] = fill
+        return slots
+
+    def _fold(self, row: dict, starts: np.ndarray, group: np.ndarray, stream: np.ndarray) -> None:
+        st = self._stream
+        n = row["ts"].size
+        slot = stream[group]
+        first = np.zeros(n, dtype=bool)
+        first[starts] = True
+        known = st["segment"][stream] >= 0  # per group: the stream has a segment to continue
+        ts, rtp, seq = row["ts"], row["rtp_ts"], row["seq"]
+        prev_ts = np.empty(n, dtype=np.int64)
+        prev_ts[1:] = ts[:-1]
+        prev_ts[starts] = st["last_ns"][stream]
+        prev_rtp = np.empty(n, dtype=np.int64)
+        prev_rtp[1:] = rtp[:-1]
+        prev_rtp[starts] = np.where(known, st["last_rtp_ts"][stream], rtp[starts])
+        prev_seq = np.empty(n, dtype=np.int64)
+        prev_seq[1:] = seq[:-1]
+        prev_seq[starts] = np.where(known, st["last_ext"][stream] % SEQ_MOD, seq[starts])
+        # Segments: a new one at the stream's first packet and after every long silence.
+        new_segment = np.abs(ts - prev_ts) > self.max_gap_ns
+        new_segment[starts] |= ~known
+        continues = ~new_segment  # the row has a previous packet in its segment (for jitter)
+        n_new = int(np.count_nonzero(new_segment))
+        new_ids = np.full(n, -1, dtype=np.int64)
+        new_ids[new_segment] = self._allocate(self._segment, self._SEGMENT_FIELDS, "_segments",
+                                              self._free_segments, n_new)  # fmt: skip
+        self._segment["stream"][new_ids[new_segment]] = slot[new_segment]
+        self._segment["live"][new_ids[new_segment]] = True
+        np.add.at(st["segments"], slot[new_segment], 1)
+        self._segment["join_first_ns"][new_ids[new_segment]] = ts[new_segment]
+        self._segment["join_first_rtp_ts"][new_ids[new_segment]] = rtp[new_segment]
+        mark = np.where(new_segment | first, np.arange(n), 0)
+        last_mark = np.maximum.accumulate(mark)
+        segment = np.where(new_segment[last_mark], new_ids[last_mark], st["segment"][slot])
+        # RTP timestamps and sequence numbers unwrapped along the stream (A.1), across segments.
+        unwrapped = np.where(known, st["unwrapped"][stream], rtp[starts])[group] + _group_cumsum(
+            _signed(rtp - prev_rtp, TS_MOD), starts, group)  # fmt: skip
+        ext = np.where(known, st["last_ext"][stream], seq[starts])[group] + _group_cumsum(
+            _signed(seq - prev_seq, SEQ_MOD), starts, group)  # fmt: skip
+        is_new, reordered = self._sequence(ext, starts, group, stream, slot)
+        runs = _run_starts(segment)
+        self._fold_segments(row, runs, segment, continues, prev_ts, prev_rtp, unwrapped, ext, is_new, reordered)
+        self._fold_timestamps(row, starts, group, stream, segment, new_segment, runs)
+        self._queue_jitter(segment, ts, rtp)
+        self._prune()
+        self._fold_sketch(rtp, segment)
+        ends = np.append(starts[1:], n) - 1
+        st["segment"][stream] = segment[ends]
+        st["last_ns"][stream] = ts[ends]
+        st["last_rtp_ts"][stream] = rtp[ends]
+        st["unwrapped"][stream] = unwrapped[ends]
+        st["last_ext"][stream] = ext[ends]
+        st["seq_max"][stream] = np.maximum(st["seq_max"][stream], np.maximum.reduceat(ext, starts))
+        st["seq_min"][stream] = np.minimum(st["seq_min"][stream], np.minimum.reduceat(ext, starts))
+
+    def _missing_keys(self, slot: np.ndarray, ext: np.ndarray) -> np.ndarray:
+        return (slot << 40) | (ext + _EXT_BIAS)
+
+    def _sequence(self, ext, starts, group, stream, slot) -> tuple[np.ndarray, np.ndarray]:
+        """(first copy of its sequence number in the stream, first copy that arrived late).
+
+        A packet above every earlier one is new; a late one (at or below the highest so far)
+        is new if its number is still missing: skipped by an earlier packet of this batch, or
+        in the carried missing set, or below the lowest so far, and it is the first late copy.
+        """
+        st = self._stream
+        carried_max = st["seq_max"][stream]
+        carried_min = st["seq_min"][stream]
+        highest_before = _group_running_max_before(ext, starts, group, carried_max)
+        in_order = ext > highest_before
+        late = np.flatnonzero(~in_order)
+        is_new = in_order.copy()
+        reordered = np.zeros(ext.size, dtype=bool)
+        if late.size:
+            g = group[late]
+            e = ext[late]
+            keys = self._missing_keys(slot[late], e)
+            _, first_index = np.unique(keys, return_index=True)
+            first_copy = np.zeros(late.size, dtype=bool)
+            first_copy[first_index] = True
+            in_order_keys = self._missing_keys(slot[in_order], ext[in_order])
+            hit = np.isin(keys, in_order_keys)
+            # Running minimum before the row, for "inside the seen range".
+            lowest_before = -_group_running_max_before(-ext, starts, group, -carried_min)
+            untracked = (e < highest_before[late] - SEQUENCE_WINDOW + 1) & (e >= lowest_before[late])
+            was_missing = np.isin(keys, self._missing)
+            fresh = (e > carried_max[g]) | (e < carried_min[g]) | was_missing
+            new_late = first_copy & ~hit & ~untracked & fresh
+            is_new[late] = new_late
+            reordered[late] = new_late
+        self._update_missing(ext, in_order, highest_before, late, is_new, starts, group, stream, slot)
+        return is_new, reordered
+
+    def _update_missing(self, ext, in_order, highest_before, late, is_new, starts, group, stream, slot) -> None:
+        """Carry the sequence numbers still missing within SEQUENCE_WINDOW of each stream's top."""
+        st = self._stream
+        top = np.maximum(st["seq_max"][stream], np.maximum.reduceat(ext, starts))
+        floor_of_row = top[group] - SEQUENCE_WINDOW + 1
+        parts = [self._missing]
+        # Numbers skipped by an in-order packet (not for a stream's very first packet).
+        jump = in_order & (highest_before > _I64_MIN)
+        lo = np.maximum(highest_before[jump] + 1, floor_of_row[jump])
+        hi = ext[jump]
+        count = np.maximum(hi - lo, 0)
+        if count.sum():
+            parts.append(self._missing_keys(np.repeat(slot[jump], count), _ranges(lo, count)))
+        # Numbers between a new lowest (a late packet below the first) and the old lowest.
+        old_min = st["seq_min"][stream]
+        new_min = np.minimum(old_min, np.minimum.reduceat(ext, starts))
+        below = (new_min < old_min) & (old_min < _I64_MAX)
+        if below.any():
+            lo = np.maximum(new_min[below] + 1, top[below] - SEQUENCE_WINDOW + 1)
+            count = np.maximum(old_min[below] - lo, 0)
+            parts.append(self._missing_keys(np.repeat(stream[below], count), _ranges(lo, count)))
+        missing = np.unique(np.concatenate(parts)) if len(parts) > 1 else self._missing
+        seen = self._missing_keys(slot[late], ext[late])
+        if seen.size and missing.size:
+            missing = missing[~np.isin(missing, seen)]
+        if missing.size:
+            owner = missing >> 40
+            value = (missing & ((1 << 40) - 1)) - _EXT_BIAS
+            st_max = st["seq_max"].copy()
+            st_max[stream] = top
+            missing = missing[value >= st_max[owner] - SEQUENCE_WINDOW + 1]
+        self._missing = missing
+
+    def _fold_segments(self, row, runs, segment, continues, prev_ts, prev_rtp, unwrapped, ext, is_new,
+                       reordered) -> None:  # fmt: skip
+        sg = self._segment
+        seg = segment[runs]
+        ts, size = row["ts"], row["rtp_len"]
+
+        def add(name: str, values: np.ndarray) -> None:
+            sg[name][seg] += np.add.reduceat(values.astype(np.int64), runs)
+
+        add("packets", np.ones(ts.size, dtype=np.int64))
+        add("ip_bytes", row["ip_bytes"])
+        add("rtp_bytes", size)
+        add("marker_packets", row["marker"])
+        add("seq_distinct", is_new)
+        add("reordered", reordered)
+        add("jitter_steps", continues)
+        for threshold in MEDIAN_THRESHOLDS:
+            at_or_above = size >= threshold
+            add(f"size_ge_{threshold}", at_or_above)
+            below = np.maximum.reduceat(np.where(at_or_above, -1, size), runs)
+            sg[f"size_below_{threshold}"][seg] = np.maximum(sg[f"size_below_{threshold}"][seg], below)
+            above = np.minimum.reduceat(np.where(at_or_above, size, _I64_MAX), runs)
+            sg[f"size_from_{threshold}"][seg] = np.minimum(sg[f"size_from_{threshold}"][seg], above)
+        sg["seq_low"][seg] = np.minimum(sg["seq_low"][seg], np.minimum.reduceat(ext, runs))
+        sg["seq_high"][seg] = np.maximum(sg["seq_high"][seg], np.maximum.reduceat(ext, runs))
+        # First and last arrival (the first row holding the extreme, as an argmin/argmax would).
+        run_of_row = np.repeat(np.arange(runs.size), np.diff(np.append(runs, ts.size)))
+        run_min = np.minimum.reduceat(ts, runs)
+        run_max = np.maximum.reduceat(ts, runs)
+        at_min = _first_where(ts == run_min[run_of_row], run_of_row, runs.size)
+        at_max = _first_where(ts == run_max[run_of_row], run_of_row, runs.size)
+        earlier = run_min < sg["first_ns"][seg]
+        sg["unwrapped_first"][seg[earlier]] = unwrapped[at_min[earlier]]
+        sg["first_ns"][seg[earlier]] = run_min[earlier]
+        later = run_max > sg["last_ns"][seg]
+        sg["unwrapped_last"][seg[later]] = unwrapped[at_max[later]]
+        sg["last_ns"][seg[later]] = run_max[later]
+        ends = np.append(runs[1:], ts.size) - 1
+        sg["join_last_ns"][seg] = ts[ends]
+        sg["join_last_rtp_ts"][seg] = row["rtp_ts"][ends]
+        self._count(self._payload_types, segment, row["pt"])
+        zoom = row["zoom"] >= 0
+        if zoom.any():
+            self._count(self._zoom_types, segment[zoom], row["zoom"][zoom])
+
+    def _queue_jitter(self, segment: np.ndarray, ts: np.ndarray, rtp: np.ndarray) -> None:
+        """Queue the batch's (arrival, RTP timestamp) pairs per segment and fold every full chunk
+        of JITTER_CHUNK steps; segments silent for longer than the gap are folded to the end."""
+        pending = self._pending
+        seg = np.concatenate([pending[0], segment])
+        order = np.argsort(seg, kind="stable")  # queued rows first, then the batch's, per segment
+        seg = seg[order]
+        arrival = np.concatenate([pending[1], ts])[order]
+        stamp = np.concatenate([pending[2], rtp])[order]
+        self._clock_ns = max(self._clock_ns, int(ts.max()))
+        runs = _run_starts(seg)
+        ends = np.append(runs[1:], seg.size)
+        idle = self._segment["join_last_ns"][seg[runs]] < self._clock_ns - self.max_gap_ns
+        keep = np.ones(seg.size, dtype=bool)
+        for lo, hi, closed in zip(runs.tolist(), ends.tolist(), idle.tolist()):
+            s = int(seg[lo])
+            while hi - lo > JITTER_CHUNK:  # fold JITTER_CHUNK steps, keep their last packet
+                self._fold_chunk(self._segment["jitter"][s], arrival[lo : lo + JITTER_CHUNK + 1],
+                                 stamp[lo : lo + JITTER_CHUNK + 1])  # fmt: skip
+                keep[lo : lo + JITTER_CHUNK] = False
+                lo += JITTER_CHUNK
+            if closed:  # nothing can join this segment any more: fold the rest now
+                self._fold_chunk(self._segment["jitter"][s], arrival[lo:hi], stamp[lo:hi])
+                keep[lo:hi] = False
+        self._pending = (seg[keep], arrival[keep], stamp[keep])
+
+    def _fold_chunk(self, jitter: np.ndarray, arrival: np.ndarray, stamp: np.ndarray) -> None:
+        """J = J * (15/16)^m + the closed form of ``interarrival_jitter`` over m steps, at every
+        candidate clock rate, with the same float operations (a segment folded in one chunk gets
+        the very bits ``interarrival_jitter`` computes)."""
+        m = arrival.size - 1
+        if m < 1:
+            return
+        arrival_steps = np.diff(arrival).astype(np.float64)
+        ts_steps = _signed(np.diff(stamp), TS_MOD).astype(np.float64)
+        if self._jitter_weights.size < m:
+            size = max(m, JITTER_CHUNK)
+            self._jitter_weights = np.power(_JITTER_WEIGHT, np.arange(size - 1, -1, -1, dtype=np.float64)) / 16.0
+        weights = self._jitter_weights[self._jitter_weights.size - m :]
+        for r, rate in enumerate(CANDIDATE_CLOCK_RATES):
+            delta = np.abs(arrival_steps * (rate / 1e9) - ts_steps)
+            jitter[r] = jitter[r] * _JITTER_WEIGHT**m + float(np.dot(weights, delta))
+
+    def _prune(self) -> None:
+        """Forget streams of fewer than PRUNE_BELOW_PACKETS packets, all in one segment that has
+        ended (silent for longer than the gap on the capture clock).
+
+        The collector reads an RTP header from every UDP payload starting 0b10, and in non-RTP
+        payloads (DNS ids, random bytes) the "SSRC" is noise that rarely repeats: without this
+        such keys would accumulate with the capture. media.py ignores streams of fewer than 5
+        packets in a window anyway. Weakness: a stream that sent 1-4 packets, went silent for
+        over a minute while other media kept the call open, then resumed, loses those packets.
+        """
+        n = self._segments
+        sg, st = self._segment, self._stream
+        dead = sg["live"][:n] & (sg["packets"][:n] < PRUNE_BELOW_PACKETS)
+        dead &= sg["last_ns"][:n] < self._clock_ns - self.max_gap_ns
+        dead &= st["segments"][sg["stream"][:n]] == 1
+        if not dead.any():
+            return
+        segments = np.flatnonzero(dead)
+        streams = sg["stream"][segments]
+        sg["live"][segments] = False
+        for stream_slot, segment_slot in zip(streams.tolist(), segments.tolist()):
+            key = (int(st["flow_id"][stream_slot]) * 2 + bool(st["from_client"][stream_slot]),
+                   int(st["ssrc"][stream_slot]) * 2 + bool(st["zoom_fec"][stream_slot]))  # fmt: skip
+            del self._keys[key]
+            self._payload_types.pop(segment_slot, None)
+            self._zoom_types.pop(segment_slot, None)
+        self._free_streams.extend(streams.tolist())
+        self._free_segments.extend(segments.tolist())
+        gone = np.zeros(n, dtype=bool)
+        gone[segments] = True
+        seg, arrival, stamp = self._pending
+        kept = ~gone[seg]
+        self._pending = (seg[kept], arrival[kept], stamp[kept])
+        if self._missing.size:
+            dead_streams = np.zeros(self._streams, dtype=bool)
+            dead_streams[streams] = True
+            self._missing = self._missing[~dead_streams[self._missing >> 40]]
+
+    def _final_jitter(self) -> np.ndarray:
+        """Every segment's jitter with its queued steps folded in (the state is left as is)."""
+        jitter = self._segment["jitter"][: self._segments].copy()
+        seg, arrival, stamp = self._pending
+        runs = _run_starts(seg)
+        for lo, hi in zip(runs.tolist(), np.append(runs[1:], seg.size).tolist()):
+            self._fold_chunk(jitter[int(seg[lo])], arrival[lo:hi], stamp[lo:hi])
+        return jitter
+
+    def _fold_timestamps(self, row, starts, group, stream, segment, new_segment, runs) -> None:
+        """Distinct RTP timestamps: new unless one of the segment's previous few packets had it."""
+        st, sg = self._stream, self._segment
+        rtp = row["rtp_ts"]
+        n = rtp.size
+        pos = np.arange(n) - starts[group]
+        context = st["context"][stream]  # per group, oldest first; -1 where empty
+        carried_segment = st["segment"][stream][group] == segment
+        seen = np.zeros(n, dtype=bool)
+        for lag in range(1, TIMESTAMP_LOOKBACK + 1):
+            inside = pos >= lag
+            same = np.zeros(n, dtype=bool)
+            same[lag:] = inside[lag:] & (segment[lag:] == segment[:-lag]) & (rtp[lag:] == rtp[:-lag])
+            from_context = ~inside & carried_segment
+            back = TIMESTAMP_LOOKBACK - (lag - pos[from_context])
+            same[from_context] = context[group[from_context], back] == rtp[from_context]
+            seen |= same
+        self._segment["timestamps"][segment[runs]] += np.add.reduceat((~seen).astype(np.int64), runs)
+        # New context: the last packets of each stream's last segment, after the old context.
+        ends = np.append(starts[1:], n)
+        fresh = np.full((starts.size, TIMESTAMP_LOOKBACK), -1, dtype=np.int64)
+        broke = np.add.reduceat(new_segment.astype(np.int64), starts) > 0
+        fresh[~broke] = context[~broke]
+        for k in range(TIMESTAMP_LOOKBACK):
+            at = ends - TIMESTAMP_LOOKBACK + k
+            ok = at >= starts
+            ok &= segment[np.maximum(at, 0)] == segment[ends - 1]
+            shift = ~ok & ~broke  # older than this batch: from the old context
+            back = TIMESTAMP_LOOKBACK + (at - starts)
+            fresh[ok, k] = rtp[at[ok]]
+            fresh[shift, k] = np.where(back[shift] >= 0, context[shift, np.clip(back[shift], 0, None)], -1)
+            fresh[~ok & broke, k] = -1
+        st["context"][stream] = fresh
+        del sg
+
+    def _fold_sketch(self, rtp: np.ndarray, segment: np.ndarray) -> None:
+        """Keep each segment's TIMESTAMP_SKETCH smallest timestamp hashes (bottom-k)."""
+        sketch = self._segment["sketch"]
+        hashed = (rtp * SKETCH_HASH) & 0xFFFFFFFF
+        touched = np.unique(segment)
+        held = sketch[touched]
+        threshold = held[:, -1].astype(np.int64)  # NO_HASH until full: every row qualifies
+        local = np.searchsorted(touched, segment)
+        keep = hashed <= threshold[local]
+        # A hash above a full sketch's largest is a distinct timestamp the sketch cannot hold.
+        over = np.bincount(local[~keep], minlength=touched.size) > 0
+        self._segment["sketch_full"][touched[over]] = True
+        if not keep.any():
+            return
+        owner = np.concatenate([np.repeat(np.arange(touched.size), TIMESTAMP_SKETCH), local[keep]])
+        values = np.concatenate([held.reshape(-1).astype(np.int64), hashed[keep]])
+        real = values != NO_HASH
+        keys = np.unique((owner[real] << 32) | values[real])
+        owner, values = keys >> 32, keys & 0xFFFFFFFF
+        first = np.searchsorted(owner, np.arange(touched.size))
+        rank = np.arange(keys.size) - first[owner]
+        count = np.bincount(owner, minlength=touched.size)
+        self._segment["sketch_full"][touched] |= count > TIMESTAMP_SKETCH
+        fill = np.full((touched.size, TIMESTAMP_SKETCH), NO_HASH, dtype=np.uint32)
+        small = rank < TIMESTAMP_SKETCH
+        fill[owner[small], rank[small]] = values[small]
+        sketch[touched] = fill
+
+    @staticmethod
+    def _count(table: dict, segment: np.ndarray, values: np.ndarray) -> None:
+        keys, counts = np.unique((segment << 8) | values, return_counts=True)
+        for key, count in zip(keys.tolist(), counts.tolist()):
+            counts_of = table.setdefault(key >> 8, {})
+            counts_of[key & 0xFF] = counts_of.get(key & 0xFF, 0) + count
+
+    # output --------------------------------------------------------------------------------
+    def segments(self) -> dict[str, object]:
+        """Per live segment (rows in slot order): its stream's key columns, every running
+        field, the per-rate jitter (``jitter``, columns in CANDIDATE_CLOCK_RATES order), the
+        sketch, and the payload/Zoom type counts ({value: packets} per row)."""
+        n = self._segments
+        live = np.flatnonzero(self._segment["live"][:n]) if n else np.zeros(0, dtype=np.int64)
+        stream = self._segment["stream"][live] if n else live
+        out: dict[str, object] = {}
+        for name in ("flow_id", "from_client", "ssrc", "zoom_fec"):
+            dtype = self._STREAM_FIELDS[name][0]
+            out[name] = self._stream[name][stream] if n else np.zeros(0, dtype=dtype)
+        for name, (dtype, _) in self._SEGMENT_FIELDS.items():
+            out[name] = self._segment[name][live] if n else np.zeros(0, dtype=dtype)
+        out["jitter"] = self._final_jitter()[live] if n else np.zeros((0, len(CANDIDATE_CLOCK_RATES)))
+        out["sketch"] = self._segment["sketch"][live] if n else np.zeros((0, TIMESTAMP_SKETCH), dtype=np.uint32)
+        out["payload_types"] = [self._payload_types.get(i, {}) for i in live.tolist()]
+        out["zoom_types"] = [self._zoom_types.get(i, {}) for i in live.tolist()]
+        return out
+
+
+def _ranges(lo: np.ndarray, count: np.ndarray) -> np.ndarray:
+    """Concatenated ranges lo[i] .. lo[i] + count[i] - 1."""
+    total = int(count.sum())
+    if total == 0:
+        return np.zeros(0, dtype=np.int64)
+    offsets = np.repeat(np.cumsum(count) - count, count)
+    return np.repeat(lo, count) + (np.arange(total) - offsets)
+
+
+def _first_where(condition: np.ndarray, run_of_row: np.ndarray, runs: int) -> np.ndarray:
+    """Per run: index of the first row where ``condition`` holds (it holds somewhere in each)."""
+    rows = np.flatnonzero(condition)
+    out = np.full(runs, -1, dtype=np.int64)
+    out[run_of_row[rows][::-1]] = rows[::-1]
+    return out
+
+
+#: Zoom's FEC payload type (facts §2.3, zoom-analysis zoom.cc ``stream_type::fec``): Zoom packets
+#: with it are a stream of their own beside their SSRC's media (media.py rule 1).
+ZOOM_FEC_PT = 110
+#: Streams with fewer packets are forgotten once they end (``RunningStreams._prune``); the
+#: same bound as media.MIN_STREAM_PACKETS, under which media.csv has no row anyway.
+PRUNE_BELOW_PACKETS = 5
+
+
+class RunningReports:
+    """RTCP report blocks as they arrive, reduced to what ``media.reported_losses`` reads.
+
+    Per (flow, sender side, reported SSRC): segments of reports cut at silences longer than
+    ``max_gap_ns`` (the same argument as ``RunningStreams``: a segment lies inside one call window
+    or none), each with its first/last arrival and the largest cumulative loss reported. Only
+    plain RTCP (``rtcp_coverage == 0``; SRTCP report blocks are ciphertext) and only losses that
+    are not negative (RFC 3550 §6.4.1 allows negative values for duplicates) are kept.
+    """
+
+    def __init__(self, max_gap_ns: int) -> None:
+        self.max_gap_ns = int(max_gap_ns)
+        self._segments: dict[tuple[int, bool, int], list[list[int]]] = {}
+
+    def add(self, flow_id: int, from_client: bool, ts_ns: int, payload: bytes) -> None:
+        from inspector.dissect.rtp import RTCP_RR, RTCP_SR, rtcp_coverage
+
+        packets = parse_rtcp_compound(payload)
+        if not packets or rtcp_coverage(payload, packets) != 0:
+            return
+        for packet in packets:
+            if packet.packet_type not in (RTCP_SR, RTCP_RR):
+                continue
+            for block in packet.report_blocks:
+                if block.cumulative_lost >= 0:
+                    self._note((int(flow_id), bool(from_client), int(block.ssrc)), int(ts_ns), block.cumulative_lost)
+
+    def _note(self, key: tuple[int, bool, int], ts_ns: int, lost: int) -> None:
+        segments = self._segments.setdefault(key, [])
+        if segments and abs(ts_ns - segments[-1][2]) <= self.max_gap_ns:
+            last = segments[-1]
+            last[1], last[2], last[3] = min(last[1], ts_ns), ts_ns, max(last[3], lost)
+            last[4] = max(last[4], ts_ns)
+        else:
+            segments.append([key[0], ts_ns, ts_ns, lost, ts_ns])
+
+    def rows(self) -> list[tuple[int, bool, int, int, int, int]]:
+        """(flow_id, from_client, ssrc, first_ns, last_ns, cumulative_lost) per segment."""
+        out = []
+        for (flow_id, from_client, ssrc), segments in self._segments.items():
+            for _, first_ns, _, lost, last_ns in segments:
+                out.append((flow_id, from_client, ssrc, first_ns, last_ns, lost))
+        return out
+
+
+def segment_frame(streams: RunningStreams, capture: str):
+    """``schema.RTP_SEGMENT_COLUMNS`` plus the object columns, one row per segment."""
+    import pandas as pd
+
+    from inspector.schema import RTP_SEGMENT_COLUMNS
+
+    columns = streams.segments()
+    n = len(columns["packets"])
+    data = {"capture": pd.Series([capture] * n, dtype="string")}
+    for name, dtype, _ in RTP_SEGMENT_COLUMNS[1:]:
+        data[name] = pd.Series(columns[name], dtype=dtype)
+    data["jitter"] = pd.Series(list(columns["jitter"]), dtype=object)
+    data["sketch"] = pd.Series(list(columns["sketch"]), dtype=object)
+    data["payload_types"] = pd.Series(columns["payload_types"], dtype=object)
+    data["zoom_types"] = pd.Series(columns["zoom_types"], dtype=object)
+    return pd.DataFrame(data)
+
+
+def report_frame(reports: RunningReports, capture: str):
+    """``schema.RTCP_REPORT_COLUMNS``, one row per report segment."""
+    import pandas as pd
+
+    from inspector.schema import RTCP_REPORT_COLUMNS
+
+    names = [name for name, _, _ in RTCP_REPORT_COLUMNS]
+    frame = pd.DataFrame(reports.rows(), columns=names[1:])
+    frame.insert(0, "capture", capture)
+    return frame.astype({name: dtype for name, dtype, _ in RTCP_REPORT_COLUMNS})

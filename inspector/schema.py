@@ -156,3 +156,53 @@ RTP_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("ip_bytes", "int64", "IP-layer bytes of the packet"),
     ("zoom_type", "int64", "Zoom inner media type byte (15 audio, 16 video, 13/30 screen ...), -1 if not Zoom"),
 )
+
+# The call stage's RTP input after the collector's fold (inspector.media_stats.RunningStreams):
+# one row per stream *segment* (a stream's packets between silences longer than the call gap), so
+# memory grows with streams, not packets. Scalar columns here; the frame also carries the object
+# columns ``jitter`` (float64 array, RFC 3550 jitter per CANDIDATE_CLOCK_RATES entry, timestamp
+# units), ``sketch`` (uint32 array, bottom-k RTP timestamp hashes), ``payload_types`` and
+# ``zoom_types`` ({value: packets}).
+RTP_SEGMENT_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("capture", "string", "capture file name"),
+    ("flow_id", "int64", "flow"),
+    ("from_client", "bool", "sent by the flow's client"),
+    ("ssrc", "int64", "RTP SSRC"),
+    ("zoom_fec", "bool", "Zoom FEC (payload type 110 inside Zoom's encapsulation): its own stream"),
+    ("packets", "int64", "RTP packets of the segment"),
+    ("ip_bytes", "int64", "IP-layer bytes of those packets"),
+    ("rtp_bytes", "int64", "bytes from the RTP headers to the ends of the datagrams"),
+    ("marker_packets", "int64", "packets with the RTP marker bit"),
+    ("timestamps", "int64", "distinct RTP timestamps (a repeat within 4 packets is not new)"),
+    ("first_ns", "int64", "first arrival, ns since the epoch"),
+    ("last_ns", "int64", "last arrival"),
+    ("unwrapped_first", "int64", "RTP timestamp unwrapped along the stream, at the first arrival"),
+    ("unwrapped_last", "int64", "the same at the last arrival"),
+    ("join_first_ns", "int64", "arrival of the segment's first packet (capture order)"),
+    ("join_first_rtp_ts", "int64", "its RTP timestamp"),
+    ("join_last_ns", "int64", "arrival of the segment's last packet (capture order)"),
+    ("join_last_rtp_ts", "int64", "its RTP timestamp"),
+    ("seq_low", "int64", "lowest extended sequence number (RFC 3550 A.1, along the stream)"),
+    ("seq_high", "int64", "highest extended sequence number"),
+    ("seq_distinct", "int64", "packets whose sequence number the stream had not seen"),
+    ("reordered", "int64", "of those, packets that arrived after a higher sequence number"),
+    ("jitter_steps", "int64", "packet pairs folded into the jitter (packets - 1)"),
+    ("size_ge_300", "int64", "packets with an RTP size of at least 300 bytes"),
+    ("size_below_300", "int64", "largest RTP size under 300 bytes, -1 if none"),
+    ("size_from_300", "int64", "smallest RTP size of at least 300 bytes (int64 max if none)"),
+    ("size_ge_400", "int64", "packets with an RTP size of at least 400 bytes"),
+    ("size_below_400", "int64", "largest RTP size under 400 bytes, -1 if none"),
+    ("size_from_400", "int64", "smallest RTP size of at least 400 bytes (int64 max if none)"),
+    ("sketch_full", "bool", "the segment had more distinct timestamps than its sketch holds"),
+)
+
+# RTCP after the collector's parse (media_stats.RunningReports): one row per report segment.
+RTCP_REPORT_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("capture", "string", "capture file name"),
+    ("flow_id", "int64", "flow"),
+    ("from_client", "bool", "RTCP sent by the flow's client"),
+    ("ssrc", "int64", "SSRC the report blocks are about"),
+    ("first_ns", "int64", "first report of the segment"),
+    ("last_ns", "int64", "last report of the segment"),
+    ("cumulative_lost", "int64", "largest cumulative loss reported (RFC 3550 §6.4.1)"),
+)

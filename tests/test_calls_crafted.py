@@ -343,9 +343,9 @@ def test_rtp_collector_reads_zoom_layouts_like_the_dissector(tmp_path, layout, w
             writer.write_packet(packet, sec=T0_S, usec=i * 1000)
     finally:
         writer.close()
-    collector = RtpCollector()
+    collector = RtpCollector(keep_rows=True)
     process_capture(path, AnalyzeOptions(), None, PayloadStage(), (collector,))
-    rows = collector.frame("zoom.pcap")
+    rows = collector.rows_frame("zoom.pcap")
     parsed = [parse_server_media(p) or parse_p2p_media(p) for p in payloads]
     assert all(p is not None for p in parsed), layout
     assert list(rows["zoom_type"]) == [p.inner_type for p in parsed]

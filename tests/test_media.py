@@ -7,8 +7,15 @@ import struct
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from inspector.media import estimated_clock_rate, pattern_kind, stream_kind
+from inspector.media import (
+    estimated_clock_rate,
+    median_at_least,
+    pattern_kind,
+    stream_kind,
+)
 from inspector.schema import MEDIA_COLUMNS
 from inspector.sessions import build_calls
 from tests.test_sessions import (
@@ -158,7 +165,9 @@ def test_swapped_flow_turns_directions_round():
 def test_packets_outside_the_window_or_not_media_are_ignored():
     seqs, arrival, ts = regular(10)
     inside = stream(1, 5, seqs, arrival, ts)
-    late = stream(1, 5, [10, 11], [20_000, 20_020], [1600, 1760])  # 21 s: after the call (ends 10.09 s)
+    # 81 s: after the call (ends 10.09 s) and after a silence longer than the 60 s call gap, as
+    # every packet outside a window is (sessions rule 3; media_stats.RunningStreams segments).
+    late = stream(1, 5, [10, 11], [80_000, 80_020], [1600, 1760])
     not_media = stream(2, 6, seqs, arrival, ts)
     flows = [{"flow_id": 1}, {"flow_id": 2, "transport": "tcp", "app_protocol": "tls", "role": "signalling"}]
     media = media_of(inside + late + not_media, flows).media
@@ -233,6 +242,22 @@ def test_rtx_stream_sharing_timestamps_is_kept_but_not_video():
     kinds = dict(zip(tables.media["ssrc"], tables.media["media_kind"]))
     assert kinds == {22: "video", 23: ""}
     assert tables.sessions.iloc[0]["video_streams"] == 1
+
+
+def test_repair_and_simulcast_are_told_apart_beyond_the_timestamp_sketch():
+    # 9 s of 30 fps video (270 frames): more distinct timestamps than media_stats.TIMESTAMP_SKETCH
+    # holds, so the shares come from the bottom-k samples, not the whole sets.
+    seqs, arrival, frame_ts = video_frames(270)
+    n = len(seqs)
+    video = stream(1, 22, seqs, arrival, frame_ts, pt=97, rtp_len=1100)
+    picks = list(range(7, n, 3 * 9))  # one retransmission every 9 frames (~11% of frames)
+    rtx = stream(1, 23, [500 + i for i in range(len(picks))], [arrival[i] + 50 for i in picks],
+                 [frame_ts[i] for i in picks], pt=98, rtp_len=1102)  # fmt: skip
+    low_picks = list(range(0, n, 3))
+    low = stream(1, 24, list(range(len(low_picks))), [arrival[i] + 1 for i in low_picks],
+                 [frame_ts[i] for i in low_picks], pt=97, rtp_len=600, marker=True)  # fmt: skip
+    tables = media_of(video + rtx + low)
+    assert dict(zip(tables.media["ssrc"], tables.media["media_kind"])) == {22: "video", 23: "", 24: "video"}
 
 
 # -- RTCP -----------------------------------------------------------------------------------------
@@ -324,3 +349,16 @@ def test_audio_with_marker_on_every_packet_reads_audio_by_its_clock():
     vseqs, varrival, vts = video_frames(45, per_frame=1, fps=15)
     row = media_of(stream(1, 9, vseqs, varrival, vts, pt=120, rtp_len=221, marker=True)).media.iloc[0]
     assert row["media_kind"] == "video"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.integers(0, 1500), min_size=1, max_size=40), st.sampled_from([300, 400]))
+def test_median_threshold_from_running_values_is_exact(sizes, threshold):
+    values = np.asarray(sizes)
+    above = values[values >= threshold]
+    below = values[values < threshold]
+    got = median_at_least(
+        values.size, int(above.size), int(below.max()) if below.size else -1,
+        int(above.min()) if above.size else np.iinfo(np.int64).max, threshold,
+    )  # fmt: skip
+    assert got == (float(np.median(values)) >= threshold)

@@ -1,0 +1,188 @@
+"""The call stage's running RTP state (inspector/media_stats.RunningStreams, fed by
+inspector/collect.RtpCollector): independent of batching, equal to the per-stream reference
+statistics, and bounded whatever the stream's length."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from inspector.media_stats import (
+    CANDIDATE_CLOCK_RATES,
+    SEQUENCE_WINDOW,
+    RunningReports,
+    RunningStreams,
+    rtp_stream_stats,
+)
+
+MS = 1_000_000
+SECOND = 1_000_000_000
+GAP_NS = 60 * SECOND
+T0 = 1_700_000_000 * SECOND
+COLUMNS = ("flow_id", "from_client", "ts_ns", "ssrc", "seq", "rtp_ts", "payload_type", "marker", "rtp_len",
+           "ip_bytes", "zoom_type")  # fmt: skip
+
+
+def one_stream(n: int, *, flow_id=1, from_client=True, ssrc=7, first_seq=65000, step_ms=20, ts_step=160,
+               pt=0, seed=0, silence_at=None) -> dict[str, np.ndarray]:  # fmt: skip
+    """Rows of one audio-like stream with jittered arrivals, a few losses, swaps and duplicates,
+    a sequence wrap, and (``silence_at``) a 90 s silence that starts a second segment."""
+    rng = np.random.default_rng(seed)
+    seq = (first_seq + np.arange(n)) % 65536
+    ts = (1000 + np.arange(n) * ts_step) % (1 << 32)
+    arrival = T0 + np.arange(n) * step_ms * MS + rng.integers(0, 5 * MS, n)
+    if silence_at is not None:
+        arrival[silence_at:] += 90 * SECOND
+    keep = rng.random(n) > 0.02  # 2% loss
+    order = list(np.flatnonzero(keep))
+    for i in range(1, len(order) - 1):  # reordering: 3% swapped with the next packet
+        if rng.random() < 0.03:
+            order[i], order[i + 1] = order[i + 1], order[i]
+    with_copies = []
+    for packet in order:  # 1% sent twice in a row
+        with_copies += [packet, packet] if rng.random() < 0.01 else [packet]
+    order = np.asarray(with_copies)
+    size = np.where(rng.random(n) < 0.5, 120, 420)
+    return {
+        "flow_id": np.full(order.size, flow_id),
+        "from_client": np.full(order.size, from_client),
+        "ts_ns": np.sort(arrival[order]),  # capture order is arrival order
+        "ssrc": np.full(order.size, ssrc),
+        "seq": seq[order],
+        "rtp_ts": ts[order],
+        "payload_type": np.full(order.size, pt),
+        "marker": (np.arange(order.size) % 9) == 0,
+        "rtp_len": size[order],
+        "ip_bytes": size[order] + 28,
+        "zoom_type": np.full(order.size, -1),
+    }
+
+
+def mixed_rows() -> dict[str, np.ndarray]:
+    """Three streams interleaved in arrival order, one with a long silence."""
+    parts = [
+        one_stream(400, seed=1, silence_at=250),
+        one_stream(300, ssrc=8, from_client=False, first_seq=10, seed=2, pt=111, ts_step=960),
+        one_stream(200, flow_id=2, ssrc=9, seed=3, step_ms=10, ts_step=3000, pt=96),
+    ]
+    rows = {name: np.concatenate([p[name] for p in parts]) for name in COLUMNS}
+    order = np.argsort(rows["ts_ns"], kind="stable")
+    return {name: values[order] for name, values in rows.items()}
+
+
+def fold(rows: dict[str, np.ndarray], batch: int) -> RunningStreams:
+    streams = RunningStreams(GAP_NS)
+    n = rows["ts_ns"].size
+    for lo in range(0, n, batch):
+        streams.add(*(rows[name][lo : lo + batch] for name in COLUMNS))
+    return streams
+
+
+def canonical(segments: dict) -> dict:
+    """Segments in (flow, side, SSRC, FEC, first arrival) order: slots are numbered as
+    segments appear, which depends on how rows are batched."""
+    order = np.lexsort(tuple(segments[k] for k in ("first_ns", "zoom_fec", "ssrc", "from_client", "flow_id")))
+    out = {}
+    for name, values in segments.items():
+        if isinstance(values, list):
+            out[name] = [values[int(i)] for i in order]
+        else:
+            out[name] = values[order]
+    return out
+
+
+@pytest.mark.parametrize("batch", [1, 7])
+def test_batches_of_any_size_give_the_same_segments(batch):
+    rows = mixed_rows()
+    whole = canonical(fold(rows, rows["ts_ns"].size).segments())
+    split = canonical(fold(rows, batch).segments())
+    assert whole["packets"].size == 4  # the silent stream has two segments
+    for name, values in whole.items():
+        if name == "stream":
+            continue  # a slot number, in order of appearance
+        if isinstance(values, list):
+            assert split[name] == values, name
+        else:
+            np.testing.assert_array_equal(split[name], values, err_msg=name)
+
+
+def test_segment_stats_match_the_reference_over_the_stream():
+    rows = one_stream(3000, seed=5)
+    segments = fold(rows, 1000).segments()
+    assert segments["packets"].size == 1
+    ref = rtp_stream_stats(rows["seq"], rows["rtp_ts"], rows["ts_ns"], 8000)
+    assert ref.reordered > 0 and ref.duplicates > 0 and ref.lost_packets > 0  # the data has them all
+    assert segments["packets"][0] == ref.packets
+    assert segments["seq_high"][0] - segments["seq_low"][0] + 1 == ref.expected
+    assert ref.expected - segments["seq_distinct"][0] == ref.lost_packets
+    assert segments["reordered"][0] == ref.reordered
+    # Folded in chunks of JITTER_CHUNK steps: the same closed form, summed in another order.
+    jitter_ms = segments["jitter"][0][CANDIDATE_CLOCK_RATES.index(8000)] * 1000 / 8000
+    assert jitter_ms == pytest.approx(ref.jitter_ms, rel=1e-12)
+    assert segments["ip_bytes"][0] == rows["ip_bytes"].sum()
+    assert segments["marker_packets"][0] == rows["marker"].sum()
+
+
+@pytest.mark.parametrize("batch", [1, 7, 10_000])
+def test_a_segment_within_one_chunk_gives_the_reference_jitter_bit_for_bit(batch):
+    rows = one_stream(500, seed=6)
+    segments = fold(rows, batch).segments()
+    ref = rtp_stream_stats(rows["seq"], rows["rtp_ts"], rows["ts_ns"], 8000)
+    assert segments["jitter"][0][CANDIDATE_CLOCK_RATES.index(8000)] * 1000.0 / 8000 == ref.jitter_ms
+
+
+def test_a_silence_longer_than_the_gap_starts_a_segment():
+    rows = one_stream(100, silence_at=60)
+    segments = fold(rows, 33).segments()
+    assert list(segments["packets"]) == [int((rows["ts_ns"] < rows["ts_ns"][0] + 80 * SECOND).sum()),
+                                         int((rows["ts_ns"] >= rows["ts_ns"][0] + 80 * SECOND).sum())]  # fmt: skip
+    assert segments["last_ns"][0] + 60 * SECOND < segments["first_ns"][1]
+
+
+def test_state_does_not_grow_with_the_packets_of_a_long_stream():
+    def state_after(n: int) -> int:
+        streams = RunningStreams(GAP_NS)
+        rows = one_stream(n, seed=7)
+        for lo in range(0, rows["ts_ns"].size, 4096):
+            streams.add(*(rows[name][lo : lo + 4096] for name in COLUMNS))
+        return streams.state_bytes()
+
+    small, large = state_after(10_000), state_after(100_000)
+    # Only the set of sequence numbers still missing near the top varies (at most
+    # SEQUENCE_WINDOW of them, 8 bytes each); the rest is fixed per stream and segment.
+    assert abs(large - small) <= SEQUENCE_WINDOW * 8
+    assert large < 64 * 1024 + SEQUENCE_WINDOW * 8
+
+
+def test_reports_keep_the_largest_loss_per_segment():
+    import struct
+
+    def rr(about: int, lost: int) -> bytes:
+        block = struct.pack("!IBBHIIII", about, 0, (lost >> 16) & 0xFF, lost & 0xFFFF, 0, 0, 0, 0)
+        return struct.pack("!BBHI", 0x81, 201, 7, 0x1234) + block
+
+    reports = RunningReports(GAP_NS)
+    reports.add(3, False, T0, rr(9, 4))
+    reports.add(3, False, T0 + SECOND, rr(9, 2))
+    reports.add(3, False, T0 + 100 * SECOND, rr(9, 7))  # after a silence: its own segment
+    reports.add(3, False, T0 + 101 * SECOND, rr(9, 1) + b"\0" * 14)  # SRTCP trailer: ignored
+    assert reports.rows() == [(3, False, 9, T0, T0 + SECOND, 4), (3, False, 9, T0 + 100 * SECOND, T0 + 100 * SECOND, 7)]
+
+
+def test_pruned_noise_keys_free_their_slots():
+    """One-packet "streams" (random SSRCs of non-RTP payloads) are forgotten once a minute old."""
+    streams = RunningStreams(GAP_NS)
+    rng = np.random.default_rng(9)
+    for second in range(0, 600, 10):  # ten minutes, 20 noise packets every 10 s
+        n = 20
+        rows = {
+            "flow_id": np.full(n, 3), "from_client": np.ones(n, bool),
+            "ts_ns": T0 + second * SECOND + np.arange(n) * MS, "ssrc": rng.integers(0, 1 << 32, n),
+            "seq": rng.integers(0, 65536, n), "rtp_ts": rng.integers(0, 1 << 32, n),
+            "payload_type": np.full(n, 96), "marker": np.zeros(n, bool), "rtp_len": np.full(n, 40),
+            "ip_bytes": np.full(n, 68), "zoom_type": np.full(n, -1),
+        }  # fmt: skip
+        streams.add(*(rows[name] for name in COLUMNS))
+    live = streams.segments()["packets"].size
+    assert live <= 20 * 8  # the last ~70 s of noise, not all 1200 keys
+    assert streams._segments <= 20 * 9  # slots were reused
