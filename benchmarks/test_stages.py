@@ -79,7 +79,69 @@ def test_payload_stage(benchmark, capture):
     benchmark(lambda: process_capture(capture, AnalyzeOptions(), None, PayloadStage()))
 
 
+@pytest.fixture(scope="session")
+def flow_batches(batches):
+    """(decoded batch, its flows) pairs: the collectors' input."""
+    table = FlowTable()
+    slow = SlowDecoder()
+    out = []
+    for b in batches:
+        d, rows = decode_batch(b)
+        slow.decode_rows(d, rows, b)
+        out.append((d, table.add(d)))
+    return out
+
+
+def test_rtp_collector(benchmark, flow_batches):
+    """RTP headers folded into per-stream running state, and RTCP report blocks parsed."""
+    from inspector.collect import RtpCollector
+
+    def run():
+        collector = RtpCollector()
+        for d, bf in flow_batches:
+            collector.add(d, bf)
+        return collector.frame("bench"), collector.rtcp_frame("bench")
+    benchmark(run)
+
+
 def test_full_analysis(benchmark, capture):
     import inspector
 
     benchmark.pedantic(lambda: inspector.analyze([capture], AnalyzeOptions(workers=1)), rounds=3, iterations=1)
+
+
+@pytest.fixture(scope="session")
+def call_inputs(capture):
+    """(args, kwargs) of ``sessions.build_calls`` for the small capture, kept from one analysis."""
+    import inspector
+    from inspector import sessions
+
+    kept = {}
+    build_calls = sessions.build_calls
+
+    def keep(*args, **kwargs):
+        kept["inputs"] = (args, kwargs)
+        return build_calls(*args, **kwargs)
+
+    sessions.build_calls = keep  # api._call_tables imports it at call time
+    try:
+        inspector.analyze([capture], AnalyzeOptions(workers=1))
+    finally:
+        sessions.build_calls = build_calls
+    return kept["inputs"]
+
+
+def test_call_stage(benchmark, call_inputs):
+    from inspector.sessions import build_calls
+
+    args, kwargs = call_inputs
+    benchmark(lambda: build_calls(*args, **kwargs))
+
+
+def test_call_summaries(benchmark, call_inputs):
+    from inspector.report import call_summaries
+    from inspector.sessions import build_calls
+
+    args, kwargs = call_inputs
+    tables = build_calls(*args, **kwargs)
+    benchmark(lambda: call_summaries(tables, {}))

@@ -18,6 +18,8 @@ first packet lies inside no call window of that capture *of the flow's own machi
 call window of the capture; with several (a gateway capture), another machine's traffic during
 this machine's call is outside any call rather than lost, so every bucket is counted at least
 once. A bucket inside two overlapping calls of one machine (two services at once) counts in both.
+Every bucket finds the calls containing it in one search over the calls' edges
+(``windows_containing``), so the cost does not grow with buckets x calls.
 
 Sent means from this machine: the flow's client-to-server direction, swapped for flows where this
 machine is the server (``sessions.flow_sides``). ``organisation``, ``kind``, ``category`` and
@@ -26,6 +28,8 @@ bytes inside the window.
 """
 
 from __future__ import annotations
+
+import itertools
 
 import numpy as np
 import pandas as pd
@@ -37,22 +41,124 @@ GROUP_KEYS = ["out_capture", "session_id", "destination", "service"]
 MERGED_CAPTURE = "merged"
 
 
-def _inside(first_ns: np.ndarray, start_ns: int, end_ns: int) -> np.ndarray:
-    return (first_ns >= start_ns) & (first_ns <= end_ns)
+def grouped_searchsorted(
+    keys: np.ndarray, values: np.ndarray, query_keys: np.ndarray, query_values: np.ndarray, side: str = "left"
+) -> np.ndarray:
+    """``np.searchsorted`` over rows sorted by (key, value), for (key, value) queries at once.
+
+    ``keys`` are non-negative integers and the rows are sorted by key, then value. Returns per
+    query the number of rows before it: rows with (key, value) lexicographically below the query
+    (``side="left"``) or at most the query (``side="right"``). Values are replaced by their rank
+    among the rows' distinct values, so one int64 search over ``key * (distinct + 1) + rank``
+    answers every group at once, whatever the values' range (nanosecond timestamps included).
+    """
+    keys = np.asarray(keys, dtype=np.int64)
+    values = np.asarray(values)
+    query_keys = np.asarray(query_keys, dtype=np.int64)
+    distinct = np.unique(values)
+    stride = np.int64(distinct.size + 1)
+    row_codes = keys * stride + np.searchsorted(distinct, values, side="left") + 1
+    # A row (k, v) counts when k < qk, or k == qk and rank(v) + 1 <= #{distinct values below the
+    # query} ("left": v < qv) or <= #{distinct values at most the query} ("right": v <= qv).
+    query_codes = query_keys * stride + np.searchsorted(distinct, query_values, side=side)
+    return np.searchsorted(row_codes, query_codes, side="right")
 
 
-def _flow_totals(directed, rows: np.ndarray) -> dict[str, np.ndarray]:
-    """Per flow among ``rows`` (indexes into the side-sorted buckets): sums, first/last packet
-    and the flow's first bucket position, one entry per flow in side order."""
+def expand_ranges(starts: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(owner, index) for every index in the ranges [starts[i], starts[i] + counts[i]), owner i."""
+    counts = np.asarray(counts, dtype=np.int64)
+    owner = np.repeat(np.arange(counts.size, dtype=np.int64), counts)
+    offsets = np.cumsum(counts) - counts
+    index = np.arange(owner.size, dtype=np.int64) - offsets[owner] + np.asarray(starts, dtype=np.int64)[owner]
+    return owner, index
+
+
+def windows_containing(
+    point_keys: np.ndarray, point_ns: np.ndarray, window_keys: np.ndarray, start_ns: np.ndarray, end_ns: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Every (point, window) pair with the same key and start_ns <= point_ns <= end_ns.
+
+    Keys are non-negative integers (a window with a negative key matches nothing). Windows of
+    one key may overlap, so a point can be in several. The windows' edges cut each key's
+    timeline into elementary segments inside which the set of open windows does not change;
+    each point finds its segment with one search and takes that segment's windows. Cost:
+    O((points + windows) x log windows + pairs), instead of one pass over the points per window.
+
+    Returns (point rows, window rows), sorted by point, then window.
+    """
+    point_keys = np.asarray(point_keys, dtype=np.int64)
+    point_ns = np.asarray(point_ns, dtype=np.int64)
+    usable = np.flatnonzero(np.asarray(window_keys, dtype=np.int64) >= 0)
+    empty = np.zeros(0, dtype=np.int64)
+    if usable.size == 0 or point_ns.size == 0:
+        return empty, empty
+    window_keys = np.asarray(window_keys, dtype=np.int64)[usable]
+    start_ns = np.asarray(start_ns, dtype=np.int64)[usable]
+    stop_ns = np.asarray(end_ns, dtype=np.int64)[usable] + 1  # [start, end] as [start, end + 1)
+    edge_keys = np.concatenate([window_keys, window_keys])
+    edge_ns = np.concatenate([start_ns, stop_ns])
+    order = np.lexsort((edge_ns, edge_keys))
+    keep = np.ones(order.size, dtype=bool)
+    keep[1:] = (edge_keys[order][1:] != edge_keys[order][:-1]) | (edge_ns[order][1:] != edge_ns[order][:-1])
+    edge_keys, edge_ns = edge_keys[order][keep], edge_ns[order][keep]
+    # Window w is open in the segments from the one its start opens up to the one its stop opens.
+    first_segment = grouped_searchsorted(edge_keys, edge_ns, window_keys, start_ns, "left")
+    stop_segment = grouped_searchsorted(edge_keys, edge_ns, window_keys, stop_ns, "left")
+    window_of_pair, segment_of_pair = expand_ranges(first_segment, stop_segment - first_segment)
+    by_segment = np.lexsort((window_of_pair, segment_of_pair))
+    segment_windows = window_of_pair[by_segment]
+    segment_bounds = np.searchsorted(segment_of_pair[by_segment], np.arange(edge_ns.size + 1))
+    # A point's segment is the last edge at or before it, of the point's own key.
+    segment = grouped_searchsorted(edge_keys, edge_ns, point_keys, point_ns, "right") - 1
+    found = segment >= 0
+    found[found] = edge_keys[segment[found]] == point_keys[found]
+    segment = np.where(found, segment, 0)
+    counts = np.where(found, segment_bounds[segment + 1] - segment_bounds[segment], 0)
+    points, at = expand_ranges(segment_bounds[segment], counts)
+    return points, usable[segment_windows[at]]
+
+
+def _window_keys(sides: pd.DataFrame, windows: pd.DataFrame, merge: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(key per row of ``sides``, key per window): equal keys for the same machine in the same
+    capture (the same machine only, with merge); -1 for a window whose machine or capture has no
+    flow."""
+    capture_codes, capture_names = pd.factorize(sides["capture"].to_numpy(dtype=object))
+    local_codes, local_names = pd.factorize(sides["local_ip"].to_numpy(dtype=object))
+    window_local = pd.Index(local_names).get_indexer(windows["client_ip"].to_numpy(dtype=object))
+    if merge:
+        return local_codes.astype(np.int64), window_local.astype(np.int64)
+    window_capture = pd.Index(capture_names).get_indexer(windows["capture"].to_numpy(dtype=object))
+    n_locals = max(len(local_names), 1)
+    side_key = capture_codes.astype(np.int64) * n_locals + local_codes
+    window_key = np.where((window_capture >= 0) & (window_local >= 0), window_capture * n_locals + window_local, -1)
+    return side_key, window_key.astype(np.int64)
+
+
+def _flow_runs(directed, sides: pd.DataFrame, windows: pd.DataFrame, merge: bool) -> dict[str, np.ndarray]:
+    """Per (window or outside, flow) with buckets there: the buckets' sums, first/last packet,
+    the window row (``len(windows)`` for outside) and the flow's first bucket position; rows
+    per window in ``windows`` order, then outside, each in order of the flow's first bucket."""
+    side_key, window_key = _window_keys(sides, windows, merge)
+    points, hits = windows_containing(
+        side_key[directed.side], directed.first_ns, window_key,
+        windows["start_ns"].to_numpy(dtype=np.int64), windows["end_ns"].to_numpy(dtype=np.int64),
+    )  # fmt: skip
+    outside = np.ones(directed.side.size, dtype=bool)
+    outside[points] = False
+    rows = np.concatenate([points, np.flatnonzero(outside)])
+    label = np.concatenate([hits, np.full(rows.size - points.size, len(windows), dtype=np.int64)])
+    # Bucket rows are sorted by flow, then position, and each label's rows come from one part,
+    # in row order: a stable sort by label gives (label, flow, position) order.
+    order = np.argsort(label, kind="stable")
+    rows, label = rows[order], label[order]
     side = directed.side[rows]
-    if side.size == 0:
-        return {}
-    change = np.ones(side.size, dtype=bool)
-    change[1:] = side[1:] != side[:-1]
+    change = np.ones(rows.size, dtype=bool)
+    change[1:] = (label[1:] != label[:-1]) | (side[1:] != side[:-1])
     starts = np.flatnonzero(change)
-    return {
+    runs = {
+        "label": label[starts],
         "side": side[starts],
-        "position": directed.position[rows][starts],
+        "position": directed.position[rows[starts]],
         "sent_bytes": np.add.reduceat(directed.sent_bytes[rows], starts),
         "received_bytes": np.add.reduceat(directed.received_bytes[rows], starts),
         "sent_packets": np.add.reduceat(directed.sent_packets[rows], starts),
@@ -60,6 +166,22 @@ def _flow_totals(directed, rows: np.ndarray) -> dict[str, np.ndarray]:
         "first_ns": np.minimum.reduceat(directed.first_ns[rows], starts),
         "last_ns": np.maximum.reduceat(directed.last_ns[rows], starts),
     }
+    by_position = np.lexsort((runs["position"], runs["label"]))
+    return {name: values[by_position] for name, values in runs.items()}
+
+
+def _run_labels(runs, sides: pd.DataFrame, windows: pd.DataFrame, merge: bool) -> tuple[np.ndarray, np.ndarray]:
+    """(out_capture, session_id) per run: the window's, or the flow's capture ("merged" with
+    merge) and "" outside."""
+    n = len(windows)
+    inside = runs["label"] < n
+    window_capture = np.append(windows["capture"].to_numpy(dtype=object), MERGED_CAPTURE)
+    window_session = np.append(windows["session_id"].to_numpy(dtype=object), "")
+    out_capture = window_capture[runs["label"]]
+    if not merge:
+        captures = sides["capture"].to_numpy(dtype=object)
+        out_capture = np.where(inside, out_capture, captures[runs["side"]])
+    return out_capture.astype(object), window_session[runs["label"]].astype(object)
 
 
 def window_flows(directed, sides: pd.DataFrame, windows: pd.DataFrame, merge: bool) -> pd.DataFrame:
@@ -70,95 +192,110 @@ def window_flows(directed, sides: pd.DataFrame, windows: pd.DataFrame, merge: bo
     ("merged" with merge), session_id, client_ip, start_ns, end_ns. Rows come per window in
     ``windows`` order, then outside, each in order of the flow's first bucket.
     """
-    first = directed.first_ns
-    captures = sides["capture"].to_numpy(dtype=object)
-    locals_ = sides["local_ip"].to_numpy(dtype=object)
-    capture_codes, capture_names = pd.factorize(captures)
-    local_codes, local_names = pd.factorize(locals_)
-    capture_lookup = {name: i for i, name in enumerate(capture_names)}
-    local_lookup = {name: i for i, name in enumerate(local_names)}
-    row_capture = capture_codes[directed.side]
-    row_local = local_codes[directed.side]
-    parts: list[dict[str, np.ndarray]] = []
-    labels: list[tuple[str | None, str]] = []
-    outside = np.ones(first.size, dtype=bool)
-    for window in windows.itertuples():
-        mask = row_local == local_lookup.get(window.client_ip, -2)
-        if not merge:
-            mask &= row_capture == capture_lookup.get(window.capture, -2)
-        mask &= _inside(first, int(window.start_ns), int(window.end_ns))
-        outside &= ~mask
-        totals = _flow_totals(directed, np.flatnonzero(mask))
-        if totals:
-            parts.append(totals)
-            labels.append((window.capture, window.session_id))
-    totals = _flow_totals(directed, np.flatnonzero(outside))
-    if totals:
-        parts.append(totals)
-        labels.append((MERGED_CAPTURE if merge else None, ""))
-    columns: dict[str, list[np.ndarray]] = {}
-    out_captures, session_ids = [], []
-    for totals, (out_capture, session_id) in zip(parts, labels):
-        order = np.argsort(totals["position"], kind="stable")
-        for name, values in totals.items():
-            columns.setdefault(name, []).append(values[order])
-        side = totals["side"][order]
-        out_captures.append(captures[side] if out_capture is None else np.full(side.size, out_capture, dtype=object))
-        session_ids.append(np.full(side.size, session_id, dtype=object))
-    side = np.concatenate(columns.pop("side"))
-    del columns["position"]
-    frame = sides.iloc[side].reset_index(drop=True)
-    for name, values in columns.items():
-        frame[name] = np.concatenate(values)
-    frame["out_capture"] = np.concatenate(out_captures)
-    frame["session_id"] = np.concatenate(session_ids)
+    runs = _flow_runs(directed, sides, windows, merge)
+    out_capture, session_id = _run_labels(runs, sides, windows, merge)
+    frame = sides.iloc[runs["side"]].reset_index(drop=True)
+    for name in ("sent_bytes", "received_bytes", "sent_packets", "received_packets", "first_ns", "last_ns"):
+        frame[name] = runs[name]
+    frame["out_capture"] = out_capture
+    frame["session_id"] = session_id
     return frame
+
+
+def string_ranks(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(sorted distinct strings, rank of each value): code point order, as Python compares.
+
+    Values are hashed into distinct ones first; only those are sorted with Python comparisons.
+    """
+    codes, distinct = pd.factorize(np.asarray(values, dtype=object))
+    if codes.size == 0:
+        return np.zeros(0, dtype=object), np.zeros(0, dtype=np.int64)
+    order = np.argsort(np.asarray(distinct, dtype=object), kind="stable")
+    rank_of_distinct = np.empty(order.size, dtype=np.int64)
+    rank_of_distinct[order] = np.arange(order.size)
+    return np.asarray(distinct, dtype=object)[order], rank_of_distinct[codes]
+
+
+def _group_codes(*codes: np.ndarray) -> np.ndarray:
+    """Group number per row for the tuple of integer codes, numbered by first appearance."""
+    group = np.zeros(codes[0].size, dtype=np.int64)
+    for code in codes:
+        group = pd.factorize(group * (int(code.max(initial=0)) + 1) + code)[0].astype(np.int64)
+    return group
+
+
+def _joined_server_ips(group: np.ndarray, remote_ip: np.ndarray, n_groups: int) -> np.ndarray:
+    """Per group: its distinct remote addresses in string order, ';'-joined."""
+    names, rank = string_ranks(remote_ip)
+    pairs = np.unique(group * np.int64(names.size) + rank)
+    pair_group, pair_ip = pairs // names.size, pairs % names.size
+    bounds = np.searchsorted(pair_group, np.arange(n_groups + 1))
+    ips = names[pair_ip].tolist()
+    return np.array([";".join(ips[lo:hi]) for lo, hi in itertools.pairwise(bounds)], dtype=object)
 
 
 def destinations_table(directed, sides: pd.DataFrame, windows: pd.DataFrame, merge: bool) -> pd.DataFrame:
     """Rows of ``schema.DESTINATION_COLUMNS`` (rules in the module docstring).
 
     ``directed``: activity buckets counted from this machine's side (``sessions.directed_activity``);
-    ``sides``: ``sessions.flow_sides``.
+    ``sides``: ``sessions.flow_sides``; ``windows``: capture ("merged" with merge), session_id,
+    client_ip, start_ns, end_ns, in session order. Rows per capture, then session (outside rows
+    last), then most bytes sent, most received, destination name.
     """
     if directed.side.size == 0:
         return empty_frame(DESTINATION_COLUMNS)
-    per_flow = window_flows(directed, sides, windows, merge)
-    per_flow["total_bytes"] = per_flow["sent_bytes"] + per_flow["received_bytes"]
-    strongest = (
-        per_flow.sort_values(["confidence_rank", "total_bytes"], ascending=False, kind="stable")
-        .groupby(GROUP_KEYS, sort=False)[["organisation", "kind", "category", "evidence"]]
-        .first()
-    )
-    grouped = per_flow.groupby(GROUP_KEYS, sort=False).agg(
-        flows=("flow_id", "size"),
-        bytes_sent=("sent_bytes", "sum"),
-        bytes_received=("received_bytes", "sum"),
-        packets_sent=("sent_packets", "sum"),
-        packets_received=("received_packets", "sum"),
-        first_ns=("first_ns", "min"),
-        last_ns=("last_ns", "max"),
-        server_ips=("remote_ip", lambda ips: ";".join(sorted(set(ips)))),
-    )
-    table = grouped.join(strongest).reset_index()
-    order = {sid: i for i, sid in enumerate(windows["session_id"])}
-    table["_order"] = table["session_id"].map(order).fillna(len(order)).astype(np.int64)
-    table = table.sort_values(
-        ["out_capture", "_order", "bytes_sent", "bytes_received", "destination"],
-        ascending=[True, True, False, False, True],
-        kind="stable",
-    )
-    data = {
-        "capture": table["out_capture"].to_numpy(dtype=object),
-        "first_seen": pd.to_datetime(table["first_ns"].to_numpy(dtype=np.int64), unit="ns", utc=True),
-        "last_seen": pd.to_datetime(table["last_ns"].to_numpy(dtype=np.int64), unit="ns", utc=True),
-        "during_call": (table["session_id"] != "").to_numpy(dtype=bool),
+    runs = _flow_runs(directed, sides, windows, merge)
+    out_capture, session_id = _run_labels(runs, sides, windows, merge)
+    side = runs["side"]
+    _, capture_rank = string_ranks(out_capture)
+    destination_names, destination_rank = string_ranks(sides["destination"].to_numpy(dtype=object)[side])
+    service_codes = pd.factorize(sides["service"].to_numpy(dtype=object)[side])[0].astype(np.int64)
+    # Groups (capture, session, destination, service), numbered in order of first appearance.
+    group = _group_codes(runs["label"], capture_rank, destination_rank, service_codes)
+    n_groups = int(group.max()) + 1
+    by_group = np.argsort(group, kind="stable")
+    bounds = np.searchsorted(group[by_group], np.arange(n_groups))
+    first_run = by_group[bounds]
+
+    def total(name: str, reduce=np.add) -> np.ndarray:
+        return reduce.reduceat(runs[name][by_group], bounds)
+
+    # The strongest flow of a group: highest confidence, then most bytes inside the window.
+    rank = sides["confidence_rank"].to_numpy(dtype=np.int64)[side]
+    run_bytes = runs["sent_bytes"] + runs["received_bytes"]
+    strongest = np.lexsort((np.arange(side.size), -run_bytes, -rank, group))[bounds]
+    table = {
+        "capture": out_capture[first_run],
+        "session_id": session_id[first_run],
+        "destination": destination_names[destination_rank[first_run]],
+        "server_ips": _joined_server_ips(group, sides["remote_ip"].to_numpy(dtype=object)[side], n_groups),
+        "service": sides["service"].to_numpy(dtype=object)[side[first_run]],
+        "flows": np.diff(np.append(bounds, group.size)).astype(np.int64),
+        "bytes_sent": total("sent_bytes"),
+        "bytes_received": total("received_bytes"),
+        "packets_sent": total("sent_packets"),
+        "packets_received": total("received_packets"),
+        "first_seen": pd.to_datetime(total("first_ns", np.minimum), unit="ns", utc=True),
+        "last_seen": pd.to_datetime(total("last_ns", np.maximum), unit="ns", utc=True),
+        "during_call": runs["label"][first_run] < len(windows),
     }
-    for name, _, _ in DESTINATION_COLUMNS:
-        if name not in data:
-            data[name] = table[name].to_numpy()
-    frame = pd.DataFrame({name: data[name] for name, _, _ in DESTINATION_COLUMNS})
-    return frame.astype({name: dtype for name, dtype, _ in DESTINATION_COLUMNS}).reset_index(drop=True)
+    for name in ("organisation", "kind", "category", "evidence"):
+        table[name] = sides[name].to_numpy(dtype=object)[side[strongest]]
+    order = np.lexsort((
+        np.arange(n_groups), destination_rank[first_run], -table["bytes_received"], -table["bytes_sent"],
+        runs["label"][first_run], capture_rank[first_run],
+    ))  # fmt: skip
+    frame = pd.DataFrame({name: pd.Series(table[name]).take(order).reset_index(drop=True)
+                          for name, _, _ in DESTINATION_COLUMNS})  # fmt: skip
+    return frame.astype({name: dtype for name, dtype, _ in DESTINATION_COLUMNS})
 
 
-__all__ = ["MERGED_CAPTURE", "destinations_table", "window_flows"]
+__all__ = [
+    "MERGED_CAPTURE",
+    "destinations_table",
+    "expand_ranges",
+    "grouped_searchsorted",
+    "string_ranks",
+    "window_flows",
+    "windows_containing",
+]

@@ -78,42 +78,60 @@ def _window_text(start: pd.Timestamp, end: pd.Timestamp) -> str:
     return f"{start:%Y-%m-%d %H:%M:%S}-{end.strftime(end_format)} UTC"
 
 
-def _items(rows: pd.DataFrame, call_service: str, names: Mapping[str, str]) -> list[tuple[int, int, str, str]]:
+#: destinations.csv columns the call lines read.
+LINE_COLUMNS = ("session_id", "capture", "destination", "service", "kind", "category", "bytes_sent", "bytes_received")
+
+
+def _line_columns(destinations: pd.DataFrame) -> dict[str, list]:
+    """The destinations columns the lines read, as plain Python lists (read row by row)."""
+    return {name: destinations[name].to_numpy(dtype=object).tolist() for name in LINE_COLUMNS}
+
+
+def _items(
+    columns: Mapping[str, list], rows: list[int], call_service: str, names: Mapping[str, str]
+) -> list[tuple[int, int, str, str]]:
     """(bytes_sent, bytes_received, label, note) per item, the call's own traffic summed into one.
 
-    Label and note are kept apart (never formatted into each other): destination names come from
-    the capture and are attacker-controlled text.
+    ``rows`` are row numbers into ``columns`` (``_line_columns``). Label and note are kept apart
+    (never formatted into each other): destination names come from the capture and are
+    attacker-controlled text.
     """
     items: list[tuple[int, int, str, str]] = []
+    service_of, kind_of = columns["service"], columns["kind"]
+    sent_of, received_of = columns["bytes_sent"], columns["bytes_received"]
     if call_service:
-        own = rows["service"].isin([call_service, GENERIC_MEDIA]) & (rows["kind"] == "conferencing")
-        if own.any():
-            mine = rows[own]
+        own = [i for i in rows if service_of[i] in (call_service, GENERIC_MEDIA) and kind_of[i] == "conferencing"]
+        if own:
             label = f"{_name(call_service, names)} call traffic"
-            note = f" ({len(mine)} destinations)" if len(mine) > 1 else ""
-            items.append((int(mine["bytes_sent"].sum()), int(mine["bytes_received"].sum()), label, note))
-            rows = rows[~own]
-    for row in rows.itertuples():
-        service = str(row.service)
-        label = f"{_name(service, names)} {row.destination}" if service else str(row.destination)
+            note = f" ({len(own)} destinations)" if len(own) > 1 else ""
+            items.append((sum(int(sent_of[i]) for i in own), sum(int(received_of[i]) for i in own), label, note))
+            mine = set(own)
+            rows = [i for i in rows if i not in mine]
+    for i in rows:
+        service = str(service_of[i])
+        destination = columns["destination"][i]
+        category = columns["category"][i]
+        label = f"{_name(service, names)} {destination}" if service else str(destination)
         note = ""
-        if row.kind == "telemetry":
+        if kind_of[i] == "telemetry":
             if service and service == call_service:
                 note = " (first-party telemetry)"
-            elif row.category == VENDOR_TELEMETRY:
+            elif category == VENDOR_TELEMETRY:
                 note = " (vendor telemetry)"
             else:
-                note = f" (third-party telemetry: {row.category})" if row.category else " (third-party telemetry)"
+                note = f" (third-party telemetry: {category})" if category else " (third-party telemetry)"
         elif not service:
             note = " (unidentified)"
-        if int(row.bytes_sent) > 0:  # the line says where data *went*; received-only is in the CSV
-            items.append((int(row.bytes_sent), int(row.bytes_received), label, note))
+        if int(sent_of[i]) > 0:  # the line says where data *went*; received-only is in the CSV
+            items.append((int(sent_of[i]), int(received_of[i]), label, note))
     items.sort(key=lambda item: (-item[0], -item[1], item[2]))
     return items
 
 
-def _destinations_text(rows: pd.DataFrame, call_service: str, names: Mapping[str, str]) -> str:
-    items = _items(rows, call_service, names)
+def _destinations_text(
+    columns: Mapping[str, list], rows: list[int], call_service: str, names: Mapping[str, str]
+) -> str:
+    items = _items(columns, rows, call_service, names)
     if not items:
         return "no data to any destination"
     parts = [f"{label} {format_bytes(sent)}{note}" for sent, _, label, note in items[:MAX_ITEMS]]
@@ -157,25 +175,32 @@ def call_summaries(tables, names: Mapping[str, str] | None = None) -> list[str]:
     """
     shown = display_names(names)
     sessions = tables.sessions
-    destinations = tables.destinations
+    columns = _line_columns(tables.destinations)
+    rows_of_session: dict[str, list[int]] = {}  # destinations rows per session_id, in table order
+    for row, session_id in enumerate(columns["session_id"]):
+        rows_of_session.setdefault(session_id, []).append(row)
     lines = []
     if len(sessions) == 0:
         lines.append("No calls detected.")
     for session in sessions.itertuples():
         service = str(session.service)
         service_name = _name(service, shown) or "unknown service"
-        rows = destinations[destinations["session_id"] == session.session_id]
+        rows = rows_of_session.get(session.session_id, [])
         head = (
             f"{session.session_id} {service_name} call {_window_text(session.start, session.end)} "
             f"({format_duration(session.duration_s)}) from {session.client_ip}"
         )
-        during = _destinations_text(rows, service, shown)
+        during = _destinations_text(columns, rows, service, shown)
         lines.append(f"{head}, {_media_text(session, service_name)}; during it, {during}")
-    outside = destinations[destinations["session_id"] == ""]
-    if len(outside) == 0:
+    outside = rows_of_session.get("", [])
+    if not outside:
         lines.append("Outside calls: no data to any destination.")
-    for capture, rows in outside.groupby("capture", sort=True):
-        lines.append(f"Outside calls ({capture}): {_destinations_text(rows, '', shown)}")
+    outside_of_capture: dict[str, list[int]] = {}
+    for row in outside:
+        outside_of_capture.setdefault(columns["capture"][row], []).append(row)
+    for capture in sorted(outside_of_capture):
+        rows = outside_of_capture[capture]
+        lines.append(f"Outside calls ({capture}): {_destinations_text(columns, rows, '', shown)}")
     return lines
 
 

@@ -60,7 +60,13 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from inspector.destinations import MERGED_CAPTURE, destinations_table
+from inspector.destinations import (
+    MERGED_CAPTURE,
+    destinations_table,
+    expand_ranges,
+    grouped_searchsorted,
+    string_ranks,
+)
 from inspector.media import media_table
 from inspector.schema import (
     ACTIVITY_COLUMNS,
@@ -119,6 +125,8 @@ def _text(frame: pd.DataFrame, column: str) -> np.ndarray:
     """A column as an object array of str, missing values as ""."""
     if column not in frame.columns:
         return np.full(len(frame), "", dtype=object)
+    if isinstance(frame[column].dtype, pd.StringDtype):  # str or missing: no conversion needed
+        return frame[column].fillna("").to_numpy(dtype=object)
     return frame[column].astype(object).where(frame[column].notna(), "").astype(str).to_numpy(dtype=object)
 
 
@@ -143,6 +151,21 @@ LOCAL_NETWORKS = tuple(
     for n in ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "169.254.0.0/16", "100.64.0.0/10",
               "fc00::/7", "fe80::/10")
 )  # fmt: skip
+
+
+def _per_distinct(values: np.ndarray, function, dtype=bool) -> np.ndarray:
+    """``function`` applied once per distinct value (evidence and addresses repeat across flows)."""
+    codes, distinct = pd.factorize(np.asarray(values, dtype=object))
+    if codes.size == 0:
+        return np.zeros(0, dtype=dtype)
+    return np.array([function(value) for value in distinct], dtype=dtype)[codes]
+
+
+def _pair_codes(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """One integer per (first, second) value pair, equal pairs equal integers."""
+    first_codes = pd.factorize(np.asarray(first, dtype=object))[0].astype(np.int64)
+    second_codes = pd.factorize(np.asarray(second, dtype=object))[0].astype(np.int64)
+    return first_codes * (int(second_codes.max(initial=0)) + 1) + second_codes
 
 
 def _is_private(address: str) -> bool:
@@ -171,6 +194,46 @@ def _endpoints_text(addresses, ports) -> str:
             return (9, 0, pair[1], pair[0])
 
     return ";".join(endpoint_text(a, p) for a, p in sorted(pairs, key=key))
+
+
+def _address_sort_keys(addresses: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(class, tiebreak) per address, ordering endpoints as ``_endpoints_text`` does: valid
+    addresses by (version, integer value), each its own class; then every other string in one
+    last class, ordered by port first and the string only as a tiebreak."""
+    parsed = []
+    for address in addresses:
+        try:
+            ip = ipaddress.ip_address(address)
+            parsed.append((ip.version, int(ip), address))
+        except ValueError:
+            parsed.append(None)
+    valid = sorted((i for i, p in enumerate(parsed) if p is not None), key=lambda i: parsed[i])
+    invalid = sorted((i for i, p in enumerate(parsed) if p is None), key=lambda i: addresses[i])
+    klass = np.full(len(parsed), len(valid), dtype=np.int64)
+    klass[valid] = np.arange(len(valid))
+    tiebreak = np.zeros(len(parsed), dtype=np.int64)
+    tiebreak[invalid] = np.arange(len(invalid))
+    return klass, tiebreak
+
+
+def _endpoints_texts(owner: np.ndarray, addresses: np.ndarray, ports: np.ndarray, n_owners: int) -> np.ndarray:
+    """``_endpoints_text`` of each owner's rows (owners 0 .. n_owners - 1) at once."""
+    texts = np.full(n_owners, "", dtype=object)
+    if owner.size == 0:
+        return texts
+    codes, distinct = pd.factorize(np.asarray(addresses, dtype=object))
+    distinct = np.asarray(distinct, dtype=object)
+    klass, tiebreak = _address_sort_keys(distinct)
+    ports = np.asarray(ports, dtype=np.int64)
+    order = np.lexsort((tiebreak[codes], ports, klass[codes], owner))
+    owner, codes, ports = owner[order], codes[order], ports[order]
+    distinct_rows = _run_starts(owner, codes, ports)  # equal endpoints of an owner are adjacent
+    owner, codes, ports = owner[distinct_rows], codes[distinct_rows], ports[distinct_rows]
+    endpoints = [endpoint_text(a, p) for a, p in zip(distinct[codes].tolist(), ports.tolist())]
+    bounds = np.searchsorted(owner, np.arange(n_owners + 1))
+    for index in np.flatnonzero(np.diff(bounds)):
+        texts[index] = ";".join(endpoints[bounds[index] : bounds[index + 1]])
+    return texts
 
 
 #: Evidence labels that identify the flow's *server* as the service's (classify.py item labels):
@@ -221,16 +284,16 @@ def flow_sides(flows: pd.DataFrame) -> pd.DataFrame:
     client_port = _ints(flows, "client_port")
     server_port = _ints(flows, "server_port")
 
-    p2p_evidence = np.array(["p2p-stun" in e or "zoom-p2p" in e for e in evidence], dtype=bool)
-    identified = np.array([server_identified(e) for e in evidence], dtype=bool)
+    p2p_evidence = _per_distinct(evidence, lambda e: "p2p-stun" in e or "zoom-p2p" in e)
+    identified = _per_distinct(evidence, server_identified)
     named = (service != "") & (service != "webrtc")
     named_server = named & identified & ~p2p_evidence
     initiated = np.isin(app, list(CLIENT_APP_PROTOCOLS)) | (server_name != "") | named_server
-    local_hosts = {(c, ip) for c, ip, ok in zip(captures, client_ip, initiated) if ok}
-    swapped = np.array(
-        [(c, s) in local_hosts and (c, cl) not in local_hosts for c, cl, s in zip(captures, client_ip, server_ip)],
-        dtype=bool,
-    )
+    # (capture, address) pairs as integers: client pairs first, server pairs after.
+    pairs = _pair_codes(np.concatenate([captures, captures]), np.concatenate([client_ip, server_ip]))
+    client_pair, server_pair = pairs[: len(captures)], pairs[len(captures) :]
+    local_hosts = np.unique(client_pair[initiated])
+    swapped = np.isin(server_pair, local_hosts) & ~np.isin(client_pair, local_hosts)
     local_ip = np.where(swapped, server_ip, client_ip)
     remote_ip = np.where(swapped, client_ip, server_ip)
     remote_port = np.where(swapped, client_port, server_port)
@@ -240,35 +303,43 @@ def flow_sides(flows: pd.DataFrame) -> pd.DataFrame:
 
     conferencing = kind == "conferencing"
     transport = _text(flows, "transport")
-    media_payload = np.array([_has_payload_evidence(e) for e in evidence], dtype=bool)
+    media_payload = _per_distinct(evidence, _has_payload_evidence)
     media_capable = (transport == "udp") | np.isin(app, list(MEDIA_APP_PROTOCOLS)) | media_payload
     is_media = (conferencing & np.isin(role, list(MEDIA_ROLES)) & media_capable) | (service == "webrtc")
     is_media |= conferencing & np.isin(app, list(MEDIA_APP_PROTOCOLS))
     candidates = is_media & (service == "webrtc")
-    private_remote = np.array([ok and _is_private(ip) for ok, ip in zip(candidates, remote_ip)], dtype=bool)
+    private_remote = np.zeros(len(flows), dtype=bool)
+    private_remote[candidates] = _per_distinct(remote_ip[candidates], _is_private)
     peer = (role != "relay") & np.where(named, ~identified, private_remote)
     is_p2p = is_media & (p2p_evidence | peer)
     confidence = _text(flows, "confidence")
-    return pd.DataFrame(
-        {
-            "capture": captures,
-            "flow_id": _ints(flows, "flow_id"),
-            "local_ip": local_ip,
-            "remote_ip": remote_ip,
-            "remote_port": remote_port.astype(np.int64),
-            "swapped": swapped,
-            "destination": destination,
-            "service": service,
-            "organisation": _text(flows, "organisation"),
-            "kind": kind,
-            "category": _text(flows, "category"),
-            "role": role,
-            "evidence": evidence,
-            "confidence_rank": np.array([CONFIDENCE_RANK.get(c, 0) for c in confidence], dtype=np.int64),
-            "is_media": is_media,
-            "is_p2p": is_p2p,
-        }
+    columns = {
+        "capture": captures,
+        "flow_id": _ints(flows, "flow_id"),
+        "local_ip": local_ip,
+        "remote_ip": remote_ip,
+        "remote_port": remote_port.astype(np.int64),
+        "swapped": swapped,
+        "destination": destination,
+        "service": service,
+        "organisation": _text(flows, "organisation"),
+        "kind": kind,
+        "category": _text(flows, "category"),
+        "role": role,
+        "evidence": evidence,
+        "confidence_rank": _per_distinct(confidence, lambda c: CONFIDENCE_RANK.get(c, 0), np.int64),
+        "is_media": is_media,
+        "is_p2p": is_p2p,
+    }
+    # Text stays in object columns, uncopied (no conversion to pandas strings and back): the call
+    # stage reads them as numpy arrays.
+    frame = pd.DataFrame(
+        {name: values for name, values in columns.items() if values.dtype == object}, dtype=object, copy=False
     )
+    for name, values in columns.items():
+        if values.dtype != object:
+            frame[name] = values
+    return frame[list(columns)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -348,14 +419,16 @@ def directed_activity(activity: pd.DataFrame, sides: pd.DataFrame) -> DirectedBu
     )
 
 
-def _split_windows(first_ns: np.ndarray, last_ns: np.ndarray, max_gap_ns: int) -> np.ndarray:
-    """Segment number per bucket (buckets sorted by first_ns): a new segment after a long silence."""
-    if first_ns.size == 0:
+def _window_starts(group: np.ndarray, first_ns: np.ndarray, last_ns: np.ndarray, max_gap_ns: int) -> np.ndarray:
+    """First row of each candidate window, rows sorted by (group, first_ns): a window starts with
+    each group and after a silence, from the latest packet so far in the group, of more than
+    ``max_gap_ns``."""
+    if group.size == 0:
         return np.zeros(0, dtype=np.int64)
-    reach = np.maximum.accumulate(last_ns)
-    new = np.zeros(first_ns.size, dtype=bool)
-    new[1:] = first_ns[1:] - reach[:-1] > max_gap_ns
-    return np.cumsum(new)
+    reach = pd.Series(last_ns).groupby(group, sort=False).cummax().to_numpy(dtype=np.int64)
+    new = np.ones(group.size, dtype=bool)
+    new[1:] = (group[1:] != group[:-1]) | (first_ns[1:] - reach[:-1] > max_gap_ns)
+    return np.flatnonzero(new)
 
 
 def _run_starts(*keys: np.ndarray) -> np.ndarray:
@@ -396,23 +469,46 @@ def fold_generic_media(
     to a named server). Weakness: an unrelated WebRTC call (a browser tab) running at the same
     time as one named call is folded into it; with two named services at once the flow stays its
     own ``webrtc`` call.
+
+    All flows at once: per (generic flow, named service of its machine) pair, two searches count
+    that service's flows reaching into the generic flow's widened interval (first/last times
+    need first_ns <= last_ns, true of bucket spans).
     """
     services = np.asarray(services, dtype=object).copy()
     generic = services == "webrtc"
     if not generic.any() or generic.all():
         return services
-    named = np.flatnonzero(~generic)
+    first_ns = np.asarray(first_ns, dtype=np.int64)
+    last_ns = np.asarray(last_ns, dtype=np.int64)
+    machine = _pair_codes(scopes, locals_)  # (scope, this machine's address)
+    service_codes, service_names = pd.factorize(services)
+    named, generics = np.flatnonzero(~generic), np.flatnonzero(generic)
+    # Named media as groups (machine, service); each generic flow is asked about every group of
+    # its machine: one (generic flow, group) pair per service that machine used.
+    group_keys = machine[named] * len(service_names) + service_codes[named]
+    group_ids, group_of_named = np.unique(group_keys, return_inverse=True)
+    group_of_named = group_of_named.reshape(-1)
+    group_machine = group_ids // len(service_names)
+    lo = np.searchsorted(group_machine, machine[generics], side="left")
+    hi = np.searchsorted(group_machine, machine[generics], side="right")
+    asking, group = expand_ranges(lo, hi - lo)
+    flow = generics[asking]
+    # Intervals [f, l] (f <= l) overlapping [a, b]: those with f <= b minus those with l < a
+    # (which all have f <= l < a <= b), counted per group by searches in (group, time) order.
+    by_first = np.lexsort((first_ns[named], group_of_named))
+    by_last = np.lexsort((last_ns[named], group_of_named))
+    starting_before_end = grouped_searchsorted(
+        group_of_named[by_first], first_ns[named][by_first], group, last_ns[flow] + max_gap_ns, "right"
+    )
+    ending_before_start = grouped_searchsorted(
+        group_of_named[by_last], last_ns[named][by_last], group, first_ns[flow] - max_gap_ns, "left"
+    )
+    near = starting_before_end > ending_before_start
+    near_services = np.bincount(asking[near], minlength=generics.size)
+    alone = np.flatnonzero(near_services == 1)
     result = services.copy()
-    for i in np.flatnonzero(generic):
-        near = named[
-            (scopes[named] == scopes[i])
-            & (locals_[named] == locals_[i])
-            & (first_ns[named] <= last_ns[i] + max_gap_ns)
-            & (last_ns[named] >= first_ns[i] - max_gap_ns)
-        ]
-        candidates = set(services[near])
-        if len(candidates) == 1:
-            result[i] = candidates.pop()
+    hit = near & np.isin(asking, alone)
+    result[flow[hit]] = service_names[group_ids[group[hit]] % len(service_names)]
     return result
 
 
@@ -451,21 +547,24 @@ def call_windows(
         max_gap_ns,
     )  # fmt: skip
     # Group number = rank of (scope, local_ip, call_service) in string order.
-    triples = list(zip(scope_of_flow, local_of_flow, service_of_flow))
-    ranks = {triple: rank for rank, triple in enumerate(sorted(set(triples)))}
+    scope_names, scope_rank = string_ranks(scope_of_flow)
+    local_names, local_rank = string_ranks(local_of_flow)
+    service_names, service_rank = string_ranks(service_of_flow)
+    n_locals, n_services = max(local_names.size, 1), max(service_names.size, 1)
+    triple_keys, group_of_flow = np.unique(
+        (scope_rank * n_locals + local_rank) * n_services + service_rank, return_inverse=True
+    )
     group_of_side = np.full(len(sides), -1, dtype=np.int64)
-    group_of_side[flows] = [ranks[t] for t in triples]
-    group_names = sorted(ranks, key=ranks.get)
+    group_of_side[flows] = group_of_flow.reshape(-1)
+    group_scope = scope_names[triple_keys // (n_locals * n_services)] if triple_keys.size else scope_names
+    group_local = local_names[triple_keys // n_services % n_locals] if triple_keys.size else local_names
+    group_service = service_names[triple_keys % n_services] if triple_keys.size else service_names
 
     group = group_of_side[media.side]
     order = np.lexsort((media.position, media.last_ns, media.first_ns, group))
     rows = media.take(order)
     group = group[order]
-    segments = np.zeros(group.size, dtype=np.int64)
-    bounds = _run_starts(group)
-    for lo, hi in zip(bounds, np.append(bounds[1:], group.size)):
-        segments[lo:hi] = _split_windows(rows.first_ns[lo:hi], rows.last_ns[lo:hi], max_gap_ns)
-    starts = _run_starts(group, segments)  # each candidate window is one contiguous run
+    starts = _window_starts(group, rows.first_ns, rows.last_ns, max_gap_ns)  # a window: one run
     packets = rows.sent_packets + rows.received_packets
     window_start = np.minimum.reduceat(rows.first_ns, starts) if starts.size else starts
     window_end = np.maximum.reduceat(rows.last_ns, starts) if starts.size else starts
@@ -487,9 +586,9 @@ def call_windows(
     first_rows = starts[kept]
     windows = pd.DataFrame(
         {
-            "scope": [group_names[g][0] for g in group[first_rows]],
-            "client_ip": [group_names[g][1] for g in group[first_rows]],
-            "service": [group_names[g][2] for g in group[first_rows]],
+            "scope": group_scope[group[first_rows]],
+            "client_ip": group_local[group[first_rows]],
+            "service": group_service[group[first_rows]],
             "start_ns": window_start[kept].astype(np.int64),
             "end_ns": window_end[kept].astype(np.int64),
             "candidate": kept,
@@ -504,23 +603,30 @@ def call_windows(
     return CallWindows(windows, rows.take(inside), session[inside])
 
 
-def _sessions_frame(rows: dict[str, list], media: pd.DataFrame) -> pd.DataFrame:
-    if not rows["session_id"]:
+def _sums_per(owner: np.ndarray, values: np.ndarray, n_owners: int) -> np.ndarray:
+    """Exact int64 sum of ``values`` per owner 0 .. n_owners - 1."""
+    sums = np.zeros(n_owners, dtype=np.int64)
+    np.add.at(sums, owner, np.asarray(values, dtype=np.int64))
+    return sums
+
+
+def _sessions_frame(rows: dict[str, np.ndarray], media: pd.DataFrame) -> pd.DataFrame:
+    if len(rows["session_id"]) == 0:
         return empty_frame(SESSION_COLUMNS)
-    per_kind: dict[tuple[str, str], int] = {}
-    for key in zip(media["session_id"].to_numpy(dtype=object), media["media_kind"].to_numpy(dtype=object)):
-        per_kind[key] = per_kind.get(key, 0) + 1
+    session_of_stream = pd.Index(rows["session_id"]).get_indexer(media["session_id"].to_numpy(dtype=object))
+    stream_kind = media["media_kind"].to_numpy(dtype=object)
     counts = {
-        f"{kind}_streams": [per_kind.get((sid, kind), 0) for sid in rows["session_id"]]
+        f"{kind}_streams": np.bincount(session_of_stream[(stream_kind == kind) & (session_of_stream >= 0)],
+                                       minlength=len(rows["session_id"])).astype(np.int64)
         for kind in ("audio", "video", "screen")
-    }
+    }  # fmt: skip
     data = {**rows, **counts}
     start = np.asarray(data.pop("start_ns"), dtype=np.int64)
     end = np.asarray(data.pop("end_ns"), dtype=np.int64)
     data["start"] = pd.to_datetime(start, unit="ns", utc=True)
     data["end"] = pd.to_datetime(end, unit="ns", utc=True)
     data["duration_s"] = (end - start) / 1e9
-    frame = pd.DataFrame({name: pd.Series(data[name]) for name, _, _ in SESSION_COLUMNS})
+    frame = pd.DataFrame({name: data[name] for name, _, _ in SESSION_COLUMNS})
     return frame.astype({name: dtype for name, dtype, _ in SESSION_COLUMNS})
 
 
@@ -568,41 +674,28 @@ def build_calls(
     calls = call_windows(directed.take(np.flatnonzero(is_media[directed.side])), sides, merge, options)
     windows = calls.windows
     membership = _membership(calls, sides)
-    media = media_table(rtp, rtcp, membership, merge)
+    media = media_table(rtp, rtcp, membership, merge, options.max_gap_s)
 
     n = len(windows)
-    inside = calls.buckets
-    bytes_sent = np.bincount(calls.session, weights=inside.sent_bytes, minlength=n) if n else np.zeros(0)
-    bytes_received = np.bincount(calls.session, weights=inside.received_bytes, minlength=n) if n else np.zeros(0)
-    rows: dict[str, list] = {
-        name: []
-        for name in (
-            "capture", "session_id", "service", "start_ns", "end_ns", "client_ip", "media_flows",
-            "peers", "is_p2p", "relay_servers", "bytes_sent", "bytes_received",
-        )
-    }  # fmt: skip
     member_session = membership["session"].to_numpy(dtype=np.int64)
-    member_order = np.argsort(member_session, kind="stable")
-    member_bounds = np.searchsorted(member_session[member_order], np.arange(n + 1))
     is_p2p = membership["is_p2p"].to_numpy(dtype=bool)
     relay = ~is_p2p & np.isin(membership["role"].to_numpy(dtype=object), list(MEDIA_ROLES))
     remote_ip = membership["remote_ip"].to_numpy(dtype=object)
     remote_port = membership["remote_port"].to_numpy(dtype=np.int64)
-    for index, window in enumerate(windows.itertuples()):
-        members = member_order[member_bounds[index] : member_bounds[index + 1]]
-        relays = members[relay[members]]
-        rows["capture"].append(window.scope)
-        rows["session_id"].append(window.session_id)
-        rows["service"].append(window.service)
-        rows["start_ns"].append(int(window.start_ns))
-        rows["end_ns"].append(int(window.end_ns))
-        rows["client_ip"].append(window.client_ip)
-        rows["media_flows"].append(int(members.size))
-        rows["peers"].append(_endpoints_text(remote_ip[members], remote_port[members]))
-        rows["is_p2p"].append(bool(is_p2p[members].any()))
-        rows["relay_servers"].append(_endpoints_text(remote_ip[relays], remote_port[relays]))
-        rows["bytes_sent"].append(int(bytes_sent[index]))
-        rows["bytes_received"].append(int(bytes_received[index]))
+    rows = {
+        "capture": windows["scope"].to_numpy(dtype=object),
+        "session_id": windows["session_id"].to_numpy(dtype=object),
+        "service": windows["service"].to_numpy(dtype=object),
+        "start_ns": windows["start_ns"].to_numpy(dtype=np.int64),
+        "end_ns": windows["end_ns"].to_numpy(dtype=np.int64),
+        "client_ip": windows["client_ip"].to_numpy(dtype=object),
+        "media_flows": np.bincount(member_session, minlength=n).astype(np.int64),
+        "peers": _endpoints_texts(member_session, remote_ip, remote_port, n),
+        "is_p2p": np.bincount(member_session[is_p2p], minlength=n) > 0,
+        "relay_servers": _endpoints_texts(member_session[relay], remote_ip[relay], remote_port[relay], n),
+        "bytes_sent": _sums_per(calls.session, calls.buckets.sent_bytes, n),
+        "bytes_received": _sums_per(calls.session, calls.buckets.received_bytes, n),
+    }
     sessions = _sessions_frame(rows, media)
 
     windows_for_destinations = windows.rename(columns={"scope": "capture"})[
@@ -613,14 +706,24 @@ def build_calls(
 
 
 def _flow_session(membership: pd.DataFrame, windows: pd.DataFrame) -> pd.DataFrame:
+    """Per media flow (capture, flow_id order, strings as text): its calls, ';'-joined in
+    session order."""
     if len(membership) == 0:
         return empty_frame(FLOW_SESSION_COLUMNS)
-    order = {sid: i for i, sid in enumerate(windows["session_id"])}
-    rows = membership[["capture", "flow_id", "session_id"]].copy()
-    rows["order"] = rows["session_id"].map(order)
-    rows = rows.sort_values(["capture", "flow_id", "order"], kind="stable")
-    joined = rows.groupby(["capture", "flow_id"], sort=True)["session_id"].agg(";".join).reset_index()
-    return joined.astype({name: dtype for name, dtype, _ in FLOW_SESSION_COLUMNS})
+    capture_names, capture_rank = string_ranks(membership["capture"].to_numpy(dtype=object))
+    flow_id = membership["flow_id"].to_numpy(dtype=np.int64)
+    order = np.lexsort((membership["session"].to_numpy(dtype=np.int64), flow_id, capture_rank))
+    capture_rank, flow_id = capture_rank[order], flow_id[order]
+    session_ids = membership["session_id"].to_numpy(dtype=object)[order]
+    starts = _run_starts(capture_rank, flow_id)
+    joined = session_ids[starts].copy()
+    lengths = np.diff(np.append(starts, order.size))
+    for run in np.flatnonzero(lengths > 1):  # a flow silent between two calls belongs to both
+        joined[run] = ";".join(session_ids[starts[run] : starts[run] + lengths[run]])
+    frame = pd.DataFrame(
+        {"capture": capture_names[capture_rank[starts]], "flow_id": flow_id[starts], "session_id": joined}
+    )
+    return frame.astype({name: dtype for name, dtype, _ in FLOW_SESSION_COLUMNS})
 
 
 __all__ = [

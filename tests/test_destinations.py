@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
+from inspector.destinations import grouped_searchsorted, string_ranks, window_flows, windows_containing
 from inspector.schema import DESTINATION_COLUMNS
-from inspector.sessions import build_calls
+from inspector.sessions import build_calls, directed_activity, flow_sides
 from tests.test_sessions import ME, SECOND, T0, ZOOM_MMR, activity_frame, assert_schema, buckets, flows_frame
 
 MS = 1_000_000
@@ -150,3 +152,133 @@ def test_sent_is_from_this_machine_when_it_served_the_flow():
     row = d[(d["session_id"] == "s1") & (d["destination"] == "198.51.100.9")].iloc[0]
     assert (row["bytes_sent"], row["bytes_received"]) == (4000, 100)
     assert (row["packets_sent"], row["packets_received"]) == (4, 1)
+
+
+# -- interval lookups (destinations.grouped_searchsorted, windows_containing) -------------------
+
+
+def test_grouped_searchsorted_is_searchsorted_within_each_group():
+    keys = np.array([0, 0, 0, 2, 2, 5])
+    values = np.array([10, 20, 20, -3, 7, 2**62])  # any int64 range, equal values
+    query_keys = np.array([0, 0, 0, 0, 1, 2, 2, 5, 5, 9])
+    query_values = np.array([5, 20, 21, 99, 0, -3, 8, 2**62, 0, 0])
+    assert grouped_searchsorted(keys, values, query_keys, query_values, "left").tolist() == [
+        0, 1, 3, 3, 3, 3, 5, 5, 5, 6,
+    ]  # fmt: skip
+    assert grouped_searchsorted(keys, values, query_keys, query_values, "right").tolist() == [
+        0, 3, 3, 3, 3, 4, 5, 6, 5, 6,
+    ]  # fmt: skip
+
+
+def test_grouped_searchsorted_matches_brute_force():
+    rng = np.random.default_rng(7)
+    for _ in range(50):
+        keys = np.sort(rng.integers(0, 4, 30))
+        values = rng.integers(-5, 5, 30)
+        order = np.lexsort((values, keys))
+        keys, values = keys[order], values[order]
+        query_keys, query_values = rng.integers(0, 5, 40), rng.integers(-7, 7, 40)
+        rows = list(zip(keys.tolist(), values.tolist()))
+        queries = list(zip(query_keys.tolist(), query_values.tolist()))
+        assert grouped_searchsorted(keys, values, query_keys, query_values, "left").tolist() == [
+            sum(row < q for row in rows) for q in queries
+        ]
+        assert grouped_searchsorted(keys, values, query_keys, query_values, "right").tolist() == [
+            sum(row <= q for row in rows) for q in queries
+        ]
+
+
+def pairs(points, windows):
+    """windows_containing over (key, ns) points and (key, start, end) windows, as a pair list."""
+    p, w = windows_containing(
+        [k for k, _ in points], [t for _, t in points],
+        [k for k, _, _ in windows], [s for _, s, _ in windows], [e for _, _, e in windows],
+    )  # fmt: skip
+    return list(zip(p.tolist(), w.tolist()))
+
+
+def test_windows_containing_edges_are_inclusive():
+    windows = [(0, 100, 200)]
+    assert pairs([(0, 99), (0, 100), (0, 150), (0, 200), (0, 201)], windows) == [(1, 0), (2, 0), (3, 0)]
+
+
+def test_windows_containing_touching_and_overlapping_windows():
+    # two calls of one machine touching at 200 (both count the instant), a third overlapping
+    # both (another service at the same time), and a window of another machine
+    windows = [(0, 100, 200), (0, 200, 300), (0, 150, 250), (1, 0, 1000)]
+    points = [(0, 120), (0, 200), (0, 260), (0, 301), (1, 200), (2, 200)]
+    assert pairs(points, windows) == [(0, 0), (1, 0), (1, 1), (1, 2), (2, 1), (4, 3)]
+
+
+def test_windows_containing_ignores_windows_with_a_negative_key_and_empty_inputs():
+    assert pairs([(0, 5)], [(-1, 0, 10), (0, 5, 5)]) == [(0, 1)]
+    assert pairs([], [(0, 0, 10)]) == []
+    assert pairs([(0, 5)], []) == []
+
+
+def test_windows_containing_matches_brute_force():
+    rng = np.random.default_rng(11)
+    for _ in range(50):
+        starts = rng.integers(0, 50, 6)
+        windows = [(int(k), int(s), int(s + d)) for k, s, d in zip(rng.integers(-1, 3, 6), starts, rng.integers(0, 20, 6))]
+        points = [(int(k), int(t)) for k, t in zip(rng.integers(0, 3, 40), rng.integers(-2, 75, 40))]
+        expected = [
+            (i, w) for i, (k, t) in enumerate(points) for w, (wk, s, e) in enumerate(windows) if wk == k and s <= t <= e
+        ]
+        assert pairs(points, windows) == expected
+
+
+def test_flow_active_across_two_calls_counts_in_each_and_outside_between():
+    # Zoom media 0-10 s and 80-90 s (two calls); a telemetry flow sending one beacon per 10 s
+    # from 0 to 90 s: two beacons in each call (0 and 10 s; 80 and 90 s; the one at 0 s exactly
+    # at the call's first packet, T0 + 10 ms), the six from 20 to 70 s outside.
+    flows = [{"flow_id": 1}, {"flow_id": 2, "client_port": 50001, **TELEMETRY}]
+    beacons = [bucket(2, T0 + s * SECOND, T0 + s * SECOND + 10 * MS, T0 + s * SECOND + 20 * MS, (1, 100), (1, 10))
+               for s in range(0, 100, 10)]  # fmt: skip
+    tables = build_calls(flows_frame(flows), activity_frame(buckets(1, 0, 10) + buckets(1, 80, 90) + beacons), None, None)
+    d = tables.destinations
+    telemetry = d[d["destination"] == "log.zoom.us"]
+    assert list(telemetry["session_id"]) == ["s1", "s2", ""]
+    assert list(telemetry["bytes_sent"]) == [200, 200, 600]
+    assert list(telemetry["during_call"]) == [True, True, False]
+    assert telemetry.iloc[2]["first_seen"] == ts(T0 + 20 * SECOND + 10 * MS)
+    assert telemetry.iloc[2]["last_seen"] == ts(T0 + 70 * SECOND + 20 * MS)
+
+
+def test_bucket_in_two_overlapping_calls_of_one_machine_counts_in_both():
+    teams = {"flow_id": 2, "service": "teams", "server_ip": "52.112.0.9", "server_port": 3478, "app_protocol": "stun",
+             "role": "relay", "organisation": "Microsoft Corporation"}  # fmt: skip
+    beacon = bucket(3, T0 + 5 * SECOND, T0 + 5010 * MS, T0 + 5020 * MS, (1, 100), (1, 10))
+    flows = [{"flow_id": 1}, teams, {"flow_id": 3, "client_port": 50001, **TELEMETRY}]
+    activity = buckets(1, 0, 10) + buckets(2, 3, 20) + [beacon]
+    d = build_calls(flows_frame(flows), activity_frame(activity), None, None).destinations
+    telemetry = d[d["destination"] == "log.zoom.us"]
+    assert list(telemetry["session_id"]) == ["s1", "s2"]
+    assert list(telemetry["bytes_sent"]) == [100, 100]
+
+
+def test_string_ranks_are_code_point_order_with_equal_ranks_for_equal_strings():
+    names, ranks = string_ranks(np.array(["b", "B", "=x", "b", "é", ""], dtype=object))
+    assert names.tolist() == ["", "=x", "B", "b", "é"]
+    assert ranks.tolist() == [3, 2, 1, 3, 4, 0]
+    names, ranks = string_ranks(np.array([], dtype=object))
+    assert names.tolist() == [] and ranks.tolist() == []
+
+
+def test_window_flows_rows_per_call_then_outside_in_order_of_first_bucket():
+    flows = [{"flow_id": 1}, {"flow_id": 2, "client_port": 50001, **TELEMETRY},
+             {"flow_id": 3, "client_port": 50002, "client_ip": "10.0.0.3", **TELEMETRY}]  # fmt: skip
+    activity = buckets(1, 0, 2) + [  # activity rows 0-20
+        bucket(2, T0 + 5 * SECOND, T0 + 5010 * MS, T0 + 5090 * MS, (2, 300), (1, 120)),  # row 21, after the call
+        bucket(2, T0, T0 + 10 * MS, T0 + 20 * MS, (1, 50), (1, 5)),  # row 22, at the call's first packet
+        bucket(3, T0, T0 + 10 * MS, T0 + 20 * MS, (1, 70), (1, 7)),  # row 23, another machine
+    ]
+    sides = flow_sides(flows_frame(flows))
+    directed = directed_activity(activity_frame(activity), sides)
+    windows = pd.DataFrame({"capture": ["a.pcap"], "session_id": ["s1"], "client_ip": [ME],
+                            "start_ns": [T0 + 10 * MS], "end_ns": [T0 + 2090 * MS]})  # fmt: skip
+    frame = window_flows(directed, sides, windows, merge=False)
+    assert list(zip(frame["session_id"], frame["flow_id"])) == [("s1", 1), ("s1", 2), ("", 2), ("", 3)]
+    assert list(frame["sent_bytes"]) == [21 * 1000, 50, 300, 70]
+    assert list(frame["out_capture"]) == ["a.pcap"] * 4
+    assert list(frame["first_ns"] - T0) == [10 * MS, 10 * MS, 5010 * MS, 10 * MS]

@@ -90,3 +90,16 @@ def test_p2p_call_and_streams_text():
 def test_default_names_come_from_the_signatures():
     line = call_summaries(scenario())[0]
     assert line.startswith("s1 Zoom Meetings call ")
+
+
+def test_one_outside_line_per_capture_in_text_order():
+    web = {"transport": "tcp", "app_protocol": "tls", "server_name": "example.org", "service": "", "kind": "",
+           "role": "", "organisation": "", "category": "", "server_port": 443}  # fmt: skip
+    flows = [{"flow_id": 1, **web}, {"flow_id": 1, "capture": "B.pcap", **web}]
+    activity = buckets(1, 0, 0, sent=(1, 2500)) + buckets(1, 0, 0, sent=(1, 1500), capture="B.pcap")
+    lines = call_summaries(build_calls(flows_frame(flows), activity_frame(activity), None, None), NAMES)
+    assert lines == [
+        "No calls detected.",
+        "Outside calls (B.pcap): data went to: example.org 2 KB (unidentified)",
+        "Outside calls (a.pcap): data went to: example.org 2 KB (unidentified)",
+    ]

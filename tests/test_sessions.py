@@ -6,6 +6,7 @@ test_report import them.
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -22,9 +23,13 @@ from inspector.schema import (
 from inspector.sessions import (
     FLOW_SESSION_COLUMNS,
     CallOptions,
+    _endpoints_text,
+    _endpoints_texts,
+    _window_starts,
     build_calls,
     endpoint_text,
     flow_sides,
+    fold_generic_media,
     server_identified,
 )
 
@@ -396,3 +401,94 @@ def test_server_identified():
     assert server_identified("payload:zoom-media")  # outer SFU header: server flows only
     assert not server_identified("payload:stun stun attr=0x8036; payload:rtp rtp pt=104")
     assert not server_identified("")
+
+
+# -- vectorised helpers ------------------------------------------------------------------------
+
+
+def fold(services, first_s, last_s, scopes=None, locals_=None, max_gap_s=60):
+    n = len(services)
+    return fold_generic_media(
+        np.array(services, dtype=object),
+        np.array(scopes or ["a.pcap"] * n, dtype=object),
+        np.array(locals_ or [ME] * n, dtype=object),
+        np.array([int(s * SECOND) for s in first_s], dtype=np.int64),
+        np.array([int(s * SECOND) for s in last_s], dtype=np.int64),
+        int(max_gap_s * SECOND),
+    ).tolist()
+
+
+def test_fold_generic_media_reach_is_max_gap_inclusive():
+    # zoom 0-10 s; webrtc starting exactly 60 s after zoom's last packet folds, 1 ns later not
+    assert fold(["zoom", "webrtc"], [0, 70], [10, 80]) == ["zoom", "zoom"]
+    assert fold(["zoom", "webrtc"], [0, 70 + 1e-9], [10, 80]) == ["zoom", "webrtc"]
+    # the same reach backwards: webrtc ending 60 s before zoom starts
+    assert fold(["webrtc", "zoom"], [0, 70], [10, 80]) == ["zoom", "zoom"]
+
+
+def test_fold_generic_media_needs_exactly_one_named_service_of_the_same_machine_and_scope():
+    assert fold(["zoom", "teams", "webrtc"], [0, 0, 5], [10, 10, 6]) == ["zoom", "teams", "webrtc"]
+    # a second zoom flow is still one service
+    assert fold(["zoom", "zoom", "webrtc"], [0, 5, 5], [10, 20, 6]) == ["zoom", "zoom", "zoom"]
+    assert fold(["zoom", "webrtc"], [0, 5], [10, 6], locals_=[ME, "10.0.0.3"]) == ["zoom", "webrtc"]
+    assert fold(["zoom", "webrtc"], [0, 5], [10, 6], scopes=["a.pcap", "b.pcap"]) == ["zoom", "webrtc"]
+    # merge=True: call_windows passes one scope ("merged") for every capture
+    assert fold(["zoom", "webrtc"], [0, 5], [10, 6], scopes=["merged", "merged"]) == ["zoom", "zoom"]
+    # all generic, or none: unchanged
+    assert fold(["webrtc", "webrtc"], [0, 5], [10, 6]) == ["webrtc", "webrtc"]
+    assert fold([], [], []) == []
+
+
+def test_fold_generic_media_matches_a_pairwise_reference():
+    rng = np.random.default_rng(3)
+    for _ in range(100):
+        n = int(rng.integers(1, 12))
+        services = rng.choice(["zoom", "teams", "webrtc", "webrtc"], n).tolist()
+        scopes = rng.choice(["a.pcap", "b.pcap"], n).tolist()
+        locals_ = rng.choice([ME, "10.0.0.3"], n).tolist()
+        first = rng.integers(0, 300, n)
+        last = first + rng.integers(0, 60, n)
+        expected = []
+        for i in range(n):
+            near = {
+                services[j] for j in range(n)
+                if services[j] != "webrtc" and scopes[j] == scopes[i] and locals_[j] == locals_[i]
+                and first[j] <= last[i] + 30 and last[j] >= first[i] - 30
+            }  # fmt: skip
+            expected.append(near.pop() if services[i] == "webrtc" and len(near) == 1 else services[i])
+        if "webrtc" not in services or set(services) == {"webrtc"}:
+            expected = services
+        assert fold(services, first.tolist(), last.tolist(), scopes, locals_, max_gap_s=30) == expected
+
+
+def test_endpoints_texts_match_the_one_row_text():
+    addresses = np.array(["10.0.0.9", "2001:db8::1", "9.9.9.9", "not-an-ip", "=cmd", "10.0.0.9", "::1", "9.9.9.9"],
+                         dtype=object)  # fmt: skip
+    ports = np.array([3478, 443, 80, 5, 1, 3478, 9, 79])
+    owner = np.array([0, 0, 0, 2, 2, 0, 2, 2])
+    texts = _endpoints_texts(owner, addresses, ports, 4).tolist()
+    assert texts == [_endpoints_text(addresses[owner == o], ports[owner == o]) for o in range(4)]
+    assert texts == ["9.9.9.9:80;10.0.0.9:3478;[2001:db8::1]:443", "", "9.9.9.9:79;[::1]:9;=cmd:1;not-an-ip:5", ""]
+
+
+def test_window_starts_split_on_group_and_long_silence_only():
+    group = np.array([0, 0, 0, 0, 1, 1])
+    first = np.array([0, 10, 200, 400, 410, 500]) * SECOND
+    last = np.array([5, 150, 210, 405, 420, 505]) * SECOND
+    # row 2 starts 50 s after row 1's last packet (150 s): same window; row 3 190 s later: new;
+    # row 4 another group; row 5 80 s after row 4.
+    assert _window_starts(group, first, last, 60 * SECOND).tolist() == [0, 3, 4, 5]
+    assert _window_starts(group[:0], first[:0], last[:0], 60 * SECOND).tolist() == []
+
+
+def test_flow_session_lists_calls_in_session_order_per_flow_across_captures():
+    flows = [{"flow_id": 1}, {"flow_id": 1, "capture": "B.pcap"}]
+    activity = buckets(1, 0, 10) + buckets(1, 80, 90) + buckets(1, 40, 50, capture="B.pcap")
+    tables = calls(flows, activity)
+    assert list(tables.sessions["session_id"]) == ["s1", "s2", "s3"]
+    assert list(tables.sessions["capture"]) == ["a.pcap", "B.pcap", "a.pcap"]
+    # captures in text order ("B" before "a"), each flow's calls in session order
+    assert tables.flow_session.values.tolist() == [["B.pcap", 1, "s2"], ["a.pcap", 1, "s1;s3"]]
+    merged = calls(flows, activity, merge=True)
+    assert list(merged.sessions["capture"]) == ["merged"]  # one timeline: gaps of 30 s
+    assert merged.flow_session.values.tolist() == [["B.pcap", 1, "s1"], ["a.pcap", 1, "s1"]]
