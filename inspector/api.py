@@ -111,30 +111,23 @@ def _input_entry(r: CaptureResult) -> dict:
     return entry
 
 
-def _labels(r: CaptureResult, signatures) -> list[dict]:
-    """Naming and classification columns for each flow of ``r``."""
+def _labels(r: CaptureResult, signatures) -> dict[str, list]:
+    """Naming and classification columns (name -> one value per flow of ``r``)."""
     from inspector.classify import classify_all
 
     # Facts were taken as each flow finished (pipeline.process_batches); the state is gone.
     facts = [r.facts[f.flow_id] if f.flow_id in r.facts else r.payloads.facts(f) for f in r.flows]
     verdicts = classify_all(facts, signatures)
-    labels = []
-    for fact, v in zip(facts, verdicts):
-        labels.append(
-            {
-                "app_protocol": fact.app_protocol,
-                "server_name": fact.server_name,
-                "name_source": fact.name_source,
-                "service": v.service,
-                "organisation": v.organisation,
-                "kind": v.kind,
-                "category": v.category,
-                "role": v.role,
-                "evidence": v.evidence,
-                "confidence": v.confidence,
-            }
-        )
-    return labels
+    # Columns, not a dict per flow: a capture's labels are built at once, and a dict per flow
+    # costs ~1 KB each at the run's peak.
+    columns = {
+        "app_protocol": [f.app_protocol for f in facts],
+        "server_name": [f.server_name for f in facts],
+        "name_source": [f.name_source for f in facts],
+    }
+    for name in ("service", "organisation", "kind", "category", "role", "evidence", "confidence"):
+        columns[name] = [getattr(v, name) for v in verdicts]
+    return columns
 
 
 def analyze(
@@ -277,10 +270,14 @@ def _build_analysis(
 def _build_tables(
     results: list[CaptureResult], signatures, options: AnalyzeOptions, created: str, command_line
 ) -> Analysis:
-    frames = [
-        flows_frame(r.name, r.flows, _labels(r, signatures) if r.payloads is not None else None) for r in results
-    ]
+    frames, inputs = [], []
+    for r in results:
+        frames.append(flows_frame(r.name, r.flows, _labels(r, signatures) if r.payloads is not None else None))
+        inputs.append(_input_entry(r))
+        # The flow records and facts now live in the frame: release them before the call stage.
+        r.flows, r.facts = [], {}
     flows = pd.concat(frames, ignore_index=True) if frames else empty_frame(FLOW_COLUMNS)
+    del frames
     calls = _call_tables(results, flows, options) if options.inspect_payloads else None
     warnings = []
     for r in results:
@@ -302,7 +299,7 @@ def _build_tables(
         "signatures": (
             {"digest": signatures.digest, "count": len(signatures.ids)} if signatures is not None else None
         ),
-        "inputs": [_input_entry(r) for r in results],
+        "inputs": inputs,
         "warnings": warnings,
     }
     if calls is None:

@@ -31,7 +31,7 @@ def neutralise(cell: str) -> str:
 
 def _text_frame(frame: pd.DataFrame) -> pd.DataFrame:
     """Timestamps to ISO-8601 UTC strings; text columns neutralised; numbers untouched."""
-    out = frame.copy()
+    out = frame.copy(deep=False)  # columns are replaced below, never changed in place
     for name in out.columns:
         col = out[name]
         if isinstance(col.dtype, pd.DatetimeTZDtype) or pd.api.types.is_datetime64_any_dtype(col):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 import socket
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -16,6 +16,21 @@ import pandas as pd
 from inspector.decode import TUNNEL_NAMES
 from inspector.flows import Flow
 from inspector.schema import FLOW_COLUMNS, FLOW_DTYPES
+
+#: The flows.csv columns later stages fill (naming, classification, the call stage).
+LABEL_NAMES = (
+    "app_protocol",
+    "server_name",
+    "name_source",
+    "service",
+    "organisation",
+    "kind",
+    "category",
+    "role",
+    "evidence",
+    "confidence",
+    "session_id",
+)
 
 # IANA protocol numbers (www.iana.org/assignments/protocol-numbers) for the names users know.
 IP_PROTOCOL_NAMES = {
@@ -58,57 +73,56 @@ def flow_endpoints(f: Flow) -> tuple[str, str]:
     return text(f.ip_version, f.client_hi, f.client_lo), text(f.ip_version, f.server_hi, f.server_lo)
 
 
-def flows_frame(capture: str, flows: Sequence[Flow], labels: Sequence[dict] | None = None) -> pd.DataFrame:
+def flows_frame(
+    capture: str, flows: Sequence[Flow], labels: Mapping[str, Sequence] | Sequence[dict] | None = None
+) -> pd.DataFrame:
     """One row per flow, columns and dtypes of ``schema.FLOW_COLUMNS``.
 
-    ``labels``: per flow, the naming/classification columns (app_protocol ... session_id) that
-    later stages filled; missing keys stay empty.
+    ``labels``: the naming/classification columns (app_protocol ... session_id) that later stages
+    filled, as columns (name -> one value per flow) or as one dict per flow; missing ones stay
+    empty. Numbers go straight into int64 arrays (no Python list of int objects per column).
     """
     n = len(flows)
-    cols: dict[str, list] = {}
     text = _address_text_cached
-    cols["flow_id"] = [f.flow_id for f in flows]
-    cols["transport"] = [transport_name(f.proto) for f in flows]
-    cols["client_ip"] = [text(f.ip_version, f.client_hi, f.client_lo) for f in flows]
-    cols["client_port"] = [f.client_port for f in flows]
-    cols["server_ip"] = [text(f.ip_version, f.server_hi, f.server_lo) for f in flows]
-    cols["server_port"] = [f.server_port for f in flows]
-    cols["first_seen"] = [f.first_seen_ns for f in flows]
-    cols["last_seen"] = [f.last_seen_ns for f in flows]
-    cols["client_to_server_packets"] = [f.client_to_server_packets for f in flows]
-    cols["client_to_server_bytes"] = [f.client_to_server_bytes for f in flows]
-    cols["server_to_client_packets"] = [f.server_to_client_packets for f in flows]
-    cols["server_to_client_bytes"] = [f.server_to_client_bytes for f in flows]
-    cols["vlan_id"] = [f.vlan_id for f in flows]
-    cols["tunnel"] = [TUNNEL_NAMES[f.tunnel] if f.tunnel < len(TUNNEL_NAMES) else str(f.tunnel) for f in flows]
-    label_names = (
-        "app_protocol",
-        "server_name",
-        "name_source",
-        "service",
-        "organisation",
-        "kind",
-        "category",
-        "role",
-        "evidence",
-        "confidence",
-        "session_id",
-    )
-    for name in label_names:
-        if labels is None:
-            cols[name] = [""] * n
-        else:
-            cols[name] = [lab.get(name, "") for lab in labels]
-    cols["capture"] = [capture] * n
-    first = np.asarray(cols["first_seen"], dtype=np.int64)
-    last = np.asarray(cols["last_seen"], dtype=np.int64)
-    data = {}
+
+    def ints(attribute: str) -> np.ndarray:
+        return np.fromiter((getattr(f, attribute) for f in flows), dtype=np.int64, count=n)
+
+    data: dict[str, object] = {}
+    first = ints("first_seen_ns")
+    last = ints("last_seen_ns")
+    if labels is None:
+        label_columns: Mapping[str, Sequence] = {}
+    elif isinstance(labels, Mapping):
+        label_columns = labels
+    else:
+        label_columns = {name: [lab.get(name, "") for lab in labels] for name in LABEL_NAMES}
     for name, dtype, _ in FLOW_COLUMNS:
-        if name in ("first_seen", "last_seen"):
-            data[name] = pd.to_datetime(np.asarray(cols[name], dtype=np.int64), unit="ns", utc=True)
+        if name == "transport":
+            values: object = [transport_name(f.proto) for f in flows]
+        elif name == "client_ip":
+            values = [text(f.ip_version, f.client_hi, f.client_lo) for f in flows]
+        elif name == "server_ip":
+            values = [text(f.ip_version, f.server_hi, f.server_lo) for f in flows]
+        elif name == "tunnel":
+            values = [TUNNEL_NAMES[f.tunnel] if f.tunnel < len(TUNNEL_NAMES) else str(f.tunnel) for f in flows]
+        elif name == "first_seen":
+            data[name] = pd.to_datetime(first, unit="ns", utc=True)
+            continue
+        elif name == "last_seen":
+            data[name] = pd.to_datetime(last, unit="ns", utc=True)
+            continue
         elif name == "duration_s":
             data[name] = pd.Series((last - first) / 1e9, dtype="float64")
+            continue
+        elif name == "capture":
+            values = [capture] * n
+        elif name in LABEL_NAMES:
+            values = label_columns.get(name)
+            if values is None:
+                values = [""] * n
         else:
-            data[name] = pd.Series(cols[name], dtype=dtype)
+            values = ints(name)  # the Flow attribute of the same name
+        data[name] = pd.Series(values, dtype=dtype)
     frame = pd.DataFrame(data)
     return frame.astype(FLOW_DTYPES)
