@@ -661,8 +661,11 @@ def build_calls(
 
     flows     ``schema.FLOW_COLUMNS`` with the classifier's verdicts (all captures of the run)
     activity  ``schema.ACTIVITY_COLUMNS``
-    rtp       ``schema.RTP_COLUMNS`` (rows of flows that are not call media are ignored)
-    rtcp      capture, flow_id, from_client, ts_ns, payload: RTCP of those flows (may be None)
+    rtp       the RTP collector's stream segments (``schema.RTP_SEGMENT_COLUMNS``, cut at silences
+              of at most ``options.max_gap_s``) or per-packet ``schema.RTP_COLUMNS`` rows; streams
+              of flows that are not call media are ignored
+    rtcp      report segments (``schema.RTCP_REPORT_COLUMNS``) or whole RTCP packets (capture,
+              flow_id, from_client, ts_ns, payload) of those flows (may be None)
     merge     treat all captures as one timeline (capture "merged" in sessions/destinations/media)
     """
     flows = _normalise(flows, FLOW_COLUMNS)
