@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from inspector.decode import IPPROTO_TCP
+from inspector.errors import InspectorError
 from inspector.payloads import (
     MEDIA_CAP_PACKETS,
     NAMER_CAP_PACKETS,
@@ -246,7 +247,10 @@ def _dissect_worker(conn, k: int, n: int) -> None:
     states: dict[int, FlowInspection] = {}
     facts: dict[int, object] = {}
     while True:
-        message = conn.recv()
+        try:
+            message = conn.recv()
+        except EOFError:  # the reading process stopped (an error there): nothing to report
+            return
         if message is None:
             break
         ended, dropped, new_routes, batch = message
@@ -270,7 +274,7 @@ def _dissect_worker(conn, k: int, n: int) -> None:
             return bytes(view[starts[i] : ends[i]])
 
         stage.dissect(
-            [states[fid] for fid in fids.tolist()],
+            [states[fid] for fid in fids.tolist()],  # every shipped flow's route came first
             from_client.tolist(),
             ts.tolist(),
             [seq if seq >= 0 else None for seq in seqs.tolist()],
@@ -299,7 +303,12 @@ def process_capture_parallel(path: str | Path, options: AnalyzeOptions, workers:
     try:
         result = process_capture(path, options, None, shipper, (ActivityCollector(), RtpCollector()))
         parts = shipper.close()
+    except (BrokenPipeError, EOFError) as e:
+        # A worker died (killed, out of memory): its share of the facts is lost, so the run fails.
+        raise InspectorError(f"{path}: a dissect worker stopped unexpectedly ({e.__class__.__name__})") from e
     finally:
+        for conn in connections:
+            conn.close()  # a worker still waiting for packets sees EOF and exits
         for p in processes:
             p.join(timeout=5)
             if p.is_alive():

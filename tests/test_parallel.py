@@ -52,3 +52,14 @@ def test_facts_cross_the_process_boundary_unchanged():
         (("stun_realm", "zoom.us"),), 1, 2,
     )
     assert _facts_from_row(_facts_row(f)) == f
+
+
+def test_a_dead_worker_fails_the_run_instead_of_hanging(ndpi_dir, monkeypatch):
+    import os
+
+    from inspector import parallel
+    from inspector.errors import InspectorError
+
+    monkeypatch.setattr(parallel, "_dissect_worker", lambda conn, k, n: os._exit(3))
+    with pytest.raises(InspectorError, match="dissect worker stopped"):
+        parallel.process_capture_parallel(ndpi_dir / "teams.pcap", AnalyzeOptions(workers=2), 2)
