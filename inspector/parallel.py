@@ -38,7 +38,8 @@ from inspector.payloads import (
     ROUTE_MEDIA,
     ROUTE_NAMER,
     ROUTE_NOTHING,
-    _routes,
+    PayloadPackets,
+    first_payload_routes,
 )
 from inspector.pipeline import AnalyzeOptions, CaptureResult, process_capture
 from inspector.summarize import transport_name
@@ -99,33 +100,21 @@ class PayloadShipper:
     def feed(self, d, bf) -> None:
         n_workers = self.n
         new_routes: list[list[tuple]] = [[] for _ in range(n_workers)]
-        rows = bf.rows
-        has_payload = d.payload_len[rows] > 0
-        if not has_payload.any():
+        packets = PayloadPackets(d, bf)
+        if packets.index.shape[0] == 0:
             self._send(new_routes, None)
             return
-        idx = np.flatnonzero(has_payload)
-        slot_of = bf.flow_slot[idx]
-        prow = rows[idx]
-        b0 = d.payload_byte(prow, 0)
+        idx, slot_of, prow, b0 = packets.index, packets.slot, packets.row, packets.first_byte
         flows = bf.flows
         n = len(flows)
-        fresh = np.fromiter((f.state is None for f in flows), dtype=bool, count=n)
-        if fresh.any():
-            first_slot, first_at = np.unique(slot_of, return_index=True)
-            keep = fresh[first_slot]
-            first_slot, first_at = first_slot[keep], first_at[keep]
-            if first_slot.shape[0]:
-                r = prow[first_at]
-                routes = _routes(d.proto[r], d.src_port[r], d.dst_port[r], b0[first_at])
-                for slot, route in zip(first_slot.tolist(), routes.tolist()):
-                    f = flows[slot]
-                    f.state = _Routed(route)
-                    if route == ROUTE_NOTHING:
-                        continue
-                    entry = (f.flow_id, route, transport_name(f.proto), f.client_port, f.server_port)
-                    for k in range(n_workers) if route == ROUTE_DNS else (f.flow_id % n_workers,):
-                        new_routes[k].append(entry)
+        for slot, route in first_payload_routes(d, bf, packets):
+            f = flows[slot]
+            f.state = _Routed(route)
+            if route == ROUTE_NOTHING:
+                continue
+            entry = (f.flow_id, route, transport_name(f.proto), f.client_port, f.server_port)
+            for k in range(n_workers) if route == ROUTE_DNS else (f.flow_id % n_workers,):
+                new_routes[k].append(entry)
         route_of = np.fromiter(
             (f.state.route if f.state is not None else ROUTE_NOTHING for f in flows), dtype=np.int8, count=n
         )

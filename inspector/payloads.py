@@ -97,6 +97,36 @@ def _routes(proto: np.ndarray, sport: np.ndarray, dport: np.ndarray, b0: np.ndar
     return route
 
 
+class PayloadPackets:
+    """A batch's payload-carrying packets, in capture order: where they sit in ``bf.rows``
+    (``index``), their flow's slot in ``bf.flows``, their decoded row, and their first byte."""
+
+    __slots__ = ("index", "slot", "row", "first_byte")
+
+    def __init__(self, d, bf) -> None:
+        self.index = np.flatnonzero(d.payload_len[bf.rows] > 0)
+        self.slot = bf.flow_slot[self.index]
+        self.row = bf.rows[self.index]
+        self.first_byte = d.payload_byte(self.row, 0)
+
+
+def first_payload_routes(d, bf, packets: PayloadPackets) -> list[tuple[int, int]]:
+    """(slot, route) of every flow whose first payload packet is in this batch (its ``state``
+    is still None), routed by that packet (``_routes``)."""
+    flows = bf.flows
+    fresh = np.fromiter((f.state is None for f in flows), dtype=bool, count=len(flows))
+    if not fresh.any():
+        return []
+    first_slot, first_at = np.unique(packets.slot, return_index=True)
+    keep = fresh[first_slot]
+    first_slot, first_at = first_slot[keep], first_at[keep]
+    if first_slot.shape[0] == 0:
+        return []
+    r = packets.row[first_at]
+    routes = _routes(d.proto[r], d.src_port[r], d.dst_port[r], packets.first_byte[first_at])
+    return list(zip(first_slot.tolist(), routes.tolist()))
+
+
 class PayloadStage:
     """Feeds payloads to per-flow dissectors for one capture (or one merged timeline)."""
 
@@ -117,30 +147,18 @@ class PayloadStage:
 
     def feed(self, d, bf) -> None:
         """Hand this batch's payloads to the flows that still want them, in capture order."""
-        rows = bf.rows
-        has_payload = d.payload_len[rows] > 0
-        if not has_payload.any():
+        packets = PayloadPackets(d, bf)
+        if packets.index.shape[0] == 0:
             return
-        idx = np.flatnonzero(has_payload)
-        slot_of = bf.flow_slot[idx]
-        prow = rows[idx]
-        b0 = d.payload_byte(prow, 0)
+        idx, slot_of, prow, b0 = packets.index, packets.slot, packets.row, packets.first_byte
         flows = bf.flows
         n = len(flows)
         # Flows seen with payload for the first time: route them by their first payload packet.
-        fresh = np.fromiter((f.state is None for f in flows), dtype=bool, count=n)
-        if fresh.any():
-            first_slot, first_at = np.unique(slot_of, return_index=True)
-            keep = fresh[first_slot]
-            first_slot, first_at = first_slot[keep], first_at[keep]
-            if first_slot.shape[0]:
-                r = prow[first_at]
-                routes = _routes(d.proto[r], d.src_port[r], d.dst_port[r], b0[first_at])
-                for slot, route in zip(first_slot.tolist(), routes.tolist()):
-                    f = flows[slot]
-                    if route != ROUTE_DNS and not self.owns(f):
-                        route = ROUTE_NOTHING  # another partition dissects this flow
-                    f.state = FlowInspection(route, transport_name(f.proto), f.client_port, f.server_port)
+        for slot, route in first_payload_routes(d, bf, packets):
+            f = flows[slot]
+            if route != ROUTE_DNS and not self.owns(f):
+                route = ROUTE_NOTHING  # another partition dissects this flow
+            f.state = FlowInspection(route, transport_name(f.proto), f.client_port, f.server_port)
         want_any = np.zeros(n, dtype=bool)
         dtls_only = np.zeros(n, dtype=bool)
         for slot, f in enumerate(flows):
