@@ -111,23 +111,17 @@ class ActivityCollector:
         parts, self._parts = self._parts, []  # handed over: released as the frame is built
         a = np.concatenate(parts)
         del parts
+        a = a[np.lexsort((a[:, 1], a[:, 0]))]  # by flow, then bucket
+        # A (flow, bucket) pair can straddle two batches: fold its rows (now adjacent).
+        starts = np.flatnonzero(np.r_[True, (a[1:, 0] != a[:-1, 0]) | (a[1:, 1] != a[:-1, 1])])
+        if starts.shape[0] < a.shape[0]:
+            folded = np.empty((starts.shape[0], 8), dtype=np.int64)
+            folded[:, :2] = a[starts, :2]
+            folded[:, 2] = np.minimum.reduceat(a[:, 2], starts)
+            folded[:, 3] = np.maximum.reduceat(a[:, 3], starts)
+            folded[:, 4:] = np.add.reduceat(a[:, 4:], starts, axis=0)
+            a = folded
         df = pd.DataFrame(a, columns=names[1:])
-        # A (flow, bucket) pair can straddle two batches: fold them.
-        if df.duplicated(["flow_id", "bucket_ns"]).any():
-            df = (
-                df.groupby(["flow_id", "bucket_ns"], sort=True)
-                .agg(
-                    first_ns=("first_ns", "min"),
-                    last_ns=("last_ns", "max"),
-                    client_to_server_packets=("client_to_server_packets", "sum"),
-                    client_to_server_bytes=("client_to_server_bytes", "sum"),
-                    server_to_client_packets=("server_to_client_packets", "sum"),
-                    server_to_client_bytes=("server_to_client_bytes", "sum"),
-                )
-                .reset_index()
-            )
-        else:
-            df = df.sort_values(["flow_id", "bucket_ns"], kind="stable").reset_index(drop=True)
         df.insert(0, "capture", pd.Series([capture] * len(df), dtype="string"))
         return df.astype({c: t for c, t, _ in ACTIVITY_COLUMNS})
 

@@ -12,6 +12,7 @@ import json
 from collections.abc import Iterable
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from inspector.digest import sha256_file
@@ -29,13 +30,27 @@ def neutralise(cell: str) -> str:
     return cell
 
 
+def _iso_utc(col: pd.Series) -> pd.Series:
+    """``TIME_FORMAT`` text of a datetime column (UTC, microseconds, "Z"), "" for missing.
+
+    numpy formats the whole column in C; ``Series.dt.strftime`` calls Python per value. A naive
+    column is taken as UTC already.
+    """
+    if isinstance(col.dtype, pd.DatetimeTZDtype):
+        col = col.dt.tz_convert("UTC").dt.tz_localize(None)
+    values = col.to_numpy(dtype="datetime64[ns]").astype("datetime64[us]")
+    text = np.char.add(np.datetime_as_string(values, unit="us"), "Z").astype(object)
+    text[np.isnat(values)] = ""
+    return pd.Series(text, index=col.index, dtype=object)
+
+
 def _text_frame(frame: pd.DataFrame) -> pd.DataFrame:
     """Timestamps to ISO-8601 UTC strings; text columns neutralised; numbers untouched."""
     out = frame.copy(deep=False)  # columns are replaced below, never changed in place
     for name in out.columns:
         col = out[name]
         if isinstance(col.dtype, pd.DatetimeTZDtype) or pd.api.types.is_datetime64_any_dtype(col):
-            out[name] = col.dt.strftime(TIME_FORMAT).fillna("")
+            out[name] = _iso_utc(col)
         elif pd.api.types.is_string_dtype(col) or col.dtype == object:
             text = col.fillna("").astype(str)
             risky = text.str[:1].isin(FORMULA_TRIGGERS)

@@ -186,3 +186,21 @@ def test_pruned_noise_keys_free_their_slots():
     live = streams.segments()["packets"].size
     assert live <= 20 * 8  # the last ~70 s of noise, not all 1200 keys
     assert streams._segments <= 20 * 9  # slots were reused
+
+
+@pytest.mark.parametrize("batch_size", [1, 7, 500])
+def test_activity_buckets_split_across_batches_fold_to_the_same_frame(ndpi_dir, batch_size):
+    """A (flow, 100 ms bucket) pair whose packets straddle a batch boundary is one row."""
+    import pandas as pd
+
+    from inspector.collect import ActivityCollector
+    from inspector.pipeline import AnalyzeOptions, process_capture
+
+    frames = []
+    for size in (65536, batch_size):
+        collector = ActivityCollector()
+        process_capture(ndpi_dir / "zoom_p2p.pcapng", AnalyzeOptions(batch_size=size), None, None, (collector,))
+        frames.append(collector.frame("zoom_p2p.pcapng"))
+    whole, split = frames
+    assert len(whole) > 100 and not whole.duplicated(["flow_id", "bucket_ns"]).any()
+    pd.testing.assert_frame_equal(whole, split)
