@@ -429,8 +429,12 @@ class _Window:
     def __init__(self, columns: dict, rows: np.ndarray) -> None:
         self.c = columns
         self.rows = rows  # in time order
+        # Most streams lie in one segment: then a column's value is read, not summed.
+        self._only = int(rows[0]) if rows.size == 1 else None
 
     def total(self, name: str) -> int:
+        if self._only is not None:
+            return int(self.c[name][self._only])
         return int(self.c[name][self.rows].sum())
 
     def shape(self) -> StreamShape:
