@@ -46,3 +46,16 @@ def test_ticks_still_free_cycles_made_inside():
         assert alive() is not None  # automatic collection is off and one tick is not enough
         collector.tick()
         assert alive() is None
+
+
+def test_full_collections_free_cycles_that_reached_the_old_generation():
+    with paused_collector(every=1, full_every=3) as collector:
+        node = _Node()
+        alive = weakref.ref(node)
+        collector.tick()  # a young collection: the live cycle moves up a generation
+        gc.collect(1)  # and once more: it is in the oldest generation now
+        del node
+        collector.tick()
+        assert alive() is not None  # young collections do not look at the old generation
+        collector.tick()  # the third tick is a full collection
+        assert alive() is None
