@@ -74,8 +74,7 @@ class ActivityCollector:
     def add(self, d: DecodedBatch, bf: BatchFlows) -> None:
         if bf.rows.shape[0] == 0:
             return
-        fid_of_slot = np.fromiter((f.flow_id for f in bf.flows), dtype=np.int64, count=len(bf.flows))
-        fid = fid_of_slot[bf.flow_slot]
+        fid = bf.flow_ids()[bf.flow_slot]
         ts = d.ts_ns[bf.rows]
         bucket = ts // ACTIVITY_BUCKET_NS
         # One int64 key per (flow, bucket), ordered as (flow, bucket): the batch's buckets span
@@ -213,9 +212,8 @@ class RtpCollector:
         if not ok.any():
             return
         slots = bf.flow_slot[sel[has]][ok]
-        fid_of_slot = np.fromiter((f.flow_id for f in bf.flows), dtype=np.int64, count=len(bf.flows))
         columns = (
-            fid_of_slot[slots],
+            bf.flow_ids()[slots],
             bf.from_client[sel[has]][ok],
             d.ts_ns[r][ok],
             ((hdr[8] << 24) | (hdr[9] << 16) | (hdr[10] << 8) | hdr[11])[ok],

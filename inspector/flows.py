@@ -22,7 +22,7 @@ Rules (documented in docs/ARCHITECTURE.md):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -129,6 +129,13 @@ class BatchFlows:
     flow_slot: np.ndarray
     from_client: np.ndarray
     flows: list
+    _flow_ids: np.ndarray | None = field(default=None, repr=False, compare=False)
+
+    def flow_ids(self) -> np.ndarray:
+        """int64 flow id of each slot of ``flows`` (built once per batch, for every stage)."""
+        if self._flow_ids is None:
+            self._flow_ids = np.fromiter((f.flow_id for f in self.flows), dtype=np.int64, count=len(self.flows))
+        return self._flow_ids
 
 
 class FlowTable:

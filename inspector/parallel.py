@@ -148,8 +148,7 @@ class PayloadShipper:
             self._send(new_routes, None)
             return
         sel = np.flatnonzero(ship)
-        fid_of_slot = np.fromiter((f.flow_id for f in flows), dtype=np.int64, count=n)
-        fids = fid_of_slot[slot_of[sel]]
+        fids = bf.flow_ids()[slot_of[sel]]
         srows = prow[sel]
         is_dns = route[sel] == ROUTE_DNS
         self.dns_packets_shipped += int(is_dns.sum())
