@@ -145,3 +145,71 @@ def test_call_summaries(benchmark, call_inputs):
     args, kwargs = call_inputs
     tables = build_calls(*args, **kwargs)
     benchmark(lambda: call_summaries(tables, {}))
+
+
+@pytest.fixture(scope="session")
+def dissector_inputs(capture):
+    """What the dissect stage handed each per-flow dissector on the small capture, kept from one
+    run: [(constructor args, [feed args ...])] for the namers and for the media states. Replaying
+    them times the dissectors alone, without reading, decoding or the packet selection."""
+    from inspector import naming
+    from inspector.dissect import detectors
+    from inspector.payloads import PayloadStage
+
+    kept = {"namer": [], "media": []}
+    patched = []
+
+    def record(cls, kind: str) -> None:
+        init, feed = cls.__init__, cls.feed
+
+        def recording_init(self, *args):
+            init(self, *args)
+            self._bench_inputs = (args, [])
+            kept[kind].append(self._bench_inputs)
+
+        def recording_feed(self, *args):
+            self._bench_inputs[1].append(args)
+            return feed(self, *args)
+
+        cls.__init__, cls.feed = recording_init, recording_feed
+        patched.append((cls, init, feed))
+
+    record(naming.FlowNamer, "namer")
+    record(detectors.MediaFlowState, "media")
+    try:
+        process_capture(capture, AnalyzeOptions(), None, PayloadStage())
+    finally:
+        for cls, init, feed in patched:
+            cls.__init__, cls.feed = init, feed
+    return kept
+
+
+def test_namers(benchmark, dissector_inputs):
+    """FlowNamer over every flow's recorded namer packets (TLS, QUIC, DNS, HTTP, DTLS), as the
+    dissect loop drives it (``done`` after every packet, ``result`` at the end)."""
+    from inspector.naming import FlowNamer
+
+    def run():
+        for args, packets in dissector_inputs["namer"]:
+            namer = FlowNamer(*args)
+            for packet in packets:
+                namer.feed(*packet)
+                namer.dns_messages.clear()
+                _ = namer.done
+            namer.result()
+    benchmark(run)
+
+
+def test_media_detectors(benchmark, dissector_inputs):
+    """MediaFlowState over every flow's recorded detector packets, hits and attributes read."""
+    from inspector.dissect.detectors import MediaFlowState
+
+    def run():
+        for args, packets in dissector_inputs["media"]:
+            state = MediaFlowState(*args)
+            for packet in packets:
+                state.feed(*packet)
+                _ = state.done
+            state.hits()
+            state.attributes()
+    benchmark(run)

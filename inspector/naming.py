@@ -20,16 +20,17 @@ that tells the investigator what was looked up. The flow goes to the resolver, s
 from __future__ import annotations
 
 import collections
+import functools
 import socket
 from dataclasses import dataclass
 from typing import Any
 
+from inspector.dissect import ErrorCounts, x509names
 from inspector.dissect import dns as dns_dissect
 from inspector.dissect import dtls as dtls_dissect
 from inspector.dissect import http as http_dissect
 from inspector.dissect import stun as stun_dissect
 from inspector.dissect import tls as tls_dissect
-from inspector.dissect import x509names
 from inspector.dissect.dns import DnsMessage
 
 # --- host names -----------------------------------------------------------------------------
@@ -39,6 +40,7 @@ MAX_LABEL_LENGTH = 63
 _LABEL_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-_")
 
 
+@functools.lru_cache(maxsize=4096)
 def normalise_hostname(raw: str) -> str | None:
     """Lower-cased name without its trailing dot, or None when it is not a usable hostname.
 
@@ -47,6 +49,7 @@ def normalise_hostname(raw: str) -> str | None:
     at most 253 characters, at least one label. A name whose last label is all digits is an
     address literal, not a hostname (RFC 3696 §2: top-level domains are not all-numeric).
     Weakness: internationalised names are accepted only in their ``xn--`` A-label form.
+    Results are cached (a capture names the same few hundred hosts in thousands of flows).
     """
     if not raw:
         return None
@@ -85,8 +88,10 @@ class DnsName:
     answered_at_ns: int
 
 
+@functools.lru_cache(maxsize=16384)
 def _address_key(ip: str) -> str | None:
-    """Canonical text of an address (RFC 5952 for IPv6), the form flows.csv uses; None if bad."""
+    """Canonical text of an address (RFC 5952 for IPv6), the form flows.csv uses; None if bad.
+    Cached: a capture's flows go to, and its DNS answers name, the same addresses again."""
     family = socket.AF_INET6 if ":" in ip else socket.AF_INET
     try:
         return socket.inet_ntop(family, socket.inet_pton(family, ip))
@@ -209,9 +214,14 @@ class _TcpStream:
     the first copy's bytes. Memory: at most MAX_STREAM_BYTES of window and MAX_STREAM_SEGMENTS
     segments; segments beyond are refused (``add`` returns False).
     Weakness: without the SYN the true stream start is a guess (the lowest sequence seen).
+
+    The lowest offset and the highest end of the kept segments are tracked as segments arrive
+    (only ``consume`` drops segments, and only those ending at or before the new start, so the
+    highest end survives it), and a stream of one segment is returned without copying: most
+    directions never hold more than one (a ClientHello, an HTTP request).
     """
 
-    __slots__ = ("_origin", "_segments", "_start", "_consumed", "_append_at")
+    __slots__ = ("_origin", "_segments", "_start", "_consumed", "_append_at", "_low", "_high")
 
     def __init__(self) -> None:
         self._origin: int | None = None
@@ -219,6 +229,8 @@ class _TcpStream:
         self._start = 0
         self._consumed = False
         self._append_at = 0
+        self._low = 0  # lowest offset kept (meaningful while segments are kept and none consumed)
+        self._high = 0  # highest end kept (meaningful while segments are kept)
 
     def add(self, data: bytes, seq: int | None) -> bool:
         if seq is None:
@@ -231,32 +243,45 @@ class _TcpStream:
         self._append_at = max(self._append_at, end)
         if self._consumed and end <= self._start:
             return True  # an old retransmission of consumed bytes
-        if self._segments:
-            low = min(min(self._segments), offset) if not self._consumed else self._start
-            high = max(max(s + len(d) for s, d in self._segments.items()), end)
-            if high - low > MAX_STREAM_BYTES or len(self._segments) >= MAX_STREAM_SEGMENTS:
+        segments = self._segments
+        if segments:
+            low = self._start if self._consumed else min(self._low, offset)
+            high = max(self._high, end)
+            if high - low > MAX_STREAM_BYTES or len(segments) >= MAX_STREAM_SEGMENTS:
                 return False
+            if len(data) > len(segments.get(offset, b"")):
+                segments[offset] = data
+                self._low = min(self._low, offset)
+                self._high = high
         elif len(data) > MAX_STREAM_BYTES:
             return False
-        if len(data) > len(self._segments.get(offset, b"")):
-            self._segments[offset] = data
+        elif data:
+            segments[offset] = data
+            self._low, self._high = offset, end
         return True
 
     def start_offset(self) -> int | None:
         """Where the stream currently starts (relative offset), None before any segment."""
         if not self._segments:
             return self._start if self._consumed else None
-        return self._start if self._consumed else min(self._segments)
+        return self._start if self._consumed else self._low
 
     def contiguous(self) -> bytes:
         """The bytes from the stream start up to the first gap."""
-        if not self._segments:
+        segments = self._segments
+        if not segments:
             return b""
-        start = self._start if self._consumed else min(self._segments)
+        start = self._start if self._consumed else self._low
+        if len(segments) == 1:
+            for offset, data in segments.items():
+                if offset == start:
+                    return data
+                if offset > start or offset + len(data) <= start:
+                    return b""
+                return data[start - offset :]
         out = bytearray()
         cursor = start
-        for offset in sorted(self._segments):
-            data = self._segments[offset]
+        for offset, data in sorted(segments.items()):
             if offset > cursor:
                 break
             if offset + len(data) > cursor:
@@ -268,7 +293,7 @@ class _TcpStream:
         """Drops the first ``count`` contiguous bytes (the parser has used them)."""
         if count <= 0 or not self._segments:
             return
-        start = self._start if self._consumed else min(self._segments)
+        start = self._start if self._consumed else self._low
         self._start = start + count
         self._consumed = True
         self._segments = {
@@ -307,8 +332,35 @@ class FlowNaming:
     attributes: tuple[tuple[str, str], ...]
 
 
+_NAMING_SETTERS = tuple(
+    FlowNaming.__dict__[name].__set__
+    for name in ("app_protocol", "server_name", "name_source", "raw_names", "attributes")
+)
+
+
+def _new_naming(
+    app_protocol: str,
+    server_name: str,
+    name_source: str,
+    raw_names: tuple[str, ...],
+    attributes: tuple[tuple[str, str], ...],
+) -> FlowNaming:
+    """``FlowNaming(...)`` without the frozen dataclass ``__init__`` (one ``object.__setattr__``
+    per field): the slots are filled directly. One per flow."""
+    naming = object.__new__(FlowNaming)
+    s0, s1, s2, s3, s4 = _NAMING_SETTERS
+    s0(naming, app_protocol)
+    s1(naming, server_name)
+    s2(naming, name_source)
+    s3(naming, raw_names)
+    s4(naming, attributes)
+    return naming
+
+
+@functools.cache
 def _load_quic() -> Any:
-    """The QUIC module when it is importable (it is written separately), else None."""
+    """The QUIC module when it is importable (it is written separately), else None; looked up
+    once per process (every UDP flow's namer asks)."""
     try:
         from inspector.dissect import quic
     except Exception:  # noqa: BLE001 - a missing or broken optional dissector must not stop naming
@@ -354,7 +406,7 @@ class FlowNamer:
         self.client_port = client_port
         self.server_port = server_port
         self.dns_messages: list[tuple[int, DnsMessage]] = []
-        self.errors: collections.Counter[str] = collections.Counter()
+        self.errors: collections.Counter[str] = ErrorCounts()
         self._is_dns = DNS_PORT in (client_port, server_port)
         self._app = "dns" if self._is_dns else ""
         self._packets = {True: 0, False: 0}
@@ -630,10 +682,14 @@ class FlowNamer:
         collector = self._quic_collector
         if collector.done:
             return
-        before = collections.Counter(collector.errors)
+        before = dict(collector.errors) if collector.errors else None
         collector.feed(datagram)
-        for reason, count in (collections.Counter(collector.errors) - before).items():
-            self.errors[f"quic:{reason}"] += count
+        if collector.errors:
+            # The reasons this datagram added (the collector's counts only grow).
+            for reason, count in collector.errors.items():
+                added = count - (before.get(reason, 0) if before else 0)
+                if added > 0:
+                    self.errors[f"quic:{reason}"] += added
         if collector.version is not None:
             self._app = "quic"
             self._quic_version = f"0x{collector.version:08x}"
@@ -673,14 +729,13 @@ class FlowNamer:
     def done(self) -> bool:
         if self._is_dns:
             return False
-        client_spent = self._budget_spent(True) or self._failed[True]
-        server_spent = self._budget_spent(False) or self._failed[False]
         if self._quic_sni_raw is not None or (self._app == "http" and self._http_done):
             return True
         if self._app == "quic" and self._quic_collector is not None and self._quic_collector.done:
             return True
-        if self._client_hello is not None or client_spent:
-            return not self._awaiting_server() or server_spent
+        server_spent = self._failed[False] or self._budget_spent(False)
+        if self._client_hello is not None or self._failed[True] or self._budget_spent(True):
+            return server_spent or not self._awaiting_server()
         return server_spent and self._app == ""
 
     def result(self) -> FlowNaming:
@@ -715,13 +770,7 @@ class FlowNamer:
             name = normalise_hostname(self._dns_query_raw)
             if name:
                 server_name, name_source = name, "dns-query"
-        return FlowNaming(
-            app_protocol=self._app,
-            server_name=server_name,
-            name_source=name_source,
-            raw_names=tuple(raw_names),
-            attributes=self._attributes(),
-        )
+        return _new_naming(self._app, server_name, name_source, tuple(raw_names), self._attributes())
 
     def _attributes(self) -> tuple[tuple[str, str], ...]:
         attributes: list[tuple[str, str]] = []

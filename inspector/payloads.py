@@ -9,6 +9,7 @@ answer seen before it started. At the end, every flow's facts become an ``inspec
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
 
 import numpy as np
@@ -38,6 +39,14 @@ NAMER_CAP_PACKETS = 8
 MEDIA_CAP_PACKETS = 10
 
 
+@functools.cache
+def _media_state_class() -> type:
+    """``detectors.MediaFlowState``, imported on first use (once, not once per flow)."""
+    from inspector.dissect.detectors import MediaFlowState
+
+    return MediaFlowState
+
+
 class FlowInspection:
     """The dissection state of one flow: its namer, its payload detectors, and how it is routed."""
 
@@ -46,15 +55,13 @@ class FlowInspection:
     )
 
     def __init__(self, route: int, transport: str, client_port: int, server_port: int) -> None:
-        from inspector.dissect.detectors import MediaFlowState
-
         self.route = route
         use_namer = route in (ROUTE_DNS, ROUTE_NAMER, ROUTE_MEDIA, ROUTE_BOTH)
-        use_media = route in (ROUTE_MEDIA, ROUTE_BOTH)
+        use_media = route == ROUTE_MEDIA or route == ROUTE_BOTH
         # The namer is built on its first packet: most media flows never send it one.
         self.namer = None
         self.ports = (transport, client_port, server_port)
-        self.media = MediaFlowState(transport, client_port, server_port) if use_media else None
+        self.media = _media_state_class()(transport, client_port, server_port) if use_media else None
         self.namer_packets = 0
         self.media_packets = 0
         self.namer_done = not use_namer
@@ -97,6 +104,68 @@ def _routes(proto: np.ndarray, sport: np.ndarray, dport: np.ndarray, b0: np.ndar
     return route
 
 
+# A budget larger than any batch: DNS flows feed every packet to the namer.
+_UNCAPPED = 1 << 40
+
+
+def _budgets(flows, slots: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per flow slot: how many more packets its namer and its detectors may take (0 once done
+    or capped, and for slots not in ``slots``), and whether its namer takes DTLS records only
+    (a media flow)."""
+    n = len(flows)
+    namer_left = np.zeros(n, dtype=np.int64)
+    media_left = np.zeros(n, dtype=np.int64)
+    namer_dtls_only = np.zeros(n, dtype=bool)
+    for slot in slots:
+        st = flows[slot].state
+        if st is None:
+            continue
+        if not st.namer_done:
+            if st.route == ROUTE_DNS:
+                namer_left[slot] = _UNCAPPED
+            else:
+                namer_left[slot] = NAMER_CAP_PACKETS - st.namer_packets
+                namer_dtls_only[slot] = st.route == ROUTE_MEDIA
+        if not st.media_done:
+            media_left[slot] = MEDIA_CAP_PACKETS - st.media_packets
+    return namer_left, media_left, namer_dtls_only
+
+
+def _still_wanted(flows, slot_of: np.ndarray, first_byte: np.ndarray) -> np.ndarray | None:
+    """Positions (in capture order) of the payload packets a dissector may still take.
+
+    ``PayloadStage.dissect`` feeds a flow's namer every candidate packet until it is done or
+    capped, and its detectors every packet likewise, so what they can take in this batch lies
+    within the flow's first ``namer_left`` namer candidates and first ``media_left`` packets.
+    Namer candidates are every payload, except on a media flow where only DTLS records
+    (first byte 20-63, RFC 7983) go to the namer. A superset: ``dissect`` still asks each
+    dissector, which may finish earlier. None when nothing is wanted.
+    """
+    # Only flows with a payload packet in this batch matter.
+    present = np.flatnonzero(np.bincount(slot_of, minlength=len(flows)))
+    namer_left, media_left, namer_dtls_only = _budgets(flows, present.tolist())
+    live = (namer_left > 0) | (media_left > 0)
+    at = np.flatnonzero(live[slot_of])
+    if at.shape[0] == 0:
+        return None
+    # Group the live packets by flow, keeping capture order inside each group.
+    slots = slot_of[at]
+    order = np.argsort(slots, kind="stable")
+    at, slots = at[order], slots[order]
+    position = np.arange(at.shape[0])
+    group_start = np.r_[True, slots[1:] != slots[:-1]]
+    first_of_group = np.maximum.accumulate(np.where(group_start, position, 0))
+    rank = position - first_of_group  # packets of the flow before this one in the batch
+    b0 = first_byte[at]
+    namer_candidate = ~namer_dtls_only[slots] | ((b0 >= 20) & (b0 <= 63))
+    seen = np.cumsum(namer_candidate)
+    namer_rank = seen - namer_candidate - (seen - namer_candidate)[first_of_group]
+    wanted = (rank < media_left[slots]) | (namer_candidate & (namer_rank < namer_left[slots]))
+    if not wanted.any():
+        return None
+    return np.sort(at[wanted])
+
+
 class PayloadPackets:
     """A batch's payload-carrying packets, in capture order: where they sit in ``bf.rows``
     (``index``), their flow's slot in ``bf.flows``, their decoded row, and their first byte."""
@@ -108,6 +177,23 @@ class PayloadPackets:
         self.slot = bf.flow_slot[self.index]
         self.row = bf.rows[self.index]
         self.first_byte = d.payload_byte(self.row, 0)
+
+
+def _payloads(d, rows: np.ndarray) -> list[bytes]:
+    """The payload bytes of decoded rows ``rows``. Slicing memoryviews copies just the payload,
+    without a numpy call per packet; the selection (``_still_wanted``) is tight enough that
+    copying them all up front costs less than fetching each through a function call."""
+    starts = d.payload_off[rows]
+    ends = (starts + d.payload_len[rows]).tolist()
+    starts = starts.tolist()
+    buffer = memoryview(d.buffer)
+    in_extra = d.payload_in_extra[rows]
+    if not in_extra.any():
+        return [bytes(buffer[start:end]) for start, end in zip(starts, ends)]
+    extra = memoryview(d.extra)
+    return [
+        bytes((extra if x else buffer)[start:end]) for start, end, x in zip(starts, ends, in_extra.tolist())
+    ]
 
 
 def first_payload_routes(d, bf, packets: PayloadPackets) -> list[tuple[int, int]]:
@@ -125,6 +211,48 @@ def first_payload_routes(d, bf, packets: PayloadPackets) -> list[tuple[int, int]
     r = packets.row[first_at]
     routes = _routes(d.proto[r], d.src_port[r], d.dst_port[r], packets.first_byte[first_at])
     return list(zip(first_slot.tolist(), routes.tolist()))
+
+
+_FACTS_FIELDS = (
+    "transport", "client_ip", "client_port", "server_ip", "server_port", "app_protocol",
+    "server_name", "name_source", "dns_name", "detectors", "attributes", "first_seen_ns",
+    "last_seen_ns",
+)  # fmt: skip
+
+
+def _facts_constructor():
+    """``FlowFacts(*values)`` in ``_FACTS_FIELDS`` order. Filling the slots directly skips the
+    frozen dataclass ``__init__`` (one ``object.__setattr__`` per field; one FlowFacts per
+    flow). Used only while FlowFacts has exactly these fields and no ``__post_init__``;
+    otherwise the ordinary constructor, by field name."""
+    import dataclasses
+
+    fields = tuple(field.name for field in dataclasses.fields(FlowFacts))
+    if fields != _FACTS_FIELDS or hasattr(FlowFacts, "__post_init__"):
+
+        def by_name(*values: object) -> FlowFacts:
+            return FlowFacts(**dict(zip(_FACTS_FIELDS, values)))
+
+        return by_name
+    setters = tuple(FlowFacts.__dict__[name].__set__ for name in fields)
+    new = object.__new__
+
+    def direct(*values: object) -> FlowFacts:
+        facts = new(FlowFacts)
+        for setter, value in zip(setters, values):
+            setter(facts, value)
+        return facts
+
+    return direct
+
+
+_new_facts = _facts_constructor()
+
+
+def _stun_realm_name(raw: str) -> str:
+    from inspector.naming import stun_realm_name
+
+    return stun_realm_name(raw)
 
 
 class PayloadStage:
@@ -146,52 +274,38 @@ class PayloadStage:
         return n == 1 or f.flow_id % n == k
 
     def feed(self, d, bf) -> None:
-        """Hand this batch's payloads to the flows that still want them, in capture order."""
+        """Hand this batch's payloads to the flows that still want them, in capture order.
+
+        Only packets that can still reach a dissector are handed over: per flow, the first
+        ``namer`` candidates within the namer's remaining budget and the first packets within
+        the detectors' remaining budget (``_still_wanted``). A flow whose dissectors finish
+        inside the batch leaves the rest of its packets in numpy.
+        """
         packets = PayloadPackets(d, bf)
         if packets.index.shape[0] == 0:
             return
         idx, slot_of, prow, b0 = packets.index, packets.slot, packets.row, packets.first_byte
         flows = bf.flows
-        n = len(flows)
         # Flows seen with payload for the first time: route them by their first payload packet.
         for slot, route in first_payload_routes(d, bf, packets):
             f = flows[slot]
             if route != ROUTE_DNS and not self.owns(f):
                 route = ROUTE_NOTHING  # another partition dissects this flow
             f.state = FlowInspection(route, transport_name(f.proto), f.client_port, f.server_port)
-        want_any = np.zeros(n, dtype=bool)
-        dtls_only = np.zeros(n, dtype=bool)
-        for slot, f in enumerate(flows):
-            st = f.state
-            if st is None or st.done:
-                continue
-            want_any[slot] = True
-            # Once the detectors are done with a media flow, its namer only wants DTLS records.
-            dtls_only[slot] = st.route == ROUTE_MEDIA and st.media_done
-        pick = want_any[slot_of] & (~dtls_only[slot_of] | ((b0 >= 20) & (b0 <= 63)))
-        if not pick.any():
+        sel = _still_wanted(flows, slot_of, b0)
+        if sel is None:
             return
-        sel = np.flatnonzero(pick)
         slots = slot_of[sel].tolist()
         srows = prow[sel]
         is_tcp = d.proto[srows] == IPPROTO_TCP
         tcp_seqs = [seq if tcp else None for seq, tcp in zip(d.tcp_seq[srows].tolist(), is_tcp.tolist())]
-        starts = d.payload_off[srows].tolist()
-        ends = (d.payload_off[srows] + d.payload_len[srows]).tolist()
-        in_extra = d.payload_in_extra[srows].tolist()
-        # Slicing memoryviews copies just the payload, without a numpy call per packet.
-        buffer, extra = memoryview(d.buffer), memoryview(d.extra)
-
-        def payload_of(k: int) -> bytes:
-            return bytes((extra if in_extra[k] else buffer)[starts[k] : ends[k]])
-
         self.dissect(
             [flows[slot].state for slot in slots],
             bf.from_client[idx[sel]].tolist(),
             d.ts_ns[srows].tolist(),
             tcp_seqs,
             b0[sel].tolist(),
-            payload_of,
+            _payloads(d, srows).__getitem__,
         )
 
     def dissect(self, inspections, from_client, ts, tcp_seqs, first_bytes, payload_of) -> None:
@@ -261,27 +375,26 @@ class PayloadStage:
                 self.errors[reason] += n
         if not server_name and st is not None and st.media is not None:
             # A TURN server's REALM (RFC 8489 §14.9) names its operator: signal.org, telegram.org.
-            from inspector.naming import stun_realm_name
-
-            realm = stun_realm_name(dict(st.media.attributes()).get("stun_realm", ""))
+            realm_raw = st.media.stun_realm()
+            realm = _stun_realm_name(realm_raw) if realm_raw else ""
             if realm:
                 server_name, name_source = realm, "stun-realm"
         if not server_name and dns_name:
             server_name, name_source = dns_name, "dns"
         if dns is not None and dns.chain:
             attributes.append(("dns_chain", " > ".join(dns.chain)))
-        return FlowFacts(
-            transport=transport,
-            client_ip=client_ip,
-            client_port=f.client_port,
-            server_ip=server_ip,
-            server_port=f.server_port,
-            app_protocol=app_protocol,
-            server_name=server_name,
-            name_source=name_source,
-            dns_name=dns_name,
-            detectors=tuple(detectors),
-            attributes=tuple(attributes),
-            first_seen_ns=f.first_seen_ns,
-            last_seen_ns=f.last_seen_ns,
+        return _new_facts(
+            transport,
+            client_ip,
+            f.client_port,
+            server_ip,
+            f.server_port,
+            app_protocol,
+            server_name,
+            name_source,
+            dns_name,
+            tuple(detectors),
+            tuple(attributes),
+            f.first_seen_ns,
+            f.last_seen_ns,
         )

@@ -619,3 +619,109 @@ def test_dtls_server_certificate_names_the_flow() -> None:
         "dtls", "relay.example.net", "certificate")
     assert ("cert_names", "relay.example.net,turn.example.net") in result.attributes
     assert namer.done
+
+
+# --- _TcpStream against a plain model ----------------------------------------------------------
+
+
+class _ModelStream:
+    """The reassembly rules of naming._TcpStream written without its shortcuts (min/max over
+    every segment, a full walk for the contiguous bytes)."""
+
+    def __init__(self) -> None:
+        self.origin = None
+        self.segments: dict[int, bytes] = {}
+        self.start = 0
+        self.consumed = False
+        self.append_at = 0
+
+    def add(self, data: bytes, seq) -> bool:
+        if seq is None:
+            offset = self.append_at
+        else:
+            if self.origin is None:
+                self.origin = seq & 0xFFFFFFFF
+            offset = ((seq - self.origin + 2**31) % 2**32) - 2**31
+        end = offset + len(data)
+        self.append_at = max(self.append_at, end)
+        if self.consumed and end <= self.start:
+            return True
+        if self.segments:
+            low = min(min(self.segments), offset) if not self.consumed else self.start
+            high = max(max(s + len(d) for s, d in self.segments.items()), end)
+            if high - low > naming.MAX_STREAM_BYTES or len(self.segments) >= naming.MAX_STREAM_SEGMENTS:
+                return False
+        elif len(data) > naming.MAX_STREAM_BYTES:
+            return False
+        if len(data) > len(self.segments.get(offset, b"")):
+            self.segments[offset] = data
+        return True
+
+    def start_offset(self):
+        if not self.segments:
+            return self.start if self.consumed else None
+        return self.start if self.consumed else min(self.segments)
+
+    def contiguous(self) -> bytes:
+        if not self.segments:
+            return b""
+        start = self.start if self.consumed else min(self.segments)
+        out, cursor = bytearray(), start
+        for offset in sorted(self.segments):
+            data = self.segments[offset]
+            if offset > cursor:
+                break
+            if offset + len(data) > cursor:
+                out += data[cursor - offset :]
+                cursor = offset + len(data)
+        return bytes(out)
+
+    def consume(self, count: int) -> None:
+        if count <= 0 or not self.segments:
+            return
+        start = self.start if self.consumed else min(self.segments)
+        self.start = start + count
+        self.consumed = True
+        self.segments = {o: d for o, d in self.segments.items() if o + len(d) > self.start}
+
+
+@pytest.mark.parametrize("seed", range(300))
+def test_tcp_stream_matches_the_plain_model(seed: int) -> None:
+    import random
+
+    rng = random.Random(seed)
+    stream, model = naming._TcpStream(), _ModelStream()
+    base = rng.choice([0, 1000, 2**32 - 50])
+    for _ in range(rng.randint(1, 12)):
+        action = rng.random()
+        if action < 0.15:
+            count = rng.randint(0, 40)
+            stream.consume(count)
+            model.consume(count)
+        else:
+            seq = None if action < 0.2 else (base + rng.randint(-30, 120)) % 2**32
+            data = rng.randbytes(rng.choice([0, 1, 5, 20, 60]))
+            if rng.random() < 0.05:
+                data = bytes(naming.MAX_STREAM_BYTES + 1)
+            assert stream.add(data, seq) == model.add(data, seq)
+        assert stream.contiguous() == model.contiguous()
+        assert stream.start_offset() == model.start_offset()
+
+
+def test_hostname_and_address_caches_answer_like_the_first_call() -> None:
+    assert normalise_hostname("Example.ORG.") == "example.org"
+    assert normalise_hostname("Example.ORG.") == "example.org"
+    assert normalise_hostname("bad..name") is None and normalise_hostname("bad..name") is None
+    assert naming._address_key("2001:0db8::0001") == "2001:db8::1" == naming._address_key("2001:0db8::0001")
+    assert naming._address_key("not an ip") is None
+
+
+def test_fast_naming_constructor_fills_every_field_in_order() -> None:
+    import dataclasses
+
+    from inspector.naming import FlowNaming
+
+    values = ("tls", "example.org", "sni", ("Example.org",), (("alpn", "h2"),))
+    built = naming._new_naming(*values)
+    assert built == FlowNaming(*values)
+    assert [getattr(built, f.name) for f in dataclasses.fields(FlowNaming)] == list(values)

@@ -26,7 +26,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from inspector.dissect import media, rtp, stun, whatsapp, zoom
+from inspector.dissect import ErrorCounts, media, rtp, stun, whatsapp, zoom
 from inspector.facts import DetectorHit
 
 #: Payload packets after which a flow's verdict is final (nDPI gives up on most flows sooner).
@@ -60,54 +60,92 @@ class FlowEvidence:
     Plain counters and small sets, bounded by ``MAX_PACKETS`` and ``MAX_RTP_SAMPLES``.
     """
 
+    # Scalar evidence starts as these class-level defaults and becomes per-instance on first
+    # assignment (``ev.x += 1``): a media state is built for tens of thousands of flows, most of
+    # which set few of them.
+    packets: int = 0
+    whatsapp_chat_version: str | None = None
+    stun_cookie_messages: int = 0
+    stun_classic_messages: int = 0
+    turn_messages: int = 0
+    stun_first_transaction: bytes = b""
+    integrity_only_bindings: int = 0  # Binding requests whose only attribute is MESSAGE-INTEGRITY
+    ms_turn_frames: int = 0
+    ms_turn_stun_frames: int = 0  # frames whose inner bytes parse as STUN
+    ms_turn_messages: int = 0  # TURN-method messages carrying Microsoft attributes
+    dtls_packets: int = 0
+    dtls_handshakes: int = 0
+    rtp_samples: int = 0
+    rtcp_packets: int = 0  # plain RTCP and SRTCP datagrams
+    rtcp_plain: int = 0  # datagrams that are an exact RTCP compound
+    rtcp_multi: int = 0  # datagrams holding an exact compound of >= 2 RTCP packets
+    zoom_server_media: int = 0
+    zoom_p2p_media: int = 0
+    zoom_p2p_setup: int = 0
+    discord_discovery: int = 0
+    discord_address: str = ""
+    discord_ssrc: int = -1
+    discord_keepalives: int = 0
+
     def __init__(self, transport: str, client_port: int, server_port: int) -> None:
         self.transport = transport
         self.client_port = client_port
         self.server_port = server_port
-        self.packets = 0
-        self.whatsapp_chat_version: str | None = None
         # STUN / TURN
-        self.stun_cookie_messages = 0
-        self.stun_classic_messages = 0
         self.stun_classic_tids: dict[bytes, int] = _Tally()
-        self.turn_messages = 0
         self.turn_methods: set[str] = set()
         self.stun_services: dict[str, str] = {}  # service -> first evidence detail
         self.stun_text: dict[str, str] = {}  # attribute key -> first value
         self.stun_types: set[int] = set()
-        self.stun_first_transaction = b""
-        self.integrity_only_bindings = 0  # Binding requests whose only attribute is MESSAGE-INTEGRITY
         self.bound_channels: set[int] = set()
-        self.ms_turn_frames = 0
-        self.ms_turn_stun_frames = 0  # frames whose inner bytes parse as STUN
-        self.ms_turn_messages = 0  # TURN-method messages carrying Microsoft attributes
         # ChannelData
         self.channels: dict[int, int] = _Tally()
         # DTLS
-        self.dtls_packets = 0
-        self.dtls_handshakes = 0
         self.dtls_versions: set[int] = set()
         # RTP / RTCP
         self.rtp_tracks: dict[tuple[bool, int], _RtpTrack] = {}
-        self.rtp_samples = 0
-        self.rtcp_packets = 0  # plain RTCP and SRTCP datagrams
-        self.rtcp_plain = 0  # datagrams that are an exact RTCP compound
-        self.rtcp_multi = 0  # datagrams holding an exact compound of >= 2 RTCP packets
         self.rtcp_senders: dict[tuple[bool, int], int] = _Tally()
         # Zoom
-        self.zoom_server_media = 0
         self.zoom_layouts: set[str] = set()
         self.zoom_kinds: set[str] = set()
-        self.zoom_p2p_media = 0
         self.zoom_p2p_ssrcs: dict[int, int] = _Tally()
         self.zoom_setup_client: set[bytes] = set()
         self.zoom_setup_server: set[bytes] = set()
-        self.zoom_p2p_setup = 0
-        # Discord
-        self.discord_discovery = 0
-        self.discord_address = ""
-        self.discord_ssrc = -1
-        self.discord_keepalives = 0
+
+    def is_empty(self) -> bool:
+        """Nothing any detector or attribute reads was seen (every detector needs at least one
+        of these counters or collections non-zero, see each ``detect_*``): then there is no hit
+        and no attribute, without asking each detector."""
+        return not (
+            self.stun_cookie_messages
+            or self.stun_classic_messages
+            or self.stun_types
+            or self.stun_text
+            or self.turn_messages
+            or self.ms_turn_frames
+            or self.ms_turn_messages
+            or self.channels
+            or self.dtls_packets
+            or self.dtls_handshakes
+            or self.dtls_versions
+            or self.rtp_tracks
+            or self.rtcp_packets
+            or self.rtcp_plain
+            or self.rtcp_multi
+            or self.rtcp_senders
+            or self.zoom_server_media
+            or self.zoom_layouts
+            or self.zoom_kinds
+            or self.zoom_p2p_media
+            or self.zoom_setup_client
+            or self.zoom_setup_server
+            or self.zoom_p2p_setup
+            or self.discord_discovery
+            or self.discord_address
+            or self.discord_ssrc >= 0
+            or self.discord_keepalives
+            or self.whatsapp_chat_version is not None
+        )
 
     def validated_rtp_tracks(self) -> list[tuple[tuple[bool, int], _RtpTrack]]:
         """RTP sources (one SSRC in one direction) with >= 3 packets, at most 2 payload types
@@ -156,8 +194,9 @@ def detect_zoom_p2p(ev: FlowEvidence) -> DetectorHit | None:
     Weakness: without setup packets this rests on one type byte plus RTP version bits per packet;
     a plain RTP flow never matches (its first byte 0x80-0xBF is no Zoom inner type).
     """
-    recurring = any(count >= 2 for count in ev.zoom_p2p_ssrcs.values())
-    if ev.zoom_p2p_setup or (ev.zoom_p2p_media >= 3 and recurring):
+    if ev.zoom_p2p_setup or (
+        ev.zoom_p2p_media >= 3 and any(count >= 2 for count in ev.zoom_p2p_ssrcs.values())
+    ):
         detail = "zoom p2p setup" if ev.zoom_p2p_setup else "zoom p2p media"
         if ev.zoom_kinds:
             detail += " media=" + ",".join(sorted(ev.zoom_kinds))
@@ -195,8 +234,10 @@ def detect_whatsapp_media(ev: FlowEvidence) -> DetectorHit | None:
     marker = ev.stun_services.get("whatsapp") or (
         "stun binding integrity-only" if ev.integrity_only_bindings else ""
     )
+    if not marker:
+        return None
     tracks = ev.validated_rtp_tracks()
-    if marker and tracks:
+    if tracks:
         return DetectorHit("whatsapp-media", "whatsapp", f"rtp + {marker}", sum(len(t.sequences) for _, t in tracks))
     return None
 
@@ -246,8 +287,14 @@ def detect_stun(ev: FlowEvidence) -> DetectorHit | None:
     attributes and REALM text; flows that only do plain Binding (e.g. Signal to Google's STUN)
     carry no vendor mark and nDPI's labels there come from its address cache.
     """
-    classic_ok = ev.stun_classic_messages >= 2 or any(n >= 2 for n in ev.stun_classic_tids.values())
-    if ev.stun_cookie_messages or (ev.stun_classic_messages and (classic_ok or ev.stun_services)):
+    if ev.stun_cookie_messages or (
+        ev.stun_classic_messages
+        and (
+            ev.stun_classic_messages >= 2
+            or any(n >= 2 for n in ev.stun_classic_tids.values())
+            or ev.stun_services
+        )
+    ):
         service, detail = _stun_service(ev)
         count = ev.stun_cookie_messages + ev.stun_classic_messages
         kind = "stun" if ev.stun_cookie_messages else "stun classic"
@@ -261,6 +308,8 @@ def detect_turn_channel(ev: FlowEvidence) -> DetectorHit | None:
     channel this flow bound with ChannelBind. Weakness: QUIC short headers also start 0x40-0x4F;
     the exact length match and recurrence are what keep them out.
     """
+    if not ev.channels:
+        return None
     bound = [channel for channel in ev.channels if channel in ev.bound_channels]
     recurring = [channel for channel, count in ev.channels.items() if count >= 2]
     chosen = bound or recurring
@@ -290,7 +339,7 @@ def detect_rtp(ev: FlowEvidence) -> DetectorHit | None:
     counts, RTP inside Zoom's encapsulation is the Zoom detectors' evidence. Weakness: a stream
     whose first 32 payloads are lost or reordered beyond 64 is missed.
     """
-    tracks = ev.validated_rtp_tracks()
+    tracks = ev.validated_rtp_tracks() if ev.rtp_tracks else ()
     if tracks:
         types = sorted({pt for _, track in tracks for pt in track.payload_types})
         detail = "rtp pt=" + ",".join(map(str, types)) + f" ssrcs={len(tracks)}"
@@ -306,8 +355,7 @@ def detect_rtcp(ev: FlowEvidence) -> DetectorHit | None:
     SSRC in the same direction (KakaoTalk_talk.pcap, stun_signal.pcapng carry SRTCP only).
     Weakness: a lone reduced-size RTCP packet (RFC 5506) is not enough.
     """
-    recurring_sender = any(count >= 2 for count in ev.rtcp_senders.values())
-    if ev.rtcp_plain >= 2 or ev.rtcp_multi or recurring_sender:
+    if ev.rtcp_plain >= 2 or ev.rtcp_multi or any(count >= 2 for count in ev.rtcp_senders.values()):
         kind = "rtcp compound" if ev.rtcp_plain else "srtcp"
         return DetectorHit("rtcp", "", kind, ev.rtcp_packets)
     return None
@@ -369,7 +417,7 @@ class MediaFlowState:
     def __init__(self, transport: str, client_port: int, server_port: int) -> None:
         self.transport = transport.lower()
         self.evidence = FlowEvidence(self.transport, client_port, server_port)
-        self.errors: collections.Counter[str] = collections.Counter()
+        self.errors: collections.Counter[str] = ErrorCounts()
         self._hits: tuple[DetectorHit, ...] | None = ()
         self._attributes: tuple[tuple[str, str], ...] | None = None
         self._done = False
@@ -417,7 +465,8 @@ class MediaFlowState:
         if self.transport == "tcp":
             self._feed_stream(from_client, payload)
             return
-        inner = stun.strip_ms_turn(payload)
+        # MS-TURN frames start with their magic 0xFF10: only then is there anything to strip.
+        inner = stun.strip_ms_turn(payload) if payload[0] == 0xFF else None
         if inner is not None:
             ev.ms_turn_frames += 1
             message = stun.parse_stun(inner)
@@ -543,22 +592,24 @@ class MediaFlowState:
             ev.stun_types.add(message.message_type)
         if not ev.stun_first_transaction:
             ev.stun_first_transaction = message.transaction_id
-        if message.classic:
+        classic = message.classic
+        if classic:
             ev.stun_classic_messages += 1
             ev.stun_classic_tids[message.transaction_id] += 1
         else:
             ev.stun_cookie_messages += 1
-        if message.is_turn:
+        method = message.method
+        if method in stun.TURN_METHODS:  # message.is_turn
             ev.turn_messages += 1
-            if types & stun.MS_ATTRIBUTES:
+            if not types.isdisjoint(stun.MS_ATTRIBUTES):
                 ev.ms_turn_messages += 1
-            ev.turn_methods.add(stun.METHOD_NAMES.get(message.method, f"0x{message.method:03x}"))
-            if message.method == 0x009:
+            ev.turn_methods.add(stun.METHOD_NAMES.get(method) or f"0x{method:03x}")
+            if method == 0x009:
                 number = message.attribute(stun.ATTR_CHANNEL_NUMBER)
                 if number is not None and len(number) >= 2:
                     ev.bound_channels.add(struct.unpack_from("!H", number)[0])
         if (
-            not message.classic
+            not classic
             and message.message_type == 0x0001
             and types == {stun.ATTR_MESSAGE_INTEGRITY}
         ):
@@ -665,6 +716,9 @@ class MediaFlowState:
     def hits(self) -> tuple[DetectorHit, ...]:
         """Detector hits, strongest first (``DETECTORS`` order)."""
         if self._hits is None:
+            if self.evidence.is_empty():
+                self._hits = ()
+                return self._hits
             found = []
             for detector in DETECTORS:
                 hit = detector.function(self.evidence)
@@ -683,13 +737,17 @@ class MediaFlowState:
                 return protocol
         return hits[0].detector if hits else ""
 
+    def stun_realm(self) -> str:
+        """The first STUN REALM text seen (the ``stun_realm`` attribute), "" when none."""
+        return self.evidence.stun_text.get("stun_realm", "")
+
     def attributes(self) -> tuple[tuple[str, str], ...]:
         """Facts for ``FlowFacts.attributes``: STUN SOFTWARE/REALM/USERNAME, mapped address,
         message types and first transaction id; RTP payload types and SSRCs; DTLS versions; Zoom
         media kinds and layout; TURN channels; Discord discovery address and SSRC. Text values
         come from the wire: exporters must neutralise them (DESIGN.md §2)."""
         if self._attributes is None:  # kept until the next ``feed``, like ``hits``
-            self._attributes = self._read_attributes()
+            self._attributes = () if self.evidence.is_empty() else self._read_attributes()
         return self._attributes
 
     def _read_attributes(self) -> tuple[tuple[str, str], ...]:

@@ -13,6 +13,8 @@ forward pointer is rejected as ``bad_pointer``. Authority and additional section
 from __future__ import annotations
 
 import ipaddress
+import socket
+import struct
 from dataclasses import dataclass
 
 TYPE_A = 1
@@ -160,7 +162,7 @@ def _record_value(message: bytes, rtype: int, start: int, end: int) -> tuple[str
     if rtype == TYPE_A:
         if len(rdata) != 4:
             raise DnsError("bad_rdata_a")
-        address = str(ipaddress.IPv4Address(rdata))
+        address = socket.inet_ntoa(rdata)  # dotted quad, the text ipaddress.IPv4Address gives
         return address, (address,)
     if rtype == TYPE_AAAA:
         if len(rdata) != 16:
@@ -187,38 +189,56 @@ def parse_dns(message: bytes) -> DnsMessage:
     """
     if len(message) < HEADER_LENGTH:
         raise DnsError("truncated_header")
-    message_id = _uint(message, 0, 2, "truncated_header")
-    flags = _uint(message, 2, 2, "truncated_header")
-    question_count = _uint(message, 4, 2, "truncated_header")
-    answer_count = _uint(message, 6, 2, "truncated_header")
+    message_id, flags, question_count, answer_count = _HEADER(message, 0)
     position = HEADER_LENGTH
+    size = len(message)
     questions: list[DnsQuestion] = []
     for _ in range(question_count):
         name, position = _read_name(message, position)
-        qtype = _uint(message, position, 2, "truncated_question")
-        _uint(message, position + 2, 2, "truncated_question")  # qclass
+        if position + 4 > size:  # QTYPE, QCLASS
+            raise DnsError("truncated_question")
+        qtype = message[position] << 8 | message[position + 1]
         position += 4
-        questions.append(DnsQuestion(name, qtype))
+        questions.append(_new_question(name, qtype))
     answers: list[DnsRecord] = []
     for _ in range(answer_count):
         name, position = _read_name(message, position)
-        rtype = _uint(message, position, 2, "truncated_record")
-        ttl_s = _uint(message, position + 4, 4, "truncated_record")
-        rdlength = _uint(message, position + 8, 2, "truncated_record")
+        if position + 10 > size:  # TYPE, CLASS, TTL, RDLENGTH
+            raise DnsError("truncated_record")
+        rtype, _rclass, ttl_s, rdlength = _RECORD_HEADER(message, position)
         start = position + 10
         end = start + rdlength
-        if end > len(message):
+        if end > size:
             raise DnsError("truncated_rdata")
         value, addresses = _record_value(message, rtype, start, end)
-        answers.append(DnsRecord(name, rtype, ttl_s, value, addresses))
+        answers.append(_new_record(name, rtype, ttl_s, value, addresses))
         position = end
-    return DnsMessage(
-        id=message_id,
-        is_response=bool(flags & 0x8000),
-        rcode=flags & 0x000F,
-        questions=tuple(questions),
-        answers=tuple(answers),
-    )
+    return _new_message(message_id, bool(flags & 0x8000), flags & 0x000F, tuple(questions), tuple(answers))
+
+
+_HEADER = struct.Struct("!HHHH").unpack_from  # ID, flags, QDCOUNT, ANCOUNT (RFC 1035 §4.1.1)
+_RECORD_HEADER = struct.Struct("!HHIH").unpack_from  # TYPE, CLASS, TTL, RDLENGTH (§4.1.3)
+
+
+def _slot_filler(cls: type, names: tuple[str, ...]):
+    """``cls(*values)`` for a frozen slots dataclass whose fields are ``names``, in order,
+    without the generated ``__init__`` (one ``object.__setattr__`` per field): a DNS response
+    builds a message, its questions and every record, for every answer in the capture."""
+    setters = tuple(cls.__dict__[name].__set__ for name in names)
+    new = object.__new__
+
+    def build(*values: object):
+        instance = new(cls)
+        for setter, value in zip(setters, values):
+            setter(instance, value)
+        return instance
+
+    return build
+
+
+_new_question = _slot_filler(DnsQuestion, ("name", "type"))
+_new_record = _slot_filler(DnsRecord, ("name", "type", "ttl_s", "value", "addresses"))
+_new_message = _slot_filler(DnsMessage, ("id", "is_response", "rcode", "questions", "answers"))
 
 
 def split_tcp_messages(stream: bytes) -> tuple[list[bytes], int]:

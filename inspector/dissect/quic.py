@@ -33,15 +33,15 @@ from __future__ import annotations
 
 import collections
 import functools
-import hmac
 import re
 from dataclasses import dataclass
+from hashlib import sha256 as _sha256
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from inspector.dissect import gquic
+from inspector.dissect import ErrorCounts, gquic
 from inspector.dissect.gquic import GQuicError, GQuicHello
 from inspector.dissect.tls import ClientHello, TlsError, parse_client_hello
 
@@ -256,22 +256,42 @@ def _hkdf_label(label: str, length: int, context: bytes) -> bytes:
     )
 
 
+# HMAC's inner and outer pads (RFC 2104 §2) as byte translation tables: XOR-ing a 64-byte key
+# block with 0x36 / 0x5C is then one C call.
+_IPAD = bytes(value ^ 0x36 for value in range(256))
+_OPAD = bytes(value ^ 0x5C for value in range(256))
+_SHA256_BLOCK = 64
+
+
+def _hmac_sha256(key: bytes, message: bytes) -> bytes:
+    """HMAC-SHA256 (RFC 2104): H((K ^ opad) | H((K ^ ipad) | message)).
+
+    Written on ``hashlib.sha256``: QUIC Initial keys take five HMACs with five different keys,
+    and the standard library's OpenSSL one-shot HMAC spends more setting up each key than the
+    two hashes cost. Keys longer than the block are hashed first, as RFC 2104 §2 says.
+    """
+    if len(key) > _SHA256_BLOCK:
+        key = _sha256(key).digest()
+    block = key.ljust(_SHA256_BLOCK, b"\x00")
+    inner = _sha256(block.translate(_IPAD) + message).digest()
+    return _sha256(block.translate(_OPAD) + inner).digest()
+
+
 def _hkdf_expand(prk: bytes, info: bytes, length: int) -> bytes:
     """HKDF-Expand (RFC 5869 §2.3) with HMAC-SHA256: T(i) = HMAC(PRK, T(i-1) | info | i).
 
-    Written on the standard library's one-shot ``hmac.digest``: QUIC Initial keys need one
-    block each (<= 32 bytes), and building a ``cryptography`` HKDF object per label cost more
-    than the hashing itself.
+    QUIC Initial keys need one block each (<= 32 bytes); building a ``cryptography`` HKDF
+    object per label cost more than the hashing itself.
     """
     if length <= 32:  # one block, T(1) (every QUIC Initial key)
-        return hmac.digest(prk, info + b"\x01", "sha256")[:length]
+        return _hmac_sha256(prk, info + b"\x01")[:length]
     if length > 255 * 32:
         raise ValueError("HKDF-Expand output is limited to 255 hash lengths")
     output = b""
     block = b""
     counter = 1
     while len(output) < length:
-        block = hmac.digest(prk, block + info + bytes([counter]), "sha256")
+        block = _hmac_sha256(prk, block + info + bytes([counter]))
         output += block
         counter += 1
     return output[:length]
@@ -279,7 +299,7 @@ def _hkdf_expand(prk: bytes, info: bytes, length: int) -> bytes:
 
 def _hkdf_extract(salt: bytes, ikm: bytes) -> bytes:
     """HKDF-Extract (RFC 5869 §2.2): PRK = HMAC-SHA256(key=salt, msg=IKM)."""
-    return hmac.digest(salt, ikm, "sha256")
+    return _hmac_sha256(salt, ikm)
 
 
 def initial_secret(salt: bytes, dcid: bytes) -> bytes:
@@ -304,14 +324,36 @@ def client_initial_keys(
 ) -> InitialKeys:
     """Keys protecting the client's Initial packets.
 
-    Source: RFC 9001 §5.2; RFC 9369 §3.3 for the v2 labels.
+    Source: RFC 9001 §5.2; RFC 9369 §3.3 for the v2 labels. Every output fits one HKDF-Expand
+    block, so each is one HMAC over the encoded label (``_expand_infos``) and the counter 1.
     """
-    client_secret = hkdf_expand_label(initial_secret(salt, dcid), "client in", 32)
+    client_in, key_info, iv_info, hp_info = _expand_infos(labels)
+    client_secret = _hmac_sha256(_hmac_sha256(salt, dcid), client_in)
+    # Three HMACs under the same key: its padded inner and outer blocks are hashed once and
+    # the hash states copied (RFC 2104 §2 computes each HMAC from exactly these two prefixes).
+    block = client_secret.ljust(_SHA256_BLOCK, b"\x00")
+    inner, outer = _sha256(block.translate(_IPAD)), _sha256(block.translate(_OPAD))
+
+    def expand(info: bytes) -> bytes:
+        inner_hash = inner.copy()
+        inner_hash.update(info)
+        outer_hash = outer.copy()
+        outer_hash.update(inner_hash.digest())
+        return outer_hash.digest()
+
+    return InitialKeys(key=expand(key_info)[:16], iv=expand(iv_info)[:12], hp=expand(hp_info)[:16])
+
+
+@functools.lru_cache(maxsize=8)
+def _expand_infos(labels: tuple[str, str, str]) -> tuple[bytes, bytes, bytes, bytes]:
+    """HKDF-Expand inputs (HkdfLabel, RFC 8446 §7.1, followed by the block counter 1) for the
+    client secret (32 bytes) and the key (16), iv (12) and hp (16) of one label set."""
     key_label, iv_label, hp_label = labels
-    return InitialKeys(
-        key=hkdf_expand_label(client_secret, key_label, 16),
-        iv=hkdf_expand_label(client_secret, iv_label, 12),
-        hp=hkdf_expand_label(client_secret, hp_label, 16),
+    return (
+        _hkdf_label("client in", 32, b"") + b"\x01",
+        _hkdf_label(key_label, 16, b"") + b"\x01",
+        _hkdf_label(iv_label, 12, b"") + b"\x01",
+        _hkdf_label(hp_label, 16, b"") + b"\x01",
     )
 
 
@@ -407,7 +449,7 @@ def parse_long_header(datagram: bytes, start: int, profile: VersionProfile) -> L
     token = b""
     if packet_type == PACKET_RETRY:
         end = len(datagram)
-        return LongHeader(start, end, pos, first_byte, version, packet_type, dcid, scid, b"")
+        return _new_long_header(start, end, pos, first_byte, version, packet_type, dcid, scid, b"")
     if packet_type == PACKET_INITIAL:
         token_len, pos = read_varint(datagram, pos)
         if token_len > len(datagram) - pos:
@@ -417,7 +459,22 @@ def parse_long_header(datagram: bytes, start: int, profile: VersionProfile) -> L
     length, pos = read_varint(datagram, pos)
     if length > len(datagram) - pos:
         raise QuicError("bad_packet_length")
-    return LongHeader(start, pos + length, pos, first_byte, version, packet_type, dcid, scid, token)
+    return _new_long_header(start, pos + length, pos, first_byte, version, packet_type, dcid, scid, token)
+
+
+_LONG_HEADER_SETTERS = tuple(
+    LongHeader.__dict__[name].__set__
+    for name in ("start", "end", "pn_offset", "first_byte", "version", "packet_type", "dcid", "scid", "token")
+)
+
+
+def _new_long_header(*values: object) -> LongHeader:
+    """``LongHeader(*values)`` without the frozen dataclass ``__init__`` (one
+    ``object.__setattr__`` per field): the slots are filled directly, in field order."""
+    header = object.__new__(LongHeader)
+    for setter, value in zip(_LONG_HEADER_SETTERS, values):
+        setter(header, value)
+    return header
 
 
 def decrypt_client_initial(packet: bytes, pn_offset: int, keys: InitialKeys) -> tuple[int, bytes]:
@@ -434,6 +491,9 @@ def decrypt_client_initial(packet: bytes, pn_offset: int, keys: InitialKeys) -> 
     return _decrypt_initial(packet, pn_offset, _InitialCipher(keys))
 
 
+_ECB = modes.ECB()  # a mode object holds no key or state: one serves every cipher
+
+
 class _InitialCipher:
     """The AES contexts of one set of Initial keys, built once and reused for every packet.
 
@@ -445,7 +505,7 @@ class _InitialCipher:
 
     def __init__(self, keys: InitialKeys) -> None:
         self.iv = int.from_bytes(keys.iv, "big")
-        self.hp_encryptor = Cipher(algorithms.AES(keys.hp), modes.ECB()).encryptor()
+        self.hp_encryptor = Cipher(algorithms.AES(keys.hp), _ECB).encryptor()
         self.aead = AESGCM(keys.key)
 
 
@@ -494,20 +554,30 @@ def _skip_ack(data: bytes, pos: int, with_ecn: bool) -> int:
 
 def _read_crypto(data: bytes, pos: int) -> tuple[int, bytes, int]:
     end = len(data)
-    # Offset and Length varints (RFC 9000 §19.6); one-byte forms (values < 64) read inline.
-    if pos < end and data[pos] < 0x40:
-        offset = data[pos]
+    # Offset and Length varints (RFC 9000 §19.6). The one- and two-byte forms (prefix 0b00 and
+    # 0b01: values below 2^14, every offset and length of an Initial) are read inline.
+    first = data[pos] if pos < end else 0xFF
+    if first < 0x40:
+        offset = first
         pos += 1
+    elif first < 0x80 and pos + 2 <= end:
+        offset = (first & 0x3F) << 8 | data[pos + 1]
+        pos += 2
     else:
         offset, pos = read_varint(data, pos)
-    if pos < end and data[pos] < 0x40:
-        length = data[pos]
+    first = data[pos] if pos < end else 0xFF
+    if first < 0x40:
+        length = first
         pos += 1
+    elif first < 0x80 and pos + 2 <= end:
+        length = (first & 0x3F) << 8 | data[pos + 1]
+        pos += 2
     else:
         length, pos = read_varint(data, pos)
     if length > end - pos:
         raise QuicError("bad_crypto_length")
-    return offset, data[pos : pos + length], pos + length
+    stop = pos + length
+    return offset, data[pos:stop], stop
 
 
 # A run of PADDING (0x00) and PING (0x01) frames, each one byte long (RFC 9000 §19.1, §19.2).
@@ -526,8 +596,13 @@ def parse_initial_frames(plaintext: bytes) -> list[tuple[int, bytes]]:
     pos = 0
     end = len(plaintext)
     skip = _PADDING_OR_PING_RUN.match
+    append = fragments.append
     while pos < end:
         frame_type = plaintext[pos]
+        if frame_type == 0x06:
+            offset, chunk, pos = _read_crypto(plaintext, pos + 1)
+            append((offset, chunk))
+            continue
         if frame_type == 0x00 or frame_type == 0x01:
             # One-byte frames: jump the whole run (a client pads its Initial to 1200 bytes).
             pos = skip(plaintext, pos).end()
@@ -535,9 +610,6 @@ def parse_initial_frames(plaintext: bytes) -> list[tuple[int, bytes]]:
         pos += 1
         if frame_type in (0x02, 0x03):
             pos = _skip_ack(plaintext, pos, frame_type == 0x03)
-        elif frame_type == 0x06:
-            offset, chunk, pos = _read_crypto(plaintext, pos)
-            fragments.append((offset, chunk))
         elif frame_type == 0x1C:
             _, pos = read_varint(plaintext, pos)  # error code
             _, pos = read_varint(plaintext, pos)  # frame type
@@ -587,13 +659,18 @@ class CryptoReassembler:
     Holds at most ``MAX_CRYPTO_BYTES`` (a ClientHello with post-quantum key shares is ~2 KiB;
     64 KiB is generous). Overlapping retransmissions are allowed; the first copy wins, as a
     conforming sender repeats the same bytes (RFC 9000 §19.6).
+
+    Which bytes have arrived is kept as a mask, one byte per stream byte (1 = arrived), so that
+    finding the uncovered runs of a fragment and the first gap are ``bytearray.find`` calls
+    rather than a Python walk over ranges (Chrome splits each Initial's CRYPTO data into about
+    seven fragments).
     """
 
-    __slots__ = ("_buffer", "_covered", "_cap")
+    __slots__ = ("_buffer", "_arrived", "_cap")
 
     def __init__(self, cap: int = MAX_CRYPTO_BYTES) -> None:
         self._buffer = bytearray()
-        self._covered: list[tuple[int, int]] = []  # sorted, merged [start, end) ranges
+        self._arrived = bytearray()  # 1 where the byte at that offset has arrived
         self._cap = cap
 
     def add(self, offset: int, data: bytes) -> None:
@@ -602,44 +679,65 @@ class CryptoReassembler:
         end = offset + len(data)
         if end > self._cap:
             raise QuicError("crypto_too_large")
-        buffer = self._buffer
+        buffer, arrived = self._buffer, self._arrived
         if end > len(buffer):
-            buffer.extend(bytes(end - len(buffer)))
-        # Write only the bytes not yet covered, so the first copy of every byte wins; in the
-        # same pass, fold [offset, end) into the sorted list of covered ranges (ranges that
-        # overlap or touch it merge with it).
-        cursor = offset
-        merged_start, merged_end = offset, end
-        covered: list[tuple[int, int]] = []
-        placed = False
-        for start, stop in self._covered:
-            if stop < offset:
-                covered.append((start, stop))
-                continue
-            if start > end:
-                if not placed:
-                    covered.append((merged_start, merged_end))
-                    placed = True
-                covered.append((start, stop))
-                continue
-            # Overlaps or touches [offset, end).
-            if stop > cursor and start < end:
-                if start > cursor:
-                    buffer[cursor:start] = data[cursor - offset : start - offset]
-                cursor = max(cursor, stop)
-            merged_start = min(merged_start, start)
-            merged_end = max(merged_end, stop)
-        if cursor < end:
-            buffer[cursor:end] = data[cursor - offset :]
-        if not placed:
-            covered.append((merged_start, merged_end))
-        self._covered = covered
+            grow = bytes(end - len(buffer))
+            buffer += grow
+            arrived += grow
+        # Write only the runs not yet arrived, so the first copy of every byte wins.
+        gap = arrived.find(0, offset, end)
+        while gap != -1:
+            stop = arrived.find(1, gap, end)
+            if stop == -1:
+                stop = end
+            buffer[gap:stop] = data[gap - offset : stop - offset]
+            arrived[gap:stop] = b"\x01" * (stop - gap)
+            if stop == end:
+                break
+            gap = arrived.find(0, stop, end)
+
+    @property
+    def empty(self) -> bool:
+        """No byte has arrived yet."""
+        return not self._arrived
+
+    @property
+    def cap(self) -> int:
+        return self._cap
 
     def contiguous(self) -> bytes:
         """The bytes from offset 0 up to the first gap."""
-        if not self._covered or self._covered[0][0] != 0:
-            return b""
-        return bytes(self._buffer[: self._covered[0][1]])
+        gap = self._arrived.find(0)
+        if gap == -1:
+            gap = len(self._arrived)
+        return bytes(self._buffer[:gap])
+
+
+def _whole_client_hello(fragments: list[tuple[int, bytes]], cap: int) -> bytes | None:
+    """The CRYPTO stream of a connection's first Initial when that one packet settles the
+    ClientHello, without building a reassembler; None when the reassembler is needed.
+
+    Settles: its fragments, sorted by offset, tile [0, n) with neither gap nor overlap (Chrome's
+    chaos protection only reorders them), and the stream is not a ClientHello or holds it whole
+    (``_try_client_hello`` then ends the collection, so no later fragment is ever merged).
+    The tiled bytes are then exactly what ``CryptoReassembler.contiguous`` would return.
+    """
+    chunks = sorted([(offset, chunk) for offset, chunk in fragments if chunk], key=_offset_of)
+    position = 0
+    for offset, chunk in chunks:
+        if offset != position:
+            return None
+        position += len(chunk)
+    if position > cap or position < 4:
+        return None
+    stream = b"".join([chunk for _, chunk in chunks])
+    if stream[0] == 1 and 4 + int.from_bytes(stream[1:4], "big") > position:
+        return None  # the hello continues in a later packet
+    return stream
+
+
+def _offset_of(fragment: tuple[int, bytes]) -> int:
+    return fragment[0]
 
 
 # --- Google QUIC entry point ----------------------------------------------------------------
@@ -719,7 +817,7 @@ class QuicInitialCollector:
         self.gquic_hello: GQuicHello | None = None
         self.version: int | None = None
         self.done = False
-        self.errors: collections.Counter[str] = collections.Counter()
+        self.errors: collections.Counter[str] = ErrorCounts()
         self.max_datagrams = max_datagrams
         self._datagrams = 0
         self._crypto = CryptoReassembler()
@@ -838,9 +936,13 @@ class QuicInitialCollector:
                 fragments = parse_initial_frames(plaintext)
         else:
             fragments = parse_initial_frames(plaintext)
-        for offset, chunk in fragments:
-            self._crypto.add(offset, chunk)
-        stream = self._crypto.contiguous()
+        stream = None
+        if profile.payload == "tls" and self._crypto.empty:
+            stream = _whole_client_hello(fragments, self._crypto.cap)
+        if stream is None:
+            for offset, chunk in fragments:
+                self._crypto.add(offset, chunk)
+            stream = self._crypto.contiguous()
         if profile.payload == "chlo":
             self._try_chlo(stream, version)
         else:

@@ -12,6 +12,7 @@ well-formed message; none of them raises.
 from __future__ import annotations
 
 import ipaddress
+import socket
 import struct
 import zlib
 from dataclasses import dataclass
@@ -103,7 +104,7 @@ class StunMessage:
 
     @property
     def attribute_types(self) -> frozenset[int]:
-        return frozenset(kind for kind, _ in self.attributes)
+        return frozenset(dict(self.attributes))  # the keys of the (type, value) pairs
 
     @property
     def is_turn(self) -> bool:
@@ -153,8 +154,11 @@ def decode_address(value: bytes, transaction_id: bytes, xor: bool) -> str:
     if xor:
         port ^= MAGIC_COOKIE >> 16
         key = struct.pack("!I", MAGIC_COOKIE) + transaction_id[-12:]
-        raw = bytes(a ^ b for a, b in zip(raw, key))
+        size = min(len(raw), len(key))  # XOR over the shorter of the two, as zip pairs them
+        raw = (int.from_bytes(raw[:size], "big") ^ int.from_bytes(key[:size], "big")).to_bytes(size, "big")
     if family == 1:
+        if len(raw) == 4:
+            return f"{socket.inet_ntoa(raw)}:{port}"  # dotted quad, as ipaddress writes it
         return f"{ipaddress.IPv4Address(raw)}:{port}"
     return f"[{ipaddress.IPv6Address(raw)}]:{port}"
 
@@ -187,7 +191,7 @@ def parse_stun(data: bytes, *, allow_trailing: bool = False) -> StunMessage | No
     """
     if len(data) < HEADER_LEN:
         return None
-    message_type, length, cookie = struct.unpack_from("!HHI", data, 0)
+    message_type, length, cookie = _HEADER(data, 0)
     classic = cookie != MAGIC_COOKIE
     # RFC 5389 §6: length is a multiple of 4. WhatsApp breaks this (unpadded last attribute,
     # wa_voice.pcap), so the rule is only enforced where no magic cookie vouches for STUN.
@@ -212,17 +216,49 @@ def parse_stun(data: bytes, *, allow_trailing: bool = False) -> StunMessage | No
     if message_type in WHATSAPP_MESSAGE_TYPES:
         method, klass = 0, "indication"
     else:
-        method, klass = method_of(message_type), message_class_of(message_type)
-    return StunMessage(
-        message_type=message_type,
-        method=method,
-        message_class=klass,
-        transaction_id=transaction_id,
-        classic=classic,
-        attributes=attributes,
-        total_len=total,
-        fingerprint_ok=fingerprint_ok,
+        method, klass = _METHOD_AND_CLASS[message_type]
+    return _new_message(
+        message_type, method, klass, transaction_id, classic, attributes, total, fingerprint_ok
     )
+
+
+def _slot_setters(cls: type, names: tuple[str, ...]) -> tuple:
+    return tuple(cls.__dict__[name].__set__ for name in names)
+
+
+_MESSAGE_SETTERS = _slot_setters(
+    StunMessage,
+    (
+        "message_type", "method", "message_class", "transaction_id", "classic", "attributes",
+        "total_len", "fingerprint_ok",
+    ),
+)  # fmt: skip
+
+
+def _new_message(
+    message_type: int,
+    method: int,
+    message_class: str,
+    transaction_id: bytes,
+    classic: bool,
+    attributes: tuple[tuple[int, bytes], ...],
+    total_len: int,
+    fingerprint_ok: bool | None,
+) -> StunMessage:
+    """``StunMessage(...)`` without the frozen dataclass ``__init__``, which sets each field
+    through ``object.__setattr__``; the slots are filled directly. A datagram flow's first
+    packets are mostly STUN, so this runs for most media packets."""
+    message = object.__new__(StunMessage)
+    s0, s1, s2, s3, s4, s5, s6, s7 = _MESSAGE_SETTERS
+    s0(message, message_type)
+    s1(message, method)
+    s2(message, message_class)
+    s3(message, transaction_id)
+    s4(message, classic)
+    s5(message, attributes)
+    s6(message, total_len)
+    s7(message, fingerprint_ok)
+    return message
 
 
 def _walk_attributes(
@@ -232,23 +268,30 @@ def _walk_attributes(
     attributes: list[tuple[int, bytes]] = []
     fingerprint_ok: bool | None = None
     pos = HEADER_LEN
+    append = attributes.append
     while pos < total:
         if pos + 4 > total or len(attributes) >= MAX_ATTRIBUTES:
             return None
-        attr_type, attr_len = struct.unpack_from("!HH", data, pos)
+        attr_type, attr_len = _TYPE_LENGTH(data, pos)
         end = pos + 4 + attr_len
         if end > total:
             return None
         value = data[pos + 4 : end]
         if attr_type == ATTR_FINGERPRINT and attr_len == 4:
-            fingerprint_ok = struct.unpack("!I", value)[0] == fingerprint(data[:pos])
-        attributes.append((attr_type, value))
+            fingerprint_ok = int.from_bytes(value, "big") == fingerprint(memoryview(data)[:pos])
+        append((attr_type, value))
         # Padding to 4 bytes (RFC 5389 §15); WhatsApp omits it after the last attribute
         # (wa_voice.pcap Allocate requests), so a message may end right after the value.
         pos = end if (end == total or not padded) else end + (-attr_len % 4)
     if pos != total:
         return None
     return tuple(attributes), fingerprint_ok
+
+
+_TYPE_LENGTH = struct.Struct("!HH").unpack_from  # an attribute's type and length (RFC 8489 §14)
+_HEADER = struct.Struct("!HHI").unpack_from  # message type, length, magic cookie (RFC 8489 §5)
+# (method, class) of every message type whose two top bits are zero, as parse_stun accepts them.
+_METHOD_AND_CLASS = tuple((method_of(t), message_class_of(t)) for t in range(0x4000))
 
 
 def parse_stun_stream(data: bytes, max_messages: int = 16) -> list[StunMessage]:
@@ -319,6 +362,11 @@ def stun_service(
     can see (those flows carry no REALM naming the service).
     """
     types = message.attribute_types if attribute_types is None else attribute_types
+    if (
+        types.isdisjoint(_MARKED_ATTRIBUTES)
+        and message.message_type not in WHATSAPP_MESSAGE_TYPES
+    ):
+        return "", ""  # no vendor attribute, type, REALM or SOFTWARE: plain ICE / Binding
     if types & ZOOM_ATTRIBUTES:
         return "zoom", f"stun attr=0x{min(types & ZOOM_ATTRIBUTES):04x}"
     if types & MS_ATTRIBUTES:
@@ -342,6 +390,16 @@ def stun_service(
                 return service, f"stun {label}={text[:48]}"
     return "", ""
 
+
+# Every attribute ``stun_service`` looks at: the vendor sets and the two text attributes.
+_MARKED_ATTRIBUTES = (
+    ZOOM_ATTRIBUTES
+    | MS_ATTRIBUTES
+    | WHATSAPP_ATTRIBUTES
+    | GOOGLE_ATTRIBUTES
+    | WEBEX_ATTRIBUTES
+    | {ATTR_REALM, ATTR_SOFTWARE}
+)
 
 _TEXT_SERVICES = (
     ("google.com", "google-meet"),

@@ -209,7 +209,14 @@ def _parse_alpn(data: bytes) -> tuple[str, ...]:
 def _parse_uint16_list(raw: bytes, reason: str) -> tuple[int, ...]:
     if len(raw) % 2:
         raise TlsError(reason)
-    return struct.unpack(f">{len(raw) // 2}H", raw)
+    count = len(raw) // 2
+    if count < len(_UINT16_LISTS):
+        return _UINT16_LISTS[count].unpack(raw)
+    return struct.unpack(f">{count}H", raw)
+
+
+# Compiled layouts of short uint16 lists (supported_versions holds at most 127 values).
+_UINT16_LISTS = tuple(struct.Struct(f">{count}H") for count in range(128))
 
 
 def _extension_spans(
@@ -311,47 +318,75 @@ def _parse_client_hello(handshake: bytes, dtls: bool, lenient: bool) -> ClientHe
     if pos > end or not length:
         raise TlsError("bad_compression_methods")
     extensions = _extension_spans(data, pos, end, lenient)
-
-    server_name = ""
-    alpn: tuple[str, ...] = ()
-    supported_versions: tuple[int, ...] = ()
-    use_srtp: tuple[int, ...] = ()
-    has_ech = False
-    seen: set[int] = set()
-    for ext_type, start, stop in extensions:
-        if ext_type == EXT_ECH or ext_type == EXT_LEGACY_ESNI:
-            has_ech = True
+    types = tuple([span[0] for span in extensions])
+    distinct = set(types)
+    values: dict[int, object] = {}
+    if not distinct.isdisjoint(_CLIENT_EXTENSIONS_READ):
         # RFC 8446 §4.2 forbids repeating an extension; if a client does, the first one counts.
-        if ext_type in seen:
-            continue
-        seen.add(ext_type)
-        if ext_type not in _CLIENT_EXTENSIONS_READ:
-            continue
-        try:
-            parsed = _client_extension(ext_type, data[start:stop])
-        except TlsError:
-            if lenient:
+        spans = extensions if len(distinct) == len(types) else _first_of_each(extensions)
+        for ext_type, start, stop in spans:
+            if ext_type not in _CLIENT_EXTENSIONS_READ:
                 continue
-            raise
-        if parsed is None:
-            continue
-        if ext_type == EXT_SERVER_NAME:
-            server_name = parsed  # type: ignore[assignment]
-        elif ext_type == EXT_ALPN:
-            alpn = parsed  # type: ignore[assignment]
-        elif ext_type == EXT_SUPPORTED_VERSIONS:
-            supported_versions = parsed  # type: ignore[assignment]
-        elif ext_type == EXT_USE_SRTP:
-            use_srtp = parsed  # type: ignore[assignment]
-    return ClientHello(
-        server_name=server_name,
-        alpn=alpn,
-        legacy_version=legacy_version,
-        supported_versions=supported_versions,
-        has_ech=has_ech,
-        use_srtp=use_srtp,
-        extensions=tuple([span[0] for span in extensions]),
+            try:
+                parsed = _client_extension(ext_type, data[start:stop])
+            except TlsError:
+                if lenient:
+                    continue
+                raise
+            if parsed is not None:
+                values[ext_type] = parsed
+    return _new_client_hello(
+        values.get(EXT_SERVER_NAME, ""),
+        values.get(EXT_ALPN, ()),
+        legacy_version,
+        values.get(EXT_SUPPORTED_VERSIONS, ()),
+        EXT_ECH in distinct or EXT_LEGACY_ESNI in distinct,
+        values.get(EXT_USE_SRTP, ()),
+        types,
     )
+
+
+def _first_of_each(spans: list[tuple[int, int, int]]) -> list[tuple[int, int, int]]:
+    """The first extension of each type, in wire order."""
+    seen: set[int] = set()
+    first = []
+    for span in spans:
+        if span[0] not in seen:
+            seen.add(span[0])
+            first.append(span)
+    return first
+
+
+_HELLO_SETTERS = tuple(
+    ClientHello.__dict__[name].__set__
+    for name in (
+        "server_name", "alpn", "legacy_version", "supported_versions", "has_ech", "use_srtp",
+        "extensions",
+    )
+)  # fmt: skip
+
+
+def _new_client_hello(
+    server_name: str,
+    alpn: tuple[str, ...],
+    legacy_version: int,
+    supported_versions: tuple[int, ...],
+    has_ech: bool,
+    use_srtp: tuple[int, ...],
+    extensions: tuple[int, ...],
+) -> ClientHello:
+    """``ClientHello(...)`` without the frozen dataclass ``__init__`` (one ``object.__setattr__``
+    per field): the slots are filled directly. Every TLS and QUIC flow parses one hello."""
+    hello = object.__new__(ClientHello)
+    s0, s1, s2, s3, s4, s5, s6 = _HELLO_SETTERS
+    s0(hello, server_name)
+    s1(hello, alpn)
+    s2(hello, legacy_version)
+    s3(hello, supported_versions)
+    s4(hello, has_ech)
+    s5(hello, use_srtp)
+    s6(hello, extensions)
+    return hello
 
 
 # The ClientHello extensions ``_client_extension`` decodes; the others are only listed.
@@ -366,10 +401,11 @@ def _client_extension(ext_type: int, ext_data: bytes) -> str | tuple[str, ...] |
     if ext_type == EXT_ALPN:
         return _parse_alpn(ext_data)
     if ext_type == EXT_SUPPORTED_VERSIONS:
-        versions = _Cursor(ext_data)
-        return _parse_uint16_list(
-            versions.vector(1, "bad_supported_versions"), "bad_supported_versions"
-        )
+        # ProtocolVersion versions<2..254> (RFC 8446 §4.2.1): a one-byte length, then uint16s;
+        # bytes after the vector are ignored.
+        if not ext_data or 1 + ext_data[0] > len(ext_data):
+            raise TlsError("bad_supported_versions")
+        return _parse_uint16_list(ext_data[1 : 1 + ext_data[0]], "bad_supported_versions")
     if ext_type == EXT_USE_SRTP:
         srtp = _Cursor(ext_data)
         profiles = _parse_uint16_list(srtp.vector(2, "bad_use_srtp"), "bad_use_srtp")
@@ -493,7 +529,9 @@ class TlsHandshakeReader:
 
     def __init__(self, max_bytes: int = 65536) -> None:
         self._offset = 0
-        self._handshake = bytearray()
+        # Immutable bytes: handshake data is a few records at most, so growing it by
+        # concatenation costs little, and a message sliced out of it needs no second copy.
+        self._handshake = b""
         self._emitted = 0
         self.encrypted = False
         self.max_bytes = max_bytes
@@ -532,6 +570,6 @@ class TlsHandshakeReader:
                 if 4 + length > self.max_bytes:
                     raise TlsError("handshake_too_large")
                 break
-            messages.append(bytes(buf[self._emitted : end]))
+            messages.append(buf if self._emitted == 0 and end == len(buf) else buf[self._emitted : end])
             self._emitted = end
         return messages

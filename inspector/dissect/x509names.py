@@ -10,6 +10,8 @@ chain), and wildcard or multi-domain certificates name many hosts; the first nam
 
 from __future__ import annotations
 
+import functools
+
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
@@ -22,13 +24,37 @@ class CertificateError(ValueError):
         self.reason = reason
 
 
+# Certificates already read, by their DER bytes. Every connection to the same server presents
+# the same certificate, and a capture holds many connections to a few servers, while X.509
+# parsing is the costliest step of naming a TLS 1.2 flow. Bounded; each entry is the
+# certificate's bytes (a few KB) and its names.
+CERTIFICATE_CACHE_SIZE = 512
+
+
 def certificate_names(der: bytes) -> tuple[str, ...]:
     """SAN dNSNames in certificate order, then the subject CN if not already listed.
 
     Raises CertificateError only. ``cryptography`` raises ValueError and a few library-specific
     exceptions for malformed DER and extensions; every one of them is converted here because the
-    bytes come from the network.
+    bytes come from the network. A certificate seen before is answered from a bounded cache
+    (the same names, or the same error).
     """
+    names, error = _names_or_error(bytes(der))
+    if error:
+        raise CertificateError(error)
+    return names
+
+
+@functools.lru_cache(maxsize=CERTIFICATE_CACHE_SIZE)
+def _names_or_error(der: bytes) -> tuple[tuple[str, ...], str]:
+    """(names, "") or ((), reason) for ``certificate_names``: a failure is remembered too."""
+    try:
+        return _read_names(der), ""
+    except CertificateError as exc:
+        return (), exc.reason
+
+
+def _read_names(der: bytes) -> tuple[str, ...]:
     try:
         certificate = x509.load_der_x509_certificate(der)
     except Exception as exc:  # noqa: BLE001 - untrusted DER, any parse failure is "bad_der"

@@ -508,3 +508,45 @@ def test_agreement_with_ndpi_on_shared_captures(ndpi_dir: Path) -> None:
     assert protocol_total >= 150
     assert protocol_agree / protocol_total >= 0.97, report
     assert service_agree / service_total >= 0.70, report
+
+
+def test_empty_evidence_means_no_hits_and_no_attributes() -> None:
+    """``FlowEvidence.is_empty`` short-cuts the detectors: a state fed only bytes no parser
+    takes has neither hits nor attributes, and any recognised packet makes it non-empty."""
+    state = MediaFlowState("udp", 50000, 3478)
+    for payload in (b"\x60" + bytes(40), b"\xd0\x01\x02\x03" * 5, b"\x44" * 3):
+        state.feed(True, payload, 0)
+    assert state.evidence.is_empty()
+    assert state.hits() == () and state.attributes() == ()
+    binding = struct.pack("!HHI", 0x0001, 0, 0x2112A442) + bytes(12)
+    state.feed(True, binding, 1)
+    assert not state.evidence.is_empty()
+    assert [hit.detector for hit in state.hits()] == ["stun"]
+
+
+def test_is_empty_covers_every_field_the_detectors_read() -> None:
+    """Setting any one evidence field a detector or attribute reads makes the evidence
+    non-empty (so the short-cut can never hide a hit)."""
+    from inspector.dissect.detectors import FlowEvidence
+
+    fresh = FlowEvidence("udp", 1, 2)
+    fields = [name for name in dir(fresh) if not name.startswith("_") and not callable(getattr(fresh, name))]
+    skip = {"transport", "client_port", "server_port", "packets", "rtp_samples", "stun_first_transaction",
+            "stun_services", "stun_classic_tids", "turn_methods", "bound_channels", "integrity_only_bindings",
+            "ms_turn_stun_frames", "zoom_p2p_ssrcs"}
+    for name in fields:
+        if name in skip:
+            continue
+        ev = FlowEvidence("udp", 1, 2)
+        value = getattr(ev, name)
+        if isinstance(value, bool) or value is None:
+            setattr(ev, name, "1.0")
+        elif isinstance(value, int):
+            setattr(ev, name, value + 2)
+        elif isinstance(value, str):
+            setattr(ev, name, "x")
+        elif isinstance(value, set):
+            value.add(1)
+        elif isinstance(value, dict):
+            value[1] = 1
+        assert not ev.is_empty(), name

@@ -138,3 +138,36 @@ def test_split_tcp_messages_several_and_partial() -> None:
     messages, used = split_tcp_messages(stream)
     assert messages == [first, second]
     assert used == len(stream)
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_a_record_text_is_the_ipaddress_text(seed: int) -> None:
+    import ipaddress
+    import random
+
+    from inspector.dissect.dns import parse_dns
+
+    rdata = random.Random(seed).randbytes(4)
+    message = (
+        struct.pack("!HHHHHH", 1, 0x8180, 1, 1, 0, 0)
+        + b"\x01a\x00" + struct.pack("!HH", 1, 1)
+        + b"\xc0\x0c" + struct.pack("!HHIH", 1, 1, 60, 4) + rdata
+    )
+    record = parse_dns(message).answers[0]
+    assert record.value == str(ipaddress.IPv4Address(rdata))
+    assert record.addresses == (record.value,)
+
+
+def test_fast_constructors_fill_every_field_in_order() -> None:
+    import dataclasses
+
+    from inspector.dissect import dns
+
+    for build, cls, values in (
+        (dns._new_question, dns.DnsQuestion, ("a.example", 1)),
+        (dns._new_record, dns.DnsRecord, ("a.example", 1, 60, "192.0.2.1", ("192.0.2.1",))),
+        (dns._new_message, dns.DnsMessage, (7, True, 0, (), ())),
+    ):
+        built = build(*values)
+        assert built == cls(*values)
+        assert [getattr(built, f.name) for f in dataclasses.fields(cls)] == list(values)

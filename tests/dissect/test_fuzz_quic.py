@@ -218,3 +218,41 @@ def test_reassembler_matches_a_simple_model(stream: bytes, pieces: list[tuple[in
             covered[index] = True
         prefix = covered.index(False) if False in covered else len(covered)
         assert reassembler.contiguous() == stream[:prefix]
+
+
+@FUZZ
+@given(st.binary(min_size=4, max_size=400), st.data())
+def test_single_packet_hello_shortcut_matches_the_reassembler(stream: bytes, data) -> None:
+    """``_whole_client_hello`` (the first Initial's fragments joined directly) returns exactly
+    the reassembler's stream whenever it answers, and answers for any tiling of a whole hello."""
+    import itertools
+
+    from inspector.dissect.quic import _whole_client_hello
+
+    cuts = sorted(data.draw(st.sets(st.integers(1, len(stream) - 1), max_size=8)))
+    bounds = [0, *cuts, len(stream)]
+    fragments = [(a, stream[a:b]) for a, b in itertools.pairwise(bounds)]
+    fragments = data.draw(st.permutations(fragments))
+    if data.draw(st.booleans()):  # sometimes a duplicate or a gap
+        offset = data.draw(st.integers(0, len(stream) - 1))
+        fragments.append((offset + data.draw(st.integers(0, 3)), stream[offset : offset + 5]))
+    reassembler = CryptoReassembler()
+    for offset, chunk in fragments:
+        reassembler.add(offset, chunk)
+    shortcut = _whole_client_hello(list(fragments), 65536)
+    if shortcut is not None:
+        assert shortcut == reassembler.contiguous()
+    else:
+        hello_whole = stream[0] != 1 or 4 + int.from_bytes(stream[1:4], "big") <= len(stream)
+        tiled = sorted(fragments) == sorted((a, stream[a:b]) for a, b in itertools.pairwise(bounds))
+        assert not (hello_whole and tiled)
+
+
+@FUZZ
+@given(st.binary(max_size=100), st.binary(max_size=100))
+def test_hmac_matches_the_standard_library(key: bytes, message: bytes) -> None:
+    import hmac
+
+    from inspector.dissect.quic import _hmac_sha256
+
+    assert _hmac_sha256(key, message) == hmac.digest(key, message, "sha256")

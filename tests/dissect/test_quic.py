@@ -855,3 +855,14 @@ def test_every_shared_capture_agrees_and_nothing_breaks(ndpi_dir: Path) -> None:
                 agree += collector is not None and collector.server_name == row["hostname_sni"]
     # 135 in the QUIC captures above plus sites.pcapng (4) and google_meet.pcapng (1).
     assert (agree, named) == (140, 140)
+
+
+def test_fast_long_header_constructor_fills_every_field_in_order() -> None:
+    import dataclasses
+
+    from inspector.dissect.quic import LongHeader, _new_long_header
+
+    values = (0, 1200, 26, 0xC3, 1, "initial", b"d" * 8, b"s" * 4, b"")
+    built = _new_long_header(*values)
+    assert built == LongHeader(*values)
+    assert [getattr(built, f.name) for f in dataclasses.fields(LongHeader)] == list(values)

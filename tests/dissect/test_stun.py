@@ -230,3 +230,38 @@ def test_ms_turn_framing() -> None:
 )
 def test_non_stun_is_none(payload: bytes) -> None:
     assert stun.parse_stun(payload) is None
+
+
+def test_fast_message_constructor_fills_every_field_in_order() -> None:
+    import dataclasses
+
+    values = (0x0101, 0x001, "success", b"t" * 12, False, ((0x0020, b"v"),), 28, True)
+    built = stun._new_message(*values)
+    assert built == stun.StunMessage(*values)
+    assert [getattr(built, f.name) for f in dataclasses.fields(stun.StunMessage)] == list(values)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_decode_address_matches_ipaddress_formatting(seed: int) -> None:
+    import ipaddress
+    import random
+
+    rng = random.Random(seed)
+    transaction_id = rng.randbytes(12)
+    value = b"\x00\x01" + rng.randbytes(2) + rng.randbytes(4)
+    port = struct.unpack_from("!H", value, 2)[0]
+    assert stun.decode_address(value, transaction_id, xor=False) == f"{ipaddress.IPv4Address(value[4:8])}:{port}"
+    key = struct.pack("!I", stun.MAGIC_COOKIE) + transaction_id
+    raw = bytes(a ^ b for a, b in zip(value[4:8], key))
+    expected = f"{ipaddress.IPv4Address(raw)}:{port ^ (stun.MAGIC_COOKIE >> 16)}"
+    assert stun.decode_address(value, transaction_id, xor=True) == expected
+
+
+def test_plain_binding_has_no_service_and_marked_attributes_still_count() -> None:
+    plain = stun.parse_stun(struct.pack("!HHI", 0x0001, 8, stun.MAGIC_COOKIE) + bytes(12) + struct.pack("!HH", 0x0024, 4) + bytes(4))
+    assert plain is not None and stun.stun_service(plain) == ("", "")
+    realm = b"signal.org\x00\x00"
+    marked = stun.parse_stun(
+        struct.pack("!HHI", 0x0003, 4 + len(realm), stun.MAGIC_COOKIE) + bytes(12) + struct.pack("!HH", stun.ATTR_REALM, 10) + realm
+    )
+    assert marked is not None and stun.stun_service(marked)[0] == "signal"

@@ -335,3 +335,40 @@ def test_repeated_server_name_extension_first_wins() -> None:
                                             + sni_extension(b"second.example")))
     assert hello.server_name == "first.example"
     assert hello.extensions == (0, 0)
+
+
+def test_fast_client_hello_constructor_fills_every_field_in_order() -> None:
+    import dataclasses
+
+    values = ("example.org", ("h2",), 0x0303, (0x0304,), True, (1,), (0, 16, 43))
+    built = tls._new_client_hello(*values)
+    assert built == ClientHello(*values)
+    assert [getattr(built, f.name) for f in dataclasses.fields(ClientHello)] == list(values)
+
+
+def test_repeated_extension_first_copy_counts_and_ech_anywhere_marks() -> None:
+    def ext(ext_type: int, body: bytes) -> bytes:
+        return struct.pack("!HH", ext_type, len(body)) + body
+
+    def sni(name: bytes) -> bytes:
+        entry = b"\x00" + struct.pack("!H", len(name)) + name
+        return struct.pack("!H", len(entry)) + entry
+
+    extensions = ext(0, sni(b"first.example")) + ext(0xFE0D, b"") + ext(0, sni(b"second.example"))
+    body = b"\x03\x03" + bytes(32) + b"\x00" + b"\x00\x02\x13\x01" + b"\x01\x00"
+    body += struct.pack("!H", len(extensions)) + extensions
+    hello = parse_client_hello(b"\x01" + len(body).to_bytes(3, "big") + body)
+    assert hello.server_name == "first.example"
+    assert hello.has_ech
+    assert hello.extensions == (0, 0xFE0D, 0)
+
+
+def test_certificate_names_cache_repeats_names_and_errors() -> None:
+    from inspector.dissect.x509names import CertificateError, certificate_names
+
+    der = make_certificate("cache.example.org")
+    assert certificate_names(der) == certificate_names(bytearray(der)) == ("cache.example.org",)
+    for _ in range(2):
+        with pytest.raises(CertificateError) as error:
+            certificate_names(b"\x30\x03\x02\x01\x02")
+        assert error.value.reason == "bad_der"

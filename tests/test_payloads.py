@@ -1,0 +1,123 @@
+"""The dissect stage's packet selection (payloads.py): handing the dissectors only the packets
+they can still take must not change what they learn."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from inspector import payloads
+from inspector.payloads import (
+    MEDIA_CAP_PACKETS,
+    NAMER_CAP_PACKETS,
+    ROUTE_BOTH,
+    ROUTE_DNS,
+    ROUTE_MEDIA,
+    ROUTE_NAMER,
+    FlowInspection,
+    PayloadStage,
+    _still_wanted,
+)
+
+
+class _Flow:
+    def __init__(self, state) -> None:
+        self.state = state
+
+
+def _state(route: int, namer_packets: int = 0, media_packets: int = 0, transport: str = "udp") -> FlowInspection:
+    st = FlowInspection(route, transport, 50000, 443)
+    st.namer_packets = namer_packets
+    st.media_packets = media_packets
+    return st
+
+
+def test_a_capped_namer_gets_only_its_remaining_packets() -> None:
+    flows = [_Flow(_state(ROUTE_NAMER, namer_packets=NAMER_CAP_PACKETS - 2))]
+    slot_of = np.zeros(10, dtype=np.int64)
+    first_byte = np.full(10, 0x16, dtype=np.uint8)
+    assert _still_wanted(flows, slot_of, first_byte).tolist() == [0, 1]
+
+
+def test_a_media_flow_namer_counts_only_dtls_records() -> None:
+    st = _state(ROUTE_MEDIA, namer_packets=NAMER_CAP_PACKETS - 1, media_packets=MEDIA_CAP_PACKETS - 1)
+    flows = [_Flow(st)]
+    # Packets: STUN, STUN, DTLS, RTP, DTLS: the detectors take the first, the namer the first DTLS.
+    first_byte = np.array([0x00, 0x01, 0x16, 0x80, 0x16], dtype=np.uint8)
+    slot_of = np.zeros(5, dtype=np.int64)
+    assert _still_wanted(flows, slot_of, first_byte).tolist() == [0, 2]
+    st.media_done = True
+    assert _still_wanted(flows, slot_of, first_byte).tolist() == [2]
+
+
+def test_dns_flows_are_uncapped_and_done_flows_get_nothing() -> None:
+    dns = _state(ROUTE_DNS, namer_packets=1000)
+    finished = _state(ROUTE_BOTH)
+    finished.namer_done = finished.media_done = True
+    flows = [_Flow(dns), _Flow(finished), _Flow(None)]
+    slot_of = np.array([0, 1, 2, 0, 1, 0], dtype=np.int64)
+    first_byte = np.zeros(6, dtype=np.uint8)
+    assert _still_wanted(flows, slot_of, first_byte).tolist() == [0, 3, 5]
+    assert _still_wanted([_Flow(finished)], np.zeros(3, dtype=np.int64), first_byte[:3]) is None
+
+
+def test_interleaved_flows_keep_capture_order() -> None:
+    flows = [_Flow(_state(ROUTE_BOTH, namer_packets=NAMER_CAP_PACKETS - 1, media_packets=MEDIA_CAP_PACKETS - 2)),
+             _Flow(_state(ROUTE_NAMER, namer_packets=NAMER_CAP_PACKETS - 1))]
+    slot_of = np.array([1, 0, 1, 0, 0, 1], dtype=np.int64)
+    first_byte = np.full(6, 0x80, dtype=np.uint8)
+    # Flow 0 may still take max(1, 2) = 2 packets, flow 1 one.
+    assert _still_wanted(flows, slot_of, first_byte).tolist() == [0, 1, 3]
+
+
+def _every_live_packet(flows, slot_of, first_byte):
+    """The selection before budgets: every packet of a flow not yet done."""
+    live = np.array([f.state is not None and not f.state.done for f in flows], dtype=bool)
+    at = np.flatnonzero(live[slot_of])
+    return at if at.shape[0] else None
+
+
+def _run(path, batch_size: int):
+    from inspector.pipeline import AnalyzeOptions, process_capture
+
+    stage = PayloadStage()
+    result = process_capture(path, AnalyzeOptions(batch_size=batch_size), None, stage)
+    facts = [result.facts[f.flow_id] if f.flow_id in result.facts else stage.facts(f) for f in result.flows]
+    return facts, stage.packets_inspected, dict(stage.errors)
+
+
+@pytest.mark.parametrize("batch_size", [97, 65536])
+def test_budgeted_selection_learns_what_the_full_selection_learns(ndpi_dir, monkeypatch, batch_size) -> None:
+    captures = [
+        ndpi_dir / name
+        for name in (
+            "zoom.pcap",
+            "zoom_p2p.pcapng",
+            "teams.pcap",
+            "quic.pcap",
+            "quic_frags_ch_out_of_order_same_packet_craziness.pcapng",
+            "stun_signal.pcapng",
+            "gquic.pcap",
+            "1kxun.pcap",
+        )
+        if (ndpi_dir / name).exists()
+    ]
+    assert captures
+    for path in captures:
+        budgeted = _run(path, batch_size)
+        with monkeypatch.context() as patch:
+            patch.setattr(payloads, "_still_wanted", _every_live_packet)
+            full = _run(path, batch_size)
+        assert budgeted == full, path.name
+
+
+def test_fast_facts_constructor_fills_every_field_by_name() -> None:
+    import dataclasses
+
+    from inspector.facts import DetectorHit, FlowFacts
+
+    values = ("udp", "10.0.0.1", 50000, "192.0.2.1", 3478, "stun", "turn.example", "stun-realm",
+              "dns.example", (DetectorHit("stun"),), (("stun_realm", "turn.example"),), 1, 2)
+    built = payloads._new_facts(*values)
+    assert built == FlowFacts(**dict(zip(payloads._FACTS_FIELDS, values)))
+    assert tuple(f.name for f in dataclasses.fields(FlowFacts)) == payloads._FACTS_FIELDS
