@@ -14,6 +14,7 @@ import pandas as pd
 from inspector._version import __version__
 from inspector.errors import CaptureError, InspectorError
 from inspector.export import FORMATS, write_manifest, write_table
+from inspector.gcpause import return_free_memory
 from inspector.batch import PacketBatch
 from inspector.pipeline import AnalyzeOptions, BatchProgress, CaptureResult, process_batches, process_capture
 from inspector.schema import DESTINATION_COLUMNS, FLOW_COLUMNS, MEDIA_COLUMNS, SESSION_COLUMNS, empty_frame
@@ -111,23 +112,21 @@ def _input_entry(r: CaptureResult) -> dict:
     return entry
 
 
-def _labels(r: CaptureResult, signatures) -> dict[str, list]:
-    """Naming and classification columns (name -> one value per flow of ``r``)."""
-    from inspector.classify import classify_all
+def _labeller(signatures):
+    if signatures is None:
+        return None
+    from inspector.labels import FlowLabeller
 
-    # Facts were taken as each flow finished (pipeline.process_batches); the state is gone.
-    facts = [r.facts[f.flow_id] if f.flow_id in r.facts else r.payloads.facts(f) for f in r.flows]
-    verdicts = classify_all(facts, signatures)
-    # Columns, not a dict per flow: a capture's labels are built at once, and a dict per flow
-    # costs ~1 KB each at the run's peak.
-    columns = {
-        "app_protocol": [f.app_protocol for f in facts],
-        "server_name": [f.server_name for f in facts],
-        "name_source": [f.name_source for f in facts],
-    }
-    for name in ("service", "organisation", "kind", "category", "role", "evidence", "confidence"):
-        columns[name] = [getattr(v, name) for v in verdicts]
-    return columns
+    return FlowLabeller(signatures)
+
+
+def _flows_frame(r: CaptureResult) -> pd.DataFrame:
+    """The capture's flows table from its records: the cross-flow labels are decided first."""
+    labels = None
+    if r.labeller is not None:
+        r.flows.set_labels(*r.labeller.resolve())
+        labels = r.labeller.book.columns()
+    return flows_frame(r.name, r.flows.records(), labels)
 
 
 def analyze(
@@ -158,11 +157,13 @@ def analyze(
             from inspector.parallel import process_capture_parallel
 
             open_capture(path)  # a bad file raises its CaptureError here, not inside a worker
-            results.append(process_capture_parallel(path, options, options.workers))
+            results.append(process_capture_parallel(path, options, options.workers, signatures))
             if cb is not None:
                 cb(total)
         else:
-            results.append(process_capture(path, options, cb, _payload_stage(options), _collectors(options)))
+            results.append(
+                process_capture(path, options, cb, _payload_stage(options), _collectors(options), _labeller(signatures))
+            )
     return _build_analysis(results, signatures, options, created, command_line)
 
 
@@ -190,8 +191,9 @@ def analyze_batches(
         signatures = _signature_set(options)
     created = _now_iso()
     result = process_batches(
-        batches, path or name, name, reader_stats, options, _payload_stage(options), _collectors(options), on_batch
-    )
+        batches, path or name, name, reader_stats, options, _payload_stage(options), _collectors(options), on_batch,
+        _labeller(signatures),
+    )  # fmt: skip
     return _build_analysis([result], signatures, options, created, command_line)
 
 
@@ -225,6 +227,13 @@ def _collectors(options: AnalyzeOptions) -> tuple:
     return (ActivityCollector(), RtpCollector())
 
 
+def _concat_released(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    """The frames as one, emptying the list (so only the result keeps their data alive)."""
+    parts = frames[:]
+    frames.clear()
+    return parts[0] if len(parts) == 1 else pd.concat(parts, ignore_index=True)
+
+
 def _call_tables(results: list[CaptureResult], flows: pd.DataFrame, options: AnalyzeOptions):
     """sessions, destinations and media from the collectors; fills flows.session_id."""
     from inspector.collect import ActivityCollector, RtpCollector
@@ -240,11 +249,13 @@ def _call_tables(results: list[CaptureResult], flows: pd.DataFrame, options: Ana
                 rtcp.append(c.rtcp_frame(r.name))
     if not activity:
         return None
+    # The bucket frames are handed over as temporaries: build_calls drops them once it has the
+    # buckets it needs, before the destinations are built (the run's peak memory).
     tables = build_calls(
         flows,
-        pd.concat(activity, ignore_index=True),
-        pd.concat(rtp, ignore_index=True),
-        pd.concat(rtcp, ignore_index=True),
+        _concat_released(activity),
+        _concat_released(rtp),
+        _concat_released(rtcp),
         merge=options.merge,
     )
     if len(tables.flow_session):
@@ -272,12 +283,13 @@ def _build_tables(
 ) -> Analysis:
     frames, inputs = [], []
     for r in results:
-        frames.append(flows_frame(r.name, r.flows, _labels(r, signatures) if r.payloads is not None else None))
+        frames.append(_flows_frame(r))
         inputs.append(_input_entry(r))
-        # The flow records and facts now live in the frame: release them before the call stage.
-        r.flows, r.facts = [], {}
+        # The flow records now live in the frame: release them before the call stage.
+        r.flows.release()
     flows = pd.concat(frames, ignore_index=True) if frames else empty_frame(FLOW_COLUMNS)
     del frames
+    return_free_memory()
     calls = _call_tables(results, flows, options) if options.inspect_payloads else None
     warnings = []
     for r in results:

@@ -311,19 +311,46 @@ def _verdict_key(f: FlowFacts) -> tuple:
     )
 
 
-def _classify_each(facts: Sequence[FlowFacts], sigs: SignatureSet) -> list[Verdict]:
-    """``classify`` for every flow, once per distinct ``_verdict_key``: a client opens many
-    connections to the same server under the same name (browsers up to six per host, telemetry
-    beacons every minute, a call's reconnects), and each gets the same verdict."""
-    seen: dict[tuple, Verdict] = {}
-    verdicts = []
-    for f in facts:
+class VerdictCache:
+    """``classify`` once per distinct ``_verdict_key``: a client opens many connections to the
+    same server under the same name (browsers up to six per host, telemetry beacons every minute,
+    a call's reconnects), and each gets the same verdict. Holds at most ``max_entries`` verdicts
+    (it starts afresh when full), so a days-long live capture does not grow it without bound."""
+
+    def __init__(self, sigs: SignatureSet, max_entries: int = 65536) -> None:
+        self.sigs = sigs
+        self.max_entries = max_entries
+        self._seen: dict[tuple, Verdict] = {}
+
+    def __call__(self, f: FlowFacts) -> Verdict:
         key = _verdict_key(f)
-        v = seen.get(key)
+        v = self._seen.get(key)
         if v is None:
-            v = seen[key] = classify(f, sigs)
-        verdicts.append(v)
-    return verdicts
+            if len(self._seen) >= self.max_entries:
+                self._seen.clear()
+            v = self._seen[key] = classify(f, self.sigs)
+        return v
+
+
+def _classify_each(facts: Sequence[FlowFacts], sigs: SignatureSet) -> list[Verdict]:
+    """``classify`` for every flow (``VerdictCache``)."""
+    cache = VerdictCache(sigs)
+    return [cache(f) for f in facts]
+
+
+def cross_flow_relevant(f: FlowFacts) -> bool:
+    """Whether ``classify_all``'s cross-flow rules may read or change this flow's verdict.
+
+    They read UDP flows with a STUN/TURN hit (``_stun_events``) and flows with a STUN USERNAME
+    (``_ice_username_links``), and change only UDP flows with a P2P media hit
+    (``_unattributed_media``). Any other flow's verdict is ``classify`` of its own facts, final
+    when the flow ends; the relevant ones (a few per call) are classified together at the end.
+    """
+    if f.transport == "udp" and any(
+        h.detector in STUN_DETECTORS or h.detector in P2P_MEDIA_DETECTORS for h in f.detectors
+    ):
+        return True
+    return any(key == "stun_username" for key, _ in f.attributes)
 
 
 def classify_all(facts: Sequence[FlowFacts], sigs: SignatureSet) -> list[Verdict]:
@@ -447,4 +474,4 @@ def _unattributed_media(f: FlowFacts, v: Verdict, sigs: SignatureSet) -> bool:
     return not v.service or sigs.is_generic(v.service) or v.confidence == "low"
 
 
-__all__ = ["EMPTY", "Verdict", "classify", "classify_all"]
+__all__ = ["EMPTY", "Verdict", "VerdictCache", "classify", "classify_all", "cross_flow_relevant"]

@@ -11,7 +11,8 @@ needs all answers seen before it. A worker runs ``PayloadStage.dissect`` on what
 each dissector sees exactly the packets it would see in one process (the worker applies the same
 "still wants it" rules; it is only handed a superset). When a flow ends, the reader sends it to
 its owner, which takes the flow's facts and drops its state, as ``pipeline.process_batches``
-does. Messages keep capture order, so the tables are identical to a one-process run whatever
+does, and labels it (``labels.FlowLabeller``); at the end it returns label codes and the few
+flows the cross-flow rules need, which the reader resolves over every worker's. Messages keep capture order, so the tables are identical to a one-process run whatever
 ``n`` is (tested). Memory stays bounded: a pipe holds at most one message a worker has not read,
 and each side keeps state for active flows only.
 
@@ -22,6 +23,7 @@ serial (Amdahl); the dissectors spread over the workers.
 from __future__ import annotations
 
 import multiprocessing
+from array import array
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -227,13 +229,16 @@ def _facts_from_row(row: tuple):
     return FlowFacts(*row[:9], hits, *row[10:])
 
 
-def _dissect_worker(conn, k: int, n: int) -> None:
+def _dissect_worker(conn, k: int, n: int, signatures) -> None:
     """One worker: replay the shipped packets into a PayloadStage that owns flows k mod n."""
+    from inspector.labels import PENDING, FlowLabeller
     from inspector.payloads import FlowInspection, PayloadStage
 
     stage = PayloadStage(partition=(k, n))
+    labeller = FlowLabeller(signatures)
     states: dict[int, FlowInspection] = {}
-    facts: dict[int, object] = {}
+    labelled_ids = array("q")  # 8 bytes per flow, not a Python int each
+    labelled_codes = array("i")
     while True:
         try:
             message = conn.recv()
@@ -246,7 +251,10 @@ def _dissect_worker(conn, k: int, n: int) -> None:
             f.state = states.pop(f.flow_id, None)
             fact = stage.facts(f)
             if fact is not None:
-                facts[f.flow_id] = _facts_row(fact)
+                code = labeller.label(f.flow_id, fact)
+                if code != PENDING:
+                    labelled_ids.append(f.flow_id)
+                    labelled_codes.append(code)
         for flow_id in dropped:
             states.pop(flow_id, None)
         for flow_id, route, transport, client_port, server_port in new_routes:
@@ -269,20 +277,27 @@ def _dissect_worker(conn, k: int, n: int) -> None:
             first_bytes.tolist(),
             payload_of,
         )
-    conn.send((facts, stage.errors, stage.packets_inspected))
+    labels = (
+        np.frombuffer(labelled_ids, dtype=np.int64),
+        np.frombuffer(labelled_codes, dtype=np.int32),
+        labeller.book.rows,
+        [(flow_id, _facts_row(fact)) for flow_id, fact in labeller.deferred()],
+    )
+    conn.send((labels, stage.errors, stage.packets_inspected))
     conn.close()
 
 
-def process_capture_parallel(path: str | Path, options: AnalyzeOptions, workers: int) -> CaptureResult:
-    """Like ``pipeline.process_capture`` with the payload stage and collectors, with the
-    dissectors in ``workers`` processes."""
+def process_capture_parallel(path: str | Path, options: AnalyzeOptions, workers: int, signatures) -> CaptureResult:
+    """Like ``pipeline.process_capture`` with the payload stage, collectors and a labeller, with
+    the dissectors in ``workers`` processes."""
     from inspector.collect import ActivityCollector, RtpCollector
+    from inspector.labels import FlowLabeller
 
     ctx = multiprocessing.get_context("fork")
     connections, processes = [], []
     for k in range(workers):
         ours, theirs = ctx.Pipe()
-        p = ctx.Process(target=_dissect_worker, args=(theirs, k, workers), daemon=True)
+        p = ctx.Process(target=_dissect_worker, args=(theirs, k, workers, signatures), daemon=True)
         p.start()
         theirs.close()
         connections.append(ours)
@@ -301,15 +316,18 @@ def process_capture_parallel(path: str | Path, options: AnalyzeOptions, workers:
             p.join(timeout=5)
             if p.is_alive():
                 p.terminate()
-    facts: dict = {}
+    labeller = FlowLabeller(signatures)
     errors: Counter = Counter()
     inspected = 0
-    for part_facts, part_errors, part_inspected in parts:
-        facts.update((flow_id, _facts_from_row(row)) for flow_id, row in part_facts.items())
+    for (flow_ids, codes, book_rows, deferred), part_errors, part_inspected in parts:
+        # The worker's codes index its own book: re-map them into the run's.
+        result.flows.set_labels(flow_ids, labeller.book.codes_of(book_rows)[codes])
+        for flow_id, row in deferred:
+            labeller.defer(flow_id, _facts_from_row(row))
         errors.update(part_errors)
         inspected += part_inspected
     # Every worker dissected every DNS packet; one process would have counted each once.
     inspected -= (workers - 1) * shipper.dns_packets_shipped
-    result.facts = facts
+    result.labeller = labeller
     result.payloads = MergedPayloads(errors, inspected)
     return result

@@ -18,8 +18,10 @@ import numpy as np
 from inspector.batch import PacketBatch
 from inspector.capture.files import open_capture
 from inspector.decode import SKIP_REASONS, STATE_FLOW, STATE_MERGED, STATE_SKIPPED, decode_batch
-from inspector.gcpause import paused_collector
+from inspector.gcpause import paused_collector, return_free_memory
 from inspector.flows import DEFAULT_IDLE_TIMEOUT_S, Flow, FlowConfig, FlowTable
+from inspector.flowstore import FlowStore
+from inspector.labels import EMPTY, PENDING
 from inspector.slowpath import SlowDecoder
 
 DEFAULT_BATCH_SIZE = 65536
@@ -72,11 +74,12 @@ class CaptureResult:
 
     path: str
     name: str
-    flows: list[Flow]
+    flows: FlowStore  # the finished flows' records, labelled as they ended
     decode: DecodeStats
     reader_stats: object
     payloads: object  # the PayloadStage (naming and detector state), or None
-    facts: dict = field(default_factory=dict)  # flow_id -> FlowFacts, taken when the flow finished
+    labeller: object = None  # the labels.FlowLabeller that labelled the flows (its book and deferred flows)
+    facts: dict = field(default_factory=dict)  # flow_id -> FlowFacts, kept only when no labeller was given
     collectors: tuple = ()  # the per-batch collectors (activity buckets, RTP headers) of this capture
 
 
@@ -103,13 +106,15 @@ def process_capture(
     progress: Callable[[int], None] | None = None,
     payload_stage: object | None = None,
     collectors: Sequence[object] = (),
+    labeller: object | None = None,
 ) -> CaptureResult:
     """Read one capture through decode, the flow table and (if given) the dissect stage."""
     reader = open_capture(path, batch_size=options.batch_size)
     p = Path(path)
     return process_batches(
-        reader.batches(progress=progress), str(p), p.name, lambda: reader.stats, options, payload_stage, collectors
-    )
+        reader.batches(progress=progress), str(p), p.name, lambda: reader.stats, options, payload_stage, collectors,
+        labeller=labeller,
+    )  # fmt: skip
 
 
 def process_batches(
@@ -121,30 +126,44 @@ def process_batches(
     payload_stage: object | None = None,
     collectors: Sequence[object] = (),
     on_batch: Callable[["BatchProgress"], None] | None = None,
+    labeller: object | None = None,
 ) -> CaptureResult:
     """Run a stream of PacketBatch (a file reader, a live capture) through decode, the flow table,
     the dissect stage and the collectors.
 
     ``reader_stats()`` is called once the stream has ended (a live capture's counters are final
     only then). ``on_batch(BatchProgress)`` is called after each batch, on this thread (the live
-    view reads the active flows there). A flow that finishes is summarised at once: its facts are taken and its
-    dissection state dropped, so a long capture holds dissectors for its active flows only. The
-    facts are the same as at the end of the capture: a flow's DNS name is the latest answer at or
-    before its first packet, which was seen before the flow ended.
+    view reads the active flows there). A flow that finishes is summarised at once: its facts are
+    taken, its dissection state dropped, ``labeller`` (a ``labels.FlowLabeller``) labels it, and
+    only its compact record stays (``flowstore.FlowStore``), so a long capture holds dissectors for
+    its active flows only and ~100 bytes per finished flow. The facts are the same as at the end of
+    the capture: a flow's DNS name is the latest answer at or before its first packet, which was
+    seen before the flow ended. Without a labeller the facts are kept in ``CaptureResult.facts``;
+    a payload stage that returns no facts (``parallel.PayloadShipper``) leaves the labels pending.
     """
     table = FlowTable(FlowConfig(idle_timeout_s=options.idle_timeout_s))
     slow = SlowDecoder()
     stats = DecodeStats()
-    finished: list[Flow] = []
+    store = FlowStore()
     facts: dict[int, object] = {}
 
     def summarise(done: list[Flow]) -> list:
-        if payload_stage is not None:
-            for f in done:
-                facts[f.flow_id] = payload_stage.facts(f)
+        ended = []
+        for f in done:
+            fact = None
+            label = EMPTY
+            if payload_stage is not None:
+                fact = payload_stage.facts(f)
                 f.state = None
-        finished.extend(done)
-        return [(f, facts.get(f.flow_id)) for f in done]
+                if fact is None:
+                    label = PENDING
+                elif labeller is not None:
+                    label = labeller.label(f.flow_id, fact)
+                else:
+                    facts[f.flow_id] = fact
+            store.append(f, label)
+            ended.append((f, fact))
+        return ended
 
     def one_batch(batch: PacketBatch) -> None:
         d, slow_rows = decode_batch(batch)
@@ -182,8 +201,8 @@ def process_batches(
         stats.packets_decoded -= incomplete
         stats.packets_skipped["fragment_incomplete"] += incomplete
     stats.datagrams_reassembled = slow.reassembler.reassembled_datagrams
-    finished.sort(key=lambda f: f.flow_id)
-    return CaptureResult(path, name, finished, stats, reader_stats(), payload_stage, facts, tuple(collectors))
+    return_free_memory()  # the batches' temporaries, before the tables are built
+    return CaptureResult(path, name, store, stats, reader_stats(), payload_stage, labeller, facts, tuple(collectors))
 
 
 __all__ = [

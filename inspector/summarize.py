@@ -73,56 +73,67 @@ def flow_endpoints(f: Flow) -> tuple[str, str]:
     return text(f.ip_version, f.client_hi, f.client_lo), text(f.ip_version, f.server_hi, f.server_lo)
 
 
-def flows_frame(
-    capture: str, flows: Sequence[Flow], labels: Mapping[str, Sequence] | Sequence[dict] | None = None
-) -> pd.DataFrame:
+def _address_texts(version: np.ndarray, hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
+    """Textual addresses of (version, hi, lo) columns, formatted once per distinct address."""
+    n = version.shape[0]
+    if n == 0:
+        return np.zeros(0, dtype=object)
+    triples = np.empty((n, 3), dtype=np.uint64)
+    triples[:, 0], triples[:, 1], triples[:, 2] = version, hi, lo
+    distinct, inverse = np.unique(triples, axis=0, return_inverse=True)
+    text = np.array([address_text(int(v), int(h), int(l)) for v, h, l in distinct.tolist()], dtype=object)
+    return text[inverse.reshape(-1)]
+
+
+def _strings(distinct: Sequence[str], codes: np.ndarray) -> pd.Series:
+    """A "string" column of ``distinct[codes]``: each distinct value converted once."""
+    return pd.Series(pd.array(np.asarray(distinct, dtype=object), dtype="string").take(codes))
+
+
+def flows_frame(capture: str, records: np.ndarray, labels: Mapping[str, Sequence[str]] | None = None) -> pd.DataFrame:
     """One row per flow, columns and dtypes of ``schema.FLOW_COLUMNS``.
 
-    ``labels``: the naming/classification columns (app_protocol ... session_id) that later stages
-    filled, as columns (name -> one value per flow) or as one dict per flow; missing ones stay
-    empty. Numbers go straight into int64 arrays (no Python list of int objects per column).
+    ``records``: ``flowstore.RECORD_DTYPE`` rows in flow-id order. ``labels``: per label column
+    (``labels.LABEL_COLUMNS``), the value of each label code (``LabelBook.columns()``); without
+    it, or for a column it lacks, the column stays empty. Text is converted once per distinct
+    value (addresses, transports, labels), never once per flow.
     """
-    n = len(flows)
-    text = _address_text_cached
-
-    def ints(attribute: str) -> np.ndarray:
-        return np.fromiter((getattr(f, attribute) for f in flows), dtype=np.int64, count=n)
-
+    n = records.shape[0]
+    first = records["first_seen_ns"].astype(np.int64)
+    last = records["last_seen_ns"].astype(np.int64)
+    codes = records["label"].astype(np.int64)
+    if labels is not None and n and int(codes.min()) < 0:
+        raise ValueError(f"{capture}: {int((codes < 0).sum())} flows have no label")
+    addresses = _address_texts(
+        np.concatenate([records["ip_version"], records["ip_version"]]),
+        np.concatenate([records["client_hi"], records["server_hi"]]),
+        np.concatenate([records["client_lo"], records["server_lo"]]),
+    )
+    protocols, protocol_codes = np.unique(records["proto"], return_inverse=True)
+    tunnels, tunnel_codes = np.unique(records["tunnel"], return_inverse=True)
     data: dict[str, object] = {}
-    first = ints("first_seen_ns")
-    last = ints("last_seen_ns")
-    if labels is None:
-        label_columns: Mapping[str, Sequence] = {}
-    elif isinstance(labels, Mapping):
-        label_columns = labels
-    else:
-        label_columns = {name: [lab.get(name, "") for lab in labels] for name in LABEL_NAMES}
     for name, dtype, _ in FLOW_COLUMNS:
         if name == "transport":
-            values: object = [transport_name(f.proto) for f in flows]
+            data[name] = _strings([transport_name(int(p)) for p in protocols], protocol_codes.reshape(-1))
         elif name == "client_ip":
-            values = [text(f.ip_version, f.client_hi, f.client_lo) for f in flows]
+            data[name] = pd.Series(addresses[:n], dtype=dtype)
         elif name == "server_ip":
-            values = [text(f.ip_version, f.server_hi, f.server_lo) for f in flows]
+            data[name] = pd.Series(addresses[n:], dtype=dtype)
         elif name == "tunnel":
-            values = [TUNNEL_NAMES[f.tunnel] if f.tunnel < len(TUNNEL_NAMES) else str(f.tunnel) for f in flows]
+            names = [TUNNEL_NAMES[t] if t < len(TUNNEL_NAMES) else str(t) for t in tunnels.tolist()]
+            data[name] = _strings(names, tunnel_codes.reshape(-1))
         elif name == "first_seen":
             data[name] = pd.to_datetime(first, unit="ns", utc=True)
-            continue
         elif name == "last_seen":
             data[name] = pd.to_datetime(last, unit="ns", utc=True)
-            continue
         elif name == "duration_s":
             data[name] = pd.Series((last - first) / 1e9, dtype="float64")
-            continue
         elif name == "capture":
-            values = [capture] * n
+            data[name] = _strings([capture], np.zeros(n, dtype=np.int64))
         elif name in LABEL_NAMES:
-            values = label_columns.get(name)
-            if values is None:
-                values = [""] * n
+            values = labels.get(name) if labels is not None else None
+            data[name] = _strings([""], np.zeros(n, dtype=np.int64)) if values is None else _strings(values, codes)
         else:
-            values = ints(name)  # the Flow attribute of the same name
-        data[name] = pd.Series(values, dtype=dtype)
+            data[name] = pd.Series(records[name].astype(np.int64), dtype=dtype)
     frame = pd.DataFrame(data)
     return frame.astype(FLOW_DTYPES)

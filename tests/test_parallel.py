@@ -7,6 +7,7 @@ import pytest
 
 import inspector
 from inspector.pipeline import AnalyzeOptions
+from inspector.signatures import load_signatures
 
 TABLES = ("flows", "sessions", "destinations", "media")
 
@@ -62,4 +63,4 @@ def test_a_dead_worker_fails_the_run_instead_of_hanging(ndpi_dir, monkeypatch):
 
     monkeypatch.setattr(parallel, "_dissect_worker", lambda conn, k, n: os._exit(3))
     with pytest.raises(InspectorError, match="dissect worker stopped"):
-        parallel.process_capture_parallel(ndpi_dir / "teams.pcap", AnalyzeOptions(workers=2), 2)
+        parallel.process_capture_parallel(ndpi_dir / "teams.pcap", AnalyzeOptions(workers=2), 2, load_signatures(()))

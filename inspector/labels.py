@@ -1,0 +1,108 @@
+"""Naming and classification labels of finished flows, decided as each flow ends.
+
+A flow's facts are final when it ends (``pipeline.process_batches``), and its verdict depends on
+its own facts only, except for the few flows ``classify.cross_flow_relevant`` picks out (STUN
+and P2P media: ``classify_all``'s cross-flow rules). So the labeller classifies every other flow
+at once and keeps a small integer for it: a code into a ``LabelBook`` of distinct label tuples
+(a run has thousands of flows to the same few servers, names and evidence strings). The relevant
+flows keep their facts until ``resolve`` classifies them together, in flow-id order, exactly as
+``classify_all`` over every flow would.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from inspector.classify import VerdictCache, classify_all, cross_flow_relevant
+from inspector.facts import FlowFacts
+
+#: The flows.csv columns a label tuple holds, in order.
+LABEL_COLUMNS = (
+    "app_protocol",
+    "server_name",
+    "name_source",
+    "service",
+    "organisation",
+    "kind",
+    "category",
+    "role",
+    "evidence",
+    "confidence",
+)
+#: Code of the all-empty label (no payload inspection, or nothing recognised).
+EMPTY = 0
+#: A flow whose label is not known yet (cross-flow rules, or a parallel worker's verdict).
+PENDING = -1
+
+
+class LabelBook:
+    """Distinct label tuples (one value per ``LABEL_COLUMNS``) and their codes, from 0."""
+
+    def __init__(self) -> None:
+        empty = ("",) * len(LABEL_COLUMNS)
+        self.rows: list[tuple[str, ...]] = [empty]
+        self._codes: dict[tuple[str, ...], int] = {empty: EMPTY}
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def code(self, row: tuple[str, ...]) -> int:
+        code = self._codes.get(row)
+        if code is None:
+            code = self._codes[row] = len(self.rows)
+            self.rows.append(row)
+        return code
+
+    def codes_of(self, rows: list[tuple[str, ...]]) -> np.ndarray:
+        """This book's code for each of another book's rows (to re-map that book's codes)."""
+        return np.array([self.code(tuple(row)) for row in rows], dtype=np.int32)
+
+    def columns(self) -> dict[str, np.ndarray]:
+        """Per label column: the value of each code (object arrays indexed by code)."""
+        return {
+            name: np.array([row[i] for row in self.rows], dtype=object) for i, name in enumerate(LABEL_COLUMNS)
+        }
+
+
+def label_row(f: FlowFacts, v) -> tuple[str, ...]:
+    return (
+        f.app_protocol, f.server_name, f.name_source, v.service, v.organisation, v.kind, v.category, v.role,
+        v.evidence, v.confidence,
+    )  # fmt: skip
+
+
+class FlowLabeller:
+    """Labels each flow as it ends (``label``); the cross-flow ones at the end (``resolve``)."""
+
+    def __init__(self, signatures, book: LabelBook | None = None) -> None:
+        self.signatures = signatures
+        self.book = book if book is not None else LabelBook()
+        self._verdict = VerdictCache(signatures)
+        self._deferred: list[tuple[int, FlowFacts]] = []
+
+    def label(self, flow_id: int, facts: FlowFacts) -> int:
+        """The flow's label code, or ``PENDING`` when the cross-flow rules may still change it."""
+        if cross_flow_relevant(facts):
+            self._deferred.append((flow_id, facts))
+            return PENDING
+        return self.book.code(label_row(facts, self._verdict(facts)))
+
+    def defer(self, flow_id: int, facts: FlowFacts) -> None:
+        """Keep a flow's facts for ``resolve`` (a parallel worker's deferred flow)."""
+        self._deferred.append((flow_id, facts))
+
+    def deferred(self) -> list[tuple[int, FlowFacts]]:
+        return list(self._deferred)
+
+    def resolve(self) -> tuple[np.ndarray, np.ndarray]:
+        """(flow ids, label codes) of the deferred flows, with ``classify_all``'s cross-flow rules
+        applied among them in flow-id order; the deferred facts are released."""
+        deferred = sorted(self._deferred, key=lambda item: item[0])
+        self._deferred = []
+        facts = [f for _, f in deferred]
+        verdicts = classify_all(facts, self.signatures)
+        codes = np.array([self.book.code(label_row(f, v)) for f, v in zip(facts, verdicts)], dtype=np.int32)
+        return np.array([flow_id for flow_id, _ in deferred], dtype=np.int64), codes
+
+
+__all__ = ["EMPTY", "LABEL_COLUMNS", "PENDING", "FlowLabeller", "LabelBook", "label_row"]
