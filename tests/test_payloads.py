@@ -82,7 +82,8 @@ def _run(path, batch_size: int):
 
     stage = PayloadStage()
     result = process_capture(path, AnalyzeOptions(batch_size=batch_size), None, stage)
-    facts = [result.facts[f.flow_id] if f.flow_id in result.facts else stage.facts(f) for f in result.flows]
+    # Without a labeller the pipeline keeps every flow's facts (pipeline.process_batches).
+    facts = [result.facts[flow_id] for flow_id in result.flows.records()["flow_id"].tolist()]
     return facts, stage.packets_inspected, dict(stage.errors)
 
 
