@@ -15,20 +15,10 @@ import numpy as np
 
 from inspector.classify import VerdictCache, classify_all, cross_flow_relevant
 from inspector.facts import FlowFacts
+from inspector.summarize import LABEL_NAMES
 
-#: The flows.csv columns a label tuple holds, in order.
-LABEL_COLUMNS = (
-    "app_protocol",
-    "server_name",
-    "name_source",
-    "service",
-    "organisation",
-    "kind",
-    "category",
-    "role",
-    "evidence",
-    "confidence",
-)
+#: The flows.csv columns a label tuple holds, in order: every label column but the call stage's.
+LABEL_COLUMNS = tuple(name for name in LABEL_NAMES if name != "session_id")
 #: Code of the all-empty label (no payload inspection, or nothing recognised).
 EMPTY = 0
 #: A flow whose label is not known yet (cross-flow rules, or a parallel worker's verdict).
