@@ -54,9 +54,6 @@ class MergedPayloads:
     errors: Counter
     packets_inspected: int
 
-    def facts(self, f):  # every flow's facts were taken in its worker
-        raise KeyError(f.flow_id)
-
 
 class _Routed:
     """The reading process's view of one flow: its route and how many of its payload packets
