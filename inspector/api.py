@@ -234,6 +234,13 @@ def _concat_released(frames: list[pd.DataFrame]) -> pd.DataFrame:
     return parts[0] if len(parts) == 1 else pd.concat(parts, ignore_index=True)
 
 
+def _take_all(items: list) -> list:
+    """The list's items in a new list, emptying it (so only the callee keeps them alive)."""
+    taken = items[:]
+    items.clear()
+    return taken
+
+
 def _call_tables(results: list[CaptureResult], flows: pd.DataFrame, options: AnalyzeOptions):
     """sessions, destinations and media from the collectors; fills flows.session_id."""
     from inspector.collect import ActivityCollector, RtpCollector
@@ -243,17 +250,17 @@ def _call_tables(results: list[CaptureResult], flows: pd.DataFrame, options: Ana
     for r in results:
         for c in r.collectors:
             if isinstance(c, ActivityCollector):
-                activity.append(c.frame(r.name))
+                activity.append(c.buckets(r.name))
             elif isinstance(c, RtpCollector):
                 rtp.append(c.frame(r.name))
                 rtcp.append(c.rtcp_frame(r.name))
     if not activity:
         return None
-    # The bucket frames are handed over as temporaries: build_calls drops them once it has the
-    # buckets it needs, before the destinations are built (the run's peak memory).
+    # The buckets and frames are handed over as temporaries: build_calls drops them once it has
+    # the buckets it needs, before the destinations are built (the run's peak memory).
     tables = build_calls(
         flows,
-        _concat_released(activity),
+        _take_all(activity),
         _concat_released(rtp),
         _concat_released(rtcp),
         merge=options.merge,

@@ -21,6 +21,8 @@ datagrams that may be plain RTCP: a few percent of media packets):
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
 
@@ -65,6 +67,84 @@ def _zoom_rtp_offset(inner_type: np.ndarray, byte20: np.ndarray, byte7: np.ndarr
     )
 
 
+#: One (flow, 100 ms bucket) row as the collector keeps it, 40 bytes instead of eight int64
+#: columns (the buckets are the largest thing the call stage keeps that grows with capture
+#: length). ``bucket`` is the bucket number (ts_ns // ACTIVITY_BUCKET_NS); the first and last
+#: packet times are offsets from the bucket's start (< 10^8 ns, so 32 bits). Packets and IP-layer
+#: bytes per direction per bucket fit 32 bits: 2^32 bytes in 100 ms would be 343 Gbit/s on one
+#: flow. Weakness: past that rate a bucket's byte count would wrap.
+BUCKET_DTYPE = np.dtype(
+    [
+        ("flow_id", "<i8"),
+        ("bucket", "<i8"),
+        ("first_offset_ns", "<u4"),
+        ("last_offset_ns", "<u4"),
+        ("client_to_server_packets", "<u4"),
+        ("client_to_server_bytes", "<u4"),
+        ("server_to_client_packets", "<u4"),
+        ("server_to_client_bytes", "<u4"),
+    ]
+)
+_COUNT_FIELDS = ("client_to_server_packets", "client_to_server_bytes", "server_to_client_packets", "server_to_client_bytes")
+
+
+@dataclass(frozen=True, slots=True)
+class ActivityBuckets:
+    """One capture's activity: ``rows`` of ``BUCKET_DTYPE`` sorted by (flow_id, bucket), one row
+    per pair. The call stage reads them as they are (``sessions.directed_buckets``)."""
+
+    capture: str
+    rows: np.ndarray
+
+    def __len__(self) -> int:
+        return self.rows.shape[0]
+
+
+def sorted_buckets(rows: np.ndarray) -> np.ndarray:
+    """``BUCKET_DTYPE`` rows sorted by (flow_id, bucket), rows of the same pair folded into one
+    (a pair whose packets straddle two batches arrives twice)."""
+    if rows.shape[0] == 0:
+        return rows
+    order = np.lexsort((rows["bucket"], rows["flow_id"]))
+    if not (order[1:] < order[:-1]).any():
+        ordered = rows
+    else:
+        ordered = rows[order]
+    del order, rows
+    flow, bucket = ordered["flow_id"], ordered["bucket"]
+    repeat = (flow[1:] == flow[:-1]) & (bucket[1:] == bucket[:-1])
+    if not repeat.any():
+        return ordered
+    starts = np.flatnonzero(np.r_[True, ~repeat])
+    folded = ordered[starts]  # a copy: flow_id and bucket are those of the run
+    folded["first_offset_ns"] = np.minimum.reduceat(ordered["first_offset_ns"], starts)
+    folded["last_offset_ns"] = np.maximum.reduceat(ordered["last_offset_ns"], starts)
+    for name in _COUNT_FIELDS:
+        folded[name] = np.add.reduceat(ordered[name], starts)
+    return folded
+
+
+def buckets_from_frame(activity: pd.DataFrame) -> list[ActivityBuckets]:
+    """``schema.ACTIVITY_COLUMNS`` rows as ActivityBuckets, one per capture in order of first
+    appearance (tests and callers holding frames)."""
+    out = []
+    captures = activity["capture"].to_numpy(dtype=object)
+    codes, names = pd.factorize(captures)
+    for code, name in enumerate(names):
+        part = activity.iloc[np.flatnonzero(codes == code)]
+        bucket_ns = part["bucket_ns"].to_numpy(dtype=np.int64)
+        rows = np.zeros(len(part), dtype=BUCKET_DTYPE)
+        rows["flow_id"] = part["flow_id"].to_numpy(dtype=np.int64)
+        rows["bucket"] = bucket_ns // ACTIVITY_BUCKET_NS
+        start = rows["bucket"] * ACTIVITY_BUCKET_NS
+        rows["first_offset_ns"] = part["first_ns"].to_numpy(dtype=np.int64) - start
+        rows["last_offset_ns"] = part["last_ns"].to_numpy(dtype=np.int64) - start
+        for field in _COUNT_FIELDS:
+            rows[field] = part[field].to_numpy(dtype=np.int64)
+        out.append(ActivityBuckets(str(name), sorted_buckets(rows)))
+    return out
+
+
 class ActivityCollector:
     """Per flow and 100 ms bucket: packets and bytes each way, first/last packet time."""
 
@@ -88,41 +168,54 @@ class ActivityCollector:
         n = uniq.shape[0]
         by = d.ip_bytes[bf.rows]
         c2s = bf.from_client
-        part = np.zeros((n, 8), dtype=np.int64)
-        part[:, 0] = uniq // span
-        part[:, 1] = (uniq % span + low) * ACTIVITY_BUCKET_NS
+        part = np.empty(n, dtype=BUCKET_DTYPE)
+        part["flow_id"] = uniq // span
+        part["bucket"] = uniq % span + low
+        start = part["bucket"] * ACTIVITY_BUCKET_NS
         first = np.full(n, np.iinfo(np.int64).max, dtype=np.int64)
         np.minimum.at(first, inverse, ts)
         last = np.full(n, np.iinfo(np.int64).min, dtype=np.int64)
         np.maximum.at(last, inverse, ts)
-        part[:, 2] = first
-        part[:, 3] = last
-        part[:, 4] = np.bincount(inverse, weights=c2s, minlength=n)
-        part[:, 5] = np.bincount(inverse, weights=by * c2s, minlength=n)
-        part[:, 6] = np.bincount(inverse, weights=~c2s, minlength=n)
-        part[:, 7] = np.bincount(inverse, weights=by * ~c2s, minlength=n)
+        part["first_offset_ns"] = first - start
+        part["last_offset_ns"] = last - start
+        part["client_to_server_packets"] = np.bincount(inverse, weights=c2s, minlength=n)
+        part["client_to_server_bytes"] = np.bincount(inverse, weights=by * c2s, minlength=n)
+        part["server_to_client_packets"] = np.bincount(inverse, weights=~c2s, minlength=n)
+        part["server_to_client_bytes"] = np.bincount(inverse, weights=by * ~c2s, minlength=n)
         self._parts.append(part)
 
+    def buckets(self, capture: str) -> ActivityBuckets:
+        """The capture's buckets, sorted and folded; the collector is emptied (each batch's part
+        is released as it is copied, so the run holds the buckets once, plus the sort)."""
+        parts, self._parts = self._parts, []
+        rows = np.empty(sum(p.shape[0] for p in parts), dtype=BUCKET_DTYPE)
+        at = 0
+        while parts:
+            part = parts.pop(0)
+            rows[at : at + part.shape[0]] = part
+            at += part.shape[0]
+        return ActivityBuckets(capture, sorted_buckets(rows))
+
     def frame(self, capture: str) -> pd.DataFrame:
-        names = [c[0] for c in ACTIVITY_COLUMNS]
-        if not self._parts:
-            return pd.DataFrame({c: pd.Series([], dtype=t) for c, t, _ in ACTIVITY_COLUMNS})
-        parts, self._parts = self._parts, []  # handed over: released as the frame is built
-        a = np.concatenate(parts)
-        del parts
-        a = a[np.lexsort((a[:, 1], a[:, 0]))]  # by flow, then bucket
-        # A (flow, bucket) pair can straddle two batches: fold its rows (now adjacent).
-        starts = np.flatnonzero(np.r_[True, (a[1:, 0] != a[:-1, 0]) | (a[1:, 1] != a[:-1, 1])])
-        if starts.shape[0] < a.shape[0]:
-            folded = np.empty((starts.shape[0], 8), dtype=np.int64)
-            folded[:, :2] = a[starts, :2]
-            folded[:, 2] = np.minimum.reduceat(a[:, 2], starts)
-            folded[:, 3] = np.maximum.reduceat(a[:, 3], starts)
-            folded[:, 4:] = np.add.reduceat(a[:, 4:], starts, axis=0)
-            a = folded
-        df = pd.DataFrame(a, columns=names[1:])
-        df.insert(0, "capture", pd.Series([capture] * len(df), dtype="string"))
-        return df.astype({c: t for c, t, _ in ACTIVITY_COLUMNS})
+        """The buckets as a ``schema.ACTIVITY_COLUMNS`` frame (the collector is emptied)."""
+        return buckets_frame(self.buckets(capture))
+
+
+def buckets_frame(activity: ActivityBuckets) -> pd.DataFrame:
+    """ActivityBuckets as a ``schema.ACTIVITY_COLUMNS`` frame."""
+    rows = activity.rows
+    start = rows["bucket"].astype(np.int64) * ACTIVITY_BUCKET_NS
+    data = {
+        "capture": pd.Series([activity.capture] * rows.shape[0], dtype="string"),
+        "flow_id": rows["flow_id"].astype(np.int64),
+        "bucket_ns": start,
+        "first_ns": start + rows["first_offset_ns"],
+        "last_ns": start + rows["last_offset_ns"],
+    }
+    for name in _COUNT_FIELDS:
+        data[name] = rows[name].astype(np.int64)
+    frame = pd.DataFrame(data)
+    return frame.astype({c: t for c, t, _ in ACTIVITY_COLUMNS})
 
 
 class RtpCollector:

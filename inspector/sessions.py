@@ -69,7 +69,7 @@ from inspector.destinations import (
 )
 from inspector.media import media_table
 from inspector.schema import (
-    ACTIVITY_COLUMNS,
+    ACTIVITY_BUCKET_NS,
     FLOW_COLUMNS,
     RTP_COLUMNS,
     SESSION_COLUMNS,
@@ -399,31 +399,63 @@ def side_rows(sides: pd.DataFrame, captures, flow_ids: np.ndarray) -> np.ndarray
     return np.where(found, first_row[at], -1).astype(np.int64)
 
 
-def directed_activity(activity: pd.DataFrame, sides: pd.DataFrame) -> DirectedBuckets:
+def directed_activity(activity, sides: pd.DataFrame) -> DirectedBuckets:
     """Activity buckets of the flows in ``sides``, counted from this machine's point of view.
 
-    Buckets of flows missing from ``sides`` are dropped (an inner join on capture and flow_id).
+    ``activity``: ``collect.ActivityBuckets`` per capture (the collectors' compact rows), or a
+    ``schema.ACTIVITY_COLUMNS`` frame. Buckets of flows missing from ``sides`` are dropped (an
+    inner join on capture and flow_id). ``position`` numbers the buckets in (capture, flow_id,
+    bucket) order, captures in the order given.
     """
-    side = side_rows(sides, activity["capture"], activity["flow_id"].to_numpy(dtype=np.int64))
+    from inspector.collect import buckets_from_frame
+
+    if isinstance(activity, pd.DataFrame):
+        activity = buckets_from_frame(activity)
+    parts = [a for a in activity if len(a)]
+    rows = parts[0].rows if len(parts) == 1 else np.concatenate([a.rows for a in parts]) if parts else None
+    if rows is None:
+        empty = np.zeros(0, dtype=np.int64)
+        return DirectedBuckets(*([empty] * len(DirectedBuckets.__slots__)))
+    # Side of each bucket, found once per (capture, flow): rows are sorted by flow per capture.
+    side_parts = []
+    for a in parts:
+        flow = a.rows["flow_id"]
+        starts = np.flatnonzero(np.r_[True, flow[1:] != flow[:-1]])
+        found = side_rows(sides, np.full(starts.size, a.capture, dtype=object), flow[starts])
+        side_parts.append(np.repeat(found, np.diff(np.append(starts, flow.size))))
+    side = side_parts[0] if len(side_parts) == 1 else np.concatenate(side_parts)
+    del side_parts
     known = np.flatnonzero(side >= 0)
-    order = known[np.argsort(side[known], kind="stable")]
-    side = side[order]
+    side_known = side[known]
+    in_side_order = not (side_known.size > 1 and (side_known[1:] < side_known[:-1]).any())
+    order = known if in_side_order else known[np.argsort(side_known, kind="stable")]
+    del known, side_known
+    whole = in_side_order and order.size == side.size  # every bucket kept, in order: no gather
+    side = side if whole else side[order]
     swapped = sides["swapped"].to_numpy(dtype=bool)[side]
+    del parts, activity
 
     def column(name: str) -> np.ndarray:
-        return activity[name].to_numpy(dtype=np.int64)[order]
+        values = rows[name] if whole else rows[name][order]
+        return values.astype(np.int64)
+
+    start = column("bucket") * ACTIVITY_BUCKET_NS
 
     c2s_b, s2c_b = column("client_to_server_bytes"), column("server_to_client_bytes")
+    sent_bytes, received_bytes = np.where(swapped, s2c_b, c2s_b), np.where(swapped, c2s_b, s2c_b)
+    del c2s_b, s2c_b
     c2s_p, s2c_p = column("client_to_server_packets"), column("server_to_client_packets")
+    sent_packets, received_packets = np.where(swapped, s2c_p, c2s_p), np.where(swapped, c2s_p, s2c_p)
+    del c2s_p, s2c_p
     return DirectedBuckets(
         side=side,
         position=order.astype(np.int64),
-        first_ns=column("first_ns"),
-        last_ns=column("last_ns"),
-        sent_bytes=np.where(swapped, s2c_b, c2s_b),
-        received_bytes=np.where(swapped, c2s_b, s2c_b),
-        sent_packets=np.where(swapped, s2c_p, c2s_p),
-        received_packets=np.where(swapped, c2s_p, s2c_p),
+        first_ns=start + column("first_offset_ns"),
+        last_ns=start + column("last_offset_ns"),
+        sent_bytes=sent_bytes,
+        received_bytes=received_bytes,
+        sent_packets=sent_packets,
+        received_packets=received_packets,
     )
 
 
@@ -668,7 +700,7 @@ def build_calls(
     """Calls, their media streams and the destinations during each call (module docstring rule).
 
     flows     ``schema.FLOW_COLUMNS`` with the classifier's verdicts (all captures of the run)
-    activity  ``schema.ACTIVITY_COLUMNS``
+    activity  ``collect.ActivityBuckets`` per capture, or a ``schema.ACTIVITY_COLUMNS`` frame
     rtp       the RTP collector's stream segments (``schema.RTP_SEGMENT_COLUMNS``, cut at silences
               of at most ``options.max_gap_s``) or per-packet ``schema.RTP_COLUMNS`` rows; streams
               of flows that are not call media are ignored
@@ -677,11 +709,13 @@ def build_calls(
     merge     treat all captures as one timeline (capture "merged" in sessions/destinations/media)
     """
     flows = _normalise(flows, FLOW_COLUMNS)
-    activity = _normalise(activity, ACTIVITY_COLUMNS)
+    if activity is None:
+        activity = []
     rtp = _normalise(rtp, RTP_COLUMNS)
     sides = flow_sides(flows)
     directed = directed_activity(activity, sides)
-    del flows, activity  # a caller's temporaries are freed here: the buckets now live in ``directed``
+    # A caller's temporaries are freed here: the buckets now live in ``directed``.
+    del flows, activity
     is_media = sides["is_media"].to_numpy(dtype=bool)
     calls = call_windows(directed.take(np.flatnonzero(is_media[directed.side])), sides, merge, options)
     windows = calls.windows

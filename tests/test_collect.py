@@ -204,3 +204,46 @@ def test_activity_buckets_split_across_batches_fold_to_the_same_frame(ndpi_dir, 
     whole, split = frames
     assert len(whole) > 100 and not whole.duplicated(["flow_id", "bucket_ns"]).any()
     pd.testing.assert_frame_equal(whole, split)
+
+
+def test_activity_buckets_are_compact_and_round_trip_through_the_frame(ndpi_dir):
+    """The collector keeps 40-byte rows; the frame form (tests, API) converts back unchanged."""
+    from inspector.collect import BUCKET_DTYPE, ActivityCollector, buckets_frame, buckets_from_frame
+    from inspector.pipeline import AnalyzeOptions, process_capture
+
+    assert BUCKET_DTYPE.itemsize == 40
+    collector = ActivityCollector()
+    process_capture(ndpi_dir / "zoom_p2p.pcapng", AnalyzeOptions(batch_size=97), None, None, (collector,))
+    buckets = collector.buckets("zoom_p2p.pcapng")
+    assert len(buckets) > 100 and collector.buckets("x").rows.size == 0  # handed over, emptied
+    frame = buckets_frame(buckets)
+    assert (frame["first_ns"] >= frame["bucket_ns"]).all()
+    assert (frame["last_ns"] < frame["bucket_ns"] + 100_000_000).all()
+    assert (frame["first_ns"] <= frame["last_ns"]).all()
+    (again,) = buckets_from_frame(frame.sample(frac=1.0, random_state=7))  # any row order
+    assert again.capture == "zoom_p2p.pcapng"
+    assert again.rows.tobytes() == buckets.rows.tobytes()
+
+
+def test_call_stage_gives_the_same_tables_from_buckets_and_from_frames(ndpi_dir):
+    import pandas as pd
+
+    from inspector.api import _flows_frame, _labeller, _payload_stage, _signature_set
+    from inspector.collect import ActivityCollector, RtpCollector, buckets_frame
+    from inspector.pipeline import AnalyzeOptions, process_capture
+    from inspector.sessions import build_calls
+
+    options = AnalyzeOptions()
+    activity, rtp = ActivityCollector(), RtpCollector()
+    path = ndpi_dir / "zoom_p2p.pcapng"
+    result = process_capture(
+        path, options, None, _payload_stage(options), (activity, rtp), _labeller(_signature_set(options))
+    )
+    flows = _flows_frame(result)
+    buckets = activity.buckets(path.name)
+    segments, reports = rtp.frame(path.name), rtp.rtcp_frame(path.name)
+    from_buckets = build_calls(flows, [buckets], segments, reports)
+    from_frame = build_calls(flows, buckets_frame(buckets), segments, reports)
+    assert len(from_buckets.sessions) >= 1
+    for name in ("sessions", "destinations", "media", "flow_session"):
+        pd.testing.assert_frame_equal(getattr(from_buckets, name), getattr(from_frame, name))
