@@ -137,16 +137,35 @@ def _window_keys(sides: pd.DataFrame, windows: pd.DataFrame, merge: bool) -> tup
 def _flow_runs(directed, sides: pd.DataFrame, windows: pd.DataFrame, merge: bool) -> dict[str, np.ndarray]:
     """Per (window or outside, flow) with buckets there: the buckets' sums, first/last packet,
     the window row (``len(windows)`` for outside) and the flow's first bucket position; rows
-    per window in ``windows`` order, then outside, each in order of the flow's first bucket."""
+    per window in ``windows`` order, then outside, each in order of the flow's first bucket.
+
+    ``directed``: ``sessions.DirectedBuckets``, or an iterable of them that never splits a flow
+    over two (``sessions.BucketSource.chunks``): each is counted on its own and the runs joined.
+    """
+    chunks = [directed] if hasattr(directed, "side") else directed
     side_key, window_key = _window_keys(sides, windows, merge)
-    points, hits = windows_containing(
-        side_key[directed.side], directed.first_ns, window_key,
-        windows["start_ns"].to_numpy(dtype=np.int64), windows["end_ns"].to_numpy(dtype=np.int64),
-    )  # fmt: skip
+    start_ns = windows["start_ns"].to_numpy(dtype=np.int64)
+    end_ns = windows["end_ns"].to_numpy(dtype=np.int64)
+    parts = [_chunk_runs(chunk, side_key, window_key, start_ns, end_ns) for chunk in chunks]
+    runs = {name: np.concatenate([p[name] for p in parts] or [np.zeros(0, dtype=np.int64)]) for name in RUN_FIELDS}
+    by_position = np.lexsort((runs["position"], runs["label"]))
+    return {name: values[by_position] for name, values in runs.items()}
+
+
+RUN_FIELDS = (
+    "label", "side", "position", "sent_bytes", "received_bytes", "sent_packets", "received_packets", "first_ns",
+    "last_ns",
+)  # fmt: skip
+
+
+def _chunk_runs(directed, side_key, window_key, start_ns, end_ns) -> dict[str, np.ndarray]:
+    """``_flow_runs`` of one chunk of buckets, in (label, flow, position) order."""
+    n_windows = window_key.size
+    points, hits = windows_containing(side_key[directed.side], directed.first_ns, window_key, start_ns, end_ns)
     outside = np.ones(directed.side.size, dtype=bool)
     outside[points] = False
     rows = np.concatenate([points, np.flatnonzero(outside)])
-    label = np.concatenate([hits, np.full(rows.size - points.size, len(windows), dtype=np.int64)])
+    label = np.concatenate([hits, np.full(rows.size - points.size, n_windows, dtype=np.int64)])
     # Bucket rows are sorted by flow, then position, and each label's rows come from one part,
     # in row order: a stable sort by label gives (label, flow, position) order.
     order = np.argsort(label, kind="stable")
@@ -155,7 +174,9 @@ def _flow_runs(directed, sides: pd.DataFrame, windows: pd.DataFrame, merge: bool
     change = np.ones(rows.size, dtype=bool)
     change[1:] = (label[1:] != label[:-1]) | (side[1:] != side[:-1])
     starts = np.flatnonzero(change)
-    runs = {
+    if starts.size == 0:
+        return {name: np.zeros(0, dtype=np.int64) for name in RUN_FIELDS}
+    return {
         "label": label[starts],
         "side": side[starts],
         "position": directed.position[rows[starts]],
@@ -166,8 +187,6 @@ def _flow_runs(directed, sides: pd.DataFrame, windows: pd.DataFrame, merge: bool
         "first_ns": np.minimum.reduceat(directed.first_ns[rows], starts),
         "last_ns": np.maximum.reduceat(directed.last_ns[rows], starts),
     }
-    by_position = np.lexsort((runs["position"], runs["label"]))
-    return {name: values[by_position] for name, values in runs.items()}
 
 
 def _run_labels(runs, sides: pd.DataFrame, windows: pd.DataFrame, merge: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -237,14 +256,15 @@ def _joined_server_ips(group: np.ndarray, remote_ip: np.ndarray, n_groups: int) 
 def destinations_table(directed, sides: pd.DataFrame, windows: pd.DataFrame, merge: bool) -> pd.DataFrame:
     """Rows of ``schema.DESTINATION_COLUMNS`` (rules in the module docstring).
 
-    ``directed``: activity buckets counted from this machine's side (``sessions.directed_activity``);
+    ``directed``: activity buckets counted from this machine's side (``sessions.DirectedBuckets``,
+    or chunks of them that never split a flow: ``sessions.BucketSource.chunks``);
     ``sides``: ``sessions.flow_sides``; ``windows``: capture ("merged" with merge), session_id,
     client_ip, start_ns, end_ns, in session order. Rows per capture, then session (outside rows
     last), then most bytes sent, most received, destination name.
     """
-    if directed.side.size == 0:
-        return empty_frame(DESTINATION_COLUMNS)
     runs = _flow_runs(directed, sides, windows, merge)
+    if runs["side"].size == 0:
+        return empty_frame(DESTINATION_COLUMNS)
     out_capture, session_id = _run_labels(runs, sides, windows, merge)
     side = runs["side"]
     _, capture_rank = string_ranks(out_capture)

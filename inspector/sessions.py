@@ -399,23 +399,94 @@ def side_rows(sides: pd.DataFrame, captures, flow_ids: np.ndarray) -> np.ndarray
     return np.where(found, first_row[at], -1).astype(np.int64)
 
 
-def directed_activity(activity, sides: pd.DataFrame) -> DirectedBuckets:
-    """Activity buckets of the flows in ``sides``, counted from this machine's point of view.
+#: Buckets per chunk when the destinations are counted (``BucketSource.chunks``): the call stage
+#: never holds every bucket as int64 columns at once, only the compact rows and one chunk.
+CHUNK_BUCKETS = 1 << 18
 
-    ``activity``: ``collect.ActivityBuckets`` per capture (the collectors' compact rows), or a
-    ``schema.ACTIVITY_COLUMNS`` frame. Buckets of flows missing from ``sides`` are dropped (an
-    inner join on capture and flow_id). ``position`` numbers the buckets in (capture, flow_id,
-    bucket) order, captures in the order given.
+
+@dataclass(frozen=True, slots=True)
+class BucketSource:
+    """The activity buckets of the flows in ``sides``, in (side, position) order, read as
+    ``DirectedBuckets`` on demand: all of them, the media flows' only, or chunk by chunk.
+
+    rows      ``collect.BUCKET_DTYPE`` rows of every capture, concatenated in the order given
+    order     rows of ``rows`` in side order, buckets of unknown flows left out; None when that
+              is every row as it stands (the usual case: one capture, flows table in flow-id order)
+    side      row of ``sides`` per bucket, in that order
+    swapped   per row of ``sides``: this machine is the flow's server
     """
-    from inspector.collect import buckets_from_frame
+
+    rows: np.ndarray
+    order: np.ndarray | None
+    side: np.ndarray
+    swapped: np.ndarray
+
+    def __len__(self) -> int:
+        return self.side.size
+
+    def take(self, at: np.ndarray | slice) -> DirectedBuckets:
+        """The buckets ``at`` (indexes into this source's order) as DirectedBuckets."""
+        if self.order is None and isinstance(at, slice):
+            positions = np.arange(*at.indices(self.side.size), dtype=np.int64)
+        elif self.order is None:
+            positions = np.asarray(at, dtype=np.int64)
+        else:
+            positions = self.order[at].astype(np.int64)
+        side = self.side[at]
+        swapped = self.swapped[side]
+        identity = isinstance(at, slice) and self.order is None
+
+        def column(name: str) -> np.ndarray:
+            values = self.rows[name][at] if identity else self.rows[name][positions]
+            return values.astype(np.int64)
+
+        start = column("bucket") * ACTIVITY_BUCKET_NS
+        c2s_b, s2c_b = column("client_to_server_bytes"), column("server_to_client_bytes")
+        c2s_p, s2c_p = column("client_to_server_packets"), column("server_to_client_packets")
+        return DirectedBuckets(
+            side=side,
+            position=positions,
+            first_ns=start + column("first_offset_ns"),
+            last_ns=start + column("last_offset_ns"),
+            sent_bytes=np.where(swapped, s2c_b, c2s_b),
+            received_bytes=np.where(swapped, c2s_b, s2c_b),
+            sent_packets=np.where(swapped, s2c_p, c2s_p),
+            received_packets=np.where(swapped, c2s_p, s2c_p),
+        )
+
+    def of_sides(self, wanted: np.ndarray) -> DirectedBuckets:
+        """The buckets of the flows whose ``sides`` row is True in ``wanted``."""
+        return self.take(np.flatnonzero(wanted[self.side]))
+
+    def chunks(self, max_rows: int = CHUNK_BUCKETS):
+        """Every bucket as DirectedBuckets of about ``max_rows`` rows, cut between flows (a flow's
+        buckets are never split over two chunks)."""
+        n = self.side.size
+        lo = 0
+        while lo < n:
+            hi = min(lo + max_rows, n)
+            if hi < n:  # move the cut to the start of the flow holding row hi
+                hi = int(np.searchsorted(self.side, self.side[hi], side="left"))
+                if hi <= lo:  # one flow larger than a chunk: take it whole
+                    hi = int(np.searchsorted(self.side, self.side[lo], side="right"))
+            yield self.take(slice(lo, hi))
+            lo = hi
+
+
+def bucket_source(activity, sides: pd.DataFrame) -> BucketSource:
+    """The buckets of ``activity`` (``collect.ActivityBuckets`` per capture, or a
+    ``schema.ACTIVITY_COLUMNS`` frame) joined to ``sides`` on (capture, flow_id); buckets of flows
+    missing from ``sides`` are dropped. ``position`` numbers the buckets in (capture, flow_id,
+    bucket) order, captures in the order given."""
+    from inspector.collect import BUCKET_DTYPE, buckets_from_frame
 
     if isinstance(activity, pd.DataFrame):
         activity = buckets_from_frame(activity)
     parts = [a for a in activity if len(a)]
-    rows = parts[0].rows if len(parts) == 1 else np.concatenate([a.rows for a in parts]) if parts else None
-    if rows is None:
-        empty = np.zeros(0, dtype=np.int64)
-        return DirectedBuckets(*([empty] * len(DirectedBuckets.__slots__)))
+    swapped = sides["swapped"].to_numpy(dtype=bool)
+    if not parts:
+        return BucketSource(np.zeros(0, dtype=BUCKET_DTYPE), None, np.zeros(0, dtype=np.int64), swapped)
+    rows = parts[0].rows if len(parts) == 1 else np.concatenate([a.rows for a in parts])
     # Side of each bucket, found once per (capture, flow): rows are sorted by flow per capture.
     side_parts = []
     for a in parts:
@@ -424,39 +495,18 @@ def directed_activity(activity, sides: pd.DataFrame) -> DirectedBuckets:
         found = side_rows(sides, np.full(starts.size, a.capture, dtype=object), flow[starts])
         side_parts.append(np.repeat(found, np.diff(np.append(starts, flow.size))))
     side = side_parts[0] if len(side_parts) == 1 else np.concatenate(side_parts)
-    del side_parts
+    del side_parts, parts
     known = np.flatnonzero(side >= 0)
-    side_known = side[known]
-    in_side_order = not (side_known.size > 1 and (side_known[1:] < side_known[:-1]).any())
-    order = known if in_side_order else known[np.argsort(side_known, kind="stable")]
-    del known, side_known
-    whole = in_side_order and order.size == side.size  # every bucket kept, in order: no gather
-    side = side if whole else side[order]
-    swapped = sides["swapped"].to_numpy(dtype=bool)[side]
-    del parts, activity
+    if known.size == side.size and not (side[1:] < side[:-1]).any():
+        return BucketSource(rows, None, side, swapped)
+    order = known[np.argsort(side[known], kind="stable")]
+    return BucketSource(rows, order, side[order], swapped)
 
-    def column(name: str) -> np.ndarray:
-        values = rows[name] if whole else rows[name][order]
-        return values.astype(np.int64)
 
-    start = column("bucket") * ACTIVITY_BUCKET_NS
-
-    c2s_b, s2c_b = column("client_to_server_bytes"), column("server_to_client_bytes")
-    sent_bytes, received_bytes = np.where(swapped, s2c_b, c2s_b), np.where(swapped, c2s_b, s2c_b)
-    del c2s_b, s2c_b
-    c2s_p, s2c_p = column("client_to_server_packets"), column("server_to_client_packets")
-    sent_packets, received_packets = np.where(swapped, s2c_p, c2s_p), np.where(swapped, c2s_p, s2c_p)
-    del c2s_p, s2c_p
-    return DirectedBuckets(
-        side=side,
-        position=order.astype(np.int64),
-        first_ns=start + column("first_offset_ns"),
-        last_ns=start + column("last_offset_ns"),
-        sent_bytes=sent_bytes,
-        received_bytes=received_bytes,
-        sent_packets=sent_packets,
-        received_packets=received_packets,
-    )
+def directed_activity(activity, sides: pd.DataFrame) -> DirectedBuckets:
+    """Every bucket of ``bucket_source(activity, sides)``, counted from this machine's side."""
+    source = bucket_source(activity, sides)
+    return source.take(slice(0, len(source)))
 
 
 def _window_starts(group: np.ndarray, first_ns: np.ndarray, last_ns: np.ndarray, max_gap_ns: int) -> np.ndarray:
@@ -713,11 +763,10 @@ def build_calls(
         activity = []
     rtp = _normalise(rtp, RTP_COLUMNS)
     sides = flow_sides(flows)
-    directed = directed_activity(activity, sides)
-    # A caller's temporaries are freed here: the buckets now live in ``directed``.
+    source = bucket_source(activity, sides)
+    # A caller's temporaries are freed here: the buckets now live in ``source``.
     del flows, activity
-    is_media = sides["is_media"].to_numpy(dtype=bool)
-    calls = call_windows(directed.take(np.flatnonzero(is_media[directed.side])), sides, merge, options)
+    calls = call_windows(source.of_sides(sides["is_media"].to_numpy(dtype=bool)), sides, merge, options)
     windows = calls.windows
     membership = _membership(calls, sides)
     media = media_table(rtp, rtcp, membership, merge, options.max_gap_s)
@@ -747,7 +796,7 @@ def build_calls(
     windows_for_destinations = windows.rename(columns={"scope": "capture"})[
         ["capture", "session_id", "client_ip", "start_ns", "end_ns"]
     ].reset_index(drop=True)
-    destinations = destinations_table(directed, sides, windows_for_destinations, merge)
+    destinations = destinations_table(source.chunks(), sides, windows_for_destinations, merge)
     return CallTables(sessions, destinations, media, _flow_session(membership, windows))
 
 
@@ -781,6 +830,8 @@ __all__ = [
     "DirectedBuckets",
     "build_calls",
     "call_windows",
+    "BucketSource",
+    "bucket_source",
     "directed_activity",
     "side_rows",
     "fold_generic_media",
