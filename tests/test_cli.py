@@ -139,3 +139,20 @@ def test_user_signature_classifies_a_flow(tmp_path):
     assert (row.server_name, row.name_source, row.service, row.kind) == (
         "beacon.acme-analytics.example", "sni", "acme-beacon", "telemetry")
     assert row.evidence.startswith("sni:beacon.acme-analytics.example")
+
+
+@pytest.mark.parametrize(("preset", "expected"), [(None, "system"), ("mimalloc", "mimalloc")])
+def test_the_command_gives_arrow_the_system_allocator_unless_the_user_chose_one(preset, expected):
+    """Arrow's own pool keeps freed memory resident; the command switches to malloc (whose free
+    memory the stage boundaries return) but never overrides an explicit choice."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != "ARROW_DEFAULT_MEMORY_POOL"}
+    if preset is not None:
+        env["ARROW_DEFAULT_MEMORY_POOL"] = preset
+    code = (
+        "from inspector.cli import use_system_allocator_for_arrow as use; use();"
+        "import pyarrow; print(pyarrow.default_memory_pool().backend_name)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == expected
