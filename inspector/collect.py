@@ -36,6 +36,8 @@ from inspector.media_stats import (
     segment_frame,
 )
 from inspector.schema import ACTIVITY_BUCKET_NS, ACTIVITY_COLUMNS, RTP_COLUMNS
+from inspector import spill
+from inspector.spill import SpilledRecords
 
 # Zoom's layouts (protocol-facts.md §2.3, Michel et al. IMC '22), one table in dissect/zoom.py.
 ZOOM_AUDIO = zoom.INNER_AUDIO
@@ -90,38 +92,57 @@ _COUNT_FIELDS = ("client_to_server_packets", "client_to_server_bytes", "server_t
 
 @dataclass(frozen=True, slots=True)
 class ActivityBuckets:
-    """One capture's activity: ``rows`` of ``BUCKET_DTYPE`` sorted by (flow_id, bucket), one row
-    per pair. The call stage reads them as they are (``sessions.directed_buckets``)."""
+    """One capture's activity: ``rows`` of ``BUCKET_DTYPE`` in arrival order, and ``order``, the
+    rows to read in (flow_id, bucket) order, one per pair (None: every row, as it stands).
+
+    The rows are not sorted in place: a sorted copy would double the largest thing the call
+    stage holds, while the order costs 8 bytes a bucket. ``sessions.bucket_source`` reads them.
+    """
 
     capture: str
     rows: np.ndarray
+    order: np.ndarray | None = None
 
     def __len__(self) -> int:
-        return self.rows.shape[0]
+        return self.rows.shape[0] if self.order is None else self.order.shape[0]
+
+    def sorted_rows(self) -> np.ndarray:
+        """The rows in (flow_id, bucket) order (a copy unless already in that order)."""
+        return self.rows if self.order is None else self.rows[self.order]
 
 
-def sorted_buckets(rows: np.ndarray) -> np.ndarray:
-    """``BUCKET_DTYPE`` rows sorted by (flow_id, bucket), rows of the same pair folded into one
-    (a pair whose packets straddle two batches arrives twice)."""
+def _pair_order(rows: np.ndarray) -> np.ndarray:
+    """Rows in (flow_id, bucket) order: one int64 key when flow x bucket span fits, else lexsort."""
+    flow, bucket = rows["flow_id"], rows["bucket"]
+    low = int(bucket.min())
+    span = int(bucket.max()) - low + 1
+    if int(flow.max()) < (1 << 62) // span and int(flow.min()) >= 0:
+        key = flow * span + (bucket - low)
+        return np.argsort(key, kind="stable")
+    return np.lexsort((bucket, flow))
+
+
+def sorted_buckets(capture: str, rows: np.ndarray) -> ActivityBuckets:
+    """``BUCKET_DTYPE`` rows as ActivityBuckets: ordered by (flow_id, bucket), rows of the same
+    pair folded into the first of them (a pair whose packets straddle two batches arrives
+    twice). ``rows`` is changed in place."""
     if rows.shape[0] == 0:
-        return rows
-    order = np.lexsort((rows["bucket"], rows["flow_id"]))
-    if not (order[1:] < order[:-1]).any():
-        ordered = rows
-    else:
-        ordered = rows[order]
-    del order, rows
-    flow, bucket = ordered["flow_id"], ordered["bucket"]
+        return ActivityBuckets(capture, rows)
+    order = _pair_order(rows)
+    flow, bucket = rows["flow_id"][order], rows["bucket"][order]
     repeat = (flow[1:] == flow[:-1]) & (bucket[1:] == bucket[:-1])
-    if not repeat.any():
-        return ordered
-    starts = np.flatnonzero(np.r_[True, ~repeat])
-    folded = ordered[starts]  # a copy: flow_id and bucket are those of the run
-    folded["first_offset_ns"] = np.minimum.reduceat(ordered["first_offset_ns"], starts)
-    folded["last_offset_ns"] = np.maximum.reduceat(ordered["last_offset_ns"], starts)
-    for name in _COUNT_FIELDS:
-        folded[name] = np.add.reduceat(ordered[name], starts)
-    return folded
+    del flow, bucket
+    if repeat.any():
+        starts = np.flatnonzero(np.r_[True, ~repeat])
+        firsts = order[starts]
+        for name, fold in (("first_offset_ns", np.minimum), ("last_offset_ns", np.maximum)):
+            rows[name][firsts] = fold.reduceat(rows[name][order], starts)
+        for name in _COUNT_FIELDS:
+            rows[name][firsts] = np.add.reduceat(rows[name][order], starts)
+        order = firsts
+    if order.shape[0] == rows.shape[0] and not (order[1:] < order[:-1]).any():
+        return ActivityBuckets(capture, rows)  # already sorted and folded
+    return ActivityBuckets(capture, rows, order)
 
 
 def buckets_from_frame(activity: pd.DataFrame) -> list[ActivityBuckets]:
@@ -141,15 +162,22 @@ def buckets_from_frame(activity: pd.DataFrame) -> list[ActivityBuckets]:
         rows["last_offset_ns"] = part["last_ns"].to_numpy(dtype=np.int64) - start
         for field in _COUNT_FIELDS:
             rows[field] = part[field].to_numpy(dtype=np.int64)
-        out.append(ActivityBuckets(str(name), sorted_buckets(rows)))
+        out.append(sorted_buckets(str(name), rows))
     return out
 
 
 class ActivityCollector:
     """Per flow and 100 ms bucket: packets and bytes each way, first/last packet time."""
 
-    def __init__(self) -> None:
-        self._parts: list[np.ndarray] = []
+    def __init__(self, limit_bytes: int | None = None) -> None:
+        """At most ``limit_bytes`` of buckets stay in memory while packets arrive; older ones
+        wait in a temporary file (``spill.SpilledRecords``) until ``buckets()``."""
+        self._parts = SpilledRecords(BUCKET_DTYPE, spill.DEFAULT_LIMIT_BYTES if limit_bytes is None else limit_bytes)
+
+    @property
+    def spilled(self) -> int:
+        """Bucket rows written to the temporary file so far."""
+        return self._parts.spilled
 
     def add(self, d: DecodedBatch, bf: BatchFlows) -> None:
         if bf.rows.shape[0] == 0:
@@ -185,16 +213,9 @@ class ActivityCollector:
         self._parts.append(part)
 
     def buckets(self, capture: str) -> ActivityBuckets:
-        """The capture's buckets, sorted and folded; the collector is emptied (each batch's part
-        is released as it is copied, so the run holds the buckets once, plus the sort)."""
-        parts, self._parts = self._parts, []
-        rows = np.empty(sum(p.shape[0] for p in parts), dtype=BUCKET_DTYPE)
-        at = 0
-        while parts:
-            part = parts.pop(0)
-            rows[at : at + part.shape[0]] = part
-            at += part.shape[0]
-        return ActivityBuckets(capture, sorted_buckets(rows))
+        """The capture's buckets, ordered and folded; the collector is emptied (each batch's part
+        is released as it is copied, so the run holds the buckets once, plus their order)."""
+        return sorted_buckets(capture, self._parts.take_all())
 
     def frame(self, capture: str) -> pd.DataFrame:
         """The buckets as a ``schema.ACTIVITY_COLUMNS`` frame (the collector is emptied)."""
@@ -202,8 +223,8 @@ class ActivityCollector:
 
 
 def buckets_frame(activity: ActivityBuckets) -> pd.DataFrame:
-    """ActivityBuckets as a ``schema.ACTIVITY_COLUMNS`` frame."""
-    rows = activity.rows
+    """ActivityBuckets as a ``schema.ACTIVITY_COLUMNS`` frame, in (flow_id, bucket) order."""
+    rows = activity.sorted_rows()
     start = rows["bucket"].astype(np.int64) * ACTIVITY_BUCKET_NS
     data = {
         "capture": pd.Series([activity.capture] * rows.shape[0], dtype="string"),

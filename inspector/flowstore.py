@@ -16,6 +16,8 @@ from __future__ import annotations
 import numpy as np
 
 from inspector.flows import Flow
+from inspector import spill
+from inspector.spill import SpilledRecords
 
 #: One finished flow. Addresses as (hi, lo) 64-bit halves (IPv4 in lo), as the flow table keeps
 #: them; ``label``: code into the run's ``labels.LabelBook`` (``labels.PENDING`` until known).
@@ -46,15 +48,25 @@ _CHUNK_RECORDS = 4096
 
 
 class FlowStore:
-    """The finished flows of one capture, appended as they end, read in flow-id order."""
+    """The finished flows of one capture, appended as they end, read in flow-id order.
 
-    def __init__(self) -> None:
+    At most ``limit_bytes`` (default ``spill.DEFAULT_LIMIT_BYTES``) of records stay in memory while the capture is read;
+    older ones wait in a temporary file (``spill.SpilledRecords``) until ``records()``.
+    """
+
+    def __init__(self, limit_bytes: int | None = None) -> None:
         self._pending: list[tuple] = []
-        self._chunks: list[np.ndarray] = []
+        self._stored = SpilledRecords(RECORD_DTYPE, spill.DEFAULT_LIMIT_BYTES if limit_bytes is None else limit_bytes)
+        self._whole: np.ndarray | None = None
         self._count = 0
 
     def __len__(self) -> int:
         return self._count
+
+    @property
+    def spilled(self) -> int:
+        """Records written to the temporary file so far."""
+        return self._stored.spilled
 
     def append(self, f: Flow, label: int) -> None:
         self._pending.append((
@@ -69,19 +81,24 @@ class FlowStore:
 
     def _flush(self) -> None:
         if self._pending:
-            self._chunks.append(np.array(self._pending, dtype=RECORD_DTYPE))
+            self._stored.append(np.array(self._pending, dtype=RECORD_DTYPE))
             self._pending = []
 
     def records(self) -> np.ndarray:
         """Every record, sorted by flow id (flows end in another order than they start)."""
         self._flush()
-        if len(self._chunks) != 1:
-            whole = np.concatenate(self._chunks) if self._chunks else np.zeros(0, dtype=RECORD_DTYPE)
-            self._chunks = [whole]
-        whole = self._chunks[0]
+        if len(self._stored):
+            parts = [self._whole] if self._whole is not None else []
+            taken = self._stored.take_all()
+            whole = np.concatenate(parts + [taken]) if parts else taken
+        elif self._whole is not None:
+            whole = self._whole
+        else:
+            whole = np.zeros(0, dtype=RECORD_DTYPE)
         ids = whole["flow_id"]
         if ids.size > 1 and (ids[1:] < ids[:-1]).any():
-            whole = self._chunks[0] = whole[np.argsort(ids, kind="stable")]
+            whole = whole[np.argsort(ids, kind="stable")]
+        self._whole = whole
         return whole
 
     def set_labels(self, flow_ids: np.ndarray, codes: np.ndarray) -> None:
@@ -98,7 +115,8 @@ class FlowStore:
 
     def release(self) -> None:
         """Drop every record (they are in the flows table now)."""
-        self._pending, self._chunks = [], []
+        self._pending, self._whole = [], None
+        self._stored.close()
 
 
 __all__ = ["FlowStore", "RECORD_DTYPE"]

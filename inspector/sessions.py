@@ -410,14 +410,18 @@ class BucketSource:
     ``DirectedBuckets`` on demand: all of them, the media flows' only, or chunk by chunk.
 
     rows      ``collect.BUCKET_DTYPE`` rows of every capture, concatenated in the order given
-    order     rows of ``rows`` in side order, buckets of unknown flows left out; None when that
-              is every row as it stands (the usual case: one capture, flows table in flow-id order)
-    side      row of ``sides`` per bucket, in that order
+    row_of    per bucket in side order, its row of ``rows`` (None: row i is bucket i)
+    position  per bucket in side order, its rank in (capture, flow_id, bucket) order (None: i)
+    side      row of ``sides`` per bucket, in side order
     swapped   per row of ``sides``: this machine is the flow's server
+
+    Buckets of flows missing from ``sides`` are left out. In the usual case (one capture, its
+    rows already in flow order, every flow in ``sides``) both index arrays are None.
     """
 
     rows: np.ndarray
-    order: np.ndarray | None
+    row_of: np.ndarray | None
+    position: np.ndarray | None
     side: np.ndarray
     swapped: np.ndarray
 
@@ -425,20 +429,19 @@ class BucketSource:
         return self.side.size
 
     def take(self, at: np.ndarray | slice) -> DirectedBuckets:
-        """The buckets ``at`` (indexes into this source's order) as DirectedBuckets."""
-        if self.order is None and isinstance(at, slice):
+        """The buckets ``at`` (indexes in side order) as DirectedBuckets."""
+        if self.position is not None:
+            positions = self.position[at].astype(np.int64)
+        elif isinstance(at, slice):
             positions = np.arange(*at.indices(self.side.size), dtype=np.int64)
-        elif self.order is None:
-            positions = np.asarray(at, dtype=np.int64)
         else:
-            positions = self.order[at].astype(np.int64)
+            positions = np.asarray(at, dtype=np.int64)
+        rows_at = at if self.row_of is None else self.row_of[at]
         side = self.side[at]
         swapped = self.swapped[side]
-        identity = isinstance(at, slice) and self.order is None
 
         def column(name: str) -> np.ndarray:
-            values = self.rows[name][at] if identity else self.rows[name][positions]
-            return values.astype(np.int64)
+            return self.rows[name][rows_at].astype(np.int64)
 
         start = column("bucket") * ACTIVITY_BUCKET_NS
         c2s_b, s2c_b = column("client_to_server_bytes"), column("server_to_client_bytes")
@@ -485,12 +488,20 @@ def bucket_source(activity, sides: pd.DataFrame) -> BucketSource:
     parts = [a for a in activity if len(a)]
     swapped = sides["swapped"].to_numpy(dtype=bool)
     if not parts:
-        return BucketSource(np.zeros(0, dtype=BUCKET_DTYPE), None, np.zeros(0, dtype=np.int64), swapped)
-    rows = parts[0].rows if len(parts) == 1 else np.concatenate([a.rows for a in parts])
-    # Side of each bucket, found once per (capture, flow): rows are sorted by flow per capture.
+        return BucketSource(np.zeros(0, dtype=BUCKET_DTYPE), None, None, np.zeros(0, dtype=np.int64), swapped)
+    if len(parts) == 1:
+        rows, row_of = parts[0].rows, parts[0].order
+    else:  # rows concatenated, each capture's order shifted to its rows
+        rows = np.concatenate([a.rows for a in parts])
+        offsets = np.cumsum([0] + [a.rows.shape[0] for a in parts[:-1]])
+        row_of = np.concatenate([
+            (a.order if a.order is not None else np.arange(a.rows.shape[0])) + offset
+            for a, offset in zip(parts, offsets)
+        ])  # fmt: skip
+    # Side of each bucket, found once per (capture, flow): buckets are in flow order per capture.
     side_parts = []
     for a in parts:
-        flow = a.rows["flow_id"]
+        flow = a.rows["flow_id"] if a.order is None else a.rows["flow_id"][a.order]
         starts = np.flatnonzero(np.r_[True, flow[1:] != flow[:-1]])
         found = side_rows(sides, np.full(starts.size, a.capture, dtype=object), flow[starts])
         side_parts.append(np.repeat(found, np.diff(np.append(starts, flow.size))))
@@ -498,9 +509,9 @@ def bucket_source(activity, sides: pd.DataFrame) -> BucketSource:
     del side_parts, parts
     known = np.flatnonzero(side >= 0)
     if known.size == side.size and not (side[1:] < side[:-1]).any():
-        return BucketSource(rows, None, side, swapped)
-    order = known[np.argsort(side[known], kind="stable")]
-    return BucketSource(rows, order, side[order], swapped)
+        return BucketSource(rows, row_of, None, side, swapped)
+    position = known[np.argsort(side[known], kind="stable")]
+    return BucketSource(rows, position if row_of is None else row_of[position], position, side[position], swapped)
 
 
 def directed_activity(activity, sides: pd.DataFrame) -> DirectedBuckets:

@@ -1,0 +1,122 @@
+"""Fixed-size numpy records parked on disk while a capture is read.
+
+Finished flows (``flowstore.FlowStore``) and activity buckets (``collect.ActivityCollector``) are
+kept until the tables are built at the end of the run, and both grow with the capture's length:
+~300 bytes per flow on the benchmark. A live capture that runs for hours, or a day-long file,
+would hold them all in memory. Instead each keeps at most ``limit_bytes`` in memory and appends
+the rest, as raw little-endian records, to an anonymous temporary file (``tempfile``: in
+``$TMPDIR``, removed by the OS when closed or when the process dies). The records come back
+once, in the order written, when the tables are built.
+
+Weakness: the tables are still built from every record at the end (the flows table holds one
+row per flow), so the end of a run needs memory in proportion to its flows; what is bounded is
+the memory held while packets are read.
+"""
+
+from __future__ import annotations
+
+import tempfile
+
+import numpy as np
+
+from inspector.errors import InspectorError
+
+#: What a store keeps in memory before it writes to its spill file (per store, per capture).
+DEFAULT_LIMIT_BYTES = 8 << 20
+
+
+class SpillFile:
+    """An append-only file of ``dtype`` records; opened on the first write."""
+
+    def __init__(self, dtype: np.dtype) -> None:
+        self.dtype = np.dtype(dtype)
+        self._file = None
+        self.count = 0
+
+    def append(self, records: np.ndarray) -> None:
+        if records.shape[0] == 0:
+            return
+        try:
+            if self._file is None:
+                self._file = tempfile.TemporaryFile(prefix="inspector-spill-")
+            self._file.write(np.ascontiguousarray(records, dtype=self.dtype).tobytes())
+        except OSError as e:
+            where = tempfile.gettempdir()
+            raise InspectorError(
+                f"{where}: cannot write temporary data ({e.strerror}); set TMPDIR to a disk with room"
+            ) from e
+        self.count += records.shape[0]
+
+    def read_into(self, out: np.ndarray) -> int:
+        """Copy every record written so far into the start of ``out``; returns how many."""
+        if self.count == 0:
+            return 0
+        self._file.flush()
+        self._file.seek(0)
+        view = out[: self.count].view(np.uint8).reshape(-1)
+        got = self._file.readinto(memoryview(view))
+        self._file.seek(0, 2)
+        if got != view.size:
+            raise InspectorError(f"temporary file: read {got} of {view.size} bytes back")
+        return self.count
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        self.count = 0
+
+
+class SpilledRecords:
+    """Records appended in parts: the newest parts in memory up to ``limit_bytes``, the older
+    ones in a ``SpillFile``. ``take_all`` returns them all, in the order appended."""
+
+    def __init__(self, dtype: np.dtype, limit_bytes: int = DEFAULT_LIMIT_BYTES) -> None:
+        self.dtype = np.dtype(dtype)
+        self.limit_bytes = limit_bytes
+        self._parts: list[np.ndarray] = []
+        self._held = 0
+        self._spill = SpillFile(self.dtype)
+
+    def __len__(self) -> int:
+        return self._spill.count + sum(p.shape[0] for p in self._parts)
+
+    @property
+    def spilled(self) -> int:
+        """Records written to disk so far."""
+        return self._spill.count
+
+    @property
+    def held_bytes(self) -> int:
+        """Bytes of records held in memory now."""
+        return self._held
+
+    def append(self, part: np.ndarray) -> None:
+        if part.shape[0] == 0:
+            return
+        self._parts.append(part)
+        self._held += part.nbytes
+        if self._held > self.limit_bytes:
+            for held in self._parts:
+                self._spill.append(held)
+            self._parts, self._held = [], 0
+
+    def take_all(self) -> np.ndarray:
+        """Every record as one array (the spill file's, then those in memory); the store is
+        emptied, and each in-memory part is released as soon as it is copied."""
+        out = np.empty(len(self), dtype=self.dtype)
+        at = self._spill.read_into(out)
+        self._spill.close()
+        parts, self._parts, self._held = self._parts, [], 0
+        while parts:
+            part = parts.pop(0)
+            out[at : at + part.shape[0]] = part
+            at += part.shape[0]
+        return out
+
+    def close(self) -> None:
+        self._parts, self._held = [], 0
+        self._spill.close()
+
+
+__all__ = ["DEFAULT_LIMIT_BYTES", "SpillFile", "SpilledRecords"]

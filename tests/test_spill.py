@@ -1,0 +1,70 @@
+"""Records parked on disk while a capture is read come back whole and in order."""
+
+from __future__ import annotations
+
+import tempfile
+
+import numpy as np
+import pytest
+
+from inspector.errors import InspectorError
+from inspector.spill import SpilledRecords
+
+DTYPE = np.dtype([("a", "<i8"), ("b", "<u4")])
+
+
+def _part(start: int, n: int) -> np.ndarray:
+    part = np.zeros(n, dtype=DTYPE)
+    part["a"] = np.arange(start, start + n)
+    part["b"] = (np.arange(start, start + n) * 7) % 1000
+    return part
+
+
+def test_parts_beyond_the_limit_go_to_disk_and_come_back_in_order():
+    store = SpilledRecords(DTYPE, limit_bytes=1000)
+    parts = [_part(i * 37, 37) for i in range(50)]
+    for part in parts:
+        store.append(part)
+        assert store.held_bytes <= 1000  # a part of 444 bytes, at most two held at a time
+    assert store.spilled >= 40 * 37 and len(store) == 50 * 37
+    assert store.take_all().tobytes() == np.concatenate(parts).tobytes()
+    assert len(store) == 0 and store.take_all().size == 0  # emptied; usable again
+    store.append(_part(5, 3))
+    assert store.take_all()["a"].tolist() == [5, 6, 7]
+
+
+def test_under_the_limit_nothing_is_written():
+    store = SpilledRecords(DTYPE, limit_bytes=1 << 20)
+    store.append(_part(0, 10))
+    store.append(np.zeros(0, dtype=DTYPE))
+    assert store.spilled == 0 and store.take_all()["a"].tolist() == list(range(10))
+
+
+def test_an_unwritable_temporary_directory_is_one_clear_error(monkeypatch, tmp_path):
+    missing = tmp_path / "gone"
+    monkeypatch.setattr(tempfile, "tempdir", str(missing))
+    store = SpilledRecords(DTYPE, limit_bytes=10)
+    with pytest.raises(InspectorError, match=f"{missing}: cannot write temporary data"):
+        store.append(_part(0, 5))
+
+
+def test_every_table_is_the_same_when_flows_and_buckets_wait_on_disk(ndpi_dir, monkeypatch):
+    """A limit of a few records makes every capture spill; the tables must not change."""
+    import pandas as pd
+
+    from inspector import spill
+    from inspector.api import TABLES, analyze
+    from inspector.collect import ActivityCollector
+    from inspector.flowstore import RECORD_DTYPE, FlowStore
+    from inspector.pipeline import AnalyzeOptions
+
+    paths = [ndpi_dir / "zoom_p2p.pcapng", ndpi_dir / "teams.pcap"]
+    options = AnalyzeOptions(batch_size=500, workers=1)
+    whole = analyze(paths, options)
+    monkeypatch.setattr(spill, "DEFAULT_LIMIT_BYTES", 2048)
+    store, collector = FlowStore(), ActivityCollector()
+    assert store._stored.limit_bytes == 2048 and collector._parts.limit_bytes == 2048
+    spilled = analyze(paths, options)
+    assert len(whole.flows) * RECORD_DTYPE.itemsize > 4 * 2048 and len(whole.sessions) >= 1
+    for table in TABLES:
+        pd.testing.assert_frame_equal(getattr(whole, table), getattr(spilled, table))
