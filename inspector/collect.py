@@ -249,10 +249,14 @@ class RtpCollector:
     or leaves a segment whole; a larger value could leave a segment across two windows.
     """
 
-    def __init__(self, max_gap_s: float | None = None, keep_rows: bool = False) -> None:
+    def __init__(self, max_gap_s: float | None = None, keep_rows: bool = False, fold=None) -> None:
         """``keep_rows``: also keep every packet's header row for ``rows_frame`` (tests and
-        debugging only: that memory grows with the capture)."""
+        debugging only: that memory grows with the capture). ``fold``: a callable that takes
+        each batch's header columns instead of this process's ``RunningStreams`` (a parallel
+        run folds them in a worker, ``parallel.PayloadShipper.fold_rtp``; the worker's streams
+        come back through ``adopt_streams``)."""
         self._rows: list[tuple[np.ndarray, ...]] | None = [] if keep_rows else None
+        self._fold = fold
         if max_gap_s is None:
             from inspector.sessions import CallOptions
 
@@ -341,7 +345,19 @@ class RtpCollector:
         )
         if self._rows is not None:
             self._rows.append(columns)
-        self._streams.add(*columns)
+        if self._fold is not None:
+            self._fold(columns)
+        else:
+            self._streams.add(*columns)
+
+    def new_streams(self) -> RunningStreams:
+        """Empty running stream state with this collector's gap (what a worker folds into)."""
+        return RunningStreams(int(self.max_gap_s * 1e9))
+
+    def adopt_streams(self, streams: RunningStreams) -> None:
+        """Take the stream state a worker folded this collector's columns into."""
+        self._streams = streams
+        self._fold = None
 
     def rows_frame(self, capture: str) -> pd.DataFrame:
         """The kept header rows (``keep_rows=True``) as ``schema.RTP_COLUMNS``."""

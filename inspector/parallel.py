@@ -12,9 +12,13 @@ each dissector sees exactly the packets it would see in one process (the worker 
 "still wants it" rules; it is only handed a superset). When a flow ends, the reader sends it to
 its owner, which takes the flow's facts and drops its state, as ``pipeline.process_batches``
 does, and labels it (``labels.FlowLabeller``); at the end it returns label codes and the few
-flows the cross-flow rules need, which the reader resolves over every worker's. Messages keep capture order, so the tables are identical to a one-process run whatever
-``n`` is (tested). Memory stays bounded: a pipe holds at most one message a worker has not read,
-and each side keeps state for active flows only.
+flows the cross-flow rules need, which the reader resolves over every worker's. The RTP collector's header columns go to one
+worker (``RTP_WORKER``), which folds them into the running stream state the reader would have
+kept and returns it at the end. Messages keep capture order, so the tables are identical to a
+one-process run whatever ``n`` is (tested). Messages are written by one thread per worker
+(``_Sender``), so the reader goes on with the next batch while a worker reads the last one.
+Memory stays bounded: at most ``SEND_DEPTH`` messages per worker wait to be written, and each
+side keeps state for active flows only.
 
 Weakness: the reading process does the columnar work alone, and the call stage after it is
 serial (Amdahl); the dissectors spread over the workers.
@@ -23,6 +27,8 @@ serial (Amdahl); the dissectors spread over the workers.
 from __future__ import annotations
 
 import multiprocessing
+import queue
+import threading
 from array import array
 from collections import Counter
 from dataclasses import dataclass
@@ -45,6 +51,66 @@ from inspector.payloads import (
 )
 from inspector.pipeline import AnalyzeOptions, CaptureResult, process_capture
 from inspector.summarize import transport_name
+
+#: Messages pickled for a worker and not yet written to its pipe (per worker; see ``_Sender``).
+SEND_DEPTH = 2
+
+
+class _Sender:
+    """Writes one worker's messages to its pipe from a thread.
+
+    A pipe's kernel buffer holds 64 KiB and one batch's message is megabytes, so a plain
+    ``send`` kept the reading process waiting until the worker had finished the previous batch
+    and read this one: the two ran in turns. Messages are pickled in the caller (the flows in
+    them must not change afterwards) and written by the thread, which waits on the pipe without
+    the GIL; at most ``SEND_DEPTH`` wait, so memory stays bounded.
+    """
+
+    def __init__(self, conn) -> None:
+        from multiprocessing.reduction import ForkingPickler
+
+        self.conn = conn
+        self._dumps = ForkingPickler.dumps
+        self._queue: queue.Queue = queue.Queue(maxsize=SEND_DEPTH)
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="dissect-sender", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            data = self._queue.get()
+            if data is None:
+                return
+            if self.error is None:
+                try:
+                    self.conn.send_bytes(data)
+                except (OSError, EOFError) as e:  # the worker died: reported by the next send
+                    self.error = e
+
+    def send(self, message) -> None:
+        if self.error is not None:
+            raise self.error
+        self._queue.put(self._dumps(message))
+
+    def abandon(self) -> None:
+        """Drop the queued messages; the thread ends after the write it may be in."""
+        self.error = self.error or EOFError()
+        while True:
+            try:
+                self._queue.get_nowait()
+            except queue.Empty:
+                break
+        self._queue.put_nowait(None)  # room now: only the thread takes from the queue
+
+    def join(self, timeout: float) -> None:
+        self._thread.join(timeout)
+
+    def close(self) -> None:
+        """Wait until every queued message is written; raise what writing met."""
+        self._queue.put(None)
+        self._thread.join()
+        if self.error is not None:
+            raise self.error
 
 
 @dataclass(slots=True)
@@ -86,15 +152,27 @@ def _ranks(groups: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return out
 
 
+#: The worker that also folds the RTP headers into running stream state (``collect.RtpCollector``):
+#: that fold is sequential per stream, so one process does all of it, off the reading process.
+RTP_WORKER = 0
+
+
 class PayloadShipper:
     """Takes the PayloadStage's place in ``pipeline.process_batches`` in the reading process."""
 
     def __init__(self, connections: list) -> None:
         self.connections = connections
+        self.senders = [_Sender(conn) for conn in connections]
         self.n = len(connections)
         self._ended: list[list] = [[] for _ in range(self.n)]
         self._dropped: list[list[int]] = [[] for _ in range(self.n)]
+        self._rtp: list[tuple] = []
         self.dns_packets_shipped = 0
+
+    def fold_rtp(self, columns: tuple) -> None:
+        """The RTP collector's header columns of one batch, for ``RTP_WORKER`` to fold (sent with
+        the batch's next message, so the worker folds them in capture order)."""
+        self._rtp.append(columns)
 
     def feed(self, d, bf) -> None:
         n_workers = self.n
@@ -180,13 +258,16 @@ class PayloadShipper:
         self._send(new_routes, packets)
 
     def _send(self, new_routes: list[list[tuple]], packets: list | None) -> None:
-        for k, conn in enumerate(self.connections):
+        for k, conn in enumerate(self.senders):
             batch = packets[k] if packets is not None else None
-            if not (self._ended[k] or self._dropped[k] or new_routes[k] or batch is not None):
+            rtp = self._rtp if k == RTP_WORKER and self._rtp else None
+            if not (self._ended[k] or self._dropped[k] or new_routes[k] or batch is not None or rtp):
                 continue
-            conn.send((self._ended[k], self._dropped[k], new_routes[k], batch))
+            conn.send((self._ended[k], self._dropped[k], new_routes[k], batch, rtp))
             self._ended[k] = []
             self._dropped[k] = []
+            if rtp:
+                self._rtp = []
 
     def facts(self, f):
         """A flow ended: its owner takes its facts (after the packets already shipped)."""
@@ -203,9 +284,20 @@ class PayloadShipper:
     def close(self) -> list:
         """Flush the last ended flows, stop the workers and return their results."""
         self._send([[] for _ in range(self.n)], None)
-        for conn in self.connections:
-            conn.send(None)
+        for sender in self.senders:
+            sender.send(None)
+        for sender in self.senders:
+            sender.close()
         return [conn.recv() for conn in self.connections]
+
+    def abandon(self) -> None:
+        """Drop the messages not yet written and let the sender threads end (the run failed)."""
+        for sender in self.senders:
+            sender.abandon()
+
+    def join_senders(self, timeout: float) -> None:
+        for sender in self.senders:
+            sender.join(timeout)
 
 
 def _facts_row(f) -> tuple:
@@ -226,13 +318,14 @@ def _facts_from_row(row: tuple):
     return FlowFacts(*row[:9], hits, *row[10:])
 
 
-def _dissect_worker(conn, k: int, n: int, signatures) -> None:
+def _dissect_worker(conn, k: int, n: int, signatures, rtp_streams) -> None:
     """One worker: replay the shipped packets into a PayloadStage that owns flows k mod n."""
     from inspector.labels import PENDING, FlowLabeller
     from inspector.payloads import FlowInspection, PayloadStage
 
     stage = PayloadStage(partition=(k, n))
     labeller = FlowLabeller(signatures)
+    streams = rtp_streams if k == RTP_WORKER else None
     states: dict[int, FlowInspection] = {}
     labelled_ids = array("q")  # 8 bytes per flow, not a Python int each
     labelled_codes = array("i")
@@ -243,7 +336,9 @@ def _dissect_worker(conn, k: int, n: int, signatures) -> None:
             return
         if message is None:
             break
-        ended, dropped, new_routes, batch = message
+        ended, dropped, new_routes, batch, rtp = message
+        for columns in rtp or ():
+            streams.add(*columns)
         for f in ended:
             f.state = states.pop(f.flow_id, None)
             fact = stage.facts(f)
@@ -280,7 +375,7 @@ def _dissect_worker(conn, k: int, n: int, signatures) -> None:
         labeller.book.rows,
         [(flow_id, _facts_row(fact)) for flow_id, fact in labeller.deferred()],
     )
-    conn.send((labels, stage.errors, stage.packets_inspected))
+    conn.send((labels, stage.errors, stage.packets_inspected, streams))
     conn.close()
 
 
@@ -294,19 +389,29 @@ def process_capture_parallel(path: str | Path, options: AnalyzeOptions, workers:
     connections, processes = [], []
     for k in range(workers):
         ours, theirs = ctx.Pipe()
-        p = ctx.Process(target=_dissect_worker, args=(theirs, k, workers, signatures), daemon=True)
+        args = (theirs, k, workers, signatures, RtpCollector().new_streams())
+        p = ctx.Process(target=_dissect_worker, args=args, daemon=True)
         p.start()
         theirs.close()
         connections.append(ours)
         processes.append(p)
     shipper = PayloadShipper(connections)
+    rtp = RtpCollector(fold=shipper.fold_rtp)
+    finished = False
     try:
-        result = process_capture(path, options, None, shipper, (ActivityCollector(), RtpCollector()))
+        result = process_capture(path, options, None, shipper, (ActivityCollector(), rtp))
         parts = shipper.close()
+        finished = True
     except (BrokenPipeError, EOFError) as e:
         # A worker died (killed, out of memory): its share of the facts is lost, so the run fails.
         raise InspectorError(f"{path}: a dissect worker stopped unexpectedly ({e.__class__.__name__})") from e
     finally:
+        if not finished:
+            # Workers go first, so a sender thread still writing to one gets EPIPE and ends.
+            shipper.abandon()
+            for p in processes:
+                p.terminate()
+            shipper.join_senders(timeout=5)
         for conn in connections:
             conn.close()  # a worker still waiting for packets sees EOF and exits
         for p in processes:
@@ -316,7 +421,9 @@ def process_capture_parallel(path: str | Path, options: AnalyzeOptions, workers:
     labeller = FlowLabeller(signatures)
     errors: Counter = Counter()
     inspected = 0
-    for (flow_ids, codes, book_rows, deferred), part_errors, part_inspected in parts:
+    for (flow_ids, codes, book_rows, deferred), part_errors, part_inspected, streams in parts:
+        if streams is not None:
+            rtp.adopt_streams(streams)
         # The worker's codes index its own book: re-map them into the run's.
         result.flows.set_labels(flow_ids, labeller.book.codes_of(book_rows)[codes])
         for flow_id, row in deferred:
