@@ -520,6 +520,33 @@ def directed_activity(activity, sides: pd.DataFrame) -> DirectedBuckets:
     return source.take(slice(0, len(source)))
 
 
+def per_second(buckets: DirectedBuckets) -> DirectedBuckets:
+    """A flow's buckets within one second folded into one row (first packet, last packet, sums;
+    the first bucket's position): the call windows come out the same from a third as many rows.
+
+    Why the same: the rule only reads intervals (a run of one flow's buckets inside one second
+    has no silence in it, let alone one of ``max_gap_s``), sums, and packets per second of the
+    first packet (every bucket of a run lies in that second: buckets are 100 ms, aligned to the
+    second). ``buckets``' rows are sorted by side, then position (time), so each run is adjacent.
+    """
+    if buckets.side.size == 0:
+        return buckets
+    second = buckets.first_ns // 1_000_000_000
+    starts = _run_starts(buckets.side, second)
+    if starts.size == buckets.side.size:
+        return buckets
+    return DirectedBuckets(
+        side=buckets.side[starts],
+        position=buckets.position[starts],
+        first_ns=np.minimum.reduceat(buckets.first_ns, starts),
+        last_ns=np.maximum.reduceat(buckets.last_ns, starts),
+        sent_bytes=np.add.reduceat(buckets.sent_bytes, starts),
+        received_bytes=np.add.reduceat(buckets.received_bytes, starts),
+        sent_packets=np.add.reduceat(buckets.sent_packets, starts),
+        received_packets=np.add.reduceat(buckets.received_packets, starts),
+    )
+
+
 def _window_starts(group: np.ndarray, first_ns: np.ndarray, last_ns: np.ndarray, max_gap_ns: int) -> np.ndarray:
     """First row of each candidate window, rows sorted by (group, first_ns): a window starts with
     each group and after a silence, from the latest packet so far in the group, of more than
@@ -619,7 +646,8 @@ class CallWindows:
 
     windows   one row per call in session order: scope, client_ip, service, start_ns, end_ns,
               session_id
-    buckets   the media buckets of the accepted calls, sorted by call group then time
+    buckets   the media rows of the accepted calls (buckets, or their ``per_second`` folds),
+              sorted by call group then time
     session   per bucket of ``buckets``: row of ``windows`` it belongs to
     """
 
@@ -777,7 +805,9 @@ def build_calls(
     source = bucket_source(activity, sides)
     # A caller's temporaries are freed here: the buckets now live in ``source``.
     del flows, activity
-    calls = call_windows(source.of_sides(sides["is_media"].to_numpy(dtype=bool)), sides, merge, options)
+    media_buckets = per_second(source.of_sides(sides["is_media"].to_numpy(dtype=bool)))
+    calls = call_windows(media_buckets, sides, merge, options)
+    del media_buckets
     windows = calls.windows
     membership = _membership(calls, sides)
     media = media_table(rtp, rtcp, membership, merge, options.max_gap_s)
@@ -843,6 +873,7 @@ __all__ = [
     "call_windows",
     "BucketSource",
     "bucket_source",
+    "per_second",
     "directed_activity",
     "side_rows",
     "fold_generic_media",

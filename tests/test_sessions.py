@@ -492,3 +492,50 @@ def test_flow_session_lists_calls_in_session_order_per_flow_across_captures():
     merged = calls(flows, activity, merge=True)
     assert list(merged.sessions["capture"]) == ["merged"]  # one timeline: gaps of 30 s
     assert merged.flow_session.values.tolist() == [["B.pcap", 1, "s1"], ["a.pcap", 1, "s1"]]
+
+
+def test_per_second_folds_a_flows_buckets_within_each_second():
+    from inspector.sessions import DirectedBuckets, per_second
+
+    s = 1_000_000_000
+    rows = DirectedBuckets(
+        side=np.array([0, 0, 0, 1, 1]),
+        position=np.array([0, 1, 2, 3, 4]),
+        first_ns=np.array([10 * s, 10 * s + 150_000_000, 11 * s + 5, 10 * s + 900_000_000, 10 * s + 950_000_000]),
+        last_ns=np.array([10 * s + 90, 10 * s + 190_000_000, 11 * s + 9, 10 * s + 910_000_000, 10 * s + 999_000_000]),
+        sent_bytes=np.array([100, 200, 300, 5, 6]),
+        received_bytes=np.array([1, 2, 3, 4, 5]),
+        sent_packets=np.array([1, 2, 3, 1, 1]),
+        received_packets=np.array([0, 1, 0, 1, 1]),
+    )
+    folded = per_second(rows)
+    assert folded.side.tolist() == [0, 0, 1]
+    assert folded.position.tolist() == [0, 2, 3]
+    assert folded.first_ns.tolist() == [10 * s, 11 * s + 5, 10 * s + 900_000_000]
+    assert folded.last_ns.tolist() == [10 * s + 190_000_000, 11 * s + 9, 10 * s + 999_000_000]
+    assert folded.sent_bytes.tolist() == [300, 300, 11] and folded.received_packets.tolist() == [1, 0, 2]
+
+
+@pytest.mark.parametrize("name", ["zoom_p2p.pcapng", "teams.pcap", "wa_voice.pcap"])
+def test_call_windows_are_the_same_from_buckets_and_from_per_second_rows(ndpi_dir, name):
+    from inspector.api import _flows_frame, _labeller, _payload_stage, _signature_set
+    from inspector.collect import ActivityCollector
+    from inspector.pipeline import AnalyzeOptions, process_capture
+    from inspector.sessions import bucket_source, call_windows, flow_sides, per_second
+
+    options = AnalyzeOptions()
+    activity = ActivityCollector()
+    result = process_capture(
+        ndpi_dir / name, options, None, _payload_stage(options), (activity,), _labeller(_signature_set(options))
+    )
+    sides = flow_sides(_flows_frame(result))
+    media = bucket_source([activity.buckets(name)], sides).of_sides(sides["is_media"].to_numpy(dtype=bool))
+    folded = per_second(media)
+    assert folded.side.size < media.side.size
+    exact, fast = call_windows(media, sides, False, CallOptions()), call_windows(folded, sides, False, CallOptions())
+    assert len(exact.windows) >= 1
+    pd.testing.assert_frame_equal(exact.windows, fast.windows)
+    for name in ("sent_bytes", "received_bytes", "sent_packets", "received_packets"):
+        assert np.bincount(exact.session, getattr(exact.buckets, name)).tolist() == np.bincount(
+            fast.session, getattr(fast.buckets, name)
+        ).tolist()
