@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from inspector._version import __version__
@@ -234,6 +235,26 @@ def _concat_released(frames: list[pd.DataFrame]) -> pd.DataFrame:
     return parts[0] if len(parts) == 1 else pd.concat(parts, ignore_index=True)
 
 
+def _concat_columns_released(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    """The frames (same columns) as one, column by column, emptying the list.
+
+    One frame is returned as it is. Several are joined one column at a time, each input column
+    dropped as soon as it is copied, so the join needs the result plus one column more, not two
+    whole tables (``summarize.flows_frame`` keeps every column in its own block, so dropping a
+    column frees it).
+    """
+    parts = frames[:]
+    frames.clear()
+    if len(parts) == 1:
+        return parts[0]
+    columns = {}
+    for name in parts[0].columns:
+        columns[name] = pd.concat([part[name] for part in parts], ignore_index=True).array
+        for part in parts:
+            del part[name]
+    return pd.DataFrame(columns, copy=False)
+
+
 def _take_all(items: list) -> list:
     """The list's items in a new list, emptying it (so only the callee keeps them alive)."""
     taken = items[:]
@@ -266,10 +287,35 @@ def _call_tables(results: list[CaptureResult], flows: pd.DataFrame, options: Ana
         merge=options.merge,
     )
     if len(tables.flow_session):
-        keyed = tables.flow_session.set_index(["capture", "flow_id"])["session_id"]
-        index = pd.MultiIndex.from_arrays([flows["capture"], flows["flow_id"]])
-        flows["session_id"] = pd.Series(keyed.reindex(index).fillna("").to_numpy(), dtype="string")
+        flows["session_id"] = _session_ids_of_flows(flows, tables.flow_session)
     return tables
+
+
+def _session_ids_of_flows(flows: pd.DataFrame, flow_session: pd.DataFrame) -> pd.api.extensions.ExtensionArray:
+    """The flows' session_id column: ``flow_session``'s value for each (capture, flow_id), ""
+    for flows in no call.
+
+    Looked up per capture with a binary search of the sorted flow ids (flow_session holds the
+    media flows only, a small part of all flows), then one ``take`` over its texts: no
+    index over every flow and no per-flow object array.
+    """
+    session_texts = flow_session["session_id"].to_numpy(dtype=object)
+    no_session = session_texts.size  # the code of "" (appended after the session texts)
+    codes = np.full(len(flows), no_session, dtype=np.intp)
+    session_flow_ids = flow_session["flow_id"].to_numpy(dtype=np.int64)
+    all_flow_ids = flows["flow_id"].to_numpy(dtype=np.int64)
+    for capture, rows in flow_session.groupby("capture", sort=False).indices.items():
+        order = np.argsort(session_flow_ids[rows], kind="stable")
+        rows = rows[order]
+        ids = session_flow_ids[rows]
+        if ids.size > 1 and (ids[1:] == ids[:-1]).any():
+            raise ValueError(f"{capture}: a flow appears twice in the flows' session table")
+        flow_rows = np.flatnonzero((flows["capture"] == capture).to_numpy(dtype=bool))
+        flow_ids = all_flow_ids[flow_rows]
+        at = np.minimum(np.searchsorted(ids, flow_ids), ids.size - 1)
+        found = ids[at] == flow_ids
+        codes[flow_rows[found]] = rows[at[found]]
+    return pd.array(np.append(session_texts, ""), dtype="string").take(codes)
 
 
 def _build_analysis(
@@ -294,8 +340,7 @@ def _build_tables(
         inputs.append(_input_entry(r))
         # The flow records now live in the frame: release them before the call stage.
         r.flows.release()
-    flows = pd.concat(frames, ignore_index=True) if frames else empty_frame(FLOW_COLUMNS)
-    del frames
+    flows = _concat_columns_released(frames) if frames else empty_frame(FLOW_COLUMNS)
     return_free_memory()
     calls = _call_tables(results, flows, options) if options.inspect_payloads else None
     warnings = []

@@ -9,7 +9,7 @@ evaluates it as a formula. Numeric columns are never quoted or altered.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +21,9 @@ from inspector.errors import InspectorError
 FORMULA_TRIGGERS = ("=", "+", "-", "@", "\t", "\r")
 FORMATS = ("csv", "json", "parquet")
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
+#: Rows converted to text at a time when writing CSV/JSON: the text copy of a table (every cell a
+#: string) is several times its in-memory size, so it is made one chunk at a time.
+CHUNK_ROWS = 16384
 
 
 def neutralise(cell: str) -> str:
@@ -58,17 +61,58 @@ def _text_frame(frame: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def write_table(frame: pd.DataFrame, path: Path, fmt: str) -> Path:
-    """Write one table as ``fmt``; returns the path written."""
+def _row_chunks(frame: pd.DataFrame, rows: int) -> Iterator[pd.DataFrame]:
+    """The frame in consecutive row slices of at most ``rows`` (one empty slice for an empty
+    frame, so a header is still written). Slices are views: no column is copied here."""
+    if len(frame) == 0:
+        yield frame
+        return
+    for start in range(0, len(frame), rows):
+        yield frame.iloc[start : start + rows]
+
+
+def _write_csv(frame: pd.DataFrame, path: Path, rows: int) -> None:
+    """CSV text written chunk by chunk: only one chunk's text copy exists at a time.
+
+    The bytes do not depend on the chunk size: pandas formats and quotes every cell on its own
+    (it chunks its own writes too), and the header is written once, with the first chunk.
+    """
+    # newline="": the csv writer's "\r\n" row ends reach the file untranslated, as they do when
+    # pandas opens the path itself.
+    with open(path, "w", encoding="utf-8", newline="") as fh:
+        for number, chunk in enumerate(_row_chunks(frame, rows)):
+            # CRLF row ends (RFC 4180 §2): the csv writer then quotes every cell holding a CR or
+            # LF, so a hostile name with a bare carriage return cannot split a row.
+            _text_frame(chunk).to_csv(fh, index=False, header=number == 0, lineterminator="\r\n")
+
+
+def _write_json(frame: pd.DataFrame, path: Path, rows: int) -> None:
+    """A JSON array of records, the bytes of ``json.dump(records, fh, indent=1)``, streamed.
+
+    Each record is encoded alone and indented one level more, as the list would nest it: JSON
+    strings hold no raw newline (the encoder escapes it as ``\\n``), so every newline in a
+    record's text is a line break of the layout. Only one chunk's records exist at a time.
+    """
+    with open(path, "w", encoding="utf-8") as fh:
+        if len(frame) == 0:
+            fh.write("[]\n")
+            return
+        separator = "[\n "
+        for chunk in _row_chunks(frame, rows):
+            for record in _text_frame(chunk).to_dict(orient="records"):
+                fh.write(separator)
+                fh.write(json.dumps(record, indent=1, ensure_ascii=False).replace("\n", "\n "))
+                separator = ",\n "
+        fh.write("\n]\n")
+
+
+def write_table(frame: pd.DataFrame, path: Path, fmt: str, chunk_rows: int = CHUNK_ROWS) -> Path:
+    """Write one table as ``fmt``; returns the path written. ``chunk_rows``: rows converted to
+    text at a time (CSV, JSON): memory only, the bytes written never depend on it."""
     if fmt == "csv":
-        # CRLF row ends (RFC 4180 §2): the csv writer then quotes every cell holding a CR or LF,
-        # so a hostile name with a bare carriage return cannot split a row.
-        _text_frame(frame).to_csv(path, index=False, lineterminator="\r\n")
+        _write_csv(frame, path, chunk_rows)
     elif fmt == "json":
-        records = _text_frame(frame).to_dict(orient="records")
-        with open(path, "w", encoding="utf-8") as fh:
-            json.dump(records, fh, indent=1, ensure_ascii=False)
-            fh.write("\n")
+        _write_json(frame, path, chunk_rows)
     elif fmt == "parquet":
         try:
             frame.to_parquet(path, index=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pandas as pd
+import pytest
 
 from inspector.export import neutralise, write_table
 
@@ -58,3 +59,71 @@ def test_timestamps_are_written_as_utc_microseconds_with_z():
     assert list(_iso_utc(paris)) == list(_iso_utc(aware))
     naive = pd.Series(pd.to_datetime([1_700_000_000_999_999_999, None], unit="ns"))
     assert list(_iso_utc(naive)) == ["2023-11-14T22:13:20.999999Z", ""]
+
+
+# --- the chunked CSV/JSON writer: the bytes never depend on the chunk size ---------------------
+
+
+def _reference_csv(frame: pd.DataFrame) -> bytes:
+    """The whole table converted at once, as the writer did before it wrote in chunks."""
+    from inspector.export import _text_frame
+
+    return _text_frame(frame).to_csv(index=False, lineterminator="\r\n").encode("utf-8")
+
+
+def _reference_json(frame: pd.DataFrame) -> bytes:
+    import json
+
+    from inspector.export import _text_frame
+
+    records = _text_frame(frame).to_dict(orient="records")
+    return (json.dumps(records, indent=1, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+def _mixed_frame(rows: int) -> pd.DataFrame:
+    names = (HOSTILE + ["zoom.us", "ünïcode.example", 'quote"inside', "x\ny"]) * (rows // 13 + 1)
+    return pd.DataFrame(
+        {
+            "server_name": pd.Series(names[:rows], dtype="string"),
+            "bytes": pd.Series(range(-3, rows - 3), dtype="int64"),
+            "ratio": pd.Series([i / 7 if i % 5 else float("nan") for i in range(rows)], dtype="float64"),
+            "first_seen": pd.to_datetime([1_700_000_000_123_456_789 + i for i in range(rows)], unit="ns", utc=True),
+            "during_call": pd.Series([i % 2 == 0 for i in range(rows)], dtype="bool"),
+            "note": pd.Series([None if i % 4 == 0 else f"-n{i}" for i in range(rows)], dtype=object),
+        }
+    )
+
+
+@pytest.mark.parametrize("fmt", ["csv", "json"])
+@pytest.mark.parametrize("chunk_rows", [1, 2, 3, 7, 1000])
+def test_chunked_writing_gives_the_bytes_of_one_conversion(tmp_path, fmt, chunk_rows):
+    """A frame larger than one chunk (hostile cells, CR/LF, quotes and NaN on every chunk edge
+    with the small chunk sizes) is written byte for byte as the whole-table conversion."""
+    frame = _mixed_frame(40)
+    path = write_table(frame, tmp_path / f"t.{fmt}", fmt, chunk_rows=chunk_rows)
+    reference = _reference_csv(frame) if fmt == "csv" else _reference_json(frame)
+    assert path.read_bytes() == reference
+
+
+def test_hostile_cells_on_a_chunk_edge_stay_neutralised_and_quoted(tmp_path):
+    frame = pd.DataFrame({"server_name": pd.Series(["ok", "=1+1", "\rCR", "a\nb", "@x"], dtype="string")})
+    path = write_table(frame, tmp_path / "t.csv", "csv", chunk_rows=2)
+    assert path.read_bytes() == b"server_name\r\nok\r\n'=1+1\r\n\"'\rCR\"\r\n\"a\nb\"\r\n'@x\r\n"
+    back = pd.read_csv(path, keep_default_na=False, dtype=str)
+    assert back.server_name.tolist() == ["ok", "'=1+1", "'\rCR", "a\nb", "'@x"]
+
+
+def test_the_default_chunk_size_splits_a_large_table_invisibly(tmp_path):
+    from inspector.export import CHUNK_ROWS
+
+    frame = _mixed_frame(CHUNK_ROWS + 5)
+    assert write_table(frame, tmp_path / "t.csv", "csv").read_bytes() == _reference_csv(frame)
+    assert write_table(frame, tmp_path / "t.json", "json").read_bytes() == _reference_json(frame)
+
+
+@pytest.mark.parametrize("fmt", ["csv", "json"])
+def test_an_empty_table_gives_the_header_or_an_empty_list(tmp_path, fmt):
+    frame = _mixed_frame(0)
+    data = write_table(frame, tmp_path / f"t.{fmt}", fmt, chunk_rows=4).read_bytes()
+    assert data == (_reference_csv(frame) if fmt == "csv" else _reference_json(frame))
+    assert data == (b"server_name,bytes,ratio,first_seen,during_call,note\r\n" if fmt == "csv" else b"[]\n")

@@ -1,0 +1,178 @@
+"""The flows table from finished-flow records: values, dtypes, and how api assembles it.
+
+The reference here is deliberately naive (one Python value per flow and cell); the module under
+test converts text once per distinct value and must give the same table.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from inspector.api import _concat_columns_released, _session_ids_of_flows
+from inspector.decode import TUNNEL_NAMES
+from inspector.flowstore import RECORD_DTYPE
+from inspector.labels import LABEL_COLUMNS
+from inspector.schema import FLOW_COLUMN_NAMES, FLOW_DTYPES
+from inspector.summarize import LABEL_NAMES, address_text, flows_frame, transport_name
+
+V4_ONE = (4, 0, 1)  # 0.0.0.1
+V6_ONE = (6, 0, 1)  # ::1: the same (hi, lo) as V4_ONE, another address
+
+
+def _set_addresses(records: np.ndarray, row: int, values: tuple[int, ...]) -> None:
+    for name, value in zip(("ip_version", "client_hi", "client_lo", "server_hi", "server_lo"), values):
+        records[name][row] = value
+
+
+def _records(n: int, seed: int = 3) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    records = np.zeros(n, dtype=RECORD_DTYPE)
+    records["flow_id"] = np.arange(1, n + 1)
+    addresses = [V4_ONE, V6_ONE, (4, 0, 0x0A000002), (4, 0, 0xC0000201), (6, 0x20010DB8 << 32, 7), (6, 2**64 - 1, 2**64 - 1)]
+    client = rng.integers(0, len(addresses), n)
+    server = rng.integers(0, len(addresses), n)
+    for i in range(n):
+        # A flow's two sides share one IP version.
+        version, chi, clo = addresses[client[i]]
+        _, shi, slo = next(a for a in addresses[server[i]:] + addresses if a[0] == version)
+        _set_addresses(records, i, (version, chi, clo, shi, slo))
+    records["proto"] = rng.choice([6, 17, 1, 58, 250], n)
+    records["tunnel"] = rng.choice([0, 1, 7], n)
+    records["vlan_id"] = rng.integers(0, 4096, n)
+    records["client_port"] = rng.integers(0, 65536, n)
+    records["server_port"] = rng.integers(0, 65536, n)
+    records["first_seen_ns"] = 1_700_000_000_000_000_000 + rng.integers(0, 10**12, n)
+    records["last_seen_ns"] = records["first_seen_ns"] + rng.integers(0, 10**10, n)
+    for name in ("client_to_server_packets", "client_to_server_bytes", "server_to_client_packets", "server_to_client_bytes"):
+        records[name] = rng.integers(0, 2**40, n)
+    records["label"] = rng.integers(0, 3, n)
+    return records
+
+
+LABELS = {
+    name: np.array(["", f"={name}-one", f"{name}-two\r\n"], dtype=object) for name in LABEL_COLUMNS
+}
+
+
+def _naive_frame(capture: str, records: np.ndarray, labels) -> pd.DataFrame:
+    rows = []
+    for r in records.tolist():
+        row = dict(zip(RECORD_DTYPE.names, r))
+        tunnel = row["tunnel"]
+        out = {
+            "capture": capture,
+            "flow_id": row["flow_id"],
+            "transport": transport_name(row["proto"]),
+            "client_ip": address_text(row["ip_version"], row["client_hi"], row["client_lo"]),
+            "client_port": row["client_port"],
+            "server_ip": address_text(row["ip_version"], row["server_hi"], row["server_lo"]),
+            "server_port": row["server_port"],
+            "first_seen": pd.Timestamp(row["first_seen_ns"], unit="ns", tz="UTC"),
+            "last_seen": pd.Timestamp(row["last_seen_ns"], unit="ns", tz="UTC"),
+            "duration_s": (row["last_seen_ns"] - row["first_seen_ns"]) / 1e9,
+            "vlan_id": row["vlan_id"],
+            "tunnel": TUNNEL_NAMES[tunnel] if tunnel < len(TUNNEL_NAMES) else str(tunnel),
+        }
+        for name in ("client_to_server_packets", "client_to_server_bytes", "server_to_client_packets", "server_to_client_bytes"):
+            out[name] = row[name]
+        for name in LABEL_NAMES:
+            out[name] = labels[name][row["label"]] if labels is not None and name in labels else ""
+        rows.append(out)
+    frame = pd.DataFrame(rows, columns=list(FLOW_COLUMN_NAMES))
+    return frame.astype(FLOW_DTYPES)
+
+
+def _assert_contract(frame: pd.DataFrame) -> None:
+    assert tuple(frame.columns) == FLOW_COLUMN_NAMES
+    assert {c: str(t) for c, t in frame.dtypes.items()} == {
+        c: str(pd.Series([], dtype=t).dtype) for c, t in FLOW_DTYPES.items()
+    }
+
+
+@pytest.mark.parametrize("labels", [LABELS, None, {"service": LABELS["service"]}])
+def test_flows_frame_equals_the_per_flow_conversion(labels):
+    records = _records(500)
+    frame = flows_frame("cap.pcap", records, labels)
+    _assert_contract(frame)
+    pd.testing.assert_frame_equal(frame, _naive_frame("cap.pcap", records, labels), check_exact=True)
+
+
+def test_addresses_of_both_versions_with_the_same_halves_stay_apart():
+    records = _records(2)
+    _set_addresses(records, 0, (4, 0, 1, 0, 2))
+    _set_addresses(records, 1, (6, 0, 2, 0, 1))
+    frame = flows_frame("c", records)
+    assert list(frame["client_ip"]) == ["0.0.0.1", "::2"]
+    assert list(frame["server_ip"]) == ["0.0.0.2", "::1"]
+
+
+def test_empty_records_give_an_empty_table_with_the_contract_dtypes():
+    frame = flows_frame("c", np.zeros(0, dtype=RECORD_DTYPE), LABELS)
+    _assert_contract(frame)
+    assert len(frame) == 0
+
+
+def test_unlabelled_flows_are_refused_when_labels_are_given():
+    records = _records(3)
+    records["label"][1] = -1
+    with pytest.raises(ValueError, match="1 flows have no label"):
+        flows_frame("c", records, LABELS)
+
+
+def test_each_column_is_its_own_block_and_no_view_of_the_records():
+    """Assembled without consolidation: a column can be dropped (and its memory freed) alone,
+    and later writes into the records never reach the table."""
+    records = _records(50)
+    frame = flows_frame("c", records, LABELS)
+    assert frame._mgr.nblocks == len(FLOW_COLUMN_NAMES)
+    before = frame["client_to_server_bytes"].copy()
+    records["client_to_server_bytes"] += 1
+    pd.testing.assert_series_equal(frame["client_to_server_bytes"], before)
+
+
+def _frames(sizes, names):
+    return [flows_frame(name, _records(n, seed=n), LABELS) for n, name in zip(sizes, names)]
+
+
+def test_frames_are_joined_column_by_column_as_concat_would():
+    expected = pd.concat(_frames([40, 0, 25], ["a", "b", "a"]), ignore_index=True)
+    frames = _frames([40, 0, 25], ["a", "b", "a"])
+    joined = _concat_columns_released(frames)
+    assert frames == []
+    _assert_contract(joined)
+    pd.testing.assert_frame_equal(joined, expected, check_exact=True)
+    single = _frames([7], ["a"])
+    only = single[0]
+    assert _concat_columns_released(single) is only
+
+
+def _reindexed_session_ids(flows: pd.DataFrame, flow_session: pd.DataFrame) -> pd.Series:
+    """The lookup as a (capture, flow_id) reindex: the reference."""
+    keyed = flow_session.set_index(["capture", "flow_id"])["session_id"]
+    index = pd.MultiIndex.from_arrays([flows["capture"], flows["flow_id"]])
+    return pd.Series(keyed.reindex(index).fillna("").to_numpy(), dtype="string")
+
+
+def test_session_ids_are_looked_up_per_capture_and_flow():
+    flows = _concat_columns_released(_frames([30, 20, 5], ["a.pcap", "b.pcap", "c.pcap"]))
+    flow_session = pd.DataFrame(
+        {
+            # unsorted ids, the same id in two captures, a capture with no flows, ids past the end
+            "capture": ["b.pcap", "a.pcap", "a.pcap", "b.pcap", "z.pcap", "a.pcap", "a.pcap"],
+            "flow_id": [3, 17, 2, 17, 1, 30, 99],
+            "session_id": ["s3", "s1;s2", "s1", "s4", "s9", "s2", "s5"],
+        }
+    ).astype({"capture": "string", "flow_id": "int64", "session_id": "string"})
+    got = pd.Series(_session_ids_of_flows(flows, flow_session))
+    pd.testing.assert_series_equal(got, _reindexed_session_ids(flows, flow_session), check_exact=True)
+    assert got[(flows["capture"] == "a.pcap") & (flows["flow_id"] == 17)].tolist() == ["s1;s2"]
+    assert (got[flows["capture"] == "c.pcap"] == "").all()
+
+
+def test_a_flow_twice_in_the_session_table_is_refused():
+    flows = flows_frame("a", _records(5), LABELS)
+    flow_session = pd.DataFrame({"capture": ["a", "a"], "flow_id": [2, 2], "session_id": ["s1", "s2"]})
+    with pytest.raises(ValueError, match="twice"):
+        _session_ids_of_flows(flows, flow_session)
