@@ -14,7 +14,8 @@ from __future__ import annotations
 import numpy as np
 
 from inspector.classify import VerdictCache, classify_all, cross_flow_relevant
-from inspector.facts import FlowFacts
+from inspector.facts import FlowFacts, facts_from_row, facts_to_row
+from inspector.spill import SpilledItems
 from inspector.summarize import LABEL_NAMES
 
 #: The flows.csv columns a label tuple holds, in order: every label column but the call stage's.
@@ -68,27 +69,42 @@ class FlowLabeller:
         self.signatures = signatures
         self.book = book if book is not None else LabelBook()
         self._verdict = VerdictCache(signatures)
-        self._deferred: list[tuple[int, FlowFacts]] = []
+        # (flow id, facts as a plain row): beyond a few thousand, they wait on disk (spill.py),
+        # so a live capture running for hours does not hold every P2P flow's facts in memory.
+        self._deferred = SpilledItems()
 
     def label(self, flow_id: int, facts: FlowFacts) -> int:
         """The flow's label code, or ``PENDING`` when the cross-flow rules may still change it."""
         if cross_flow_relevant(facts):
-            self._deferred.append((flow_id, facts))
+            self.defer(flow_id, facts)
             return PENDING
         return self.book.code(label_row(facts, self._verdict(facts)))
 
     def defer(self, flow_id: int, facts: FlowFacts) -> None:
-        """Keep a flow's facts for ``resolve`` (a parallel worker's deferred flow)."""
-        self._deferred.append((flow_id, facts))
+        """Keep a flow's facts for ``resolve``."""
+        self._deferred.append((flow_id, facts_to_row(facts)))
 
-    def deferred(self) -> list[tuple[int, FlowFacts]]:
-        return list(self._deferred)
+    def defer_row(self, flow_id: int, row: tuple) -> None:
+        """Keep a flow's facts, as ``facts.facts_to_row`` gives them (a parallel worker's)."""
+        self._deferred.append((flow_id, row))
+
+    @property
+    def deferred_count(self) -> int:
+        return len(self._deferred)
+
+    def take_deferred_rows(self) -> list[tuple[int, tuple]]:
+        """The deferred flows' (flow id, ``facts_to_row`` row), in the order deferred; they are
+        no longer kept."""
+        return self._deferred.take_all()
+
+    def take_deferred(self) -> list[tuple[int, FlowFacts]]:
+        """The deferred flows' (flow id, facts), in the order deferred; they are no longer kept."""
+        return [(flow_id, facts_from_row(row)) for flow_id, row in self.take_deferred_rows()]
 
     def resolve(self) -> tuple[np.ndarray, np.ndarray]:
         """(flow ids, label codes) of the deferred flows, with ``classify_all``'s cross-flow rules
         applied among them in flow-id order; the deferred facts are released."""
-        deferred = sorted(self._deferred, key=lambda item: item[0])
-        self._deferred = []
+        deferred = sorted(self.take_deferred(), key=lambda item: item[0])
         facts = [f for _, f in deferred]
         verdicts = classify_all(facts, self.signatures)
         codes = np.array([self.book.code(label_row(f, v)) for f, v in zip(facts, verdicts)], dtype=np.int32)

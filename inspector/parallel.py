@@ -300,24 +300,6 @@ class PayloadShipper:
             sender.join(timeout)
 
 
-def _facts_row(f) -> tuple:
-    """FlowFacts as plain tuples: pickling frozen dataclasses goes through ``__reduce__`` per
-    object and cost a worker ~0.7 s for the benchmark's 35 k flows; tuples of str/int are
-    pickled in C."""
-    hits = tuple((h.detector, h.service, h.detail, h.packets) for h in f.detectors)
-    return (
-        f.transport, f.client_ip, f.client_port, f.server_ip, f.server_port, f.app_protocol,
-        f.server_name, f.name_source, f.dns_name, hits, f.attributes, f.first_seen_ns, f.last_seen_ns,
-    )
-
-
-def _facts_from_row(row: tuple):
-    from inspector.facts import DetectorHit, FlowFacts
-
-    hits = tuple(DetectorHit(*h) for h in row[9])
-    return FlowFacts(*row[:9], hits, *row[10:])
-
-
 def _dissect_worker(conn, k: int, n: int, signatures, rtp_streams) -> None:
     """One worker: replay the shipped packets into a PayloadStage that owns flows k mod n."""
     from inspector.labels import PENDING, FlowLabeller
@@ -373,7 +355,7 @@ def _dissect_worker(conn, k: int, n: int, signatures, rtp_streams) -> None:
         np.frombuffer(labelled_ids, dtype=np.int64),
         np.frombuffer(labelled_codes, dtype=np.int32),
         labeller.book.rows,
-        [(flow_id, _facts_row(fact)) for flow_id, fact in labeller.deferred()],
+        labeller.take_deferred_rows(),
     )
     conn.send((labels, stage.errors, stage.packets_inspected, streams))
     conn.close()
@@ -427,7 +409,7 @@ def process_capture_parallel(path: str | Path, options: AnalyzeOptions, workers:
         # The worker's codes index its own book: re-map them into the run's.
         result.flows.set_labels(flow_ids, labeller.book.codes_of(book_rows)[codes])
         for flow_id, row in deferred:
-            labeller.defer(flow_id, _facts_from_row(row))
+            labeller.defer_row(flow_id, row)
         errors.update(part_errors)
         inspected += part_inspected
     # Every worker dissected every DNS packet; one process would have counted each once.

@@ -1,4 +1,4 @@
-"""Fixed-size numpy records parked on disk while a capture is read.
+"""Records and facts parked on disk while a capture is read.
 
 Finished flows (``flowstore.FlowStore``) and activity buckets (``collect.ActivityCollector``) are
 kept until the tables are built at the end of the run, and both grow with the capture's length:
@@ -6,7 +6,9 @@ kept until the tables are built at the end of the run, and both grow with the ca
 would hold them all in memory. Instead each keeps at most ``limit_bytes`` in memory and appends
 the rest, as raw little-endian records, to an anonymous temporary file (``tempfile``: in
 ``$TMPDIR``, removed by the OS when closed or when the process dies). The records come back
-once, in the order written, when the tables are built.
+once, in the order written, when the tables are built. ``SpilledItems`` does the same for the
+facts of the flows the classifier's cross-flow rules wait for (``labels.FlowLabeller``), as
+pickled blocks of plain tuples.
 
 Weakness: the tables are still built from every record at the end (the flows table holds one
 row per flow), so the end of a run needs memory in proportion to its flows; what is bounded is
@@ -15,6 +17,8 @@ the memory held while packets are read.
 
 from __future__ import annotations
 
+import pickle
+import struct
 import tempfile
 
 import numpy as np
@@ -36,9 +40,9 @@ class SpillFile:
     def append(self, records: np.ndarray) -> None:
         if records.shape[0] == 0:
             return
+        if self._file is None:
+            self._file = _temporary_file()
         try:
-            if self._file is None:
-                self._file = tempfile.TemporaryFile(prefix="inspector-spill-")
             self._file.write(np.ascontiguousarray(records, dtype=self.dtype).tobytes())
         except OSError as e:
             where = tempfile.gettempdir()
@@ -119,4 +123,66 @@ class SpilledRecords:
         self._spill.close()
 
 
-__all__ = ["DEFAULT_LIMIT_BYTES", "SpillFile", "SpilledRecords"]
+#: Items a ``SpilledItems`` keeps in memory before it writes them to its file.
+DEFAULT_LIMIT_ITEMS = 4096
+_LENGTH = struct.Struct("<Q")
+
+
+def _temporary_file():
+    try:
+        return tempfile.TemporaryFile(prefix="inspector-spill-")
+    except OSError as e:
+        raise InspectorError(
+            f"{tempfile.gettempdir()}: cannot write temporary data ({e.strerror}); set TMPDIR to a disk with room"
+        ) from e
+
+
+class SpilledItems:
+    """Picklable items (plain tuples of str and int pickle fast) appended one by one: the newest
+    ``limit_items`` in memory, older ones written to a temporary file in pickled blocks.
+    ``take_all`` returns them all, in the order appended."""
+
+    def __init__(self, limit_items: int | None = None) -> None:
+        self.limit_items = DEFAULT_LIMIT_ITEMS if limit_items is None else limit_items
+        self._items: list = []
+        self._file = None
+        self.spilled = 0
+
+    def __len__(self) -> int:
+        return self.spilled + len(self._items)
+
+    def append(self, item) -> None:
+        self._items.append(item)
+        if len(self._items) > self.limit_items:
+            self._write()
+
+    def _write(self) -> None:
+        blob = pickle.dumps(self._items, protocol=pickle.HIGHEST_PROTOCOL)
+        if self._file is None:
+            self._file = _temporary_file()
+        try:
+            self._file.write(_LENGTH.pack(len(blob)) + blob)
+        except OSError as e:
+            raise InspectorError(
+                f"{tempfile.gettempdir()}: cannot write temporary data ({e.strerror}); set TMPDIR to a disk with room"
+            ) from e
+        self.spilled += len(self._items)
+        self._items = []
+
+    def take_all(self) -> list:
+        """Every item, the store emptied."""
+        out: list = []
+        if self._file is not None:
+            self._file.flush()
+            self._file.seek(0)
+            while header := self._file.read(_LENGTH.size):
+                (size,) = _LENGTH.unpack(header)
+                out.extend(pickle.loads(self._file.read(size)))
+            self._file.close()
+            self._file = None
+        out.extend(self._items)
+        self._items, self.spilled = [], 0
+        return out
+
+
+__all__ = ["DEFAULT_LIMIT_BYTES", "DEFAULT_LIMIT_ITEMS", "SpillFile", "SpilledItems", "SpilledRecords"]

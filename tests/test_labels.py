@@ -40,7 +40,7 @@ def test_only_stun_and_p2p_media_flows_wait_for_the_cross_flow_rules(signatures)
     assert [cross_flow_relevant(f) for f in (tls, stun, username)] == [False, True, True]
     ids, codes = labeller.resolve()
     assert ids.tolist() == [2, 3] and (codes >= 0).all()
-    assert labeller.deferred() == []
+    assert labeller.deferred_count == 0 and labeller.take_deferred() == []
 
 
 # Captures where P2P media is attributed through another flow's STUN (the cross-flow rules: the

@@ -45,7 +45,8 @@ def test_ranks_count_earlier_masked_members_of_the_same_group():
 
 def test_facts_cross_the_process_boundary_unchanged():
     from inspector.facts import DetectorHit, FlowFacts
-    from inspector.parallel import _facts_from_row, _facts_row
+    from inspector.facts import facts_from_row as _facts_from_row
+    from inspector.facts import facts_to_row as _facts_row
 
     f = FlowFacts(
         "udp", "10.0.0.2", 50000, "170.114.9.9", 8801, "zoom-media", "zoom.us", "dns", "zoom.us",

@@ -68,3 +68,37 @@ def test_every_table_is_the_same_when_flows_and_buckets_wait_on_disk(ndpi_dir, m
     assert len(whole.flows) * RECORD_DTYPE.itemsize > 4 * 2048 and len(whole.sessions) >= 1
     for table in TABLES:
         pd.testing.assert_frame_equal(getattr(whole, table), getattr(spilled, table))
+
+
+def test_items_beyond_the_limit_go_to_disk_and_come_back_in_order():
+    from inspector.spill import SpilledItems
+
+    store = SpilledItems(limit_items=10)
+    items = [(i, ("udp", f"10.0.0.{i % 250}", i, (("stun", "", "", 1),))) for i in range(95)]
+    for item in items:
+        store.append(item)
+    assert store.spilled == 88 and len(store) == 95  # 8 blocks of 11 written, 7 in memory
+    assert store.take_all() == items
+    assert len(store) == 0 and store.take_all() == []
+
+
+def test_deferred_facts_wait_on_disk_and_resolve_the_same(ndpi_dir, monkeypatch):
+    """The cross-flow flows of a P2P capture, deferred through a tiny in-memory limit, resolve to
+    the labels classify_all gives over every flow (tests/test_labels.py's reference)."""
+    from inspector import spill
+    from inspector.api import _flows_frame, _labeller, _payload_stage, _signature_set
+    from inspector.pipeline import AnalyzeOptions, process_capture
+
+    options = AnalyzeOptions()
+    path = ndpi_dir / "telegram_videocall.pcapng"
+    frames = []
+    for limit in (None, 3):
+        monkeypatch.setattr(spill, "DEFAULT_LIMIT_ITEMS", 4096 if limit is None else limit)
+        labeller = _labeller(_signature_set(options))
+        result = process_capture(path, options, None, _payload_stage(options), (), labeller)
+        if limit is not None:
+            assert labeller._deferred.spilled > 0
+        frames.append(_flows_frame(result))
+    import pandas as pd
+
+    pd.testing.assert_frame_equal(frames[0], frames[1])
