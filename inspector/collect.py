@@ -21,8 +21,6 @@ datagrams that may be plain RTCP: a few percent of media packets):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import pandas as pd
 
@@ -37,7 +35,7 @@ from inspector.media_stats import (
 )
 from inspector.schema import ACTIVITY_BUCKET_NS, ACTIVITY_COLUMNS, RTP_COLUMNS
 from inspector import spill
-from inspector.spill import SpilledRecords
+from inspector.spill import PartitionedRecords
 
 # Zoom's layouts (protocol-facts.md §2.3, Michel et al. IMC '22), one table in dissect/zoom.py.
 ZOOM_AUDIO = zoom.INNER_AUDIO
@@ -90,25 +88,36 @@ BUCKET_DTYPE = np.dtype(
 _COUNT_FIELDS = ("client_to_server_packets", "client_to_server_bytes", "server_to_client_packets", "server_to_client_bytes")
 
 
-@dataclass(frozen=True, slots=True)
+#: Buckets are kept per range of 2^16 flow ids: a flow's buckets all fall in one range, so the
+#: call stage reads, sorts and counts one range at a time (``ActivityBuckets.partitions``).
+PARTITION_BITS = 16
+
+
 class ActivityBuckets:
-    """One capture's activity: ``rows`` of ``BUCKET_DTYPE`` in arrival order, and ``order``, the
-    rows to read in (flow_id, bucket) order, one per pair (None: every row, as it stands).
+    """One capture's activity buckets, per range of flow ids (``PARTITION_BITS``), in memory or
+    in a temporary file (``spill.PartitionedRecords``). ``partitions()`` gives each range's rows
+    sorted by (flow_id, bucket), one row per pair, ranges in flow-id order; it can be gone over
+    more than once and never holds more than one range."""
 
-    The rows are not sorted in place: a sorted copy would double the largest thing the call
-    stage holds, while the order costs 8 bytes a bucket. ``sessions.bucket_source`` reads them.
-    """
-
-    capture: str
-    rows: np.ndarray
-    order: np.ndarray | None = None
+    def __init__(self, capture: str, store: PartitionedRecords) -> None:
+        self.capture = capture
+        self._store = store
 
     def __len__(self) -> int:
-        return self.rows.shape[0] if self.order is None else self.order.shape[0]
+        """Rows before folding (a pair split over two batches counts twice)."""
+        return len(self._store)
+
+    def partitions(self):
+        for key in self._store.keys():
+            yield _sorted_folded(self._store.read(key))
 
     def sorted_rows(self) -> np.ndarray:
-        """The rows in (flow_id, bucket) order (a copy unless already in that order)."""
-        return self.rows if self.order is None else self.rows[self.order]
+        """Every row, sorted by (flow_id, bucket) and folded."""
+        parts = list(self.partitions())
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=BUCKET_DTYPE)
+
+    def close(self) -> None:
+        self._store.close()
 
 
 def _pair_order(rows: np.ndarray) -> np.ndarray:
@@ -122,27 +131,36 @@ def _pair_order(rows: np.ndarray) -> np.ndarray:
     return np.lexsort((bucket, flow))
 
 
-def sorted_buckets(capture: str, rows: np.ndarray) -> ActivityBuckets:
-    """``BUCKET_DTYPE`` rows as ActivityBuckets: ordered by (flow_id, bucket), rows of the same
-    pair folded into the first of them (a pair whose packets straddle two batches arrives
-    twice). ``rows`` is changed in place."""
+def _sorted_folded(rows: np.ndarray) -> np.ndarray:
+    """``BUCKET_DTYPE`` rows sorted by (flow_id, bucket), rows of the same pair folded into one
+    (a pair whose packets straddle two batches arrives twice)."""
     if rows.shape[0] == 0:
-        return ActivityBuckets(capture, rows)
+        return rows
     order = _pair_order(rows)
-    flow, bucket = rows["flow_id"][order], rows["bucket"][order]
+    if (order[1:] < order[:-1]).any():
+        rows = rows[order]
+    del order
+    flow, bucket = rows["flow_id"], rows["bucket"]
     repeat = (flow[1:] == flow[:-1]) & (bucket[1:] == bucket[:-1])
-    del flow, bucket
-    if repeat.any():
-        starts = np.flatnonzero(np.r_[True, ~repeat])
-        firsts = order[starts]
-        for name, fold in (("first_offset_ns", np.minimum), ("last_offset_ns", np.maximum)):
-            rows[name][firsts] = fold.reduceat(rows[name][order], starts)
-        for name in _COUNT_FIELDS:
-            rows[name][firsts] = np.add.reduceat(rows[name][order], starts)
-        order = firsts
-    if order.shape[0] == rows.shape[0] and not (order[1:] < order[:-1]).any():
-        return ActivityBuckets(capture, rows)  # already sorted and folded
-    return ActivityBuckets(capture, rows, order)
+    if not repeat.any():
+        return rows
+    starts = np.flatnonzero(np.r_[True, ~repeat])
+    folded = rows[starts]
+    folded["first_offset_ns"] = np.minimum.reduceat(rows["first_offset_ns"], starts)
+    folded["last_offset_ns"] = np.maximum.reduceat(rows["last_offset_ns"], starts)
+    for name in _COUNT_FIELDS:
+        folded[name] = np.add.reduceat(rows[name], starts)
+    return folded
+
+
+def _append_by_partition(store: PartitionedRecords, rows: np.ndarray) -> None:
+    """Add rows sorted by flow_id to their flow-id ranges' parts."""
+    if rows.shape[0] == 0:
+        return
+    key = rows["flow_id"] >> PARTITION_BITS
+    bounds = np.flatnonzero(np.r_[True, key[1:] != key[:-1], True])
+    for lo, hi in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
+        store.append(int(key[lo]), rows[lo:hi])
 
 
 def buckets_from_frame(activity: pd.DataFrame) -> list[ActivityBuckets]:
@@ -162,7 +180,9 @@ def buckets_from_frame(activity: pd.DataFrame) -> list[ActivityBuckets]:
         rows["last_offset_ns"] = part["last_ns"].to_numpy(dtype=np.int64) - start
         for field in _COUNT_FIELDS:
             rows[field] = part[field].to_numpy(dtype=np.int64)
-        out.append(sorted_buckets(str(name), rows))
+        store = PartitionedRecords(BUCKET_DTYPE, spill.DEFAULT_LIMIT_BYTES)
+        _append_by_partition(store, rows[np.argsort(rows["flow_id"], kind="stable")])
+        out.append(ActivityBuckets(str(name), store))
     return out
 
 
@@ -171,13 +191,14 @@ class ActivityCollector:
 
     def __init__(self, limit_bytes: int | None = None) -> None:
         """At most ``limit_bytes`` of buckets stay in memory while packets arrive; older ones
-        wait in a temporary file (``spill.SpilledRecords``) until ``buckets()``."""
-        self._parts = SpilledRecords(BUCKET_DTYPE, spill.DEFAULT_LIMIT_BYTES if limit_bytes is None else limit_bytes)
+        wait in a temporary file (``spill.PartitionedRecords``) until the call stage reads them."""
+        self._limit_bytes = spill.DEFAULT_LIMIT_BYTES if limit_bytes is None else limit_bytes
+        self._store = PartitionedRecords(BUCKET_DTYPE, self._limit_bytes)
 
     @property
     def spilled(self) -> int:
         """Bucket rows written to the temporary file so far."""
-        return self._parts.spilled
+        return self._store.spilled
 
     def add(self, d: DecodedBatch, bf: BatchFlows) -> None:
         if bf.rows.shape[0] == 0:
@@ -210,12 +231,12 @@ class ActivityCollector:
         part["client_to_server_bytes"] = np.bincount(inverse, weights=by * c2s, minlength=n)
         part["server_to_client_packets"] = np.bincount(inverse, weights=~c2s, minlength=n)
         part["server_to_client_bytes"] = np.bincount(inverse, weights=by * ~c2s, minlength=n)
-        self._parts.append(part)
+        _append_by_partition(self._store, part)  # rows come sorted by (flow, bucket)
 
     def buckets(self, capture: str) -> ActivityBuckets:
-        """The capture's buckets, ordered and folded; the collector is emptied (each batch's part
-        is released as it is copied, so the run holds the buckets once, plus their order)."""
-        return sorted_buckets(capture, self._parts.take_all())
+        """The capture's buckets, handed over (the collector starts empty again)."""
+        store, self._store = self._store, PartitionedRecords(BUCKET_DTYPE, self._limit_bytes)
+        return ActivityBuckets(capture, store)
 
     def frame(self, capture: str) -> pd.DataFrame:
         """The buckets as a ``schema.ACTIVITY_COLUMNS`` frame (the collector is emptied)."""

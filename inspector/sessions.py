@@ -404,120 +404,139 @@ def side_rows(sides: pd.DataFrame, captures, flow_ids: np.ndarray) -> np.ndarray
 CHUNK_BUCKETS = 1 << 18
 
 
-@dataclass(frozen=True, slots=True)
+def _directed(rows: np.ndarray, side: np.ndarray, position: np.ndarray, swapped: np.ndarray) -> DirectedBuckets:
+    """``collect.BUCKET_DTYPE`` rows of known flows as DirectedBuckets (``side`` and
+    ``position`` per row; ``swapped`` per row of ``flow_sides``)."""
+    flipped = swapped[side]
+
+    def column(name: str) -> np.ndarray:
+        return rows[name].astype(np.int64)
+
+    start = column("bucket") * ACTIVITY_BUCKET_NS
+    c2s_b, s2c_b = column("client_to_server_bytes"), column("server_to_client_bytes")
+    c2s_p, s2c_p = column("client_to_server_packets"), column("server_to_client_packets")
+    return DirectedBuckets(
+        side=side,
+        position=position,
+        first_ns=start + column("first_offset_ns"),
+        last_ns=start + column("last_offset_ns"),
+        sent_bytes=np.where(flipped, s2c_b, c2s_b),
+        received_bytes=np.where(flipped, c2s_b, s2c_b),
+        sent_packets=np.where(flipped, s2c_p, c2s_p),
+        received_packets=np.where(flipped, c2s_p, s2c_p),
+    )
+
+
+def _concat_directed(parts: list[DirectedBuckets]) -> DirectedBuckets:
+    if len(parts) == 1:
+        return parts[0]
+    if not parts:
+        empty = np.zeros(0, dtype=np.int64)
+        return DirectedBuckets(*([empty] * len(DirectedBuckets.__slots__)))
+    return DirectedBuckets(*(np.concatenate([getattr(p, name) for p in parts]) for name in DirectedBuckets.__slots__))
+
+
 class BucketSource:
     """The activity buckets of the flows in ``sides``, in (side, position) order, read as
-    ``DirectedBuckets`` on demand: all of them, the media flows' only, or chunk by chunk.
+    ``DirectedBuckets`` on demand: the media flows' only (``of_sides``), or every bucket in
+    chunks that never split a flow (``chunks``).
 
-    rows      ``collect.BUCKET_DTYPE`` rows of every capture, concatenated in the order given
-    row_of    per bucket in side order, its row of ``rows`` (None: row i is bucket i)
-    position  per bucket in side order, its rank in (capture, flow_id, bucket) order (None: i)
-    side      row of ``sides`` per bucket, in side order
-    swapped   per row of ``sides``: this machine is the flow's server
-
-    Buckets of flows missing from ``sides`` are left out. In the usual case (one capture, its
-    rows already in flow order, every flow in ``sides``) both index arrays are None.
+    ``activity``: ``collect.ActivityBuckets`` per capture, whose ranges of flow ids
+    (``partitions``) are read one at a time, so every bucket is never in memory at once. That
+    needs ``sides`` in the same order as the buckets (captures in the order given, flow ids
+    rising), which is how the API builds the flows table; otherwise every bucket is read and
+    sorted by side once. Buckets of flows missing from ``sides`` are left out. ``position``
+    numbers every bucket in (capture, flow_id, bucket) order, captures in the order given.
     """
 
-    rows: np.ndarray
-    row_of: np.ndarray | None
-    position: np.ndarray | None
-    side: np.ndarray
-    swapped: np.ndarray
+    def __init__(self, activity, sides: pd.DataFrame) -> None:
+        self.activity = [a for a in activity if len(a)]
+        self.sides = sides
+        self.swapped = sides["swapped"].to_numpy(dtype=bool)
+        self._whole: tuple | None = None
+        if not self._sides_in_bucket_order():
+            pieces = list(self._pieces())
+            rows = np.concatenate([p[0] for p in pieces]) if pieces else None
+            side = np.concatenate([p[1] for p in pieces]) if pieces else np.zeros(0, dtype=np.int64)
+            position = np.concatenate([p[2] for p in pieces]) if pieces else np.zeros(0, dtype=np.int64)
+            order = np.argsort(side, kind="stable")
+            self._whole = (rows[order] if rows is not None else None, side[order], position[order])
 
-    def __len__(self) -> int:
-        return self.side.size
+    def _sides_in_bucket_order(self) -> bool:
+        """Whether the rows of ``sides`` whose capture has buckets run in (capture as given,
+        flow_id) order."""
+        rank = {a.capture: i for i, a in enumerate(self.activity)}
+        captures = self.sides["capture"].to_numpy(dtype=object)
+        capture_rank = np.array([rank.get(c, -1) for c in pd.unique(captures)], dtype=np.int64)
+        codes = pd.factorize(captures)[0]
+        ranks = capture_rank[codes] if codes.size else np.zeros(0, dtype=np.int64)
+        keep = ranks >= 0
+        key = (ranks[keep] << 40) | self.sides["flow_id"].to_numpy(dtype=np.int64)[keep]
+        return not (key[1:] < key[:-1]).any()
 
-    def take(self, at: np.ndarray | slice) -> DirectedBuckets:
-        """The buckets ``at`` (indexes in side order) as DirectedBuckets."""
-        if self.position is not None:
-            positions = self.position[at].astype(np.int64)
-        elif isinstance(at, slice):
-            positions = np.arange(*at.indices(self.side.size), dtype=np.int64)
-        else:
-            positions = np.asarray(at, dtype=np.int64)
-        rows_at = at if self.row_of is None else self.row_of[at]
-        side = self.side[at]
-        swapped = self.swapped[side]
+    def _pieces(self):
+        """(rows, side, position) per range of flow ids, in order, known flows only."""
+        offset = 0
+        for a in self.activity:
+            for rows in a.partitions():
+                flow = rows["flow_id"]
+                starts = np.flatnonzero(np.r_[True, flow[1:] != flow[:-1]])
+                found = side_rows(self.sides, np.full(starts.size, a.capture, dtype=object), flow[starts])
+                side = np.repeat(found, np.diff(np.append(starts, flow.size)))
+                known = np.flatnonzero(side >= 0)
+                if known.size == side.size:
+                    yield rows, side, np.arange(offset, offset + side.size, dtype=np.int64)
+                elif known.size:
+                    yield rows[known], side[known], known + offset
+                offset += flow.size
 
-        def column(name: str) -> np.ndarray:
-            return self.rows[name][rows_at].astype(np.int64)
-
-        start = column("bucket") * ACTIVITY_BUCKET_NS
-        c2s_b, s2c_b = column("client_to_server_bytes"), column("server_to_client_bytes")
-        c2s_p, s2c_p = column("client_to_server_packets"), column("server_to_client_packets")
-        return DirectedBuckets(
-            side=side,
-            position=positions,
-            first_ns=start + column("first_offset_ns"),
-            last_ns=start + column("last_offset_ns"),
-            sent_bytes=np.where(swapped, s2c_b, c2s_b),
-            received_bytes=np.where(swapped, c2s_b, s2c_b),
-            sent_packets=np.where(swapped, s2c_p, c2s_p),
-            received_packets=np.where(swapped, c2s_p, s2c_p),
-        )
+    def _ordered_pieces(self):
+        if self._whole is None:
+            yield from self._pieces()
+        elif self._whole[0] is not None:
+            yield self._whole
 
     def of_sides(self, wanted: np.ndarray) -> DirectedBuckets:
         """The buckets of the flows whose ``sides`` row is True in ``wanted``."""
-        return self.take(np.flatnonzero(wanted[self.side]))
+        parts = []
+        for rows, side, position in self._ordered_pieces():
+            keep = np.flatnonzero(wanted[side])
+            if keep.size:
+                parts.append(_directed(rows[keep], side[keep], position[keep], self.swapped))
+        return _concat_directed(parts)
 
     def chunks(self, max_rows: int = CHUNK_BUCKETS):
-        """Every bucket as DirectedBuckets of about ``max_rows`` rows, cut between flows (a flow's
-        buckets are never split over two chunks)."""
-        n = self.side.size
-        lo = 0
-        while lo < n:
-            hi = min(lo + max_rows, n)
-            if hi < n:  # move the cut to the start of the flow holding row hi
-                hi = int(np.searchsorted(self.side, self.side[hi], side="left"))
-                if hi <= lo:  # one flow larger than a chunk: take it whole
-                    hi = int(np.searchsorted(self.side, self.side[lo], side="right"))
-            yield self.take(slice(lo, hi))
-            lo = hi
+        """Every bucket as DirectedBuckets of at most about ``max_rows`` rows (a flow's buckets
+        are never split over two chunks)."""
+        for rows, side, position in self._ordered_pieces():
+            n = side.size
+            lo = 0
+            while lo < n:
+                hi = min(lo + max_rows, n)
+                if hi < n:  # move the cut to the start of the flow holding row hi
+                    hi = int(np.searchsorted(side, side[hi], side="left"))
+                    if hi <= lo:  # one flow larger than a chunk: take it whole
+                        hi = int(np.searchsorted(side, side[lo], side="right"))
+                yield _directed(rows[lo:hi], side[lo:hi], position[lo:hi], self.swapped)
+                lo = hi
+
+    def all(self) -> DirectedBuckets:
+        return _concat_directed(list(self.chunks(1 << 62)))
 
 
 def bucket_source(activity, sides: pd.DataFrame) -> BucketSource:
-    """The buckets of ``activity`` (``collect.ActivityBuckets`` per capture, or a
-    ``schema.ACTIVITY_COLUMNS`` frame) joined to ``sides`` on (capture, flow_id); buckets of flows
-    missing from ``sides`` are dropped. ``position`` numbers the buckets in (capture, flow_id,
-    bucket) order, captures in the order given."""
-    from inspector.collect import BUCKET_DTYPE, buckets_from_frame
+    """``BucketSource`` over ``activity``: ``collect.ActivityBuckets`` per capture, or a
+    ``schema.ACTIVITY_COLUMNS`` frame."""
+    from inspector.collect import buckets_from_frame
 
     if isinstance(activity, pd.DataFrame):
         activity = buckets_from_frame(activity)
-    parts = [a for a in activity if len(a)]
-    swapped = sides["swapped"].to_numpy(dtype=bool)
-    if not parts:
-        return BucketSource(np.zeros(0, dtype=BUCKET_DTYPE), None, None, np.zeros(0, dtype=np.int64), swapped)
-    if len(parts) == 1:
-        rows, row_of = parts[0].rows, parts[0].order
-    else:  # rows concatenated, each capture's order shifted to its rows
-        rows = np.concatenate([a.rows for a in parts])
-        offsets = np.cumsum([0] + [a.rows.shape[0] for a in parts[:-1]])
-        row_of = np.concatenate([
-            (a.order if a.order is not None else np.arange(a.rows.shape[0])) + offset
-            for a, offset in zip(parts, offsets)
-        ])  # fmt: skip
-    # Side of each bucket, found once per (capture, flow): buckets are in flow order per capture.
-    side_parts = []
-    for a in parts:
-        flow = a.rows["flow_id"] if a.order is None else a.rows["flow_id"][a.order]
-        starts = np.flatnonzero(np.r_[True, flow[1:] != flow[:-1]])
-        found = side_rows(sides, np.full(starts.size, a.capture, dtype=object), flow[starts])
-        side_parts.append(np.repeat(found, np.diff(np.append(starts, flow.size))))
-    side = side_parts[0] if len(side_parts) == 1 else np.concatenate(side_parts)
-    del side_parts, parts
-    known = np.flatnonzero(side >= 0)
-    if known.size == side.size and not (side[1:] < side[:-1]).any():
-        return BucketSource(rows, row_of, None, side, swapped)
-    position = known[np.argsort(side[known], kind="stable")]
-    return BucketSource(rows, position if row_of is None else row_of[position], position, side[position], swapped)
+    return BucketSource(activity, sides)
 
 
 def directed_activity(activity, sides: pd.DataFrame) -> DirectedBuckets:
     """Every bucket of ``bucket_source(activity, sides)``, counted from this machine's side."""
-    source = bucket_source(activity, sides)
-    return source.take(slice(0, len(source)))
+    return bucket_source(activity, sides).all()
 
 
 def per_second(buckets: DirectedBuckets) -> DirectedBuckets:

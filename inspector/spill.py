@@ -37,9 +37,11 @@ class SpillFile:
         self._file = None
         self.count = 0
 
-    def append(self, records: np.ndarray) -> None:
+    def append(self, records: np.ndarray) -> int:
+        """Write the records at the end; returns the number of the first of them."""
+        start = self.count
         if records.shape[0] == 0:
-            return
+            return start
         if self._file is None:
             self._file = _temporary_file()
         try:
@@ -50,6 +52,19 @@ class SpillFile:
                 f"{where}: cannot write temporary data ({e.strerror}); set TMPDIR to a disk with room"
             ) from e
         self.count += records.shape[0]
+        return start
+
+    def read_range(self, start: int, out: np.ndarray) -> None:
+        """Fill ``out`` with the records from number ``start`` on."""
+        if out.shape[0] == 0:
+            return
+        self._file.flush()
+        self._file.seek(start * self.dtype.itemsize)
+        view = out.view(np.uint8).reshape(-1)
+        got = self._file.readinto(memoryview(view))
+        self._file.seek(0, 2)
+        if got != view.size:
+            raise InspectorError(f"temporary file: read {got} of {view.size} bytes back")
 
     def read_into(self, out: np.ndarray) -> int:
         """Copy every record written so far into the start of ``out``; returns how many."""
@@ -123,6 +138,66 @@ class SpilledRecords:
         self._spill.close()
 
 
+class PartitionedRecords:
+    """Records appended in parts under integer keys (``collect.ActivityCollector``: one key per
+    range of flow ids), the newest up to ``limit_bytes`` in memory, the older ones in one
+    ``SpillFile`` with an index of each key's blocks. ``read(key)`` returns one key's records in
+    the order appended and keeps them, so a caller can go over the keys one at a time, twice,
+    and never hold every record at once."""
+
+    def __init__(self, dtype: np.dtype, limit_bytes: int = DEFAULT_LIMIT_BYTES) -> None:
+        self.dtype = np.dtype(dtype)
+        self.limit_bytes = limit_bytes
+        self._spill = SpillFile(self.dtype)
+        self._blocks: dict[int, list[tuple[int, int]]] = {}
+        self._parts: dict[int, list[np.ndarray]] = {}
+        self._counts: dict[int, int] = {}
+        self._held = 0
+
+    def __len__(self) -> int:
+        return sum(self._counts.values())
+
+    @property
+    def spilled(self) -> int:
+        return self._spill.count
+
+    @property
+    def held_bytes(self) -> int:
+        return self._held
+
+    def keys(self) -> list[int]:
+        return sorted(self._counts)
+
+    def append(self, key: int, part: np.ndarray) -> None:
+        if part.shape[0] == 0:
+            return
+        self._parts.setdefault(key, []).append(part)
+        self._counts[key] = self._counts.get(key, 0) + part.shape[0]
+        self._held += part.nbytes
+        if self._held > self.limit_bytes:
+            for k, parts in self._parts.items():
+                for held in parts:
+                    self._blocks.setdefault(k, []).append((self._spill.append(held), held.shape[0]))
+            self._parts, self._held = {}, 0
+
+    def read(self, key: int) -> np.ndarray:
+        """Every record of ``key`` (file blocks first: they were appended before the parts still
+        in memory), as a new array."""
+        out = np.empty(self._counts.get(key, 0), dtype=self.dtype)
+        at = 0
+        for start, count in self._blocks.get(key, ()):
+            self._spill.read_range(start, out[at : at + count])
+            at += count
+        for part in self._parts.get(key, ()):
+            out[at : at + part.shape[0]] = part
+            at += part.shape[0]
+        return out
+
+    def close(self) -> None:
+        self._spill.close()
+        self._blocks, self._parts, self._counts, self._held = {}, {}, {}, 0
+
+
 #: Items a ``SpilledItems`` keeps in memory before it writes them to its file.
 DEFAULT_LIMIT_ITEMS = 4096
 _LENGTH = struct.Struct("<Q")
@@ -185,4 +260,6 @@ class SpilledItems:
         return out
 
 
-__all__ = ["DEFAULT_LIMIT_BYTES", "DEFAULT_LIMIT_ITEMS", "SpillFile", "SpilledItems", "SpilledRecords"]
+__all__ = [
+    "DEFAULT_LIMIT_BYTES", "DEFAULT_LIMIT_ITEMS", "PartitionedRecords", "SpillFile", "SpilledItems", "SpilledRecords",
+]  # fmt: skip

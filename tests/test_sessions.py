@@ -539,3 +539,27 @@ def test_call_windows_are_the_same_from_buckets_and_from_per_second_rows(ndpi_di
         assert np.bincount(exact.session, getattr(exact.buckets, name)).tolist() == np.bincount(
             fast.session, getattr(fast.buckets, name)
         ).tolist()
+
+
+def test_bucket_source_reads_out_of_order_flows_tables_the_same(ndpi_dir):
+    """A flows table not in (capture, flow_id) order makes the source sort every bucket by side
+    once instead of reading ranges of flow ids; the call tables must not change."""
+    from inspector.api import _flows_frame, _labeller, _payload_stage, _signature_set
+    from inspector.collect import ActivityCollector, RtpCollector
+    from inspector.pipeline import AnalyzeOptions, process_capture
+
+    options = AnalyzeOptions()
+    name = "zoom_p2p.pcapng"
+    activity, rtp = ActivityCollector(), RtpCollector()
+    result = process_capture(
+        ndpi_dir / name, options, None, _payload_stage(options), (activity, rtp), _labeller(_signature_set(options))
+    )
+    flows = _flows_frame(result)
+    buckets = activity.buckets(name)
+    segments, reports = rtp.frame(name), rtp.rtcp_frame(name)
+    in_order = build_calls(flows, [buckets], segments, reports)
+    shuffled = flows.sample(frac=1.0, random_state=3).reset_index(drop=True)
+    out_of_order = build_calls(shuffled, [buckets], segments, reports)
+    assert len(in_order.sessions) >= 1
+    for table in ("sessions", "destinations", "media"):
+        pd.testing.assert_frame_equal(getattr(in_order, table), getattr(out_of_order, table))

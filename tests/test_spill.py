@@ -49,10 +49,11 @@ def test_an_unwritable_temporary_directory_is_one_clear_error(monkeypatch, tmp_p
 
 
 def test_every_table_is_the_same_when_flows_and_buckets_wait_on_disk(ndpi_dir, monkeypatch):
-    """A limit of a few records makes every capture spill; the tables must not change."""
+    """A limit of a few records makes every capture spill, and small ranges of flow ids make the
+    call stage read the buckets in many pieces; the tables must not change."""
     import pandas as pd
 
-    from inspector import spill
+    from inspector import collect, spill
     from inspector.api import TABLES, analyze
     from inspector.collect import ActivityCollector
     from inspector.flowstore import RECORD_DTYPE, FlowStore
@@ -62,8 +63,10 @@ def test_every_table_is_the_same_when_flows_and_buckets_wait_on_disk(ndpi_dir, m
     options = AnalyzeOptions(batch_size=500, workers=1)
     whole = analyze(paths, options)
     monkeypatch.setattr(spill, "DEFAULT_LIMIT_BYTES", 2048)
+    # Eight flows per range of flow ids: the call stage goes over many ranges, one at a time.
+    monkeypatch.setattr(collect, "PARTITION_BITS", 3)
     store, collector = FlowStore(), ActivityCollector()
-    assert store._stored.limit_bytes == 2048 and collector._parts.limit_bytes == 2048
+    assert store._stored.limit_bytes == 2048 and collector._store.limit_bytes == 2048
     spilled = analyze(paths, options)
     assert len(whole.flows) * RECORD_DTYPE.itemsize > 4 * 2048 and len(whole.sessions) >= 1
     for table in TABLES:
