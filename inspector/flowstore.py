@@ -17,7 +17,7 @@ import numpy as np
 
 from inspector.flows import Flow
 from inspector import spill
-from inspector.spill import SpilledRecords
+from inspector.spill import PartitionedRecords
 
 #: One finished flow. Addresses as (hi, lo) 64-bit halves (IPv4 in lo), as the flow table keeps
 #: them; ``label``: code into the run's ``labels.LabelBook`` (``labels.PENDING`` until known).
@@ -51,12 +51,12 @@ class FlowStore:
     """The finished flows of one capture, appended as they end, read in flow-id order.
 
     At most ``limit_bytes`` (default ``spill.DEFAULT_LIMIT_BYTES``) of records stay in memory while the capture is read;
-    older ones wait in a temporary file (``spill.SpilledRecords``) until ``records()``.
+    older ones wait in a temporary file (``spill.PartitionedRecords``, one key) until ``records()``.
     """
 
     def __init__(self, limit_bytes: int | None = None) -> None:
         self._pending: list[tuple] = []
-        self._stored = SpilledRecords(RECORD_DTYPE, spill.DEFAULT_LIMIT_BYTES if limit_bytes is None else limit_bytes)
+        self._stored = PartitionedRecords(RECORD_DTYPE, spill.DEFAULT_LIMIT_BYTES if limit_bytes is None else limit_bytes)
         self._whole: np.ndarray | None = None
         self._count = 0
 
@@ -81,7 +81,7 @@ class FlowStore:
 
     def _flush(self) -> None:
         if self._pending:
-            self._stored.append(np.array(self._pending, dtype=RECORD_DTYPE))
+            self._stored.append(0, np.array(self._pending, dtype=RECORD_DTYPE))
             self._pending = []
 
     def records(self) -> np.ndarray:
@@ -89,7 +89,7 @@ class FlowStore:
         self._flush()
         if len(self._stored):
             parts = [self._whole] if self._whole is not None else []
-            taken = self._stored.take_all()
+            taken = self._stored.take(0)
             whole = np.concatenate(parts + [taken]) if parts else taken
         elif self._whole is not None:
             whole = self._whole

@@ -4,7 +4,8 @@ Finished flows (``flowstore.FlowStore``) and activity buckets (``collect.Activit
 kept until the tables are built at the end of the run, and both grow with the capture's length:
 ~300 bytes per flow on the benchmark. A live capture that runs for hours, or a day-long file,
 would hold them all in memory. Instead each keeps at most ``limit_bytes`` in memory and appends
-the rest, as raw little-endian records, to an anonymous temporary file (``tempfile``: in
+the rest, as raw little-endian records under an integer key (``PartitionedRecords``: the flow
+store uses one key, the buckets one per range of flow ids), to an anonymous temporary file (``tempfile``: in
 ``$TMPDIR``, removed by the OS when closed or when the process dies). The records come back
 once, in the order written, when the tables are built. ``SpilledItems`` does the same for the
 facts of the flows the classifier's cross-flow rules wait for (``labels.FlowLabeller``), as
@@ -47,10 +48,7 @@ class SpillFile:
         try:
             self._file.write(np.ascontiguousarray(records, dtype=self.dtype).tobytes())
         except OSError as e:
-            where = tempfile.gettempdir()
-            raise InspectorError(
-                f"{where}: cannot write temporary data ({e.strerror}); set TMPDIR to a disk with room"
-            ) from e
+            raise _cannot_write(e) from e
         self.count += records.shape[0]
         return start
 
@@ -66,19 +64,6 @@ class SpillFile:
         if got != view.size:
             raise InspectorError(f"temporary file: read {got} of {view.size} bytes back")
 
-    def read_into(self, out: np.ndarray) -> int:
-        """Copy every record written so far into the start of ``out``; returns how many."""
-        if self.count == 0:
-            return 0
-        self._file.flush()
-        self._file.seek(0)
-        view = out[: self.count].view(np.uint8).reshape(-1)
-        got = self._file.readinto(memoryview(view))
-        self._file.seek(0, 2)
-        if got != view.size:
-            raise InspectorError(f"temporary file: read {got} of {view.size} bytes back")
-        return self.count
-
     def close(self) -> None:
         if self._file is not None:
             self._file.close()
@@ -86,61 +71,9 @@ class SpillFile:
         self.count = 0
 
 
-class SpilledRecords:
-    """Records appended in parts: the newest parts in memory up to ``limit_bytes``, the older
-    ones in a ``SpillFile``. ``take_all`` returns them all, in the order appended."""
-
-    def __init__(self, dtype: np.dtype, limit_bytes: int = DEFAULT_LIMIT_BYTES) -> None:
-        self.dtype = np.dtype(dtype)
-        self.limit_bytes = limit_bytes
-        self._parts: list[np.ndarray] = []
-        self._held = 0
-        self._spill = SpillFile(self.dtype)
-
-    def __len__(self) -> int:
-        return self._spill.count + sum(p.shape[0] for p in self._parts)
-
-    @property
-    def spilled(self) -> int:
-        """Records written to disk so far."""
-        return self._spill.count
-
-    @property
-    def held_bytes(self) -> int:
-        """Bytes of records held in memory now."""
-        return self._held
-
-    def append(self, part: np.ndarray) -> None:
-        if part.shape[0] == 0:
-            return
-        self._parts.append(part)
-        self._held += part.nbytes
-        if self._held > self.limit_bytes:
-            for held in self._parts:
-                self._spill.append(held)
-            self._parts, self._held = [], 0
-
-    def take_all(self) -> np.ndarray:
-        """Every record as one array (the spill file's, then those in memory); the store is
-        emptied, and each in-memory part is released as soon as it is copied."""
-        out = np.empty(len(self), dtype=self.dtype)
-        at = self._spill.read_into(out)
-        self._spill.close()
-        parts, self._parts, self._held = self._parts, [], 0
-        while parts:
-            part = parts.pop(0)
-            out[at : at + part.shape[0]] = part
-            at += part.shape[0]
-        return out
-
-    def close(self) -> None:
-        self._parts, self._held = [], 0
-        self._spill.close()
-
-
 class PartitionedRecords:
     """Records appended in parts under integer keys (``collect.ActivityCollector``: one key per
-    range of flow ids), the newest up to ``limit_bytes`` in memory, the older ones in one
+    range of flow ids; ``flowstore.FlowStore``: one key), the newest up to ``limit_bytes`` in memory, the older ones in one
     ``SpillFile`` with an index of each key's blocks. ``read(key)`` returns one key's records in
     the order appended and keeps them, so a caller can go over the keys one at a time, twice,
     and never hold every record at once."""
@@ -159,10 +92,12 @@ class PartitionedRecords:
 
     @property
     def spilled(self) -> int:
+        """Records written to the file so far."""
         return self._spill.count
 
     @property
     def held_bytes(self) -> int:
+        """Bytes of records held in memory now."""
         return self._held
 
     def keys(self) -> list[int]:
@@ -179,6 +114,15 @@ class PartitionedRecords:
                 for held in parts:
                     self._blocks.setdefault(k, []).append((self._spill.append(held), held.shape[0]))
             self._parts, self._held = {}, 0
+
+    def take(self, key: int) -> np.ndarray:
+        """``read(key)``, then forget the key (its parts in memory are released; its blocks stay
+        in the file until ``close``)."""
+        out = self.read(key)
+        self._held -= sum(p.nbytes for p in self._parts.pop(key, ()))
+        self._blocks.pop(key, None)
+        self._counts.pop(key, None)
+        return out
 
     def read(self, key: int) -> np.ndarray:
         """Every record of ``key`` (file blocks first: they were appended before the parts still
@@ -203,13 +147,17 @@ DEFAULT_LIMIT_ITEMS = 4096
 _LENGTH = struct.Struct("<Q")
 
 
+def _cannot_write(e: OSError) -> InspectorError:
+    return InspectorError(
+        f"{tempfile.gettempdir()}: cannot write temporary data ({e.strerror}); set TMPDIR to a disk with room"
+    )
+
+
 def _temporary_file():
     try:
         return tempfile.TemporaryFile(prefix="inspector-spill-")
     except OSError as e:
-        raise InspectorError(
-            f"{tempfile.gettempdir()}: cannot write temporary data ({e.strerror}); set TMPDIR to a disk with room"
-        ) from e
+        raise _cannot_write(e) from e
 
 
 class SpilledItems:
@@ -238,9 +186,7 @@ class SpilledItems:
         try:
             self._file.write(_LENGTH.pack(len(blob)) + blob)
         except OSError as e:
-            raise InspectorError(
-                f"{tempfile.gettempdir()}: cannot write temporary data ({e.strerror}); set TMPDIR to a disk with room"
-            ) from e
+            raise _cannot_write(e) from e
         self.spilled += len(self._items)
         self._items = []
 
@@ -261,5 +207,5 @@ class SpilledItems:
 
 
 __all__ = [
-    "DEFAULT_LIMIT_BYTES", "DEFAULT_LIMIT_ITEMS", "PartitionedRecords", "SpillFile", "SpilledItems", "SpilledRecords",
+    "DEFAULT_LIMIT_BYTES", "DEFAULT_LIMIT_ITEMS", "PartitionedRecords", "SpillFile", "SpilledItems",
 ]  # fmt: skip

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from inspector.errors import InspectorError
-from inspector.spill import SpilledRecords
+from inspector.spill import PartitionedRecords
 
 DTYPE = np.dtype([("a", "<i8"), ("b", "<u4")])
 
@@ -20,32 +20,39 @@ def _part(start: int, n: int) -> np.ndarray:
     return part
 
 
-def test_parts_beyond_the_limit_go_to_disk_and_come_back_in_order():
-    store = SpilledRecords(DTYPE, limit_bytes=1000)
+def test_parts_beyond_the_limit_go_to_disk_and_come_back_in_order_per_key():
+    store = PartitionedRecords(DTYPE, limit_bytes=1000)
     parts = [_part(i * 37, 37) for i in range(50)]
-    for part in parts:
-        store.append(part)
+    for i, part in enumerate(parts):
+        store.append(i % 3, part)
         assert store.held_bytes <= 1000  # a part of 444 bytes, at most two held at a time
-    assert store.spilled >= 40 * 37 and len(store) == 50 * 37
-    assert store.take_all().tobytes() == np.concatenate(parts).tobytes()
-    assert len(store) == 0 and store.take_all().size == 0  # emptied; usable again
-    store.append(_part(5, 3))
-    assert store.take_all()["a"].tolist() == [5, 6, 7]
+    assert store.spilled >= 40 * 37 and len(store) == 50 * 37 and store.keys() == [0, 1, 2]
+    for key in (2, 0, 1):
+        expected = np.concatenate(parts[key::3]).tobytes()
+        assert store.read(key).tobytes() == expected
+        assert store.read(key).tobytes() == expected  # reading keeps them
+    assert store.take(1).tobytes() == np.concatenate(parts[1::3]).tobytes()
+    assert store.keys() == [0, 2] and store.read(1).size == 0  # taken: forgotten
+    store.close()
+    assert len(store) == 0 and store.keys() == []
+    store.append(4, _part(5, 3))
+    assert store.take(4)["a"].tolist() == [5, 6, 7]
 
 
 def test_under_the_limit_nothing_is_written():
-    store = SpilledRecords(DTYPE, limit_bytes=1 << 20)
-    store.append(_part(0, 10))
-    store.append(np.zeros(0, dtype=DTYPE))
-    assert store.spilled == 0 and store.take_all()["a"].tolist() == list(range(10))
+    store = PartitionedRecords(DTYPE, limit_bytes=1 << 20)
+    store.append(0, _part(0, 10))
+    store.append(0, np.zeros(0, dtype=DTYPE))
+    assert store.spilled == 0 and store.take(0)["a"].tolist() == list(range(10))
+    assert store.held_bytes == 0
 
 
 def test_an_unwritable_temporary_directory_is_one_clear_error(monkeypatch, tmp_path):
     missing = tmp_path / "gone"
     monkeypatch.setattr(tempfile, "tempdir", str(missing))
-    store = SpilledRecords(DTYPE, limit_bytes=10)
+    store = PartitionedRecords(DTYPE, limit_bytes=10)
     with pytest.raises(InspectorError, match=f"{missing}: cannot write temporary data"):
-        store.append(_part(0, 5))
+        store.append(0, _part(0, 5))
 
 
 def test_every_table_is_the_same_when_flows_and_buckets_wait_on_disk(ndpi_dir, monkeypatch):
