@@ -97,7 +97,8 @@ class ActivityBuckets:
     """One capture's activity buckets, per range of flow ids (``PARTITION_BITS``), in memory or
     in a temporary file (``spill.PartitionedRecords``). ``partitions()`` gives each range's rows
     sorted by (flow_id, bucket), one row per pair, ranges in flow-id order; it can be gone over
-    more than once and never holds more than one range."""
+    more than once and never holds more than one range. The temporary file goes with the object.
+    """
 
     def __init__(self, capture: str, store: PartitionedRecords) -> None:
         self.capture = capture
@@ -115,9 +116,6 @@ class ActivityBuckets:
         """Every row, sorted by (flow_id, bucket) and folded."""
         parts = list(self.partitions())
         return np.concatenate(parts) if parts else np.zeros(0, dtype=BUCKET_DTYPE)
-
-    def close(self) -> None:
-        self._store.close()
 
 
 def _pair_order(rows: np.ndarray) -> np.ndarray:
