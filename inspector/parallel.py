@@ -12,13 +12,11 @@ each dissector sees exactly the packets it would see in one process (the worker 
 "still wants it" rules; it is only handed a superset). When a flow ends, the reader sends it to
 its owner, which takes the flow's facts and drops its state, as ``pipeline.process_batches``
 does, and labels it (``labels.FlowLabeller``); at the end it returns label codes and the few
-flows the cross-flow rules need, which the reader resolves over every worker's. The RTP collector's header columns go to one
-worker (``RTP_WORKER``), which folds them into the running stream state the reader would have
-kept and returns it at the end. Messages keep capture order, so the tables are identical to a
-one-process run whatever ``n`` is (tested). Messages are written by one thread per worker
-(``_Sender``), so the reader goes on with the next batch while a worker reads the last one.
-Memory stays bounded: at most ``SEND_DEPTH`` messages per worker wait to be written, and each
-side keeps state for active flows only.
+flows the cross-flow rules need, which the reader resolves over every worker's. The RTP
+collector's header columns go to one worker (``RTP_WORKER``), which folds them into the running
+stream state the reader would have kept and returns it at the end. Messages keep capture order, so the tables are identical to a
+one-process run whatever ``n`` is (tested). Memory stays bounded: a pipe holds at most one
+message a worker has not read, and each side keeps state for active flows only.
 
 Weakness: the reading process does the columnar work alone, and the call stage after it is
 serial (Amdahl); the dissectors spread over the workers.
@@ -27,8 +25,6 @@ serial (Amdahl); the dissectors spread over the workers.
 from __future__ import annotations
 
 import multiprocessing
-import queue
-import threading
 from array import array
 from collections import Counter
 from dataclasses import dataclass
@@ -51,67 +47,6 @@ from inspector.payloads import (
 )
 from inspector.pipeline import AnalyzeOptions, CaptureResult, process_capture
 from inspector.summarize import transport_name
-
-#: Messages pickled for a worker and not yet written to its pipe (per worker; see ``_Sender``).
-SEND_DEPTH = 2
-
-
-class _Sender:
-    """Writes one worker's messages to its pipe from a thread.
-
-    A pipe's kernel buffer holds 64 KiB and one batch's message is megabytes, so a plain
-    ``send`` kept the reading process waiting until the worker had finished the previous batch
-    and read this one: the two ran in turns. Messages are pickled in the caller (the flows in
-    them must not change afterwards) and written by the thread, which waits on the pipe without
-    the GIL; at most ``SEND_DEPTH`` wait, so memory stays bounded.
-    """
-
-    def __init__(self, conn) -> None:
-        from multiprocessing.reduction import ForkingPickler
-
-        self.conn = conn
-        self._dumps = ForkingPickler.dumps
-        self._queue: queue.Queue = queue.Queue(maxsize=SEND_DEPTH)
-        self.error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="dissect-sender", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while True:
-            data = self._queue.get()
-            if data is None:
-                return
-            if self.error is None:
-                try:
-                    self.conn.send_bytes(data)
-                except (OSError, EOFError) as e:  # the worker died: reported by the next send
-                    self.error = e
-
-    def send(self, message) -> None:
-        if self.error is not None:
-            raise self.error
-        self._queue.put(self._dumps(message))
-
-    def abandon(self) -> None:
-        """Drop the queued messages; the thread ends after the write it may be in."""
-        self.error = self.error or EOFError()
-        while True:
-            try:
-                self._queue.get_nowait()
-            except queue.Empty:
-                break
-        self._queue.put_nowait(None)  # room now: only the thread takes from the queue
-
-    def join(self, timeout: float) -> None:
-        self._thread.join(timeout)
-
-    def close(self) -> None:
-        """Wait until every queued message is written; raise what writing met."""
-        self._queue.put(None)
-        self._thread.join()
-        if self.error is not None:
-            raise self.error
-
 
 @dataclass(slots=True)
 class MergedPayloads:
@@ -162,7 +97,6 @@ class PayloadShipper:
 
     def __init__(self, connections: list) -> None:
         self.connections = connections
-        self.senders = [_Sender(conn) for conn in connections]
         self.n = len(connections)
         self._ended: list[list] = [[] for _ in range(self.n)]
         self._dropped: list[list[int]] = [[] for _ in range(self.n)]
@@ -258,7 +192,7 @@ class PayloadShipper:
         self._send(new_routes, packets)
 
     def _send(self, new_routes: list[list[tuple]], packets: list | None) -> None:
-        for k, conn in enumerate(self.senders):
+        for k, conn in enumerate(self.connections):
             batch = packets[k] if packets is not None else None
             rtp = self._rtp if k == RTP_WORKER and self._rtp else None
             if not (self._ended[k] or self._dropped[k] or new_routes[k] or batch is not None or rtp):
@@ -284,20 +218,9 @@ class PayloadShipper:
     def close(self) -> list:
         """Flush the last ended flows, stop the workers and return their results."""
         self._send([[] for _ in range(self.n)], None)
-        for sender in self.senders:
-            sender.send(None)
-        for sender in self.senders:
-            sender.close()
+        for conn in self.connections:
+            conn.send(None)
         return [conn.recv() for conn in self.connections]
-
-    def abandon(self) -> None:
-        """Drop the messages not yet written and let the sender threads end (the run failed)."""
-        for sender in self.senders:
-            sender.abandon()
-
-    def join_senders(self, timeout: float) -> None:
-        for sender in self.senders:
-            sender.join(timeout)
 
 
 def _dissect_worker(conn, k: int, n: int, signatures, rtp_streams) -> None:
@@ -379,21 +302,13 @@ def process_capture_parallel(path: str | Path, options: AnalyzeOptions, workers:
         processes.append(p)
     shipper = PayloadShipper(connections)
     rtp = RtpCollector(fold=shipper.fold_rtp)
-    finished = False
     try:
         result = process_capture(path, options, None, shipper, (ActivityCollector(), rtp))
         parts = shipper.close()
-        finished = True
     except (BrokenPipeError, EOFError) as e:
         # A worker died (killed, out of memory): its share of the facts is lost, so the run fails.
         raise InspectorError(f"{path}: a dissect worker stopped unexpectedly ({e.__class__.__name__})") from e
     finally:
-        if not finished:
-            # Workers go first, so a sender thread still writing to one gets EPIPE and ends.
-            shipper.abandon()
-            for p in processes:
-                p.terminate()
-            shipper.join_senders(timeout=5)
         for conn in connections:
             conn.close()  # a worker still waiting for packets sees EOF and exits
         for p in processes:
