@@ -24,6 +24,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from inspector import spill
 from inspector.decode import IPPROTO_UDP, DecodedBatch
 from inspector.dissect import zoom
 from inspector.flows import BatchFlows
@@ -34,7 +35,6 @@ from inspector.media_stats import (
     segment_frame,
 )
 from inspector.schema import ACTIVITY_BUCKET_NS, ACTIVITY_COLUMNS, RTP_COLUMNS
-from inspector import spill
 from inspector.spill import PartitionedRecords
 
 # Zoom's layouts (protocol-facts.md §2.3, Michel et al. IMC '22), one table in dissect/zoom.py.

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from inspector.flows import Flow
 from inspector import spill
+from inspector.flows import Flow
 from inspector.spill import PartitionedRecords
 
 #: One finished flow. Addresses as (hi, lo) 64-bit halves (IPv4 in lo), as the flow table keeps
@@ -50,13 +50,15 @@ _CHUNK_RECORDS = 4096
 class FlowStore:
     """The finished flows of one capture, appended as they end, read in flow-id order.
 
-    At most ``limit_bytes`` (default ``spill.DEFAULT_LIMIT_BYTES``) of records stay in memory while the capture is read;
-    older ones wait in a temporary file (``spill.PartitionedRecords``, one key) until ``records()``.
+    At most ``limit_bytes`` (default ``spill.DEFAULT_LIMIT_BYTES``) of records stay in memory
+    while the capture is read; older ones wait in a temporary file (``spill.PartitionedRecords``,
+    one key) until ``records()``.
     """
 
     def __init__(self, limit_bytes: int | None = None) -> None:
         self._pending: list[tuple] = []
-        self._stored = PartitionedRecords(RECORD_DTYPE, spill.DEFAULT_LIMIT_BYTES if limit_bytes is None else limit_bytes)
+        limit = spill.DEFAULT_LIMIT_BYTES if limit_bytes is None else limit_bytes
+        self._stored = PartitionedRecords(RECORD_DTYPE, limit)
         self._whole: np.ndarray | None = None
         self._count = 0
 

@@ -378,25 +378,37 @@ class DirectedBuckets:
         return DirectedBuckets(*(getattr(self, name)[rows] for name in self.__slots__))
 
 
-def side_rows(sides: pd.DataFrame, captures, flow_ids: np.ndarray) -> np.ndarray:
-    """Row of ``sides`` for each (capture, flow_id) pair, -1 where no flow matches.
+class SideIndex:
+    """Finds the row of ``sides`` for (capture, flow_id) pairs: built once per ``sides``, asked
+    many times (``BucketSource`` asks once per range of flow ids).
 
     A (capture, flow_id) pair present twice in ``sides`` maps to its first row.
     """
-    flow_ids = np.asarray(flow_ids, dtype=np.int64)
-    if len(sides) == 0 or flow_ids.size == 0:
-        return np.full(flow_ids.size, -1, dtype=np.int64)
-    side_codes, names = pd.factorize(sides["capture"].to_numpy(dtype=object))
-    lookup = {name: i for i, name in enumerate(names)}
-    codes, uniques = pd.factorize(captures)
-    mapped = np.array([lookup.get(u, -1) for u in uniques] + [-1], dtype=np.int64)
-    cap = mapped[codes]  # factorize gives -1 for a missing capture: the extra -1 entry
-    side_keys = (side_codes.astype(np.int64) << 40) | sides["flow_id"].to_numpy(dtype=np.int64)
-    unique_keys, first_row = np.unique(side_keys, return_index=True)
-    keys = (np.maximum(cap, 0) << 40) | flow_ids
-    at = np.clip(np.searchsorted(unique_keys, keys), 0, unique_keys.size - 1)
-    found = (unique_keys[at] == keys) & (cap >= 0)
-    return np.where(found, first_row[at], -1).astype(np.int64)
+
+    def __init__(self, sides: pd.DataFrame) -> None:
+        side_codes, names = pd.factorize(sides["capture"].to_numpy(dtype=object))
+        self._capture_code = {name: i for i, name in enumerate(names)}
+        side_keys = (side_codes.astype(np.int64) << 40) | sides["flow_id"].to_numpy(dtype=np.int64)
+        self._keys, self._first_row = np.unique(side_keys, return_index=True)
+
+    def rows(self, captures, flow_ids: np.ndarray) -> np.ndarray:
+        """Row of ``sides`` for each (capture, flow_id) pair, -1 where no flow matches."""
+        flow_ids = np.asarray(flow_ids, dtype=np.int64)
+        if self._keys.size == 0 or flow_ids.size == 0:
+            return np.full(flow_ids.size, -1, dtype=np.int64)
+        codes, uniques = pd.factorize(captures)
+        mapped = np.array([self._capture_code.get(u, -1) for u in uniques] + [-1], dtype=np.int64)
+        cap = mapped[codes]  # factorize gives -1 for a missing capture: the extra -1 entry
+        keys = (np.maximum(cap, 0) << 40) | flow_ids
+        at = np.clip(np.searchsorted(self._keys, keys), 0, self._keys.size - 1)
+        found = (self._keys[at] == keys) & (cap >= 0)
+        return np.where(found, self._first_row[at], -1).astype(np.int64)
+
+
+def side_rows(sides: pd.DataFrame, captures, flow_ids: np.ndarray) -> np.ndarray:
+    """Row of ``sides`` for each (capture, flow_id) pair, -1 where no flow matches
+    (``SideIndex`` for a single question)."""
+    return SideIndex(sides).rows(captures, flow_ids)
 
 
 #: Buckets per chunk when the destinations are counted (``BucketSource.chunks``): the call stage
@@ -452,6 +464,7 @@ class BucketSource:
     def __init__(self, activity, sides: pd.DataFrame) -> None:
         self.activity = [a for a in activity if len(a)]
         self.sides = sides
+        self._index = SideIndex(sides)
         self.swapped = sides["swapped"].to_numpy(dtype=bool)
         self._whole: tuple | None = None
         if not self._sides_in_bucket_order():
@@ -466,10 +479,8 @@ class BucketSource:
         """Whether the rows of ``sides`` whose capture has buckets run in (capture as given,
         flow_id) order."""
         rank = {a.capture: i for i, a in enumerate(self.activity)}
-        captures = self.sides["capture"].to_numpy(dtype=object)
-        capture_rank = np.array([rank.get(c, -1) for c in pd.unique(captures)], dtype=np.int64)
-        codes = pd.factorize(captures)[0]
-        ranks = capture_rank[codes] if codes.size else np.zeros(0, dtype=np.int64)
+        codes, names = pd.factorize(self.sides["capture"].to_numpy(dtype=object))
+        ranks = np.array([rank.get(name, -1) for name in names] + [-1], dtype=np.int64)[codes]
         keep = ranks >= 0
         key = (ranks[keep] << 40) | self.sides["flow_id"].to_numpy(dtype=np.int64)[keep]
         return not (key[1:] < key[:-1]).any()
@@ -481,7 +492,7 @@ class BucketSource:
             for rows in a.partitions():
                 flow = rows["flow_id"]
                 starts = np.flatnonzero(np.r_[True, flow[1:] != flow[:-1]])
-                found = side_rows(self.sides, np.full(starts.size, a.capture, dtype=object), flow[starts])
+                found = self._index.rows(np.full(starts.size, a.capture, dtype=object), flow[starts])
                 side = np.repeat(found, np.diff(np.append(starts, flow.size)))
                 known = np.flatnonzero(side >= 0)
                 if known.size == side.size:
@@ -541,7 +552,8 @@ def directed_activity(activity, sides: pd.DataFrame) -> DirectedBuckets:
 
 def per_second(buckets: DirectedBuckets) -> DirectedBuckets:
     """A flow's buckets within one second folded into one row (first packet, last packet, sums;
-    the first bucket's position): the call windows come out the same from a third as many rows.
+    the first bucket's position): the call windows come out the same from fewer rows (45 k
+    instead of 109 k on the benchmark).
 
     Why the same: the rule only reads intervals (a run of one flow's buckets inside one second
     has no silence in it, let alone one of ``max_gap_s``), sums, and packets per second of the
@@ -894,6 +906,7 @@ __all__ = [
     "bucket_source",
     "per_second",
     "directed_activity",
+    "SideIndex",
     "side_rows",
     "fold_generic_media",
     "endpoint_text",
