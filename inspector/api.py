@@ -14,12 +14,12 @@ import pandas as pd
 
 from inspector._version import __version__
 from inspector.errors import CaptureError, InspectorError
-from inspector.export import FORMATS, write_manifest, write_table
+from inspector.export import FORMATS, write_frames, write_manifest, write_table
 from inspector.gcpause import return_free_memory
 from inspector.batch import PacketBatch
 from inspector.pipeline import AnalyzeOptions, BatchProgress, CaptureResult, process_batches, process_capture
-from inspector.schema import DESTINATION_COLUMNS, FLOW_COLUMNS, MEDIA_COLUMNS, SESSION_COLUMNS, empty_frame
-from inspector.summarize import flows_frame
+from inspector.schema import DESTINATION_COLUMNS, MEDIA_COLUMNS, SESSION_COLUMNS, empty_frame
+from inspector.summarize import CaptureFlows, FlowTable
 
 TABLES = ("flows", "sessions", "destinations", "media")
 
@@ -28,7 +28,10 @@ TABLES = ("flows", "sessions", "destinations", "media")
 class Analysis:
     """The result of ``analyze``: one DataFrame per table and the manifest.
 
-    flows         one row per bidirectional flow (schema.FLOW_COLUMNS)
+    flows         one row per bidirectional flow (schema.FLOW_COLUMNS), made from ``flow_table``
+                  on first use
+    flow_table    the same table in compact form (``summarize.FlowTable``): ``write`` streams
+                  it, so writing flows.csv never needs the whole frame in memory
     manifest      chain of custody: tool version, inputs with SHA-256 and decode statistics ...
     warnings      one line each (truncated captures ...), also in the manifest
     sessions      one row per detected call (schema.SESSION_COLUMNS)
@@ -36,12 +39,28 @@ class Analysis:
     media         one row per RTP stream of a call (schema.MEDIA_COLUMNS)
     """
 
-    flows: pd.DataFrame
+    flow_table: FlowTable
     manifest: dict
     warnings: list[str] = field(default_factory=list)
     sessions: pd.DataFrame = field(default_factory=lambda: empty_frame(SESSION_COLUMNS))
     destinations: pd.DataFrame = field(default_factory=lambda: empty_frame(DESTINATION_COLUMNS))
     media: pd.DataFrame = field(default_factory=lambda: empty_frame(MEDIA_COLUMNS))
+    _flows: pd.DataFrame | None = field(default=None, repr=False)
+
+    @property
+    def flows(self) -> pd.DataFrame:
+        """The flows table as one DataFrame (made once, on first use)."""
+        if self._flows is None:
+            self._flows = self.flow_table.frame()
+        return self._flows
+
+    def largest_flows(self, n: int) -> pd.DataFrame:
+        """The ``n`` flows with the most bytes both ways, most first, without making the whole
+        flows frame."""
+        if self._flows is not None:
+            total = self._flows["client_to_server_bytes"] + self._flows["server_to_client_bytes"]
+            return self._flows.loc[total.nlargest(n).index].reset_index(drop=True)
+        return self.flow_table.largest(n)
 
     def call_summaries(self) -> list[str]:
         """A short readable answer per call, and one line for activity outside calls."""
@@ -50,7 +69,11 @@ class Analysis:
         return call_summaries(self)
 
     def write(self, out_dir: str | os.PathLike, fmt: str = "csv") -> list[Path]:
-        """Write every table as ``fmt`` and manifest.json (listing each output's SHA-256)."""
+        """Write every table as ``fmt`` and manifest.json (listing each output's SHA-256).
+
+        The flows table is written slice by slice from ``flow_table`` unless ``flows`` was
+        already made (then that frame is written, as the caller sees it).
+        """
         if fmt not in FORMATS:
             raise InspectorError(f"unknown format {fmt!r}: use one of {', '.join(FORMATS)}")
         out = Path(out_dir)
@@ -58,7 +81,13 @@ class Analysis:
             out.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise InspectorError(f"{out}: cannot create output directory: {e.strerror}") from e
-        written = [write_table(getattr(self, t), out / f"{t}.{fmt}", fmt) for t in TABLES]
+        written = []
+        for t in TABLES:
+            path = out / f"{t}.{fmt}"
+            if t == "flows" and self._flows is None:
+                written.append(write_frames(self.flow_table.chunks(), path, fmt))
+            else:
+                written.append(write_table(getattr(self, t), path, fmt))
         return written + [write_manifest(self.manifest, out, written)]
 
 
@@ -121,13 +150,18 @@ def _labeller(signatures):
     return FlowLabeller(signatures)
 
 
-def _flows_frame(r: CaptureResult) -> pd.DataFrame:
+def _capture_flows(r: CaptureResult) -> CaptureFlows:
     """The capture's flows table from its records: the cross-flow labels are decided first."""
     labels = None
     if r.labeller is not None:
         r.flows.set_labels(*r.labeller.resolve())
         labels = r.labeller.book.columns()
-    return flows_frame(r.name, r.flows.records(), labels)
+    return CaptureFlows(r.name, r.flows.records(), labels)
+
+
+def _flows_frame(r: CaptureResult) -> pd.DataFrame:
+    """The capture's flows table as a DataFrame."""
+    return FlowTable([_capture_flows(r)]).frame()
 
 
 def analyze(
@@ -235,26 +269,6 @@ def _concat_released(frames: list[pd.DataFrame]) -> pd.DataFrame:
     return parts[0] if len(parts) == 1 else pd.concat(parts, ignore_index=True)
 
 
-def _concat_columns_released(frames: list[pd.DataFrame]) -> pd.DataFrame:
-    """The frames (same columns) as one, column by column, emptying the list.
-
-    One frame is returned as it is. Several are joined one column at a time, each input column
-    dropped as soon as it is copied, so the join needs the result plus one column more, not two
-    whole tables (``summarize.flows_frame`` keeps every column in its own block, so dropping a
-    column frees it).
-    """
-    parts = frames[:]
-    frames.clear()
-    if len(parts) == 1:
-        return parts[0]
-    columns = {}
-    for name in parts[0].columns:
-        columns[name] = pd.concat([part[name] for part in parts], ignore_index=True).array
-        for part in parts:
-            del part[name]
-    return pd.DataFrame(columns, copy=False)
-
-
 def _take_all(items: list) -> list:
     """The list's items in a new list, emptying it (so only the callee keeps them alive)."""
     taken = items[:]
@@ -262,8 +276,8 @@ def _take_all(items: list) -> list:
     return taken
 
 
-def _call_tables(results: list[CaptureResult], flows: pd.DataFrame, options: AnalyzeOptions):
-    """sessions, destinations and media from the collectors; fills flows.session_id."""
+def _call_tables(results: list[CaptureResult], flows: FlowTable, options: AnalyzeOptions):
+    """sessions, destinations and media from the collectors; fills the flows' session_id."""
     from inspector.collect import ActivityCollector, RtpCollector
     from inspector.sessions import build_calls
 
@@ -287,35 +301,8 @@ def _call_tables(results: list[CaptureResult], flows: pd.DataFrame, options: Ana
         merge=options.merge,
     )
     if len(tables.flow_session):
-        flows["session_id"] = _session_ids_of_flows(flows, tables.flow_session)
+        flows.set_session_ids(tables.flow_session)
     return tables
-
-
-def _session_ids_of_flows(flows: pd.DataFrame, flow_session: pd.DataFrame) -> pd.api.extensions.ExtensionArray:
-    """The flows' session_id column: ``flow_session``'s value for each (capture, flow_id), ""
-    for flows in no call.
-
-    Looked up per capture with a binary search of the sorted flow ids (flow_session holds the
-    media flows only, a small part of all flows), then one ``take`` over its texts: no
-    index over every flow and no per-flow object array.
-    """
-    session_texts = flow_session["session_id"].to_numpy(dtype=object)
-    no_session = session_texts.size  # the code of "" (appended after the session texts)
-    codes = np.full(len(flows), no_session, dtype=np.intp)
-    session_flow_ids = flow_session["flow_id"].to_numpy(dtype=np.int64)
-    all_flow_ids = flows["flow_id"].to_numpy(dtype=np.int64)
-    for capture, rows in flow_session.groupby("capture", sort=False).indices.items():
-        order = np.argsort(session_flow_ids[rows], kind="stable")
-        rows = rows[order]
-        ids = session_flow_ids[rows]
-        if ids.size > 1 and (ids[1:] == ids[:-1]).any():
-            raise ValueError(f"{capture}: a flow appears twice in the flows' session table")
-        flow_rows = np.flatnonzero((flows["capture"] == capture).to_numpy(dtype=bool))
-        flow_ids = all_flow_ids[flow_rows]
-        at = np.minimum(np.searchsorted(ids, flow_ids), ids.size - 1)
-        found = ids[at] == flow_ids
-        codes[flow_rows[found]] = rows[at[found]]
-    return pd.array(np.append(session_texts, ""), dtype="string").take(codes)
 
 
 def _build_analysis(
@@ -334,13 +321,16 @@ def _build_analysis(
 def _build_tables(
     results: list[CaptureResult], signatures, options: AnalyzeOptions, created: str, command_line
 ) -> Analysis:
-    frames, inputs = [], []
+    # What the reading freed (batches, the flow table's dicts, dissector state) goes back to the
+    # system before the tables are built: the run's peak memory is in the call stage.
+    return_free_memory()
+    parts, inputs = [], []
     for r in results:
-        frames.append(_flows_frame(r))
+        parts.append(_capture_flows(r))
         inputs.append(_input_entry(r))
-        # The flow records now live in the frame: release them before the call stage.
+        # The records now live in the flows table: the store's temporary file goes.
         r.flows.release()
-    flows = _concat_columns_released(frames) if frames else empty_frame(FLOW_COLUMNS)
+    flows = FlowTable(parts)
     return_free_memory()
     calls = _call_tables(results, flows, options) if options.inspect_payloads else None
     warnings = []
@@ -367,9 +357,9 @@ def _build_tables(
         "warnings": warnings,
     }
     if calls is None:
-        return Analysis(flows=flows, manifest=manifest, warnings=warnings)
+        return Analysis(flow_table=flows, manifest=manifest, warnings=warnings)
     return Analysis(
-        flows=flows,
+        flow_table=flows,
         manifest=manifest,
         warnings=warnings,
         sessions=calls.sessions,

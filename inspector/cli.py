@@ -155,11 +155,11 @@ def _render_summary(console, result, top: int) -> None:
     if result.manifest["options"]["inspect_payloads"]:
         for line in result.call_summaries():
             console.print(Text(line))
-    flows = result.flows
-    if top == 0 or flows.empty:
+    if top == 0:
         return
-    total = flows["client_to_server_bytes"] + flows["server_to_client_bytes"]
-    shown = flows.assign(_total=total).nlargest(top, "_total")
+    shown = result.largest_flows(top)
+    if shown.empty:
+        return
     table = Table(title=f"Top {len(shown)} flows by bytes", show_lines=False)
     for col in ("server", "service", "kind", "proto", "sent", "recv", "secs"):
         table.add_column(col, justify="right" if col in ("sent", "recv", "secs") else "left", overflow="fold")

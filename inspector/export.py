@@ -71,56 +71,80 @@ def _row_chunks(frame: pd.DataFrame, rows: int) -> Iterator[pd.DataFrame]:
         yield frame.iloc[start : start + rows]
 
 
-def _write_csv(frame: pd.DataFrame, path: Path, rows: int) -> None:
-    """CSV text written chunk by chunk: only one chunk's text copy exists at a time.
+def _write_csv(frames: Iterable[pd.DataFrame], path: Path) -> None:
+    """CSV text written frame by frame: only one frame's text copy exists at a time.
 
-    The bytes do not depend on the chunk size: pandas formats and quotes every cell on its own
-    (it chunks its own writes too), and the header is written once, with the first chunk.
+    The bytes do not depend on how the rows are cut into frames: pandas formats and quotes every
+    cell on its own (it chunks its own writes too), and the header is written once, with the
+    first frame.
     """
     # newline="": the csv writer's "\r\n" row ends reach the file untranslated, as they do when
     # pandas opens the path itself.
     with open(path, "w", encoding="utf-8", newline="") as fh:
-        for number, chunk in enumerate(_row_chunks(frame, rows)):
+        for number, chunk in enumerate(frames):
             # CRLF row ends (RFC 4180 §2): the csv writer then quotes every cell holding a CR or
             # LF, so a hostile name with a bare carriage return cannot split a row.
             _text_frame(chunk).to_csv(fh, index=False, header=number == 0, lineterminator="\r\n")
 
 
-def _write_json(frame: pd.DataFrame, path: Path, rows: int) -> None:
+def _write_json(frames: Iterable[pd.DataFrame], path: Path) -> None:
     """A JSON array of records, the bytes of ``json.dump(records, fh, indent=1)``, streamed.
 
     Each record is encoded alone and indented one level more, as the list would nest it: JSON
     strings hold no raw newline (the encoder escapes it as ``\\n``), so every newline in a
-    record's text is a line break of the layout. Only one chunk's records exist at a time.
+    record's text is a line break of the layout. Only one frame's records exist at a time.
     """
     with open(path, "w", encoding="utf-8") as fh:
-        if len(frame) == 0:
-            fh.write("[]\n")
-            return
         separator = "[\n "
-        for chunk in _row_chunks(frame, rows):
+        for chunk in frames:
             for record in _text_frame(chunk).to_dict(orient="records"):
                 fh.write(separator)
                 fh.write(json.dumps(record, indent=1, ensure_ascii=False).replace("\n", "\n "))
                 separator = ",\n "
-        fh.write("\n]\n")
+        fh.write("[]\n" if separator == "[\n " else "\n]\n")
+
+
+def _write_parquet(frames: Iterable[pd.DataFrame], path: Path) -> None:
+    """One Parquet file, a row group per frame (the schema, pandas dtypes included, is the
+    first frame's; every frame of a table has the same)."""
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+    except ImportError as e:
+        raise InspectorError(f"{path}: Parquet output needs pyarrow: pip install pyarrow") from e
+    writer = None
+    try:
+        for frame in frames:
+            table = pa.Table.from_pandas(frame, preserve_index=False)
+            if writer is None:
+                writer = pq.ParquetWriter(path, table.schema)
+            writer.write_table(table)
+    finally:
+        if writer is not None:
+            writer.close()
+
+
+def write_frames(frames: Iterable[pd.DataFrame], path: Path, fmt: str) -> Path:
+    """Write one table, given as consecutive frames of the same columns (at least one, maybe
+    empty), as ``fmt``; returns the path written. A table made slice by slice
+    (``summarize.FlowTable.chunks``) is written without ever being whole in memory."""
+    if fmt == "csv":
+        _write_csv(frames, path)
+    elif fmt == "json":
+        _write_json(frames, path)
+    elif fmt == "parquet":
+        _write_parquet(frames, path)
+    else:
+        raise InspectorError(f"unknown format {fmt!r}: use one of {', '.join(FORMATS)}")
+    return path
 
 
 def write_table(frame: pd.DataFrame, path: Path, fmt: str, chunk_rows: int = CHUNK_ROWS) -> Path:
     """Write one table as ``fmt``; returns the path written. ``chunk_rows``: rows converted to
     text at a time (CSV, JSON): memory only, the bytes written never depend on it."""
-    if fmt == "csv":
-        _write_csv(frame, path, chunk_rows)
-    elif fmt == "json":
-        _write_json(frame, path, chunk_rows)
-    elif fmt == "parquet":
-        try:
-            frame.to_parquet(path, index=False)
-        except ImportError as e:
-            raise InspectorError(f"{path}: Parquet output needs pyarrow: pip install pyarrow") from e
-    else:
-        raise InspectorError(f"unknown format {fmt!r}: use one of {', '.join(FORMATS)}")
-    return path
+    if fmt == "parquet":  # one row group, as pandas writes it
+        return write_frames([frame], path, fmt)
+    return write_frames(_row_chunks(frame, chunk_rows), path, fmt)
 
 
 def write_manifest(manifest: dict, out_dir: Path, outputs: Iterable[Path]) -> Path:

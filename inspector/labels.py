@@ -11,10 +11,12 @@ flows keep their facts until ``resolve`` classifies them together, in flow-id or
 
 from __future__ import annotations
 
+from array import array
+
 import numpy as np
 
 from inspector.classify import VerdictCache, classify_all, cross_flow_relevant
-from inspector.facts import FlowFacts, facts_from_row, facts_to_row
+from inspector.facts import DetectorHit, FlowFacts, facts_from_row, facts_to_row
 from inspector.spill import SpilledItems
 from inspector.summarize import LABEL_NAMES
 
@@ -65,13 +67,15 @@ def label_row(f: FlowFacts, v) -> tuple[str, ...]:
 class FlowLabeller:
     """Labels each flow as it ends (``label``); the cross-flow ones at the end (``resolve``)."""
 
-    def __init__(self, signatures, book: LabelBook | None = None) -> None:
+    def __init__(self, signatures, book: LabelBook | None = None, deferred_in_memory: int | None = None) -> None:
         self.signatures = signatures
         self.book = book if book is not None else LabelBook()
         self._verdict = VerdictCache(signatures)
         # (flow id, facts as a plain row): beyond a few thousand, they wait on disk (spill.py),
         # so a live capture running for hours does not hold every P2P flow's facts in memory.
-        self._deferred = SpilledItems()
+        # ``deferred_in_memory``: how many (``spill.DEFAULT_LIMIT_ITEMS`` if None); they are
+        # written in blocks of one more.
+        self._deferred = SpilledItems(deferred_in_memory)
 
     def label(self, flow_id: int, facts: FlowFacts) -> int:
         """The flow's label code, or ``PENDING`` when the cross-flow rules may still change it."""
@@ -88,6 +92,11 @@ class FlowLabeller:
         """Keep a flow's facts, as ``facts.facts_to_row`` gives them (a parallel worker's)."""
         self._deferred.append((flow_id, row))
 
+    def defer_pickled_rows(self, count: int, blob: bytes) -> None:
+        """Keep ``count`` flows' facts given as a block of ``take_deferred_pickled`` (a parallel
+        worker's): written to disk as they are, never unpickled here before ``resolve``."""
+        self._deferred.append_pickled(count, blob)
+
     @property
     def deferred_count(self) -> int:
         return len(self._deferred)
@@ -97,6 +106,11 @@ class FlowLabeller:
         no longer kept."""
         return self._deferred.take_all()
 
+    def take_deferred_pickled(self):
+        """``take_deferred_rows`` as (count, pickled list of count rows) blocks of at most
+        ``deferred_in_memory + 1`` rows, read from disk one at a time as they are consumed."""
+        return self._deferred.take_pickled_blocks()
+
     def take_deferred(self) -> list[tuple[int, FlowFacts]]:
         """The deferred flows' (flow id, facts), in the order deferred; they are no longer kept."""
         return [(flow_id, facts_from_row(row)) for flow_id, row in self.take_deferred_rows()]
@@ -104,11 +118,52 @@ class FlowLabeller:
     def resolve(self) -> tuple[np.ndarray, np.ndarray]:
         """(flow ids, label codes) of the deferred flows, with ``classify_all``'s cross-flow rules
         applied among them in flow-id order; the deferred facts are released."""
-        deferred = sorted(self.take_deferred(), key=lambda item: item[0])
-        facts = [f for _, f in deferred]
+        flow_ids, facts = _deferred_facts_by_flow_id(self._deferred.take_blocks())
         verdicts = classify_all(facts, self.signatures)
-        codes = np.array([self.book.code(label_row(f, v)) for f, v in zip(facts, verdicts)], dtype=np.int32)
-        return np.array([flow_id for flow_id, _ in deferred], dtype=np.int64), codes
+        codes = np.fromiter(
+            (self.book.code(label_row(f, v)) for f, v in zip(facts, verdicts)), dtype=np.int32, count=len(facts)
+        )
+        return flow_ids, codes
+
+
+def _deferred_facts_by_flow_id(blocks) -> tuple[np.ndarray, list[FlowFacts]]:
+    """Flow ids (sorted) and their facts, built from blocks of (flow id, row) one block at a time
+    (each block's rows are dropped once read), with equal values shared (``_SharedFacts``)."""
+    shared = _SharedFacts()
+    flow_ids = array("q")
+    facts: list[FlowFacts] = []
+    for block in blocks:
+        for flow_id, row in block:
+            flow_ids.append(flow_id)
+            facts.append(shared.facts(row))
+    ids = np.frombuffer(flow_ids, dtype=np.int64) if flow_ids else np.zeros(0, dtype=np.int64)
+    order = np.argsort(ids, kind="stable")  # flow ids are unique: the order sorted() would give
+    return ids[order], [facts[i] for i in order.tolist()]
+
+
+class _SharedFacts:
+    """``facts_from_row`` with one object per distinct value of the fields flows repeat: a host's
+    address, the protocol and name strings, the detector hits and attribute tuples (a call's STUN
+    and media flows carry the same few). Unpickled rows hold a copy of each per block, and
+    ``classify_all`` holds every deferred flow's facts at once, so sharing them bounds what a flow
+    costs beyond its own FlowFacts. Values only: the facts are equal to ``facts_from_row``'s."""
+
+    def __init__(self) -> None:
+        self._values: dict = {}
+        self._hits: dict[tuple, tuple[DetectorHit, ...]] = {}
+
+    def _one(self, value):
+        return self._values.setdefault(value, value)
+
+    def facts(self, row: tuple) -> FlowFacts:
+        one = self._one
+        hits = self._hits.get(row[9])
+        if hits is None:
+            hits = self._hits[row[9]] = tuple(DetectorHit(*h) for h in row[9])
+        return FlowFacts(
+            one(row[0]), one(row[1]), one(row[2]), one(row[3]), one(row[4]), one(row[5]), one(row[6]),
+            one(row[7]), one(row[8]), hits, one(row[10]), row[11], row[12],
+        )  # fmt: skip
 
 
 __all__ = ["EMPTY", "LABEL_COLUMNS", "PENDING", "FlowLabeller", "LabelBook", "label_row"]

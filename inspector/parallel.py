@@ -11,8 +11,10 @@ needs all answers seen before it. A worker runs ``PayloadStage.dissect`` on what
 each dissector sees exactly the packets it would see in one process (the worker applies the same
 "still wants it" rules; it is only handed a superset). When a flow ends, the reader sends it to
 its owner, which takes the flow's facts and drops its state, as ``pipeline.process_batches``
-does, and labels it (``labels.FlowLabeller``); at the end it returns label codes and the few
-flows the cross-flow rules need, which the reader resolves over every worker's. The RTP
+does, and labels it (``labels.FlowLabeller``); at the end it returns label codes, then the
+facts of the flows the cross-flow rules need, as the pickled blocks of at most
+``DEFERRED_BLOCK_ROWS`` its spill file holds; the reader files them as they arrive (to its own
+spill file, still pickled, beyond a few thousand) and resolves them over every worker's. The RTP
 collector's header columns go to one worker (``RTP_WORKER``), which folds them into the running
 stream state the reader would have kept and returns it at the end. Messages keep capture order, so the tables are identical to a
 one-process run whatever ``n`` is (tested). Memory stays bounded: a pipe holds at most one
@@ -86,6 +88,11 @@ def _ranks(groups: np.ndarray, mask: np.ndarray) -> np.ndarray:
     out[where] = ranks
     return out
 
+
+#: Most deferred flows (``labels.FlowLabeller``) per message from a worker at the end: a pickled
+#: block of (flow id, facts row) tuples, ~200 bytes each pickled (~1.5 KB each as objects, which
+#: only the worker, one block at a time, and ``resolve`` make).
+DEFERRED_BLOCK_ROWS = 4096
 
 #: The worker that also folds the RTP headers into running stream state (``collect.RtpCollector``):
 #: that fold is sequential per stream, so one process does all of it, off the reading process.
@@ -215,12 +222,20 @@ class PayloadShipper:
         self._ended[owner].append(f)
         return None
 
-    def close(self) -> list:
-        """Flush the last ended flows, stop the workers and return their results."""
+    def close(self, defer_pickled_rows) -> list:
+        """Flush the last ended flows, stop the workers and return their results. Each worker's
+        deferred flows follow its result in pickled blocks of at most ``DEFERRED_BLOCK_ROWS``;
+        they go to ``defer_pickled_rows(count, blob)`` as they arrive, worker after worker, each
+        in the order it deferred them, so one block at a time is held here, and as bytes."""
         self._send([[] for _ in range(self.n)], None)
         for conn in self.connections:
             conn.send(None)
-        return [conn.recv() for conn in self.connections]
+        parts = []
+        for conn in self.connections:
+            parts.append(conn.recv())
+            while (block := conn.recv()) is not None:
+                defer_pickled_rows(*block)
+        return parts
 
 
 def _dissect_worker(conn, k: int, n: int, signatures, rtp_streams) -> None:
@@ -229,7 +244,8 @@ def _dissect_worker(conn, k: int, n: int, signatures, rtp_streams) -> None:
     from inspector.payloads import FlowInspection, PayloadStage
 
     stage = PayloadStage(partition=(k, n))
-    labeller = FlowLabeller(signatures)
+    # Its spill file's blocks are the messages that carry the deferred flows back at the end.
+    labeller = FlowLabeller(signatures, deferred_in_memory=DEFERRED_BLOCK_ROWS - 1)
     streams = rtp_streams if k == RTP_WORKER else None
     states: dict[int, FlowInspection] = {}
     labelled_ids = array("q")  # 8 bytes per flow, not a Python int each
@@ -278,9 +294,13 @@ def _dissect_worker(conn, k: int, n: int, signatures, rtp_streams) -> None:
         np.frombuffer(labelled_ids, dtype=np.int64),
         np.frombuffer(labelled_codes, dtype=np.int32),
         labeller.book.rows,
-        labeller.take_deferred_rows(),
     )
     conn.send((labels, stage.errors, stage.packets_inspected, streams))
+    # The deferred flows' facts follow in bounded messages, as the pickled blocks the spill file
+    # holds (the reader files them as they are, unpickled only by ``resolve``); None ends them.
+    for count, blob in labeller.take_deferred_pickled():
+        conn.send((count, blob))
+    conn.send(None)
     conn.close()
 
 
@@ -302,9 +322,10 @@ def process_capture_parallel(path: str | Path, options: AnalyzeOptions, workers:
         processes.append(p)
     shipper = PayloadShipper(connections)
     rtp = RtpCollector(fold=shipper.fold_rtp)
+    labeller = FlowLabeller(signatures)
     try:
         result = process_capture(path, options, None, shipper, (ActivityCollector(), rtp))
-        parts = shipper.close()
+        parts = shipper.close(labeller.defer_pickled_rows)
     except (BrokenPipeError, EOFError) as e:
         # A worker died (killed, out of memory): its share of the facts is lost, so the run fails.
         raise InspectorError(f"{path}: a dissect worker stopped unexpectedly ({e.__class__.__name__})") from e
@@ -315,16 +336,13 @@ def process_capture_parallel(path: str | Path, options: AnalyzeOptions, workers:
             p.join(timeout=5)
             if p.is_alive():
                 p.terminate()
-    labeller = FlowLabeller(signatures)
     errors: Counter = Counter()
     inspected = 0
-    for (flow_ids, codes, book_rows, deferred), part_errors, part_inspected, streams in parts:
+    for (flow_ids, codes, book_rows), part_errors, part_inspected, streams in parts:
         if streams is not None:
             rtp.adopt_streams(streams)
         # The worker's codes index its own book: re-map them into the run's.
         result.flows.set_labels(flow_ids, labeller.book.codes_of(book_rows)[codes])
-        for flow_id, row in deferred:
-            labeller.defer_row(flow_id, row)
         errors.update(part_errors)
         inspected += part_inspected
     # Every worker dissected every DNS packet; one process would have counted each once.

@@ -75,6 +75,7 @@ from inspector.schema import (
     SESSION_COLUMNS,
     empty_frame,
 )
+from inspector.summarize import FlowTable
 
 #: app_protocol values that carry real-time media or its connectivity checks (facts §3.1-§3.4).
 MEDIA_APP_PROTOCOLS = frozenset({"rtp", "rtcp", "zoom-media", "stun", "turn", "dtls"})
@@ -144,6 +145,27 @@ def _ints(frame: pd.DataFrame, column: str) -> np.ndarray:
     return frame[column].fillna(0).to_numpy(dtype=np.int64)
 
 
+class _FrameColumns:
+    """A flows DataFrame read as ``summarize.FlowTable`` is (``text``, ``ints``, ``len``)."""
+
+    def __init__(self, frame: pd.DataFrame) -> None:
+        self.frame = frame
+
+    def __len__(self) -> int:
+        return len(self.frame)
+
+    def coded(self, *columns: str) -> tuple[np.ndarray, list[np.ndarray]]:
+        """(distinct values, codes per column) in one code space, as ``FlowTable.coded``."""
+        texts = [_text(self.frame, column) for column in columns]
+        codes, distinct = pd.factorize(np.concatenate(texts))
+        codes = codes.astype(np.int32)
+        bounds = np.cumsum([0] + [t.size for t in texts])
+        return np.asarray(distinct, dtype=object), [codes[lo:hi] for lo, hi in zip(bounds[:-1], bounds[1:])]
+
+    def ints(self, column: str) -> np.ndarray:
+        return _ints(self.frame, column)
+
+
 def _normalise(frame: pd.DataFrame | None, columns) -> pd.DataFrame:
     if frame is None or len(frame) == 0:
         return empty_frame(columns)
@@ -161,12 +183,9 @@ LOCAL_NETWORKS = tuple(
 )  # fmt: skip
 
 
-def _per_distinct(values: np.ndarray, function, dtype=bool) -> np.ndarray:
-    """``function`` applied once per distinct value (evidence and addresses repeat across flows)."""
-    codes, distinct = pd.factorize(np.asarray(values, dtype=object))
-    if codes.size == 0:
-        return np.zeros(0, dtype=dtype)
-    return np.array([function(value) for value in distinct], dtype=dtype)[codes]
+def _of_values(values: np.ndarray, function, dtype=bool) -> np.ndarray:
+    """``function`` of each value (a column's distinct values: index the result by code)."""
+    return np.array([function(value) for value in values.tolist()], dtype=dtype).reshape(-1)
 
 
 def _pair_codes(first: np.ndarray, second: np.ndarray) -> np.ndarray:
@@ -264,7 +283,7 @@ def server_identified(evidence: str) -> bool:
     return any(item.startswith(SERVER_EVIDENCE + SERVER_PAYLOADS) for item in items)
 
 
-def flow_sides(flows: pd.DataFrame) -> pd.DataFrame:
+def flow_sides(flows: pd.DataFrame | FlowTable) -> pd.DataFrame:
     """Per flow: which side is this machine, the remote end, and whether the flow is call media.
 
     Columns: capture, flow_id, local_ip, remote_ip, remote_port, swapped (this machine is the
@@ -279,75 +298,93 @@ def flow_sides(flows: pd.DataFrame) -> pd.DataFrame:
     Weakness: generic WebRTC to a public peer address is indistinguishable from an SFU and counts
     as a server; a service server outside the signature's ranges, reached by address only, reads
     as a peer.
-    """
-    captures = _text(flows, "capture")
-    client_ip = _text(flows, "client_ip")
-    server_ip = _text(flows, "server_ip")
-    app = _text(flows, "app_protocol")
-    server_name = _text(flows, "server_name")
-    service = _text(flows, "service")
-    kind = _text(flows, "kind")
-    role = _text(flows, "role")
-    evidence = _text(flows, "evidence")
-    client_port = _ints(flows, "client_port")
-    server_port = _ints(flows, "server_port")
 
-    p2p_evidence = _per_distinct(evidence, lambda e: "p2p-stun" in e or "zoom-p2p" in e)
-    identified = _per_distinct(evidence, server_identified)
-    named = (service != "") & (service != "webrtc")
+    ``flows``: the flows table as a DataFrame, or in compact form (``summarize.FlowTable``: its
+    text columns come as codes into distinct values, with no frame made).
+    """
+    table = _FrameColumns(flows) if isinstance(flows, pd.DataFrame) else flows
+    # Each text column as codes into its distinct values: the rules below run once per distinct
+    # value, then spread to the flows by code (a capture has far fewer values than flows).
+    capture_values, (capture,) = table.coded("capture")
+    ip_values, (client_ip, server_ip) = table.coded("client_ip", "server_ip")
+    app_values, (app,) = table.coded("app_protocol")
+    name_values, (server_name,) = table.coded("server_name")
+    service_values, (service,) = table.coded("service")
+    role_values, (role,) = table.coded("role")
+    evidence_values, (evidence,) = table.coded("evidence")
+    client_port = table.ints("client_port")
+    server_port = table.ints("server_port")
+
+    p2p_evidence = _of_values(evidence_values, lambda e: "p2p-stun" in e or "zoom-p2p" in e)[evidence]
+    identified = _of_values(evidence_values, server_identified)[evidence]
+    named = _of_values(service_values, lambda s: s not in ("", "webrtc"))[service]
+    webrtc = _of_values(service_values, lambda s: s == "webrtc")[service]
     named_server = named & identified & ~p2p_evidence
-    initiated = np.isin(app, list(CLIENT_APP_PROTOCOLS)) | (server_name != "") | named_server
-    # (capture, address) pairs as integers: client pairs first, server pairs after.
-    pairs = _pair_codes(np.concatenate([captures, captures]), np.concatenate([client_ip, server_ip]))
-    client_pair, server_pair = pairs[: len(captures)], pairs[len(captures) :]
+    unnamed = _of_values(name_values, lambda name: name == "")[server_name]
+    initiated = _of_values(app_values, lambda a: a in CLIENT_APP_PROTOCOLS)[app] | ~unnamed | named_server
+    # (capture, address) pairs as integers; equal pairs, equal integers.
+    n_ips = np.int64(max(ip_values.size, 1))
+    client_pair = capture.astype(np.int64) * n_ips + client_ip
+    server_pair = capture.astype(np.int64) * n_ips + server_ip
     local_hosts = np.unique(client_pair[initiated])
     swapped = np.isin(server_pair, local_hosts) & ~np.isin(client_pair, local_hosts)
-    local_ip = np.where(swapped, server_ip, client_ip)
-    remote_ip = np.where(swapped, client_ip, server_ip)
+    del client_pair, server_pair, local_hosts
+    local_ip = ip_values[np.where(swapped, server_ip, client_ip)]
+    remote_code = np.where(swapped, client_ip, server_ip)
+    remote_ip = ip_values[remote_code]
     remote_port = np.where(swapped, client_port, server_port)
     # A DNS flow's server_name is the name looked up (name_source dns-query), not the resolver's.
-    looked_up = _text(flows, "name_source") == "dns-query"
-    destination = np.where(swapped | (server_name == "") | looked_up, remote_ip, server_name)
+    source_values, (name_source,) = table.coded("name_source")
+    looked_up = _of_values(source_values, lambda source: source == "dns-query")[name_source]
+    destination = np.where(swapped | unnamed | looked_up, remote_ip, name_values[server_name])
 
-    conferencing = kind == "conferencing"
-    transport = _text(flows, "transport")
-    media_payload = _per_distinct(evidence, _has_payload_evidence)
-    media_capable = (transport == "udp") | np.isin(app, list(MEDIA_APP_PROTOCOLS)) | media_payload
-    is_media = (conferencing & np.isin(role, list(MEDIA_ROLES)) & media_capable) | (service == "webrtc")
-    is_media |= conferencing & np.isin(app, list(MEDIA_APP_PROTOCOLS))
-    candidates = is_media & (service == "webrtc")
-    private_remote = np.zeros(len(flows), dtype=bool)
-    private_remote[candidates] = _per_distinct(remote_ip[candidates], _is_private)
-    peer = (role != "relay") & np.where(named, ~identified, private_remote)
+    kind_values, (kind,) = table.coded("kind")
+    conferencing = _of_values(kind_values, lambda k: k == "conferencing")[kind]
+    transport_values, (transport,) = table.coded("transport")
+    media_app = _of_values(app_values, lambda a: a in MEDIA_APP_PROTOCOLS)[app]
+    media_payload = _of_values(evidence_values, _has_payload_evidence)[evidence]
+    media_capable = _of_values(transport_values, lambda t: t == "udp")[transport] | media_app | media_payload
+    media_role = _of_values(role_values, lambda r: r in MEDIA_ROLES)[role]
+    is_media = (conferencing & media_role & media_capable) | webrtc
+    is_media |= conferencing & media_app
+    candidates = is_media & webrtc
+    private_ip = np.zeros(ip_values.size, dtype=bool)
+    checked = np.unique(remote_code[candidates])
+    private_ip[checked] = _of_values(ip_values[checked], _is_private)
+    private_remote = candidates & private_ip[remote_code]
+    relay = _of_values(role_values, lambda r: r == "relay")[role]
+    peer = ~relay & np.where(named, ~identified, private_remote)
     is_p2p = is_media & (p2p_evidence | peer)
-    confidence = _text(flows, "confidence")
+    confidence_values, (confidence,) = table.coded("confidence")
+    organisation_values, (organisation,) = table.coded("organisation")
+    category_values, (category,) = table.coded("category")
     columns = {
-        "capture": captures,
-        "flow_id": _ints(flows, "flow_id"),
+        "capture": capture_values[capture],
+        "flow_id": table.ints("flow_id"),
         "local_ip": local_ip,
         "remote_ip": remote_ip,
         "remote_port": remote_port.astype(np.int64),
         "swapped": swapped,
         "destination": destination,
-        "service": service,
-        "organisation": _text(flows, "organisation"),
-        "kind": kind,
-        "category": _text(flows, "category"),
-        "role": role,
-        "evidence": evidence,
-        "confidence_rank": _per_distinct(confidence, lambda c: CONFIDENCE_RANK.get(c, 0), np.int64),
+        "service": service_values[service],
+        "organisation": organisation_values[organisation],
+        "kind": kind_values[kind],
+        "category": category_values[category],
+        "role": role_values[role],
+        "evidence": evidence_values[evidence],
+        "confidence_rank": _of_values(confidence_values, lambda c: CONFIDENCE_RANK.get(c, 0), np.int64)[confidence],
         "is_media": is_media,
         "is_p2p": is_p2p,
     }
     # Text stays in object columns, uncopied (no conversion to pandas strings and back): the call
-    # stage reads them as numpy arrays.
-    frame = pd.DataFrame(
-        {name: values for name, values in columns.items() if values.dtype == object}, dtype=object, copy=False
+    # stage reads them as numpy arrays. Every column is its own block, none copied.
+    return pd.DataFrame(
+        {
+            name: pd.Series(values, dtype=object, copy=False) if values.dtype == object else values
+            for name, values in columns.items()
+        },
+        copy=False,
     )
-    for name, values in columns.items():
-        if values.dtype != object:
-            frame[name] = values
-    return frame[list(columns)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -486,20 +523,35 @@ class BucketSource:
         return not (key[1:] < key[:-1]).any()
 
     def _pieces(self):
-        """(rows, side, position) per range of flow ids, in order, known flows only."""
+        """(rows, side, position) per range of flow ids, in order, known flows only.
+
+        Only the piece handed out stays referenced while the caller works on it: a range's
+        other arrays are dropped before the next range is read (two ranges in memory at once
+        were the call stage's peak on long captures).
+        """
         offset = 0
         for a in self.activity:
             for rows in a.partitions():
-                flow = rows["flow_id"]
-                starts = np.flatnonzero(np.r_[True, flow[1:] != flow[:-1]])
-                found = self._index.rows(np.full(starts.size, a.capture, dtype=object), flow[starts])
-                side = np.repeat(found, np.diff(np.append(starts, flow.size)))
+                n = rows.shape[0]
+                side = self._sides_of(a.capture, rows["flow_id"])
                 known = np.flatnonzero(side >= 0)
-                if known.size == side.size:
-                    yield rows, side, np.arange(offset, offset + side.size, dtype=np.int64)
+                if known.size == n:
+                    piece = (rows, side, np.arange(offset, offset + n, dtype=np.int64))
                 elif known.size:
-                    yield rows[known], side[known], known + offset
-                offset += flow.size
+                    piece = (rows[known], side[known], known + offset)
+                else:
+                    piece = None
+                del rows, side, known
+                if piece is not None:
+                    yield piece
+                piece = None
+                offset += n
+
+    def _sides_of(self, capture: str, flow: np.ndarray) -> np.ndarray:
+        """The ``sides`` row of each bucket's flow (-1: unknown flow); ``flow`` sorted."""
+        starts = np.flatnonzero(np.r_[True, flow[1:] != flow[:-1]])
+        found = self._index.rows(np.full(starts.size, capture, dtype=object), flow[starts])
+        return np.repeat(found, np.diff(np.append(starts, flow.size)))
 
     def _ordered_pieces(self):
         if self._whole is None:
@@ -507,19 +559,27 @@ class BucketSource:
         elif self._whole[0] is not None:
             yield self._whole
 
-    def of_sides(self, wanted: np.ndarray) -> DirectedBuckets:
-        """The buckets of the flows whose ``sides`` row is True in ``wanted``."""
+    def of_sides(self, wanted: np.ndarray, fold=None) -> DirectedBuckets:
+        """The buckets of the flows whose ``sides`` row is True in ``wanted``; ``fold`` (e.g.
+        ``per_second``) is applied to each range's before they are joined (a range never
+        splits a flow, so folds that stay within a flow give the same rows)."""
         parts = []
-        for rows, side, position in self._ordered_pieces():
+        for piece in self._ordered_pieces():
+            rows, side, position = piece
+            piece = None
             keep = np.flatnonzero(wanted[side])
             if keep.size:
-                parts.append(_directed(rows[keep], side[keep], position[keep], self.swapped))
+                part = _directed(rows[keep], side[keep], position[keep], self.swapped)
+                parts.append(part if fold is None else fold(part))
+            del rows, side, position, keep  # before the next range is read
         return _concat_directed(parts)
 
     def chunks(self, max_rows: int = CHUNK_BUCKETS):
         """Every bucket as DirectedBuckets of at most about ``max_rows`` rows (a flow's buckets
         are never split over two chunks)."""
-        for rows, side, position in self._ordered_pieces():
+        for piece in self._ordered_pieces():
+            rows, side, position = piece
+            piece = None
             n = side.size
             lo = 0
             while lo < n:
@@ -530,6 +590,7 @@ class BucketSource:
                         hi = int(np.searchsorted(side, side[lo], side="right"))
                 yield _directed(rows[lo:hi], side[lo:hi], position[lo:hi], self.swapped)
                 lo = hi
+            del rows, side, position  # before the next range is read
 
     def all(self) -> DirectedBuckets:
         return _concat_directed(list(self.chunks(1 << 62)))
@@ -810,7 +871,7 @@ def _membership(calls: CallWindows, sides: pd.DataFrame) -> pd.DataFrame:
 
 
 def build_calls(
-    flows: pd.DataFrame | None,
+    flows: pd.DataFrame | FlowTable | None,
     activity: pd.DataFrame | None,
     rtp: pd.DataFrame | None,
     rtcp: pd.DataFrame | None,
@@ -819,7 +880,8 @@ def build_calls(
 ) -> CallTables:
     """Calls, their media streams and the destinations during each call (module docstring rule).
 
-    flows     ``schema.FLOW_COLUMNS`` with the classifier's verdicts (all captures of the run)
+    flows     ``schema.FLOW_COLUMNS`` with the classifier's verdicts (all captures of the run), as
+              a DataFrame or a ``summarize.FlowTable``
     activity  ``collect.ActivityBuckets`` per capture, or a ``schema.ACTIVITY_COLUMNS`` frame
     rtp       the RTP collector's stream segments (``schema.RTP_SEGMENT_COLUMNS``, cut at silences
               of at most ``options.max_gap_s``) or per-packet ``schema.RTP_COLUMNS`` rows; streams
@@ -828,7 +890,8 @@ def build_calls(
               flow_id, from_client, ts_ns, payload) of those flows (may be None)
     merge     treat all captures as one timeline (capture "merged" in sessions/destinations/media)
     """
-    flows = _normalise(flows, FLOW_COLUMNS)
+    if flows is None or isinstance(flows, pd.DataFrame):
+        flows = _normalise(flows, FLOW_COLUMNS)
     if activity is None:
         activity = []
     rtp = _normalise(rtp, RTP_COLUMNS)
@@ -836,7 +899,7 @@ def build_calls(
     source = bucket_source(activity, sides)
     # A caller's temporaries are freed here: the buckets now live in ``source``.
     del flows, activity
-    media_buckets = per_second(source.of_sides(sides["is_media"].to_numpy(dtype=bool)))
+    media_buckets = source.of_sides(sides["is_media"].to_numpy(dtype=bool), fold=per_second)
     calls = call_windows(media_buckets, sides, merge, options)
     del media_buckets
     windows = calls.windows

@@ -144,7 +144,8 @@ class PartitionedRecords:
 
 #: Items a ``SpilledItems`` keeps in memory before it writes them to its file.
 DEFAULT_LIMIT_ITEMS = 4096
-_LENGTH = struct.Struct("<Q")
+#: A pickled block in a ``SpilledItems`` file: its size in bytes and its number of items.
+_BLOCK_HEADER = struct.Struct("<QQ")
 
 
 def _cannot_write(e: OSError) -> InspectorError:
@@ -163,7 +164,9 @@ def _temporary_file():
 class SpilledItems:
     """Picklable items (plain tuples of str and int pickle fast) appended one by one: the newest
     ``limit_items`` in memory, older ones written to a temporary file in pickled blocks.
-    ``take_all`` returns them all, in the order appended."""
+    ``take_all`` returns them all, in the order appended; ``take_blocks`` one block at a time.
+    ``take_pickled_blocks`` and ``append_pickled`` move them to another store (a parallel
+    worker's to the reading process's) as the pickled blocks they already are."""
 
     def __init__(self, limit_items: int | None = None) -> None:
         self.limit_items = DEFAULT_LIMIT_ITEMS if limit_items is None else limit_items
@@ -179,31 +182,81 @@ class SpilledItems:
         if len(self._items) > self.limit_items:
             self._write()
 
+    def append_pickled(self, count: int, blob: bytes) -> None:
+        """Append ``count`` items given as one pickled list (a block of ``take_pickled_blocks``),
+        after every item appended before: kept in memory while the store stays within
+        ``limit_items``, else written to the file as they are (never unpickled)."""
+        if len(self._items) + count <= self.limit_items:
+            self._items.extend(pickle.loads(blob))
+            return
+        if self._items:
+            self._write()
+        self._write_blob(count, blob)
+
     def _write(self) -> None:
-        blob = pickle.dumps(self._items, protocol=pickle.HIGHEST_PROTOCOL)
+        self._write_blob(len(self._items), pickle.dumps(self._items, protocol=pickle.HIGHEST_PROTOCOL))
+        self._items = []
+
+    def _write_blob(self, count: int, blob: bytes) -> None:
         if self._file is None:
             self._file = _temporary_file()
         try:
-            self._file.write(_LENGTH.pack(len(blob)) + blob)
+            self._file.write(_BLOCK_HEADER.pack(len(blob), count))
+            self._file.write(blob)
         except OSError as e:
             raise _cannot_write(e) from e
-        self.spilled += len(self._items)
-        self._items = []
+        self.spilled += count
 
     def take_all(self) -> list:
         """Every item, the store emptied."""
         out: list = []
-        if self._file is not None:
-            self._file.flush()
-            self._file.seek(0)
-            while header := self._file.read(_LENGTH.size):
-                (size,) = _LENGTH.unpack(header)
-                out.extend(pickle.loads(self._file.read(size)))
-            self._file.close()
-            self._file = None
-        out.extend(self._items)
-        self._items, self.spilled = [], 0
+        for block in self.take_blocks():
+            out.extend(block)
         return out
+
+    def take_blocks(self):
+        """Every item, in the order appended, as lists: the file's blocks, then the items held in
+        memory. The store is emptied now; the file is read one block as each list is asked for,
+        so a caller that handles a list before taking the next never holds every item."""
+        file, held = self._detach()
+        return _blocks(file, held)
+
+    def take_pickled_blocks(self):
+        """``take_blocks`` as (number of items, pickled list): the file's blocks as written, the
+        items held in memory pickled last (at most ``limit_items + 1`` items a block)."""
+        file, held = self._detach()
+        return _pickled_blocks(file, held)
+
+    def _detach(self) -> tuple:
+        file, held = self._file, self._items
+        self._file, self._items, self.spilled = None, [], 0
+        return file, held
+
+
+def _file_blocks(file):
+    if file is None:
+        return
+    file.flush()
+    file.seek(0)
+    try:
+        while header := file.read(_BLOCK_HEADER.size):
+            size, count = _BLOCK_HEADER.unpack(header)
+            yield count, file.read(size)
+    finally:
+        file.close()
+
+
+def _blocks(file, held: list):
+    for _, blob in _file_blocks(file):
+        yield pickle.loads(blob)
+    if held:
+        yield held
+
+
+def _pickled_blocks(file, held: list):
+    yield from _file_blocks(file)
+    if held:
+        yield len(held), pickle.dumps(held, protocol=pickle.HIGHEST_PROTOCOL)
 
 
 __all__ = [

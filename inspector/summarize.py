@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 import socket
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -16,7 +16,7 @@ from pandas.api.extensions import ExtensionArray
 
 from inspector.decode import TUNNEL_NAMES
 from inspector.flows import Flow
-from inspector.schema import FLOW_COLUMNS
+from inspector.schema import FLOW_COLUMNS, empty_frame
 
 #: The flows.csv columns later stages fill (naming, classification, the call stage).
 LABEL_NAMES = (
@@ -74,23 +74,6 @@ def flow_endpoints(f: Flow) -> tuple[str, str]:
     return text(f.ip_version, f.client_hi, f.client_lo), text(f.ip_version, f.server_hi, f.server_lo)
 
 
-def _address_columns(records: np.ndarray) -> tuple[ExtensionArray, ExtensionArray]:
-    """(client, server) address "string" arrays of the records.
-
-    Each distinct (version, hi, lo) address of either side is formatted once and converted to
-    Arrow text once; the two columns are then one ``take`` each over those texts, so no
-    per-flow Python string or object array exists (a capture has far fewer addresses than flows).
-    """
-    n = records.shape[0]
-    version = np.concatenate([records["ip_version"], records["ip_version"]])
-    hi = np.concatenate([records["client_hi"], records["server_hi"]])
-    lo = np.concatenate([records["client_lo"], records["server_lo"]])
-    distinct_at, inverse = _distinct_rows(version, hi, lo)
-    texts = [address_text(v, h, l) for v, h, l in zip(*(c[distinct_at].tolist() for c in (version, hi, lo)))]
-    del version, hi, lo  # the keys' temporaries go before the text columns are made
-    return _strings(texts, inverse[:n]), _strings(texts, inverse[n:])
-
-
 def _distinct_rows(*columns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(a row of each distinct key, each row's distinct-key number) of equal-length key columns.
 
@@ -126,45 +109,251 @@ def flows_frame(capture: str, records: np.ndarray, labels: Mapping[str, Sequence
 
     ``records``: ``flowstore.RECORD_DTYPE`` rows in flow-id order. ``labels``: per label column
     (``labels.LABEL_COLUMNS``), the value of each label code (``LabelBook.columns()``); without
-    it, or for a column it lacks, the column stays empty. Text is converted once per distinct
-    value (addresses, transports, labels), never once per flow.
-
-    Memory: every column is made once, in its final dtype, and the frame is assembled from them
-    without a copy (``copy=False``: pandas then neither copies nor consolidates the columns into
-    2-D blocks, and no ``astype`` pass is needed), so the build costs the table plus a few
-    per-flow integer temporaries (5x benchmark, 247 k flows, Arrow on malloc: peak +117 MiB before,
-    +93 MiB now, for a table of 80 MiB).
+    it, or for a column it lacks, the column stays empty. ``FlowTable`` (below) holds the same
+    table in compact form and makes this frame, whole or in row slices.
     """
-    n = records.shape[0]
-    codes = records["label"].astype(np.intp)
-    if labels is not None and n and int(codes.min()) < 0:
-        raise ValueError(f"{capture}: {int((codes < 0).sum())} flows have no label")
-    client_ip, server_ip = _address_columns(records)
-    columns: dict[str, object] = {}
-    for name, dtype, _ in FLOW_COLUMNS:
+    return CaptureFlows(capture, records, labels).frame_of(0, records.shape[0])
+
+
+class CaptureFlows:
+    """One capture's flows table in compact form: records plus codes into distinct texts.
+
+    As a pandas frame the flows table costs ~330 bytes a flow (15 text columns of Arrow strings,
+    offsets included); held here it costs the 101-byte record, two 4-byte address codes and,
+    once the call stage has run, a session code (``FlowTable`` docstring). Each distinct address
+    and label value is formatted and converted to Arrow text once; a frame of any row slice is
+    then one ``take`` per text column, so no per-flow Python string or object array exists.
+    """
+
+    __slots__ = (
+        "capture", "records", "labels", "_address_values", "_address_text", "_client_address",
+        "_server_address", "_label_text", "_session_values", "_session_codes",
+    )  # fmt: skip
+
+    def __init__(self, capture: str, records: np.ndarray, labels: Mapping[str, Sequence[str]] | None = None) -> None:
+        n = records.shape[0]
+        if labels is not None and n and int(records["label"].min()) < 0:
+            raise ValueError(f"{capture}: {int((records['label'] < 0).sum())} flows have no label")
+        self.capture = capture
+        self.records = records
+        self.labels = labels
+        # Both sides' addresses in one distinct table, so a client and a server code compare.
+        version = np.concatenate([records["ip_version"], records["ip_version"]])
+        hi = np.concatenate([records["client_hi"], records["server_hi"]])
+        lo = np.concatenate([records["client_lo"], records["server_lo"]])
+        distinct_at, inverse = _distinct_rows(version, hi, lo)
+        texts = [address_text(v, h, l) for v, h, l in zip(*(c[distinct_at].tolist() for c in (version, hi, lo)))]
+        del version, hi, lo
+        self._address_values = np.asarray(texts, dtype=object)
+        self._address_text = pd.array(self._address_values, dtype="string")
+        self._client_address = inverse[:n].astype(np.int32)
+        self._server_address = inverse[n:].astype(np.int32)
+        self._label_text: dict[str, ExtensionArray] = {}
+        self._session_values: np.ndarray | None = None
+        self._session_codes: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return self.records.shape[0]
+
+    def _label_values(self, name: str) -> np.ndarray | None:
+        """The value of each label code for ``name`` (None: the column stays empty)."""
+        if name == "session_id":
+            return self._session_values
+        values = self.labels.get(name) if self.labels is not None else None
+        return None if values is None else np.asarray(values, dtype=object)
+
+    def _label_codes(self, name: str) -> np.ndarray:
+        return self._session_codes if name == "session_id" else self.records["label"]
+
+    def set_session_ids(self, values: np.ndarray, codes: np.ndarray) -> None:
+        """Each flow's ``session_id``: ``values[codes]`` (``FlowTable.set_session_ids``)."""
+        self._session_values, self._session_codes = values, codes
+        self._label_text.pop("session_id", None)
+
+    def frame_of(self, start: int, stop: int) -> pd.DataFrame:
+        """Rows ``start:stop`` as a frame of ``schema.FLOW_COLUMNS``.
+
+        Memory: every column is made once, in its final dtype, and the frame is assembled from
+        them without a copy (``copy=False``: pandas then neither copies nor consolidates the
+        columns into 2-D blocks, and no ``astype`` pass is needed).
+        """
+        records = self.records[start:stop]
+        n = records.shape[0]
+        columns: dict[str, object] = {}
+        for name, dtype, _ in FLOW_COLUMNS:
+            if name == "capture":
+                columns[name] = _repeated(self.capture, n)
+            elif name == "transport":
+                protocols, protocol_codes = np.unique(records["proto"], return_inverse=True)
+                columns[name] = _strings([transport_name(int(p)) for p in protocols], protocol_codes.reshape(-1))
+            elif name == "client_ip":
+                columns[name] = self._address_text.take(self._client_address[start:stop].astype(np.intp))
+            elif name == "server_ip":
+                columns[name] = self._address_text.take(self._server_address[start:stop].astype(np.intp))
+            elif name == "tunnel":
+                tunnels, tunnel_codes = np.unique(records["tunnel"], return_inverse=True)
+                names = [TUNNEL_NAMES[t] if t < len(TUNNEL_NAMES) else str(t) for t in tunnels.tolist()]
+                columns[name] = _strings(names, tunnel_codes.reshape(-1))
+            elif name == "first_seen":
+                columns[name] = _timestamps(records["first_seen_ns"])
+            elif name == "last_seen":
+                columns[name] = _timestamps(records["last_seen_ns"])
+            elif name == "duration_s":
+                duration_ns = records["last_seen_ns"].astype(np.int64) - records["first_seen_ns"]
+                columns[name] = duration_ns / 1e9
+            elif name in LABEL_NAMES:
+                columns[name] = self._label_column(name, start, stop)
+            else:
+                columns[name] = records[name].astype(dtype)
+        return pd.DataFrame(columns, copy=False)
+
+    def _label_column(self, name: str, start: int, stop: int) -> ExtensionArray:
+        values = self._label_values(name)
+        if values is None:
+            return _repeated("", stop - start)
+        text = self._label_text.get(name)
+        if text is None:
+            text = self._label_text[name] = pd.array(values, dtype="string")
+        return text.take(self._label_codes(name)[start:stop].astype(np.intp))
+
+    def coded(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """A text column as (values, codes): ``values[codes]`` is the column, "" for missing.
+
+        Both address columns index one table of this capture's distinct addresses. ``values``
+        may hold a value twice (``FlowTable.coded`` makes codes compare as values do).
+        """
+        n = len(self)
         if name == "capture":
-            columns[name] = _repeated(capture, n)
-        elif name == "transport":
-            protocols, protocol_codes = np.unique(records["proto"], return_inverse=True)
-            columns[name] = _strings([transport_name(int(p)) for p in protocols], protocol_codes.reshape(-1))
-        elif name == "client_ip":
-            columns[name] = client_ip
-        elif name == "server_ip":
-            columns[name] = server_ip
-        elif name == "tunnel":
-            tunnels, tunnel_codes = np.unique(records["tunnel"], return_inverse=True)
-            names = [TUNNEL_NAMES[t] if t < len(TUNNEL_NAMES) else str(t) for t in tunnels.tolist()]
-            columns[name] = _strings(names, tunnel_codes.reshape(-1))
-        elif name == "first_seen":
-            columns[name] = _timestamps(records["first_seen_ns"])
-        elif name == "last_seen":
-            columns[name] = _timestamps(records["last_seen_ns"])
-        elif name == "duration_s":
-            duration_ns = records["last_seen_ns"].astype(np.int64) - records["first_seen_ns"]
-            columns[name] = duration_ns / 1e9
-        elif name in LABEL_NAMES:
-            values = labels.get(name) if labels is not None else None
-            columns[name] = _repeated("", n) if values is None else _strings(values, codes)
-        else:
-            columns[name] = records[name].astype(dtype)
-    return pd.DataFrame(columns, copy=False)
+            return np.array([self.capture], dtype=object), np.zeros(n, dtype=np.intp)
+        if name in ("client_ip", "server_ip"):
+            codes = self._client_address if name == "client_ip" else self._server_address
+            return self._address_values, codes.astype(np.intp)
+        if name in ("transport", "tunnel"):
+            column = "proto" if name == "transport" else "tunnel"
+            distinct, codes = np.unique(self.records[column], return_inverse=True)
+            if name == "transport":
+                names = [transport_name(int(p)) for p in distinct.tolist()]
+            else:
+                names = [TUNNEL_NAMES[t] if t < len(TUNNEL_NAMES) else str(t) for t in distinct.tolist()]
+            return np.asarray(names, dtype=object), codes.reshape(-1).astype(np.intp)
+        values = self._label_values(name) if name in LABEL_NAMES else None
+        if values is None:
+            return np.array([""], dtype=object), np.zeros(n, dtype=np.intp)
+        values = np.array(["" if v is None or v is pd.NA else str(v) for v in values.tolist()], dtype=object)
+        return values, self._label_codes(name).astype(np.intp)
+
+
+#: Rows per frame ``FlowTable.chunks`` yields by default.
+CHUNK_ROWS = 16384
+
+
+class FlowTable:
+    """The run's flows table (every capture's ``CaptureFlows``, in run order), made into
+    DataFrames only on demand.
+
+    ``frame()`` is the whole table (the API's ``Analysis.flows``); ``chunks()`` gives it in row
+    slices of the same columns and dtypes, so the command writes flows.csv holding one slice at
+    a time; ``text``/``ints`` give the call stage (``sessions.flow_sides``) numpy columns without
+    a frame; ``largest`` the flows with the most bytes. On the 5x benchmark capture (247 k
+    flows) the compact table is ~30 MB, the frame ~80 MB plus its build.
+    """
+
+    def __init__(self, parts: Sequence[CaptureFlows] = ()) -> None:
+        self.parts = list(parts)
+
+    def __len__(self) -> int:
+        return sum(len(p) for p in self.parts)
+
+    def frame(self) -> pd.DataFrame:
+        """Every row, one frame (built column by column: each part's column dropped once copied)."""
+        if not self.parts:
+            return empty_frame(FLOW_COLUMNS)
+        frames = [p.frame_of(0, len(p)) for p in self.parts]
+        if len(frames) == 1:
+            return frames[0]
+        columns = {}
+        for name in frames[0].columns:
+            columns[name] = pd.concat([f[name] for f in frames], ignore_index=True).array
+            for f in frames:
+                del f[name]
+        return pd.DataFrame(columns, copy=False)
+
+    def chunks(self, rows: int = CHUNK_ROWS) -> Iterator[pd.DataFrame]:
+        """The table in consecutive frames of at most ``rows`` rows, in table order; one empty
+        frame for an empty table (so a header is still written)."""
+        yielded = False
+        for part in self.parts:
+            for start in range(0, len(part), rows):
+                yield part.frame_of(start, min(start + rows, len(part)))
+                yielded = True
+        if not yielded:
+            yield self.parts[0].frame_of(0, 0) if self.parts else empty_frame(FLOW_COLUMNS)
+
+    def coded(self, *names: str) -> tuple[np.ndarray, list[np.ndarray]]:
+        """Text columns as (distinct values, int32 codes per column), over every capture, in one
+        code space: two rows of any of the columns hold the same text exactly when their codes
+        are equal. No per-flow string is made; ``values[codes]`` shares one str per value."""
+        tables, codes, offset = [], [[] for _ in names], 0
+        for part in self.parts:
+            for k, name in enumerate(names):
+                values, part_codes = part.coded(name)
+                tables.append(values)
+                codes[k].append(part_codes + offset)
+                offset += values.size
+        if not tables:
+            return np.zeros(0, dtype=object), [np.zeros(0, dtype=np.intp) for _ in names]
+        distinct_codes, distinct = pd.factorize(np.concatenate(tables))
+        distinct_codes = distinct_codes.astype(np.int32)  # half the memory of intp per flow
+        return np.asarray(distinct, dtype=object), [distinct_codes[np.concatenate(c)] for c in codes]
+
+    def text(self, name: str) -> np.ndarray:
+        """A text column as an object array of str ("" for missing); rows with equal values
+        share one str object."""
+        values, (codes,) = self.coded(name)
+        return values[codes]
+
+    def ints(self, name: str) -> np.ndarray:
+        """A record column (flow_id, ports, counters ...) as int64 over every capture."""
+        parts = [p.records[name].astype(np.int64) for p in self.parts]
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+    def largest(self, n: int) -> pd.DataFrame:
+        """The ``n`` flows with the most bytes both ways, most first (ties in table order, as
+        ``DataFrame.nlargest`` keeps them), as a frame with the table's columns."""
+        total = self.ints("client_to_server_bytes") + self.ints("server_to_client_bytes")
+        chosen = np.argsort(-total, kind="stable")[:n]
+        bounds = np.cumsum([0] + [len(p) for p in self.parts])
+        rows = []
+        for row in chosen.tolist():
+            k = int(np.searchsorted(bounds, row, side="right")) - 1
+            start = row - int(bounds[k])
+            rows.append(self.parts[k].frame_of(start, start + 1))
+        if not rows:
+            return next(self.chunks()).iloc[0:0]
+        return pd.concat(rows, ignore_index=True)
+
+    def set_session_ids(self, flow_session: pd.DataFrame) -> None:
+        """Fill ``session_id`` from ``flow_session`` (capture, flow_id, session_id: the media
+        flows of calls, a small part of all flows); flows in no call get "".
+
+        Looked up per capture with a binary search of the sorted flow ids; each flow keeps a
+        code into the session texts, not a string.
+        """
+        session_texts = flow_session["session_id"].to_numpy(dtype=object)
+        values = np.append(session_texts, "")
+        no_session = session_texts.size  # the code of "" (appended after the session texts)
+        session_flow_ids = flow_session["flow_id"].to_numpy(dtype=np.int64)
+        by_capture = flow_session.groupby("capture", sort=False).indices
+        for part in self.parts:
+            flow_ids = part.records["flow_id"].astype(np.int64)
+            codes = np.full(flow_ids.size, no_session, dtype=np.int32)
+            rows = by_capture.get(part.capture)
+            if rows is not None:
+                rows = rows[np.argsort(session_flow_ids[rows], kind="stable")]
+                ids = session_flow_ids[rows]
+                if ids.size > 1 and (ids[1:] == ids[:-1]).any():
+                    raise ValueError(f"{part.capture}: a flow appears twice in the flows' session table")
+                at = np.minimum(np.searchsorted(ids, flow_ids), ids.size - 1)
+                found = ids[at] == flow_ids
+                codes[found] = rows[at[found]]
+            part.set_session_ids(values, codes)

@@ -2,10 +2,24 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pandas as pd
 
-from inspector.destinations import grouped_searchsorted, string_ranks, window_flows, windows_containing
+import inspector.destinations as destinations_module
+from inspector.destinations import (
+    GROUP_FIELDS,
+    WindowIndex,
+    _flow_slices,
+    _fold_groups,
+    _GroupFolder,
+    destinations_table,
+    grouped_searchsorted,
+    string_ranks,
+    window_flows,
+    windows_containing,
+)
 from inspector.schema import DESTINATION_COLUMNS
 from inspector.sessions import build_calls, directed_activity, flow_sides
 from tests.test_sessions import ME, SECOND, T0, ZOOM_MMR, activity_frame, assert_schema, buckets, flows_frame
@@ -228,6 +242,18 @@ def test_windows_containing_matches_brute_force():
         assert pairs(points, windows) == expected
 
 
+def test_window_index_built_once_answers_every_slice_of_points_alike():
+    rng = np.random.default_rng(12)
+    keys, starts = rng.integers(-1, 3, 8), rng.integers(0, 50, 8)
+    index = WindowIndex(keys, starts, starts + rng.integers(0, 20, 8))
+    point_keys, point_ns = rng.integers(0, 3, 60), rng.integers(-2, 75, 60)
+    whole = index.containing(point_keys, point_ns)
+    sliced = [index.containing(point_keys[lo:hi], point_ns[lo:hi]) for lo, hi in ((0, 7), (7, 8), (8, 60))]
+    assert np.array_equal(np.concatenate([p + lo for (p, _), lo in zip(sliced, (0, 7, 8))]), whole[0])
+    assert np.array_equal(np.concatenate([w for _, w in sliced]), whole[1])
+    assert [a.size for a in index.containing([], [])] == [0, 0]
+
+
 def test_flow_active_across_two_calls_counts_in_each_and_outside_between():
     # Zoom media 0-10 s and 80-90 s (two calls); a telemetry flow sending one beacon per 10 s
     # from 0 to 90 s: two beacons in each call (0 and 10 s; 80 and 90 s; the one at 0 s exactly
@@ -282,3 +308,85 @@ def test_window_flows_rows_per_call_then_outside_in_order_of_first_bucket():
     assert list(frame["sent_bytes"]) == [21 * 1000, 50, 300, 70]
     assert list(frame["out_capture"]) == ["a.pcap"] * 4
     assert list(frame["first_ns"] - T0) == [10 * MS, 10 * MS, 5010 * MS, 10 * MS]
+
+
+# -- memory-lean counting: chunks, slices and group folding (destinations_table) ----------------
+
+
+def tie_case(first_service="zoom", second_service=""):
+    """One call (flow 1, Zoom media 0-2 s) and, during it, flows 2-5 to log.zoom.us from this
+    machine: 2 and 3 with the same bytes but different services (two groups that tie on every
+    sort column); 4 and 5 in one group (service "google-analytics"), equal confidence and bytes,
+    so the strongest is the one whose first bucket comes first (flow 4); then an outside beacon."""
+    services = {2: first_service, 3: second_service, 4: "google-analytics", 5: "google-analytics"}
+    flows = [{"flow_id": 1}] + [
+        {"flow_id": flow_id, "client_port": 50000 + flow_id, **TELEMETRY, "service": service,
+         "evidence": f"sni:log.zoom.us;flow:{flow_id}"}
+        for flow_id, service in services.items()
+    ]  # fmt: skip
+    activity = buckets(1, 0, 2) + [
+        bucket(flow_id, T0 + SECOND, T0 + 1010 * MS, T0 + 1020 * MS, (1, 100), (1, 10)) for flow_id in (2, 3, 4, 5)
+    ] + [bucket(5, T0 + 50 * SECOND, T0 + 50010 * MS, T0 + 50020 * MS, (2, 200), (1, 10))]  # fmt: skip
+    sides = flow_sides(flows_frame(flows))
+    directed = directed_activity(activity_frame(activity), sides)
+    windows = pd.DataFrame({"capture": ["a.pcap"], "session_id": ["s1"], "client_ip": [ME],
+                            "start_ns": [T0 + 10 * MS], "end_ns": [T0 + 2090 * MS]})  # fmt: skip
+    return directed, sides, windows
+
+
+def test_groups_tied_on_every_sort_column_come_in_order_of_their_first_flow():
+    for first, second in (("zoom", ""), ("", "zoom")):
+        d = destinations_table(*tie_case(first, second), merge=False)
+        telemetry = d[(d["session_id"] == "s1") & (d["bytes_sent"] == 100)]
+        assert list(telemetry["service"]) == [first, second]
+
+
+def test_strongest_flow_ties_go_to_the_flow_whose_first_bucket_comes_first():
+    d = destinations_table(*tie_case(), merge=False)
+    both = d[(d["session_id"] == "s1") & (d["service"] == "google-analytics")].iloc[0]
+    assert (both["flows"], both["bytes_sent"], both["evidence"]) == (2, 200, "sni:log.zoom.us;flow:4")
+    outside = d[d["session_id"] == ""].iloc[0]
+    assert (outside["flows"], outside["evidence"]) == (1, "sni:log.zoom.us;flow:5")
+
+
+def test_destinations_do_not_depend_on_chunks_or_slices(monkeypatch):
+    directed, sides, windows = tie_case()
+    whole = destinations_table(directed, sides, windows, merge=False)
+    one_flow_per_chunk = [directed.take(piece) for piece in np.split(
+        np.arange(directed.side.size), np.flatnonzero(np.diff(directed.side)) + 1)]  # fmt: skip
+    pd.testing.assert_frame_equal(destinations_table(iter(one_flow_per_chunk), sides, windows, False), whole)
+    for slice_rows in (1, 2, 5):
+        monkeypatch.setattr(destinations_module, "SLICE_BUCKETS", slice_rows)
+        pd.testing.assert_frame_equal(destinations_table(directed, sides, windows, False), whole)
+
+
+def test_flow_slices_never_split_a_flow_and_cover_every_row():
+    directed, _, _ = tie_case()
+    side = directed.side  # flow 1 has 21 buckets, the others 1 or 2
+    for max_rows in (1, 3, 21, 22, 1000):
+        pieces = [piece.side for piece in _flow_slices(directed, max_rows)]
+        assert np.array_equal(np.concatenate(pieces), side)
+        assert all(p[0] != q[-1] for p, q in zip(pieces[1:], pieces[:-1]))  # no flow on both sides of a cut
+        assert all(p.size <= max_rows or (p == p[0]).all() for p in pieces)  # bigger only for one whole flow
+
+
+def test_group_folder_folds_parts_in_any_split_as_at_once():
+    rng = np.random.default_rng(7)
+    n = 500
+    parts = {name: rng.integers(0, 1000, n) for name in GROUP_FIELDS}
+    parts["key"] = rng.integers(0, 40, n)
+    parts["strongest_rank"] = rng.integers(0, 3, n)
+    parts["strongest_bytes"] = rng.integers(0, 5, n)  # many ties: decided by strongest_position
+    parts["strongest_position"] = rng.permutation(n)
+    pairs = np.stack([parts["key"], rng.integers(0, 7, n)])
+    at_once = _fold_groups([{name: values.copy() for name, values in parts.items()}])
+    folder = _GroupFolder()
+    for lo, hi in itertools.pairwise([0, 3, 4, 60, 61, 200, 350, n]):
+        folder.add({name: values[lo:hi].copy() for name, values in parts.items()}, pairs[:, lo:hi])
+    folded, folded_pairs = folder.result()
+    for name in GROUP_FIELDS:
+        assert np.array_equal(folded[name], at_once[name]), name
+    assert np.array_equal(folded["key"], np.unique(parts["key"]))
+    assert folded["flows"].sum() == parts["flows"].sum()
+    expected_pairs = sorted(set(zip(pairs[0].tolist(), pairs[1].tolist())))
+    assert list(zip(*folded_pairs.tolist())) == expected_pairs

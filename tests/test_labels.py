@@ -65,3 +65,28 @@ def test_labels_as_flows_end_equal_classify_all_over_every_flow(ndpi_dir, signat
     got = [labeller.book.rows[codes[flow_id]] for flow_id in records["flow_id"].tolist()]
     assert got == expected
     assert any("p2p-stun" in row[LABEL_COLUMNS.index("evidence")] for row in got)
+
+
+def test_resolve_builds_facts_equal_to_facts_from_row_and_sorts_by_flow_id(signatures):
+    from inspector.facts import facts_from_row, facts_to_row
+    from inspector.labels import _deferred_facts_by_flow_id
+
+    stun = FlowFacts(
+        "udp", "10.0.0.2", 50001, "170.114.9.9", 3478, "stun", detectors=(DetectorHit("stun", "zoom", "realm", 3),),
+        attributes=(("stun_username", "a:b"),), first_seen_ns=5, last_seen_ns=9,
+    )  # fmt: skip
+    media = FlowFacts("udp", "10.0.0.2", 50001, "10.9.9.9", 61000, "rtp", detectors=(DetectorHit("rtp", packets=9),))
+    blocks = [[(7, facts_to_row(media)), (3, facts_to_row(stun))], [(5, facts_to_row(media))]]
+    ids, facts = _deferred_facts_by_flow_id(iter(blocks))
+    assert ids.tolist() == [3, 5, 7]
+    assert facts == [facts_from_row(facts_to_row(f)) for f in (stun, media, media)]
+    assert facts[1].detectors is facts[2].detectors and facts[0].client_ip is facts[1].client_ip
+    labeller = FlowLabeller(signatures)
+    for block in blocks:
+        for flow_id, row in block:
+            labeller.defer_row(flow_id, row)
+    ids, codes = labeller.resolve()
+    expected = classify_all([stun, media, media], signatures)
+    assert ids.tolist() == [3, 5, 7]
+    assert [labeller.book.rows[c] for c in codes.tolist()] == [label_row(f, v) for f, v in zip(facts, expected)]
+    assert _deferred_facts_by_flow_id(iter([]))[0].dtype.kind == "i"

@@ -65,3 +65,27 @@ def test_a_dead_worker_fails_the_run_instead_of_hanging(ndpi_dir, monkeypatch):
     monkeypatch.setattr(parallel, "_dissect_worker", lambda *args: os._exit(3))
     with pytest.raises(InspectorError, match="dissect worker stopped"):
         parallel.process_capture_parallel(ndpi_dir / "teams.pcap", AnalyzeOptions(workers=2), 2, load_signatures(()))
+
+
+def test_deferred_flows_come_back_from_workers_in_blocks(ndpi_dir, monkeypatch):
+    """More deferred (cross-flow) flows per worker than one message holds, and more than the
+    reading process's labeller keeps in memory: the labels equal one process's."""
+    from inspector import labels, parallel, spill
+
+    path = ndpi_dir / "telegram_videocall.pcapng"
+    one = inspector.analyze([path], AnalyzeOptions(workers=1))
+    monkeypatch.setattr(parallel, "DEFERRED_BLOCK_ROWS", 2)
+    monkeypatch.setattr(spill, "DEFAULT_LIMIT_ITEMS", 3)
+    blocks: list[int] = []
+    defer_pickled_rows = labels.FlowLabeller.defer_pickled_rows
+
+    def counting(self, count, blob):
+        blocks.append(count)
+        defer_pickled_rows(self, count, blob)
+
+    monkeypatch.setattr(labels.FlowLabeller, "defer_pickled_rows", counting)
+    many = inspector.analyze([path], AnalyzeOptions(workers=2))
+    assert max(blocks) <= 2 and len(blocks) > 2 * 2 and sum(blocks) > 2 * 3
+    for table in TABLES:
+        pd.testing.assert_frame_equal(getattr(one, table), getattr(many, table), obj=table)
+

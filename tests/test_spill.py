@@ -112,3 +112,37 @@ def test_deferred_facts_wait_on_disk_and_resolve_the_same(ndpi_dir, monkeypatch)
     import pandas as pd
 
     pd.testing.assert_frame_equal(frames[0], frames[1])
+
+
+def test_items_come_back_block_by_block_and_move_between_stores_still_pickled():
+    from inspector.spill import SpilledItems
+
+    store = SpilledItems(limit_items=10)
+    items = [(i, ("udp", str(i))) for i in range(95)]
+    for item in items:
+        store.append(item)
+    blocks = store.take_blocks()
+    assert len(store) == 0 and store.take_all() == []  # emptied when asked, before reading
+    got = list(blocks)
+    assert [len(block) for block in got] == [11] * 8 + [7]
+    assert [item for block in got for item in block] == items
+    for item in items:
+        store.append(item)
+    other = SpilledItems(limit_items=20)
+    other.append("first")
+    sizes = []
+    for count, blob in store.take_pickled_blocks():
+        sizes.append(count)
+        other.append_pickled(count, blob)
+    assert sizes == [11] * 8 + [7] and len(other) == 96 and len(store) == 0
+    assert other.spilled == 96 - 7  # the first block fits in memory; then they go to the file
+    assert other.take_all() == ["first", *items]
+    small = SpilledItems(limit_items=10)
+    small.append_pickled(*next(iter(_pickled([1, 2, 3]))))
+    assert small.spilled == 0 and small.take_all() == [1, 2, 3]  # under the limit: no file
+
+
+def _pickled(items: list):
+    import pickle
+
+    yield len(items), pickle.dumps(items)

@@ -1,4 +1,4 @@
-"""The flows table from finished-flow records: values, dtypes, and how api assembles it.
+"""The flows table from finished-flow records: values, dtypes, its compact form (FlowTable).
 
 The reference here is deliberately naive (one Python value per flow and cell); the module under
 test converts text once per distinct value and must give the same table.
@@ -10,12 +10,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from inspector.api import _concat_columns_released, _session_ids_of_flows
 from inspector.decode import TUNNEL_NAMES
 from inspector.flowstore import RECORD_DTYPE
 from inspector.labels import LABEL_COLUMNS
 from inspector.schema import FLOW_COLUMN_NAMES, FLOW_DTYPES
-from inspector.summarize import LABEL_NAMES, address_text, flows_frame, transport_name
+from inspector.sessions import flow_sides
+from inspector.summarize import LABEL_NAMES, CaptureFlows, FlowTable, address_text, flows_frame, transport_name
 
 V4_ONE = (4, 0, 1)  # 0.0.0.1
 V6_ONE = (6, 0, 1)  # ::1: the same (hi, lo) as V4_ONE, another address
@@ -132,31 +132,75 @@ def test_each_column_is_its_own_block_and_no_view_of_the_records():
     pd.testing.assert_series_equal(frame["client_to_server_bytes"], before)
 
 
+def _table(sizes, names) -> FlowTable:
+    return FlowTable([CaptureFlows(name, _records(n, seed=n), LABELS) for n, name in zip(sizes, names)])
+
+
 def _frames(sizes, names):
     return [flows_frame(name, _records(n, seed=n), LABELS) for n, name in zip(sizes, names)]
 
 
-def test_frames_are_joined_column_by_column_as_concat_would():
+def test_the_table_of_several_captures_is_their_frames_concatenated():
     expected = pd.concat(_frames([40, 0, 25], ["a", "b", "a"]), ignore_index=True)
-    frames = _frames([40, 0, 25], ["a", "b", "a"])
-    joined = _concat_columns_released(frames)
-    assert frames == []
+    joined = _table([40, 0, 25], ["a", "b", "a"]).frame()
     _assert_contract(joined)
     pd.testing.assert_frame_equal(joined, expected, check_exact=True)
-    single = _frames([7], ["a"])
-    only = single[0]
-    assert _concat_columns_released(single) is only
+    _assert_contract(FlowTable([]).frame())
+
+
+@pytest.mark.parametrize("rows", [1, 7, 16384])
+def test_chunks_are_the_frame_in_slices(rows):
+    table = _table([40, 0, 25], ["a", "b", "c"])
+    chunks = list(table.chunks(rows))
+    assert all(0 < len(c) <= rows for c in chunks)
+    for chunk in chunks:
+        _assert_contract(chunk)
+    pd.testing.assert_frame_equal(pd.concat(chunks, ignore_index=True), table.frame(), check_exact=True)
+
+
+def test_an_empty_table_gives_one_empty_chunk_with_the_columns():
+    for table in (FlowTable([]), _table([0], ["a"])):
+        (chunk,) = list(table.chunks())
+        assert len(chunk) == 0
+        _assert_contract(chunk)
+
+
+def test_text_and_int_columns_equal_the_frames():
+    table = _table([30, 12], ["a", "b"])
+    frame = table.frame()
+    for name in FLOW_COLUMN_NAMES:
+        dtype = str(frame[name].dtype)
+        if dtype in ("string", "str"):
+            assert table.text(name).tolist() == frame[name].fillna("").tolist(), name
+        elif dtype in ("int64", "int32", "uint16", "uint8", "Int64"):
+            assert table.ints(name).tolist() == frame[name].astype("int64").tolist(), name
+
+
+def test_flow_sides_of_the_compact_table_equal_those_of_the_frame():
+    table = _table([60, 25], ["a", "b"])
+    pd.testing.assert_frame_equal(flow_sides(table), flow_sides(table.frame()), check_exact=True)
+
+
+def test_largest_flows_are_nlargest_of_the_frame():
+    records = _records(50)
+    records["client_to_server_bytes"][[3, 9, 20]] = 10**13  # a tie: table order decides
+    table = FlowTable([CaptureFlows("a", records, LABELS), CaptureFlows("b", _records(9, seed=1), LABELS)])
+    frame = table.frame()
+    total = frame["client_to_server_bytes"] + frame["server_to_client_bytes"]
+    expected = frame.assign(_t=total).nlargest(5, "_t").drop(columns="_t").reset_index(drop=True)
+    pd.testing.assert_frame_equal(table.largest(5), expected, check_exact=True)
+    assert len(FlowTable([]).largest(3)) == 0
 
 
 def _reindexed_session_ids(flows: pd.DataFrame, flow_session: pd.DataFrame) -> pd.Series:
     """The lookup as a (capture, flow_id) reindex: the reference."""
     keyed = flow_session.set_index(["capture", "flow_id"])["session_id"]
     index = pd.MultiIndex.from_arrays([flows["capture"], flows["flow_id"]])
-    return pd.Series(keyed.reindex(index).fillna("").to_numpy(), dtype="string")
+    return pd.Series(keyed.reindex(index).fillna("").to_numpy(), dtype="string", name="session_id")
 
 
 def test_session_ids_are_looked_up_per_capture_and_flow():
-    flows = _concat_columns_released(_frames([30, 20, 5], ["a.pcap", "b.pcap", "c.pcap"]))
+    table = _table([30, 20, 5], ["a.pcap", "b.pcap", "c.pcap"])
     flow_session = pd.DataFrame(
         {
             # unsorted ids, the same id in two captures, a capture with no flows, ids past the end
@@ -165,14 +209,17 @@ def test_session_ids_are_looked_up_per_capture_and_flow():
             "session_id": ["s3", "s1;s2", "s1", "s4", "s9", "s2", "s5"],
         }
     ).astype({"capture": "string", "flow_id": "int64", "session_id": "string"})
-    got = pd.Series(_session_ids_of_flows(flows, flow_session))
+    table.set_session_ids(flow_session)
+    flows = table.frame()
+    got = flows["session_id"]
     pd.testing.assert_series_equal(got, _reindexed_session_ids(flows, flow_session), check_exact=True)
     assert got[(flows["capture"] == "a.pcap") & (flows["flow_id"] == 17)].tolist() == ["s1;s2"]
     assert (got[flows["capture"] == "c.pcap"] == "").all()
+    assert table.text("session_id").tolist() == got.tolist()
 
 
 def test_a_flow_twice_in_the_session_table_is_refused():
-    flows = flows_frame("a", _records(5), LABELS)
+    table = FlowTable([CaptureFlows("a", _records(5), LABELS)])
     flow_session = pd.DataFrame({"capture": ["a", "a"], "flow_id": [2, 2], "session_id": ["s1", "s2"]})
     with pytest.raises(ValueError, match="twice"):
-        _session_ids_of_flows(flows, flow_session)
+        table.set_session_ids(flow_session)
