@@ -287,7 +287,7 @@ def _call_tables(results: list[CaptureResult], flows: FlowTable, options: Analyz
             if isinstance(c, ActivityCollector):
                 activity.append(c.buckets(r.name))
             elif isinstance(c, RtpCollector):
-                rtp.append(c.frame(r.name))
+                rtp.append(c.take_frame(r.name))
                 rtcp.append(c.rtcp_frame(r.name))
     if not activity:
         return None

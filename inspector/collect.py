@@ -400,6 +400,13 @@ class RtpCollector:
         """The streams' segments (``schema.RTP_SEGMENT_COLUMNS`` plus the object columns)."""
         return segment_frame(self._streams, capture)
 
+    def take_frame(self, capture: str) -> pd.DataFrame:
+        """``frame``, dropping the running stream state it came from (its per-stream objects
+        would otherwise stay alive through the call stage: ~35 MB for 26 k streams)."""
+        frame = self.frame(capture)
+        self._streams = self.new_streams()
+        return frame
+
     def rtcp_frame(self, capture: str) -> pd.DataFrame:
         """Report segments (``schema.RTCP_REPORT_COLUMNS``)."""
         return report_frame(self._reports, capture)

@@ -47,6 +47,13 @@ RECORD_DTYPE = np.dtype(
 _CHUNK_RECORDS = 4096
 
 
+def _permute_in_place(records: np.ndarray, order: np.ndarray) -> None:
+    """``records[:] = records[order]``, one field at a time: the sort needs one column's copy
+    (8 bytes a flow) instead of a second copy of every record (101 bytes a flow)."""
+    for name in records.dtype.names:
+        records[name] = records[name][order]
+
+
 class FlowStore:
     """The finished flows of one capture, appended as they end, read in flow-id order.
 
@@ -99,7 +106,7 @@ class FlowStore:
             whole = np.zeros(0, dtype=RECORD_DTYPE)
         ids = whole["flow_id"]
         if ids.size > 1 and (ids[1:] < ids[:-1]).any():
-            whole = whole[np.argsort(ids, kind="stable")]
+            _permute_in_place(whole, np.argsort(ids, kind="stable"))
         self._whole = whole
         return whole
 

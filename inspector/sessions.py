@@ -896,6 +896,8 @@ def build_calls(
         activity = []
     rtp = _normalise(rtp, RTP_COLUMNS)
     sides = flow_sides(flows)
+    if isinstance(flows, FlowTable):
+        flows.park()  # the records wait on disk until the flows table is written
     source = bucket_source(activity, sides)
     # A caller's temporaries are freed here: the buckets now live in ``source``.
     del flows, activity

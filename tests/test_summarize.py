@@ -99,6 +99,20 @@ def test_flows_frame_equals_the_per_flow_conversion(labels):
     pd.testing.assert_frame_equal(frame, _naive_frame("cap.pcap", records, labels), check_exact=True)
 
 
+@pytest.mark.parametrize("range_rows", [1, 7, 64])
+def test_addresses_coded_range_by_range_give_the_same_table(monkeypatch, range_rows):
+    import inspector.summarize as summarize
+
+    records = _records(300)
+    expected = flows_frame("cap.pcap", records, LABELS)
+    monkeypatch.setattr(summarize, "ADDRESS_RANGE_ROWS", range_rows)
+    pd.testing.assert_frame_equal(flows_frame("cap.pcap", records, LABELS), expected, check_exact=True)
+    table = FlowTable([CaptureFlows("cap.pcap", records, LABELS)])
+    values, (client, server) = table.coded("client_ip", "server_ip")
+    assert values[client].tolist() == expected["client_ip"].tolist()
+    assert values[server].tolist() == expected["server_ip"].tolist()
+
+
 def test_addresses_of_both_versions_with_the_same_halves_stay_apart():
     records = _records(2)
     _set_addresses(records, 0, (4, 0, 1, 0, 2))
@@ -223,3 +237,24 @@ def test_a_flow_twice_in_the_session_table_is_refused():
     flow_session = pd.DataFrame({"capture": ["a", "a"], "flow_id": [2, 2], "session_id": ["s1", "s2"]})
     with pytest.raises(ValueError, match="twice"):
         table.set_session_ids(flow_session)
+
+
+def test_a_parked_table_reads_back_the_same(monkeypatch):
+    import inspector.summarize as summarize
+
+    monkeypatch.setattr(summarize, "PARK_ROWS", 7)  # several file blocks per capture
+    flow_session = pd.DataFrame({"capture": ["a", "b"], "flow_id": [3, 5], "session_id": ["s1", "s2"]})
+    reference = _table([40, 0, 25], ["a", "b", "c"])
+    reference.set_session_ids(flow_session)
+    table = _table([40, 0, 25], ["a", "b", "c"])
+    values, codes = table.coded("client_ip", "service")
+    table.park()
+    assert all(p.records is None for p in table.parts if len(p))
+    table.set_session_ids(flow_session)
+    pd.testing.assert_frame_equal(table.frame(), reference.frame(), check_exact=True)
+    pd.testing.assert_frame_equal(pd.concat(list(table.chunks(9)), ignore_index=True), reference.frame())
+    pd.testing.assert_frame_equal(table.largest(4), reference.largest(4), check_exact=True)
+    assert table.ints("server_to_client_bytes").tolist() == reference.ints("server_to_client_bytes").tolist()
+    parked_values, parked_codes = table.coded("client_ip", "service")
+    for before, after in zip(codes, parked_codes):
+        assert values[before].tolist() == parked_values[after].tolist()
