@@ -326,9 +326,13 @@ def _build_tables(
     return_free_memory()
     parts, inputs = [], []
     for r in results:
-        parts.append(_capture_flows(r))
         inputs.append(_input_entry(r))
-        # The records now live in the flows table: the store's temporary file goes.
+        # The dissectors' state (the DNS answers' name map ...) has given the manifest its
+        # counters: it goes before the tables are built, as do the labeller's verdict cache
+        # and the store's temporary file once the flows table holds the records and labels.
+        r.payloads = None
+        parts.append(_capture_flows(r))
+        r.labeller = None
         r.flows.release()
     flows = FlowTable(parts)
     return_free_memory()
