@@ -19,7 +19,7 @@ from inspector.gcpause import return_free_memory
 from inspector.batch import PacketBatch
 from inspector.pipeline import AnalyzeOptions, BatchProgress, CaptureResult, process_batches, process_capture
 from inspector.schema import DESTINATION_COLUMNS, MEDIA_COLUMNS, SESSION_COLUMNS, empty_frame
-from inspector.summarize import CaptureFlows, FlowTable
+from inspector.summarize import CaptureFlows, FlowTable, forget_endpoint_texts
 
 TABLES = ("flows", "sessions", "destinations", "media")
 
@@ -331,6 +331,7 @@ def _build_tables(
         # counters: it goes before the tables are built, as do the labeller's verdict cache
         # and the store's temporary file once the flows table holds the records and labels.
         r.payloads = None
+        forget_endpoint_texts()
         parts.append(_capture_flows(r))
         r.labeller = None
         r.flows.release()

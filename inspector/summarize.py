@@ -69,6 +69,12 @@ def _address_text_cached(version: int, hi: int, lo: int) -> str:
     return address_text(version, hi, lo)
 
 
+def forget_endpoint_texts() -> None:
+    """Empty ``flow_endpoints``' cache of address texts (up to 65,536 addresses, ~4 Python
+    objects each): it serves flows as they end, and the tables built after do not use it."""
+    _address_text_cached.cache_clear()
+
+
 def flow_endpoints(f: Flow) -> tuple[str, str]:
     """(client address, server address) as text."""
     text = _address_text_cached
