@@ -358,9 +358,10 @@ class FlowTable:
                 del f[name]
         return pd.DataFrame(columns, copy=False)
 
-    def chunks(self, rows: int = CHUNK_ROWS) -> Iterator[pd.DataFrame]:
-        """The table in consecutive frames of at most ``rows`` rows, in table order; one empty
-        frame for an empty table (so a header is still written)."""
+    def chunks(self, rows: int | None = None) -> Iterator[pd.DataFrame]:
+        """The table in consecutive frames of at most ``rows`` rows (default ``CHUNK_ROWS``), in
+        table order; one empty frame for an empty table (so a header is still written)."""
+        rows = CHUNK_ROWS if rows is None else rows
         yielded = False
         for part in self.parts:
             for start in range(0, len(part), rows):

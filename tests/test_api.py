@@ -142,3 +142,25 @@ def test_write_csv_json_parquet_and_manifest(tmp_path):
     csv = pd.read_csv(tmp_path / "csv" / "flows.csv", keep_default_na=False)
     assert csv.first_seen.iloc[0].endswith("Z") and "T" in csv.first_seen.iloc[0]
     assert list(csv.columns) == list(FLOW_COLUMN_NAMES)
+
+
+@pytest.mark.parametrize("fmt", ["csv", "json", "parquet"])
+def test_flows_written_in_slices_equal_the_frame_written_whole(tmp_path, monkeypatch, fmt):
+    """``write`` streams the flows table from its compact form (never making the frame); the file
+    is the one the frame gives once ``Analysis.flows`` has been made."""
+    import inspector.summarize as summarize
+
+    path = C.write_pcap(tmp_path / "a.pcap", sample_packets())
+    monkeypatch.setattr(summarize, "CHUNK_ROWS", 2)  # several slices even for a small capture
+    result = inspector.analyze([path])
+    result.write(tmp_path / "sliced", fmt)
+    assert result._flows is None  # the frame was not made to write the table
+    frame = result.flows
+    result.write(tmp_path / "whole", fmt)
+    sliced, whole = tmp_path / "sliced" / f"flows.{fmt}", tmp_path / "whole" / f"flows.{fmt}"
+    if fmt == "parquet":  # one row group per slice: compare the tables read back
+        pd.testing.assert_frame_equal(pd.read_parquet(sliced), pd.read_parquet(whole), check_exact=True)
+        pd.testing.assert_frame_equal(pd.read_parquet(sliced), frame, check_exact=True)
+    else:
+        assert sliced.read_bytes() == whole.read_bytes()
+    assert len(frame) > 2
