@@ -55,6 +55,7 @@ during each call ``inspector.destinations``, the terminal answer ``inspector.rep
 from __future__ import annotations
 
 import ipaddress
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -160,7 +161,7 @@ class _FrameColumns:
         codes, distinct = pd.factorize(np.concatenate(texts))
         codes = codes.astype(np.int32)
         bounds = np.cumsum([0] + [t.size for t in texts])
-        return np.asarray(distinct, dtype=object), [codes[lo:hi] for lo, hi in zip(bounds[:-1], bounds[1:])]
+        return np.asarray(distinct, dtype=object), [codes[lo:hi] for lo, hi in itertools.pairwise(bounds)]
 
     def ints(self, column: str) -> np.ndarray:
         return _ints(self.frame, column)

@@ -209,6 +209,12 @@ class CaptureFlows:
             parked.append(self.records[start : start + PARK_ROWS])
         self._parked, self.records = parked, None
 
+    def __reduce__(self):
+        # A parked table's file does not pickle: its records travel as an array.
+        records = self.records if self._parked is None else self._rows(0, self._n)
+        state = (self.capture, records, self.labels, self._session_values, self._session_codes)
+        return (_restored_capture_flows, state)
+
     def _rows(self, start: int, stop: int) -> np.ndarray:
         """Records ``start:stop`` (read back from the file once parked)."""
         if self._parked is None:
@@ -314,6 +320,13 @@ class CaptureFlows:
             return np.array([""], dtype=object), np.zeros(n, dtype=np.intp)
         values = np.array(["" if v is None or v is pd.NA else str(v) for v in values.tolist()], dtype=object)
         return values, self._label_codes(name).astype(np.intp)
+
+
+def _restored_capture_flows(capture, records, labels, session_values, session_codes) -> CaptureFlows:
+    flows = CaptureFlows(capture, records, labels)
+    if session_values is not None:
+        flows.set_session_ids(session_values, session_codes)
+    return flows
 
 
 #: Rows per frame ``FlowTable.chunks`` yields by default.

@@ -148,7 +148,7 @@ def test_write_csv_json_parquet_and_manifest(tmp_path):
 def test_flows_written_in_slices_equal_the_frame_written_whole(tmp_path, monkeypatch, fmt):
     """``write`` streams the flows table from its compact form (never making the frame); the file
     is the one the frame gives once ``Analysis.flows`` has been made."""
-    import inspector.summarize as summarize
+    from inspector import summarize
 
     path = C.write_pcap(tmp_path / "a.pcap", sample_packets())
     monkeypatch.setattr(summarize, "CHUNK_ROWS", 2)  # several slices even for a small capture

@@ -15,7 +15,14 @@ from inspector.flowstore import RECORD_DTYPE
 from inspector.labels import LABEL_COLUMNS
 from inspector.schema import FLOW_COLUMN_NAMES, FLOW_DTYPES
 from inspector.sessions import flow_sides
-from inspector.summarize import LABEL_NAMES, CaptureFlows, FlowTable, address_text, flows_frame, transport_name
+from inspector.summarize import (
+    LABEL_NAMES,
+    CaptureFlows,
+    FlowTable,
+    address_text,
+    flows_frame,
+    transport_name,
+)
 
 V4_ONE = (4, 0, 1)  # 0.0.0.1
 V6_ONE = (6, 0, 1)  # ::1: the same (hi, lo) as V4_ONE, another address
@@ -101,7 +108,7 @@ def test_flows_frame_equals_the_per_flow_conversion(labels):
 
 @pytest.mark.parametrize("range_rows", [1, 7, 64])
 def test_addresses_coded_range_by_range_give_the_same_table(monkeypatch, range_rows):
-    import inspector.summarize as summarize
+    from inspector import summarize
 
     records = _records(300)
     expected = flows_frame("cap.pcap", records, LABELS)
@@ -240,7 +247,7 @@ def test_a_flow_twice_in_the_session_table_is_refused():
 
 
 def test_a_parked_table_reads_back_the_same(monkeypatch):
-    import inspector.summarize as summarize
+    from inspector import summarize
 
     monkeypatch.setattr(summarize, "PARK_ROWS", 7)  # several file blocks per capture
     flow_session = pd.DataFrame({"capture": ["a", "b"], "flow_id": [3, 5], "session_id": ["s1", "s2"]})
@@ -258,3 +265,15 @@ def test_a_parked_table_reads_back_the_same(monkeypatch):
     parked_values, parked_codes = table.coded("client_ip", "service")
     for before, after in zip(codes, parked_codes):
         assert values[before].tolist() == parked_values[after].tolist()
+
+
+def test_a_table_pickles_parked_or_not():
+    import pickle
+
+    flow_session = pd.DataFrame({"capture": ["a"], "flow_id": [3], "session_id": ["s1"]})
+    table = _table([40, 25], ["a", "b"])
+    table.set_session_ids(flow_session)
+    expected = table.frame()
+    pd.testing.assert_frame_equal(pickle.loads(pickle.dumps(table)).frame(), expected, check_exact=True)
+    table.park()
+    pd.testing.assert_frame_equal(pickle.loads(pickle.dumps(table)).frame(), expected, check_exact=True)
