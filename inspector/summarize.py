@@ -1,7 +1,8 @@
-"""The pandas boundary: finished flows (and later calls) become the DataFrames of DESIGN.md §2.
+"""The pandas boundary: finished flows become the flows table of DESIGN.md §2.
 
-Each table is built once, column by column from plain lists, with the dtypes declared in
-``inspector.schema``; nothing here touches packets.
+``FlowTable`` holds the run's flows in compact form (records plus codes into distinct texts) and
+makes DataFrames from them on demand, whole or in row slices, column by column in the dtypes
+declared in ``inspector.schema``; nothing here touches packets.
 """
 
 from __future__ import annotations
