@@ -19,7 +19,7 @@ from inspector.gcpause import return_free_memory
 from inspector.batch import PacketBatch
 from inspector.pipeline import AnalyzeOptions, BatchProgress, CaptureResult, process_batches, process_capture
 from inspector.schema import DESTINATION_COLUMNS, MEDIA_COLUMNS, SESSION_COLUMNS, empty_frame
-from inspector.summarize import CaptureFlows, FlowTable, forget_endpoint_texts
+from inspector.summarize import CaptureFlows, FinishedFlows, forget_endpoint_texts
 
 TABLES = ("flows", "sessions", "destinations", "media")
 
@@ -28,18 +28,18 @@ TABLES = ("flows", "sessions", "destinations", "media")
 class Analysis:
     """The result of ``analyze``: one DataFrame per table and the manifest.
 
-    flows         one row per bidirectional flow (schema.FLOW_COLUMNS), made from ``flow_table``
-                  on first use
-    flow_table    the same table in compact form (``summarize.FlowTable``): ``write`` streams
-                  it, so writing flows.csv never needs the whole frame in memory
-    manifest      chain of custody: tool version, inputs with SHA-256 and decode statistics ...
-    warnings      one line each (truncated captures ...), also in the manifest
-    sessions      one row per detected call (schema.SESSION_COLUMNS)
-    destinations  who received data during each call, and outside calls (schema.DESTINATION_COLUMNS)
-    media         one row per RTP stream of a call (schema.MEDIA_COLUMNS)
+    flows           one row per bidirectional flow (schema.FLOW_COLUMNS), made from
+                    ``finished_flows`` on first use
+    finished_flows  the same table in compact form (``summarize.FinishedFlows``): ``write``
+                    streams it, so writing flows.csv never needs the whole frame in memory
+    manifest        chain of custody: tool version, inputs with SHA-256 and decode statistics ...
+    warnings        one line each (truncated captures ...), also in the manifest
+    sessions        one row per detected call (schema.SESSION_COLUMNS)
+    destinations    who received data during each call, and outside calls (schema.DESTINATION_COLUMNS)
+    media           one row per RTP stream of a call (schema.MEDIA_COLUMNS)
     """
 
-    flow_table: FlowTable
+    finished_flows: FinishedFlows
     manifest: dict
     warnings: list[str] = field(default_factory=list)
     sessions: pd.DataFrame = field(default_factory=lambda: empty_frame(SESSION_COLUMNS))
@@ -51,7 +51,7 @@ class Analysis:
     def flows(self) -> pd.DataFrame:
         """The flows table as one DataFrame (made once, on first use)."""
         if self._flows is None:
-            self._flows = self.flow_table.frame()
+            self._flows = self.finished_flows.frame()
         return self._flows
 
     def largest_flows(self, n: int) -> pd.DataFrame:
@@ -60,7 +60,7 @@ class Analysis:
         if self._flows is not None:
             total = self._flows["client_to_server_bytes"] + self._flows["server_to_client_bytes"]
             return self._flows.loc[total.nlargest(n).index].reset_index(drop=True)
-        return self.flow_table.largest(n)
+        return self.finished_flows.largest(n)
 
     def call_summaries(self) -> list[str]:
         """A short readable answer per call, and one line for activity outside calls."""
@@ -71,7 +71,7 @@ class Analysis:
     def write(self, out_dir: str | os.PathLike, fmt: str = "csv") -> list[Path]:
         """Write every table as ``fmt`` and manifest.json (listing each output's SHA-256).
 
-        The flows table is written slice by slice from ``flow_table`` unless ``flows`` was
+        The flows table is written slice by slice from ``finished_flows`` unless ``flows`` was
         already made (then that frame is written, as the caller sees it).
         """
         if fmt not in FORMATS:
@@ -85,7 +85,7 @@ class Analysis:
         for t in TABLES:
             path = out / f"{t}.{fmt}"
             if t == "flows" and self._flows is None:
-                written.append(write_frames(self.flow_table.chunks(), path, fmt))
+                written.append(write_frames(self.finished_flows.chunks(), path, fmt))
             else:
                 written.append(write_table(getattr(self, t), path, fmt))
         return written + [write_manifest(self.manifest, out, written)]
@@ -161,7 +161,7 @@ def _capture_flows(r: CaptureResult) -> CaptureFlows:
 
 def _flows_frame(r: CaptureResult) -> pd.DataFrame:
     """The capture's flows table as a DataFrame."""
-    return FlowTable([_capture_flows(r)]).frame()
+    return FinishedFlows([_capture_flows(r)]).frame()
 
 
 def analyze(
@@ -276,7 +276,7 @@ def _take_all(items: list) -> list:
     return taken
 
 
-def _call_tables(results: list[CaptureResult], flows: FlowTable, options: AnalyzeOptions):
+def _call_tables(results: list[CaptureResult], flows: FinishedFlows, options: AnalyzeOptions):
     """sessions, destinations and media from the collectors; fills the flows' session_id."""
     from inspector.collect import ActivityCollector, RtpCollector
     from inspector.sessions import build_calls
@@ -335,7 +335,7 @@ def _build_tables(
         parts.append(_capture_flows(r))
         r.labeller = None
         r.flows.release()
-    flows = FlowTable(parts)
+    flows = FinishedFlows(parts)
     return_free_memory()
     calls = _call_tables(results, flows, options) if options.inspect_payloads else None
     warnings = []
@@ -362,9 +362,9 @@ def _build_tables(
         "warnings": warnings,
     }
     if calls is None:
-        return Analysis(flow_table=flows, manifest=manifest, warnings=warnings)
+        return Analysis(finished_flows=flows, manifest=manifest, warnings=warnings)
     return Analysis(
-        flow_table=flows,
+        finished_flows=flows,
         manifest=manifest,
         warnings=warnings,
         sessions=calls.sessions,

@@ -127,7 +127,7 @@ def _write_parquet(frames: Iterable[pd.DataFrame], path: Path) -> None:
 def write_frames(frames: Iterable[pd.DataFrame], path: Path, fmt: str) -> Path:
     """Write one table, given as consecutive frames of the same columns (at least one, maybe
     empty), as ``fmt``; returns the path written. A table made slice by slice
-    (``summarize.FlowTable.chunks``) is written without ever being whole in memory."""
+    (``summarize.FinishedFlows.chunks``) is written without ever being whole in memory."""
     if fmt == "csv":
         _write_csv(frames, path)
     elif fmt == "json":

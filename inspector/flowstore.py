@@ -5,7 +5,7 @@ A ``flows.Flow`` is a Python object of ~23 slots and its ``FlowFacts`` another d
 until the end of the run. When a flow ends, the pipeline takes its facts, labels it
 (``labels.FlowLabeller``: one code into a table of distinct label tuples) and keeps only the
 record below, 101 bytes, so the finished flows of a run cost about a tenth of what they did.
-The records become the flows table at the end (``summarize.FlowTable``), which keeps them as they
+The records become the flows table at the end (``summarize.FinishedFlows``), which keeps them as they
 are and makes DataFrames from them in slices.
 
 Weakness: the records still grow with the number of flows (the flows table holds one row per

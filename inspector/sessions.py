@@ -76,7 +76,7 @@ from inspector.schema import (
     SESSION_COLUMNS,
     empty_frame,
 )
-from inspector.summarize import FlowTable
+from inspector.summarize import FinishedFlows
 
 #: app_protocol values that carry real-time media or its connectivity checks (facts §3.1-§3.4).
 MEDIA_APP_PROTOCOLS = frozenset({"rtp", "rtcp", "zoom-media", "stun", "turn", "dtls"})
@@ -147,7 +147,7 @@ def _ints(frame: pd.DataFrame, column: str) -> np.ndarray:
 
 
 class _FrameColumns:
-    """A flows DataFrame read as ``summarize.FlowTable`` is (``text``, ``ints``, ``len``)."""
+    """A flows DataFrame read as ``summarize.FinishedFlows`` is (``text``, ``ints``, ``len``)."""
 
     def __init__(self, frame: pd.DataFrame) -> None:
         self.frame = frame
@@ -156,7 +156,7 @@ class _FrameColumns:
         return len(self.frame)
 
     def coded(self, *columns: str) -> tuple[np.ndarray, list[np.ndarray]]:
-        """(distinct values, codes per column) in one code space, as ``FlowTable.coded``."""
+        """(distinct values, codes per column) in one code space, as ``FinishedFlows.coded``."""
         texts = [_text(self.frame, column) for column in columns]
         codes, distinct = pd.factorize(np.concatenate(texts))
         codes = codes.astype(np.int32)
@@ -284,7 +284,7 @@ def server_identified(evidence: str) -> bool:
     return any(item.startswith(SERVER_EVIDENCE + SERVER_PAYLOADS) for item in items)
 
 
-def flow_sides(flows: pd.DataFrame | FlowTable) -> pd.DataFrame:
+def flow_sides(flows: pd.DataFrame | FinishedFlows) -> pd.DataFrame:
     """Per flow: which side is this machine, the remote end, and whether the flow is call media.
 
     Columns: capture, flow_id, local_ip, remote_ip, remote_port, swapped (this machine is the
@@ -300,7 +300,7 @@ def flow_sides(flows: pd.DataFrame | FlowTable) -> pd.DataFrame:
     as a server; a service server outside the signature's ranges, reached by address only, reads
     as a peer.
 
-    ``flows``: the flows table as a DataFrame, or in compact form (``summarize.FlowTable``: its
+    ``flows``: the flows table as a DataFrame, or in compact form (``summarize.FinishedFlows``: its
     text columns come as codes into distinct values, with no frame made).
     """
     table = _FrameColumns(flows) if isinstance(flows, pd.DataFrame) else flows
@@ -872,7 +872,7 @@ def _membership(calls: CallWindows, sides: pd.DataFrame) -> pd.DataFrame:
 
 
 def build_calls(
-    flows: pd.DataFrame | FlowTable | None,
+    flows: pd.DataFrame | FinishedFlows | None,
     activity: pd.DataFrame | None,
     rtp: pd.DataFrame | None,
     rtcp: pd.DataFrame | None,
@@ -882,7 +882,7 @@ def build_calls(
     """Calls, their media streams and the destinations during each call (module docstring rule).
 
     flows     ``schema.FLOW_COLUMNS`` with the classifier's verdicts (all captures of the run), as
-              a DataFrame or a ``summarize.FlowTable``
+              a DataFrame or a ``summarize.FinishedFlows``
     activity  ``collect.ActivityBuckets`` per capture, or a ``schema.ACTIVITY_COLUMNS`` frame
     rtp       the RTP collector's stream segments (``schema.RTP_SEGMENT_COLUMNS``, cut at silences
               of at most ``options.max_gap_s``) or per-packet ``schema.RTP_COLUMNS`` rows; streams
@@ -897,7 +897,7 @@ def build_calls(
         activity = []
     rtp = _normalise(rtp, RTP_COLUMNS)
     sides = flow_sides(flows)
-    if isinstance(flows, FlowTable):
+    if isinstance(flows, FinishedFlows):
         flows.park()  # the records wait on disk until the flows table is written
     source = bucket_source(activity, sides)
     # A caller's temporaries are freed here: the buckets now live in ``source``.

@@ -1,8 +1,9 @@
 """The pandas boundary: finished flows become the flows table of DESIGN.md §2.
 
-``FlowTable`` holds the run's flows in compact form (records plus codes into distinct texts) and
-makes DataFrames from them on demand, whole or in row slices, column by column in the dtypes
-declared in ``inspector.schema``; nothing here touches packets.
+``FinishedFlows`` holds the run's flows in compact form (records plus codes into distinct
+texts) and makes DataFrames from them on demand, whole or in row slices, column by column in the
+dtypes declared in ``inspector.schema``; nothing here touches packets. (Not to be confused with
+``flows.FlowTable``, the table of flows still being counted.)
 """
 
 from __future__ import annotations
@@ -158,7 +159,7 @@ def flows_frame(capture: str, records: np.ndarray, labels: Mapping[str, Sequence
 
     ``records``: ``flowstore.RECORD_DTYPE`` rows in flow-id order. ``labels``: per label column
     (``labels.LABEL_COLUMNS``), the value of each label code (``LabelBook.columns()``); without
-    it, or for a column it lacks, the column stays empty. ``FlowTable`` (below) holds the same
+    it, or for a column it lacks, the column stays empty. ``FinishedFlows`` (below) holds the same
     table in compact form and makes this frame, whole or in row slices.
     """
     return CaptureFlows(capture, records, labels).frame_of(0, records.shape[0])
@@ -169,7 +170,7 @@ class CaptureFlows:
 
     As a pandas frame the flows table costs ~330 bytes a flow (15 text columns of Arrow strings,
     offsets included); held here it costs the 101-byte record, two 4-byte address codes and,
-    once the call stage has run, a session code (``FlowTable`` docstring). Each distinct address
+    once the call stage has run, a session code (``FinishedFlows`` docstring). Each distinct address
     and label value is formatted and converted to Arrow text once; a frame of any row slice is
     then one ``take`` per text column, so no per-flow Python string or object array exists.
     """
@@ -245,7 +246,7 @@ class CaptureFlows:
         return self._session_codes if name == "session_id" else self.column("label")
 
     def set_session_ids(self, values: np.ndarray, codes: np.ndarray) -> None:
-        """Each flow's ``session_id``: ``values[codes]`` (``FlowTable.set_session_ids``)."""
+        """Each flow's ``session_id``: ``values[codes]`` (``FinishedFlows.set_session_ids``)."""
         self._session_values, self._session_codes = values, codes
         self._label_text.pop("session_id", None)
 
@@ -300,7 +301,7 @@ class CaptureFlows:
         """A text column as (values, codes): ``values[codes]`` is the column, "" for missing.
 
         Both address columns index one table of this capture's distinct addresses. ``values``
-        may hold a value twice (``FlowTable.coded`` makes codes compare as values do).
+        may hold a value twice (``FinishedFlows.coded`` makes codes compare as values do).
         """
         n = len(self)
         if name == "capture":
@@ -330,11 +331,11 @@ def _restored_capture_flows(capture, records, labels, session_values, session_co
     return flows
 
 
-#: Rows per frame ``FlowTable.chunks`` yields by default.
+#: Rows per frame ``FinishedFlows.chunks`` yields by default.
 CHUNK_ROWS = 16384
 
 
-class FlowTable:
+class FinishedFlows:
     """The run's flows table (every capture's ``CaptureFlows``, in run order), made into
     DataFrames only on demand.
 

@@ -1,4 +1,4 @@
-"""The flows table from finished-flow records: values, dtypes, its compact form (FlowTable).
+"""The flows table from finished-flow records: values, dtypes, its compact form (FinishedFlows).
 
 The reference here is deliberately naive (one Python value per flow and cell); the module under
 test converts text once per distinct value and must give the same table.
@@ -18,7 +18,7 @@ from inspector.sessions import flow_sides
 from inspector.summarize import (
     LABEL_NAMES,
     CaptureFlows,
-    FlowTable,
+    FinishedFlows,
     address_text,
     flows_frame,
     transport_name,
@@ -114,7 +114,7 @@ def test_addresses_coded_range_by_range_give_the_same_table(monkeypatch, range_r
     expected = flows_frame("cap.pcap", records, LABELS)
     monkeypatch.setattr(summarize, "ADDRESS_RANGE_ROWS", range_rows)
     pd.testing.assert_frame_equal(flows_frame("cap.pcap", records, LABELS), expected, check_exact=True)
-    table = FlowTable([CaptureFlows("cap.pcap", records, LABELS)])
+    table = FinishedFlows([CaptureFlows("cap.pcap", records, LABELS)])
     values, (client, server) = table.coded("client_ip", "server_ip")
     assert values[client].tolist() == expected["client_ip"].tolist()
     assert values[server].tolist() == expected["server_ip"].tolist()
@@ -153,8 +153,8 @@ def test_each_column_is_its_own_block_and_no_view_of_the_records():
     pd.testing.assert_series_equal(frame["client_to_server_bytes"], before)
 
 
-def _table(sizes, names) -> FlowTable:
-    return FlowTable([CaptureFlows(name, _records(n, seed=n), LABELS) for n, name in zip(sizes, names)])
+def _table(sizes, names) -> FinishedFlows:
+    return FinishedFlows([CaptureFlows(name, _records(n, seed=n), LABELS) for n, name in zip(sizes, names)])
 
 
 def _frames(sizes, names):
@@ -166,7 +166,7 @@ def test_the_table_of_several_captures_is_their_frames_concatenated():
     joined = _table([40, 0, 25], ["a", "b", "a"]).frame()
     _assert_contract(joined)
     pd.testing.assert_frame_equal(joined, expected, check_exact=True)
-    _assert_contract(FlowTable([]).frame())
+    _assert_contract(FinishedFlows([]).frame())
 
 
 @pytest.mark.parametrize("rows", [1, 7, 16384])
@@ -180,7 +180,7 @@ def test_chunks_are_the_frame_in_slices(rows):
 
 
 def test_an_empty_table_gives_one_empty_chunk_with_the_columns():
-    for table in (FlowTable([]), _table([0], ["a"])):
+    for table in (FinishedFlows([]), _table([0], ["a"])):
         (chunk,) = list(table.chunks())
         assert len(chunk) == 0
         _assert_contract(chunk)
@@ -205,12 +205,12 @@ def test_flow_sides_of_the_compact_table_equal_those_of_the_frame():
 def test_largest_flows_are_nlargest_of_the_frame():
     records = _records(50)
     records["client_to_server_bytes"][[3, 9, 20]] = 10**13  # a tie: table order decides
-    table = FlowTable([CaptureFlows("a", records, LABELS), CaptureFlows("b", _records(9, seed=1), LABELS)])
+    table = FinishedFlows([CaptureFlows("a", records, LABELS), CaptureFlows("b", _records(9, seed=1), LABELS)])
     frame = table.frame()
     total = frame["client_to_server_bytes"] + frame["server_to_client_bytes"]
     expected = frame.assign(_t=total).nlargest(5, "_t").drop(columns="_t").reset_index(drop=True)
     pd.testing.assert_frame_equal(table.largest(5), expected, check_exact=True)
-    assert len(FlowTable([]).largest(3)) == 0
+    assert len(FinishedFlows([]).largest(3)) == 0
 
 
 def _reindexed_session_ids(flows: pd.DataFrame, flow_session: pd.DataFrame) -> pd.Series:
@@ -240,7 +240,7 @@ def test_session_ids_are_looked_up_per_capture_and_flow():
 
 
 def test_a_flow_twice_in_the_session_table_is_refused():
-    table = FlowTable([CaptureFlows("a", _records(5), LABELS)])
+    table = FinishedFlows([CaptureFlows("a", _records(5), LABELS)])
     flow_session = pd.DataFrame({"capture": ["a", "a"], "flow_id": [2, 2], "session_id": ["s1", "s2"]})
     with pytest.raises(ValueError, match="twice"):
         table.set_session_ids(flow_session)
