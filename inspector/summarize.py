@@ -141,6 +141,16 @@ def _distinct_addresses(records: np.ndarray, rows: int) -> tuple[np.ndarray, ...
     return version[at], hi[at], lo[at], client, server
 
 
+def _named_codes(name: str, records) -> tuple[list[str], np.ndarray]:
+    """(the name of each distinct value, each row's code) of the ``transport`` (IP protocol) or
+    ``tunnel`` column of ``records`` (anything indexable by the record field: "proto", "tunnel")."""
+    if name == "transport":
+        distinct, codes = np.unique(records["proto"], return_inverse=True)
+        return [transport_name(int(p)) for p in distinct.tolist()], codes.reshape(-1)
+    distinct, codes = np.unique(records["tunnel"], return_inverse=True)
+    return [TUNNEL_NAMES[t] if t < len(TUNNEL_NAMES) else str(t) for t in distinct.tolist()], codes.reshape(-1)
+
+
 def _strings(distinct: Sequence[str], codes: np.ndarray) -> ExtensionArray:
     """A "string" array of ``distinct[codes]``: each distinct value converted once."""
     return pd.array(np.asarray(distinct, dtype=object), dtype="string").take(codes)
@@ -263,17 +273,12 @@ class CaptureFlows:
         for name, dtype, _ in FLOW_COLUMNS:
             if name == "capture":
                 columns[name] = _repeated(self.capture, n)
-            elif name == "transport":
-                protocols, protocol_codes = np.unique(records["proto"], return_inverse=True)
-                columns[name] = _strings([transport_name(int(p)) for p in protocols], protocol_codes.reshape(-1))
+            elif name in ("transport", "tunnel"):
+                columns[name] = _strings(*_named_codes(name, records))
             elif name == "client_ip":
                 columns[name] = self._address_text.take(self._client_address[start:stop].astype(np.intp))
             elif name == "server_ip":
                 columns[name] = self._address_text.take(self._server_address[start:stop].astype(np.intp))
-            elif name == "tunnel":
-                tunnels, tunnel_codes = np.unique(records["tunnel"], return_inverse=True)
-                names = [TUNNEL_NAMES[t] if t < len(TUNNEL_NAMES) else str(t) for t in tunnels.tolist()]
-                columns[name] = _strings(names, tunnel_codes.reshape(-1))
             elif name == "first_seen":
                 columns[name] = _timestamps(records["first_seen_ns"])
             elif name == "last_seen":
@@ -311,12 +316,8 @@ class CaptureFlows:
             return self._address_values, codes.astype(np.intp)
         if name in ("transport", "tunnel"):
             column = "proto" if name == "transport" else "tunnel"
-            distinct, codes = np.unique(self.column(column), return_inverse=True)
-            if name == "transport":
-                names = [transport_name(int(p)) for p in distinct.tolist()]
-            else:
-                names = [TUNNEL_NAMES[t] if t < len(TUNNEL_NAMES) else str(t) for t in distinct.tolist()]
-            return np.asarray(names, dtype=object), codes.reshape(-1).astype(np.intp)
+            names, codes = _named_codes(name, {column: self.column(column)})
+            return np.asarray(names, dtype=object), codes.astype(np.intp)
         values = self._label_values(name) if name in LABEL_NAMES else None
         if values is None:
             return np.array([""], dtype=object), np.zeros(n, dtype=np.intp)
