@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from inspector._version import __version__
+from inspector import export
 from inspector.errors import CaptureError, InspectorError
 from inspector.export import FORMATS, write_frames, write_manifest, write_table
 from inspector.gcpause import return_free_memory
@@ -85,7 +86,7 @@ class Analysis:
         for t in TABLES:
             path = out / f"{t}.{fmt}"
             if t == "flows" and self._flows is None:
-                written.append(write_frames(self.finished_flows.chunks(), path, fmt))
+                written.append(write_frames(self.finished_flows.chunks(export.CHUNK_ROWS), path, fmt))
             else:
                 written.append(write_table(getattr(self, t), path, fmt))
         return written + [write_manifest(self.manifest, out, written)]

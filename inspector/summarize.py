@@ -332,15 +332,11 @@ def _restored_capture_flows(capture, records, labels, session_values, session_co
     return flows
 
 
-#: Rows per frame ``FinishedFlows.chunks`` yields by default.
-CHUNK_ROWS = 16384
-
-
 class FinishedFlows:
     """The run's flows table (every capture's ``CaptureFlows``, in run order), made into
     DataFrames only on demand.
 
-    ``frame()`` is the whole table (the API's ``Analysis.flows``); ``chunks()`` gives it in row
+    ``frame()`` is the whole table (the API's ``Analysis.flows``); ``chunks(rows)`` gives it in row
     slices of the same columns and dtypes, so the command writes flows.csv holding one slice at
     a time; ``text``/``ints`` give the call stage (``sessions.flow_sides``) numpy columns without
     a frame; ``largest`` the flows with the most bytes. On the 5x benchmark capture (247 k
@@ -374,10 +370,9 @@ class FinishedFlows:
                 del f[name]
         return pd.DataFrame(columns, copy=False)
 
-    def chunks(self, rows: int | None = None) -> Iterator[pd.DataFrame]:
-        """The table in consecutive frames of at most ``rows`` rows (default ``CHUNK_ROWS``), in
-        table order; one empty frame for an empty table (so a header is still written)."""
-        rows = CHUNK_ROWS if rows is None else rows
+    def chunks(self, rows: int) -> Iterator[pd.DataFrame]:
+        """The table in consecutive frames of at most ``rows`` rows, in table order; one empty
+        frame for an empty table (so a header is still written)."""
         yielded = False
         for part in self.parts:
             for start in range(0, len(part), rows):
@@ -426,7 +421,7 @@ class FinishedFlows:
             start = row - int(bounds[k])
             rows.append(self.parts[k].frame_of(start, start + 1))
         if not rows:
-            return next(self.chunks()).iloc[0:0]
+            return next(self.chunks(1)).iloc[0:0]
         return pd.concat(rows, ignore_index=True)
 
     def set_session_ids(self, flow_session: pd.DataFrame) -> None:

@@ -148,10 +148,10 @@ def test_write_csv_json_parquet_and_manifest(tmp_path):
 def test_flows_written_in_slices_equal_the_frame_written_whole(tmp_path, monkeypatch, fmt):
     """``write`` streams the flows table from its compact form (never making the frame); the file
     is the one the frame gives once ``Analysis.flows`` has been made."""
-    from inspector import summarize
+    from inspector import export
 
     path = C.write_pcap(tmp_path / "a.pcap", sample_packets())
-    monkeypatch.setattr(summarize, "CHUNK_ROWS", 2)  # several slices even for a small capture
+    monkeypatch.setattr(export, "CHUNK_ROWS", 2)  # several slices even for a small capture
     result = inspector.analyze([path])
     result.write(tmp_path / "sliced", fmt)
     assert result._flows is None  # the frame was not made to write the table

@@ -181,7 +181,7 @@ def test_chunks_are_the_frame_in_slices(rows):
 
 def test_an_empty_table_gives_one_empty_chunk_with_the_columns():
     for table in (FinishedFlows([]), _table([0], ["a"])):
-        (chunk,) = list(table.chunks())
+        (chunk,) = list(table.chunks(16384))
         assert len(chunk) == 0
         _assert_contract(chunk)
 
