@@ -16,7 +16,7 @@ from array import array
 import numpy as np
 
 from inspector.classify import VerdictCache, classify_all, cross_flow_relevant
-from inspector.facts import DetectorHit, FlowFacts, facts_from_row, facts_to_row
+from inspector.facts import DetectorHit, FlowFacts, facts_to_row
 from inspector.spill import SpilledItems
 from inspector.summarize import LABEL_NAMES
 
@@ -88,10 +88,6 @@ class FlowLabeller:
         """Keep a flow's facts for ``resolve``."""
         self._deferred.append((flow_id, facts_to_row(facts)))
 
-    def defer_row(self, flow_id: int, row: tuple) -> None:
-        """Keep a flow's facts, as ``facts.facts_to_row`` gives them (a parallel worker's)."""
-        self._deferred.append((flow_id, row))
-
     def defer_pickled_rows(self, count: int, blob: bytes) -> None:
         """Keep ``count`` flows' facts given as a block of ``take_deferred_pickled`` (a parallel
         worker's): written to disk as they are, never unpickled here before ``resolve``."""
@@ -101,19 +97,11 @@ class FlowLabeller:
     def deferred_count(self) -> int:
         return len(self._deferred)
 
-    def take_deferred_rows(self) -> list[tuple[int, tuple]]:
-        """The deferred flows' (flow id, ``facts_to_row`` row), in the order deferred; they are
-        no longer kept."""
-        return self._deferred.take_all()
-
     def take_deferred_pickled(self):
-        """``take_deferred_rows`` as (count, pickled list of count rows) blocks of at most
-        ``deferred_in_memory + 1`` rows, read from disk one at a time as they are consumed."""
+        """The deferred flows' (flow id, ``facts.facts_to_row`` row), in the order deferred, as
+        (count, pickled list of count rows) blocks of at most ``deferred_in_memory + 1`` rows,
+        read from disk one at a time as they are consumed; they are no longer kept."""
         return self._deferred.take_pickled_blocks()
-
-    def take_deferred(self) -> list[tuple[int, FlowFacts]]:
-        """The deferred flows' (flow id, facts), in the order deferred; they are no longer kept."""
-        return [(flow_id, facts_from_row(row)) for flow_id, row in self.take_deferred_rows()]
 
     def resolve(self) -> tuple[np.ndarray, np.ndarray]:
         """(flow ids, label codes) of the deferred flows, with ``classify_all``'s cross-flow rules

@@ -40,7 +40,7 @@ def test_only_stun_and_p2p_media_flows_wait_for_the_cross_flow_rules(signatures)
     assert [cross_flow_relevant(f) for f in (tls, stun, username)] == [False, True, True]
     ids, codes = labeller.resolve()
     assert ids.tolist() == [2, 3] and (codes >= 0).all()
-    assert labeller.deferred_count == 0 and labeller.take_deferred() == []
+    assert labeller.deferred_count == 0 and list(labeller.take_deferred_pickled()) == []
 
 
 # Captures where P2P media is attributed through another flow's STUN (the cross-flow rules: the
@@ -84,7 +84,7 @@ def test_resolve_builds_facts_equal_to_facts_from_row_and_sorts_by_flow_id(signa
     labeller = FlowLabeller(signatures)
     for block in blocks:
         for flow_id, row in block:
-            labeller.defer_row(flow_id, row)
+            labeller.defer(flow_id, facts_from_row(row))
     ids, codes = labeller.resolve()
     expected = classify_all([stun, media, media], signatures)
     assert ids.tolist() == [3, 5, 7]
