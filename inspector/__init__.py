@@ -11,7 +11,11 @@ Public API::
 Heavy modules (numpy, pandas) are imported on first use, so ``inspector --version`` starts fast.
 """
 
+from inspector import native as _native
 from inspector._version import __version__
+
+# Before any dissector is imported: compiled (mypyc) or pure-Python modules, never a stale mix.
+_native.select()
 
 __all__ = ["__version__", "analyze", "Analysis", "AnalyzeOptions"]
 

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from inspector._version import __version__
-from inspector import export
+from inspector import export, native
 from inspector.errors import CaptureError, InspectorError
 from inspector.export import FORMATS, write_frames, write_manifest, write_table
 from inspector.gcpause import return_free_memory
@@ -347,6 +347,8 @@ def _build_tables(
     manifest = {
         "tool": "inspector",
         "version": __version__,
+        # Which build of the dissectors ran: "compiled" (mypyc) or "pure ..." (inspector.native).
+        "dissectors": native.mode,
         "created": created,
         "command_line": list(command_line) if command_line is not None else list(sys.argv),
         "options": {

@@ -34,7 +34,9 @@ def _fail(message: str, code: int) -> None:
 
 def _version_callback(value: bool) -> None:
     if value:
-        print(f"inspector {__version__}")
+        from inspector import native
+
+        print(f"inspector {__version__} (dissectors: {native.mode})")
         raise typer.Exit(0)
 
 

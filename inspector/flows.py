@@ -23,6 +23,7 @@ Rules (documented in docs/ARCHITECTURE.md):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -84,6 +85,31 @@ class Flow:
         "rst",
         "state",  # per-flow dissection state owned by the pipeline (None when not inspected)
     )
+    # For the type checker, and for mypyc-compiled readers (``inspector.native``), which then
+    # read them as plain objects: FlowTable fills them with ints and bools.
+    flow_id: Any
+    ip_version: Any
+    proto: Any
+    vlan_id: Any
+    tunnel: Any
+    client_hi: Any
+    client_lo: Any
+    client_port: Any
+    server_hi: Any
+    server_lo: Any
+    server_port: Any
+    client_is_a: Any
+    first_seen_ns: Any
+    last_seen_ns: Any
+    prev_ts_ns: Any
+    client_to_server_packets: Any
+    client_to_server_bytes: Any
+    server_to_client_packets: Any
+    server_to_client_bytes: Any
+    fin_from_client: Any
+    fin_from_server: Any
+    rst: Any
+    state: Any
 
     def __init__(self) -> None:
         self.state = None

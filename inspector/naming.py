@@ -32,6 +32,7 @@ from inspector.dissect import http as http_dissect
 from inspector.dissect import stun as stun_dissect
 from inspector.dissect import tls as tls_dissect
 from inspector.dissect.dns import DnsMessage
+from inspector.fastinit import positional_constructor
 
 # --- host names -----------------------------------------------------------------------------
 
@@ -192,7 +193,9 @@ class NameMap:
             key = _address_key(ip)
             if key is None:
                 return None
-            entries = self._by_address.get(key, ())
+            entries = self._by_address.get(key)
+            if entries is None:
+                return None
         for entry in reversed(entries):
             if entry.answered_at_ns <= at_ns:
                 return entry
@@ -332,29 +335,8 @@ class FlowNaming:
     attributes: tuple[tuple[str, str], ...]
 
 
-_NAMING_SETTERS = tuple(
-    FlowNaming.__dict__[name].__set__
-    for name in ("app_protocol", "server_name", "name_source", "raw_names", "attributes")
-)
-
-
-def _new_naming(
-    app_protocol: str,
-    server_name: str,
-    name_source: str,
-    raw_names: tuple[str, ...],
-    attributes: tuple[tuple[str, str], ...],
-) -> FlowNaming:
-    """``FlowNaming(...)`` without the frozen dataclass ``__init__`` (one ``object.__setattr__``
-    per field): the slots are filled directly. One per flow."""
-    naming = object.__new__(FlowNaming)
-    s0, s1, s2, s3, s4 = _NAMING_SETTERS
-    s0(naming, app_protocol)
-    s1(naming, server_name)
-    s2(naming, name_source)
-    s3(naming, raw_names)
-    s4(naming, attributes)
-    return naming
+#: ``FlowNaming(...)`` filling the slots directly (``fastinit``): one per flow.
+_new_naming = positional_constructor(FlowNaming)
 
 
 @functools.cache
@@ -512,7 +494,7 @@ class FlowNamer:
         kept. A message cut by the end of what has arrived waits for the next segment."""
         if self._stun_realm_raw is not None:
             return
-        messages = []
+        messages: list[stun_dissect.StunMessage] = []
         pos = 0
         while len(messages) < 16 and pos < len(stream):
             message = stun_dissect.parse_stun(stream[pos:], allow_trailing=True)
@@ -644,12 +626,12 @@ class FlowNamer:
                     dtls_dissect.DtlsHandshakeCollector()
                 )
             try:
-                messages = collector.feed(payload)
+                handshakes = collector.feed(payload)
             except dtls_dissect.DtlsError as exc:
                 self.errors[f"dtls:{exc.reason}"] += 1
                 return
-            for message in messages:
-                self._handshake_message(from_client, message, dtls=True)
+            for handshake in handshakes:
+                self._handshake_message(from_client, handshake, dtls=True)
             return
         if from_client and self._app in ("", "quic"):
             self._feed_quic(payload)

@@ -11,13 +11,19 @@ from __future__ import annotations
 
 import functools
 from collections import Counter
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from inspector.decode import IPPROTO_TCP, IPPROTO_UDP
 from inspector.facts import FlowFacts
+from inspector.fastinit import positional_constructor
 from inspector.flows import Flow
 from inspector.summarize import flow_endpoints, transport_name
+
+if TYPE_CHECKING:
+    from inspector.dissect.detectors import MediaFlowState
+    from inspector.naming import FlowNamer
 
 
 # How a flow is routed, decided from its first payload packet (vectorised over the batch).
@@ -59,9 +65,9 @@ class FlowInspection:
         use_namer = route in (ROUTE_DNS, ROUTE_NAMER, ROUTE_MEDIA, ROUTE_BOTH)
         use_media = route == ROUTE_MEDIA or route == ROUTE_BOTH
         # The namer is built on its first packet: most media flows never send it one.
-        self.namer = None
+        self.namer: FlowNamer | None = None
         self.ports = (transport, client_port, server_port)
-        self.media = _media_state_class()(transport, client_port, server_port) if use_media else None
+        self.media: MediaFlowState | None = _media_state_class()(transport, client_port, server_port) if use_media else None
         self.namer_packets = 0
         self.media_packets = 0
         self.namer_done = not use_namer
@@ -213,40 +219,8 @@ def first_payload_routes(d, bf, packets: PayloadPackets) -> list[tuple[int, int]
     return list(zip(first_slot.tolist(), routes.tolist()))
 
 
-_FACTS_FIELDS = (
-    "transport", "client_ip", "client_port", "server_ip", "server_port", "app_protocol",
-    "server_name", "name_source", "dns_name", "detectors", "attributes", "first_seen_ns",
-    "last_seen_ns",
-)  # fmt: skip
-
-
-def _facts_constructor():
-    """``FlowFacts(*values)`` in ``_FACTS_FIELDS`` order. Filling the slots directly skips the
-    frozen dataclass ``__init__`` (one ``object.__setattr__`` per field; one FlowFacts per
-    flow). Used only while FlowFacts has exactly these fields and no ``__post_init__``;
-    otherwise the ordinary constructor, by field name."""
-    import dataclasses
-
-    fields = tuple(field.name for field in dataclasses.fields(FlowFacts))
-    if fields != _FACTS_FIELDS or hasattr(FlowFacts, "__post_init__"):
-
-        def by_name(*values: object) -> FlowFacts:
-            return FlowFacts(**dict(zip(_FACTS_FIELDS, values)))
-
-        return by_name
-    setters = tuple(FlowFacts.__dict__[name].__set__ for name in fields)
-    new = object.__new__
-
-    def direct(*values: object) -> FlowFacts:
-        facts = new(FlowFacts)
-        for setter, value in zip(setters, values):
-            setter(facts, value)
-        return facts
-
-    return direct
-
-
-_new_facts = _facts_constructor()
+#: ``FlowFacts(...)`` filling the slots directly (``fastinit``): one per flow.
+_new_facts = positional_constructor(FlowFacts)
 
 
 def _stun_realm_name(raw: str) -> str:

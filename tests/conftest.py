@@ -6,9 +6,21 @@ from pathlib import Path
 
 import pytest
 
+from inspector import native
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 NDPI_DIR = SHARED / "captures" / "real" / "ndpi"
+
+
+#: For tests that replace a module-level function of a dissector module: callers compiled with
+#: mypyc (inspector.native) call it directly and never see the stand-in. scripts/test runs the
+#: dissector tests a second time on the pure-Python modules, where these run.
+pure_python_only = pytest.mark.skipif(
+    native.mode == "compiled",
+    reason="patches a function that the mypyc-compiled callers call directly; "
+    "runs in the INSPECTOR_PURE=1 pass of scripts/test",
+)
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,7 @@ import types
 import pytest
 
 from inspector import naming
+from tests.conftest import pure_python_only
 from inspector.dissect.dns import DnsMessage, DnsQuestion, DnsRecord
 from inspector.naming import DnsName, FlowNamer, NameMap, normalise_hostname
 from tests.dissect.test_dns import CNAME_CHAIN_RESPONSE, QUESTION, header
@@ -348,6 +349,7 @@ def test_stream_cap_counts_segments_far_beyond_the_window() -> None:
     assert namer.errors["tcp:stream_cap"] == 1
 
 
+@pure_python_only
 def test_feed_never_raises_on_internal_bugs(monkeypatch: pytest.MonkeyPatch) -> None:
     def boom(*args: object) -> None:
         raise RuntimeError("bug")

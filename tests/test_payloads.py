@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from inspector import payloads
+from tests.conftest import pure_python_only
 from inspector.payloads import (
     MEDIA_CAP_PACKETS,
     NAMER_CAP_PACKETS,
@@ -87,6 +88,7 @@ def _run(path, batch_size: int):
     return facts, stage.packets_inspected, dict(stage.errors)
 
 
+@pure_python_only
 @pytest.mark.parametrize("batch_size", [97, 65536])
 def test_budgeted_selection_learns_what_the_full_selection_learns(ndpi_dir, monkeypatch, batch_size) -> None:
     captures = [
@@ -110,15 +112,3 @@ def test_budgeted_selection_learns_what_the_full_selection_learns(ndpi_dir, monk
             patch.setattr(payloads, "_still_wanted", _every_live_packet)
             full = _run(path, batch_size)
         assert budgeted == full, path.name
-
-
-def test_fast_facts_constructor_fills_every_field_by_name() -> None:
-    import dataclasses
-
-    from inspector.facts import DetectorHit, FlowFacts
-
-    values = ("udp", "10.0.0.1", 50000, "192.0.2.1", 3478, "stun", "turn.example", "stun-realm",
-              "dns.example", (DetectorHit("stun"),), (("stun_realm", "turn.example"),), 1, 2)
-    built = payloads._new_facts(*values)
-    assert built == FlowFacts(**dict(zip(payloads._FACTS_FIELDS, values)))
-    assert tuple(f.name for f in dataclasses.fields(FlowFacts)) == payloads._FACTS_FIELDS

@@ -540,7 +540,8 @@ class MediaFlowState:
             self.evidence.dtls_packets += 1
             return
         # RFC 4571: each RTP/RTCP packet prefixed by a 2-byte length.
-        pos, frames = 0, []
+        pos = 0
+        frames: list[bytes] = []
         while pos + 2 <= len(payload) and len(frames) < MAX_TCP_FRAMES:
             frame_len = struct.unpack_from("!H", payload, pos)[0]
             if frame_len == 0 or pos + 2 + frame_len > len(payload):

@@ -17,6 +17,8 @@ import socket
 import struct
 from dataclasses import dataclass
 
+from inspector.fastinit import positional_constructor
+
 TYPE_A = 1
 TYPE_NS = 2
 TYPE_CNAME = 5
@@ -220,25 +222,11 @@ _HEADER = struct.Struct("!HHHH").unpack_from  # ID, flags, QDCOUNT, ANCOUNT (RFC
 _RECORD_HEADER = struct.Struct("!HHIH").unpack_from  # TYPE, CLASS, TTL, RDLENGTH (§4.1.3)
 
 
-def _slot_filler(cls: type, names: tuple[str, ...]):
-    """``cls(*values)`` for a frozen slots dataclass whose fields are ``names``, in order,
-    without the generated ``__init__`` (one ``object.__setattr__`` per field): a DNS response
-    builds a message, its questions and every record, for every answer in the capture."""
-    setters = tuple(cls.__dict__[name].__set__ for name in names)
-    new = object.__new__
-
-    def build(*values: object):
-        instance = new(cls)
-        for setter, value in zip(setters, values):
-            setter(instance, value)
-        return instance
-
-    return build
-
-
-_new_question = _slot_filler(DnsQuestion, ("name", "type"))
-_new_record = _slot_filler(DnsRecord, ("name", "type", "ttl_s", "value", "addresses"))
-_new_message = _slot_filler(DnsMessage, ("id", "is_response", "rcode", "questions", "answers"))
+# A DNS response builds a message, its questions and every record, for every answer in the
+# capture: filled slot by slot (``fastinit``).
+_new_question = positional_constructor(DnsQuestion)
+_new_record = positional_constructor(DnsRecord)
+_new_message = positional_constructor(DnsMessage)
 
 
 def split_tcp_messages(stream: bytes) -> tuple[list[bytes], int]:

@@ -106,6 +106,7 @@ def parse_cleartext(datagram: bytes) -> GQuicHello | None:
     """
     if len(datagram) < 5:
         return None
+    version: int | None
     if datagram[0] & 0x80:
         version = int.from_bytes(datagram[1:5], "big")
         if version != VERSION_Q046:

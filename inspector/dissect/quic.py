@@ -44,6 +44,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from inspector.dissect import ErrorCounts, gquic
 from inspector.dissect.gquic import GQuicError, GQuicHello
 from inspector.dissect.tls import ClientHello, TlsError, parse_client_hello
+from inspector.fastinit import positional_constructor
 
 __all__ = [
     "QuicError",
@@ -462,19 +463,8 @@ def parse_long_header(datagram: bytes, start: int, profile: VersionProfile) -> L
     return _new_long_header(start, pos + length, pos, first_byte, version, packet_type, dcid, scid, token)
 
 
-_LONG_HEADER_SETTERS = tuple(
-    LongHeader.__dict__[name].__set__
-    for name in ("start", "end", "pn_offset", "first_byte", "version", "packet_type", "dcid", "scid", "token")
-)
-
-
-def _new_long_header(*values: object) -> LongHeader:
-    """``LongHeader(*values)`` without the frozen dataclass ``__init__`` (one
-    ``object.__setattr__`` per field): the slots are filled directly, in field order."""
-    header = object.__new__(LongHeader)
-    for setter, value in zip(_LONG_HEADER_SETTERS, values):
-        setter(header, value)
-    return header
+#: ``LongHeader(...)`` filling the slots directly (``fastinit``).
+_new_long_header = positional_constructor(LongHeader)
 
 
 def decrypt_client_initial(packet: bytes, pn_offset: int, keys: InitialKeys) -> tuple[int, bytes]:
@@ -605,7 +595,8 @@ def parse_initial_frames(plaintext: bytes) -> list[tuple[int, bytes]]:
             continue
         if frame_type == 0x00 or frame_type == 0x01:
             # One-byte frames: jump the whole run (a client pads its Initial to 1200 bytes).
-            pos = skip(plaintext, pos).end()
+            run = skip(plaintext, pos)  # matches at least the byte just read
+            pos = run.end() if run is not None else pos + 1
             continue
         pos += 1
         if frame_type in (0x02, 0x03):

@@ -17,6 +17,8 @@ import struct
 import zlib
 from dataclasses import dataclass
 
+from inspector.fastinit import positional_constructor
+
 MAGIC_COOKIE = 0x2112A442
 FINGERPRINT_XOR = 0x5354554E  # RFC 5389 §15.5: CRC-32 of the message XOR "STUN"
 HEADER_LEN = 20
@@ -173,7 +175,7 @@ def method_of(message_type: int) -> int:
     return (message_type & 0x000F) | ((message_type & 0x00E0) >> 1) | ((message_type & 0x3E00) >> 2)
 
 
-def fingerprint(message_prefix: bytes) -> int:
+def fingerprint(message_prefix: bytes | memoryview) -> int:
     """FINGERPRINT value for a message whose bytes before the attribute are given (§15.5)."""
     return (zlib.crc32(message_prefix) & 0xFFFFFFFF) ^ FINGERPRINT_XOR
 
@@ -222,43 +224,9 @@ def parse_stun(data: bytes, *, allow_trailing: bool = False) -> StunMessage | No
     )
 
 
-def _slot_setters(cls: type, names: tuple[str, ...]) -> tuple:
-    return tuple(cls.__dict__[name].__set__ for name in names)
-
-
-_MESSAGE_SETTERS = _slot_setters(
-    StunMessage,
-    (
-        "message_type", "method", "message_class", "transaction_id", "classic", "attributes",
-        "total_len", "fingerprint_ok",
-    ),
-)  # fmt: skip
-
-
-def _new_message(
-    message_type: int,
-    method: int,
-    message_class: str,
-    transaction_id: bytes,
-    classic: bool,
-    attributes: tuple[tuple[int, bytes], ...],
-    total_len: int,
-    fingerprint_ok: bool | None,
-) -> StunMessage:
-    """``StunMessage(...)`` without the frozen dataclass ``__init__``, which sets each field
-    through ``object.__setattr__``; the slots are filled directly. A datagram flow's first
-    packets are mostly STUN, so this runs for most media packets."""
-    message = object.__new__(StunMessage)
-    s0, s1, s2, s3, s4, s5, s6, s7 = _MESSAGE_SETTERS
-    s0(message, message_type)
-    s1(message, method)
-    s2(message, message_class)
-    s3(message, transaction_id)
-    s4(message, classic)
-    s5(message, attributes)
-    s6(message, total_len)
-    s7(message, fingerprint_ok)
-    return message
+#: ``StunMessage(...)`` filling the slots directly: a datagram flow's first packets are mostly
+#: STUN, so this runs for most media packets (``fastinit``).
+_new_message = positional_constructor(StunMessage)
 
 
 def _walk_attributes(

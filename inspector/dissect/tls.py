@@ -15,6 +15,8 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
+from inspector.fastinit import positional_constructor
+
 HANDSHAKE_CLIENT_HELLO = 1
 HANDSHAKE_SERVER_HELLO = 2
 HANDSHAKE_CERTIFICATE = 11
@@ -357,36 +359,9 @@ def _first_of_each(spans: list[tuple[int, int, int]]) -> list[tuple[int, int, in
     return first
 
 
-_HELLO_SETTERS = tuple(
-    ClientHello.__dict__[name].__set__
-    for name in (
-        "server_name", "alpn", "legacy_version", "supported_versions", "has_ech", "use_srtp",
-        "extensions",
-    )
-)  # fmt: skip
-
-
-def _new_client_hello(
-    server_name: str,
-    alpn: tuple[str, ...],
-    legacy_version: int,
-    supported_versions: tuple[int, ...],
-    has_ech: bool,
-    use_srtp: tuple[int, ...],
-    extensions: tuple[int, ...],
-) -> ClientHello:
-    """``ClientHello(...)`` without the frozen dataclass ``__init__`` (one ``object.__setattr__``
-    per field): the slots are filled directly. Every TLS and QUIC flow parses one hello."""
-    hello = object.__new__(ClientHello)
-    s0, s1, s2, s3, s4, s5, s6 = _HELLO_SETTERS
-    s0(hello, server_name)
-    s1(hello, alpn)
-    s2(hello, legacy_version)
-    s3(hello, supported_versions)
-    s4(hello, has_ech)
-    s5(hello, use_srtp)
-    s6(hello, extensions)
-    return hello
+#: ``ClientHello(...)`` filling the slots directly (``fastinit``): every TLS and QUIC flow
+#: parses one hello.
+_new_client_hello = positional_constructor(ClientHello)
 
 
 # The ClientHello extensions ``_client_extension`` decodes; the others are only listed.

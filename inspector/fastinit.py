@@ -1,0 +1,45 @@
+"""Building frozen slots dataclasses on the packet path.
+
+A frozen dataclass's generated ``__init__`` sets every field through ``object.__setattr__``,
+one Python-level call per field. The dissectors build one such object per parsed message (a
+STUN message, a DNS record, a QUIC header), so they fill the slots directly instead.
+
+When the class's module was compiled with mypyc (``inspector.native``), the class is a native
+class: its fields are not slot descriptors, ``object.__new__`` refuses it, and its own
+``__init__`` is already C. The class itself is then the constructor. Either way the result is
+called with the field values positionally, in the dataclass's field order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+from collections.abc import Callable
+from typing import Any
+
+
+def positional_constructor(cls: type) -> Callable[..., Any]:
+    """``cls(*values)`` (values in field order), filling the slots directly where that is
+    both possible and equivalent: a pure-Python slots dataclass without ``__post_init__``
+    whose every field takes its value from the call."""
+    fields = dataclasses.fields(cls)
+    descriptors: list[Any] = [cls.__dict__.get(field.name) for field in fields]
+    if hasattr(cls, "__post_init__") or not all(
+        isinstance(descriptor, types.MemberDescriptorType) and field.init
+        for field, descriptor in zip(fields, descriptors)
+    ):
+        return cls
+    setters = tuple(descriptor.__set__ for descriptor in descriptors)
+    count = len(setters)
+    new = object.__new__
+
+    def build(*values: object) -> Any:
+        if len(values) != count:
+            return cls(*values)  # the dataclass raises the usual TypeError
+        instance: Any = new(cls)
+        for setter, value in zip(setters, values):
+            setter(instance, value)
+        return instance
+
+    build.__qualname__ = build.__name__ = f"new_{cls.__name__}"
+    return build

@@ -1,0 +1,78 @@
+"""``fastinit.positional_constructor`` and the hot-path constructors built with it."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from inspector import fastinit, naming, payloads
+from inspector.dissect import dns, quic, stun, tls
+from inspector.facts import DetectorHit, FlowFacts
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Pair:
+    left: int
+    right: str
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Checked:
+    value: int
+
+    def __post_init__(self) -> None:
+        if self.value < 0:
+            raise ValueError("negative")
+
+
+@dataclasses.dataclass(frozen=True)
+class _NoSlots:
+    value: int
+
+
+def test_fills_every_slot_and_equals_the_dataclass() -> None:
+    build = fastinit.positional_constructor(_Pair)
+    assert build is not _Pair
+    made = build(1, "a")
+    assert type(made) is _Pair and made == _Pair(1, "a")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        made.left = 2  # type: ignore[misc]
+
+
+def test_wrong_arity_raises_as_the_dataclass_does() -> None:
+    build = fastinit.positional_constructor(_Pair)
+    with pytest.raises(TypeError):
+        build(1)
+    with pytest.raises(TypeError):
+        build(1, "a", "extra")
+
+
+def test_classes_it_cannot_fill_get_their_own_constructor() -> None:
+    # __post_init__ must run; without slots there are no descriptors to fill.
+    assert fastinit.positional_constructor(_Checked) is _Checked
+    assert fastinit.positional_constructor(_NoSlots) is _NoSlots
+
+
+HOT_PATH_VALUES = [
+    (stun._new_message, stun.StunMessage, (1, 1, "request", b"t" * 12, False, ((6, b"u"),), 28, None)),
+    (dns._new_question, dns.DnsQuestion, ("example.com", 1)),
+    (dns._new_record, dns.DnsRecord, ("example.com", 1, 60, "192.0.2.1", ("192.0.2.1",))),
+    (dns._new_message, dns.DnsMessage, (7, True, 0, (), ())),
+    (quic._new_long_header, quic.LongHeader, (0, 1200, 30, 0xC3, 1, "initial", b"d" * 8, b"", b"")),
+    (tls._new_client_hello, tls.ClientHello, ("example.com", ("h2",), 0x0303, (0x0304,), False, (), (0, 16))),
+    (naming._new_naming, naming.FlowNaming, ("tls", "example.com", "sni", ("example.com",), ())),
+    (payloads._new_facts, FlowFacts, (
+        "udp", "10.0.0.1", 50000, "192.0.2.1", 3478, "stun", "turn.example", "stun-realm",
+        "dns.example", (DetectorHit("stun"),), (("stun_realm", "turn.example"),), 1, 2,
+    )),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("build, cls, values", HOT_PATH_VALUES, ids=lambda v: getattr(v, "__name__", ""))
+def test_hot_path_constructors_equal_their_class(build, cls, values) -> None:
+    # The call sites pass every field positionally, in field order: the same object results.
+    assert len(values) == len(dataclasses.fields(cls))
+    made = build(*values)
+    assert type(made) is cls
+    assert made == cls(*values)
