@@ -22,6 +22,7 @@ Rules (documented in docs/ARCHITECTURE.md):
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -117,6 +118,23 @@ class Flow:
     @property
     def closed(self) -> bool:
         return self.rst or (self.fin_from_client and self.fin_from_server)
+
+    def __reduce__(self) -> tuple:
+        # Ended flows cross to the dissect workers (parallel.py) by the tens of thousands. As one
+        # tuple of their fields they pickle ~3x faster than as the dict of slots pickle builds.
+        return (_rebuilt_flow, _FLOW_FIELDS(self))
+
+
+_FLOW_FIELDS = operator.attrgetter(*Flow.__slots__)
+_FLOW_SETTERS = tuple(Flow.__dict__[name].__set__ for name in Flow.__slots__)
+
+
+def _rebuilt_flow(*values: Any) -> Flow:
+    """The Flow ``Flow.__reduce__`` pickled: its fields in ``__slots__`` order."""
+    f = Flow.__new__(Flow)
+    for setter, value in zip(_FLOW_SETTERS, values):
+        setter(f, value)
+    return f
 
 
 def _is_service_port(port: int) -> bool:

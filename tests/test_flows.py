@@ -177,3 +177,18 @@ def test_hash_collisions_fall_back_to_exact_grouping(monkeypatch):
     want = summary(run(pkts, batch_size=9))
     monkeypatch.setattr(flows_module, "_mix", lambda h, v: h * 0)  # every key hashes to 0
     assert summary(run(pkts, batch_size=9)) == want
+
+
+def test_a_flow_pickles_with_every_field():
+    # Ended flows travel to the dissect workers pickled (parallel.py); Flow.__reduce__ sends
+    # one tuple of fields.
+    import pickle
+
+    from inspector.flows import Flow
+
+    (f,) = run(tcp_conversation())
+    f.state = None
+    copy = pickle.loads(pickle.dumps(f, protocol=pickle.HIGHEST_PROTOCOL))
+    assert type(copy) is Flow
+    assert all(getattr(copy, name) == getattr(f, name) for name in Flow.__slots__)
+    assert summary([copy]) == summary([f])
