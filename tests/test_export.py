@@ -5,6 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
+from inspector import export
 from inspector.export import neutralise, write_table
 
 HOSTILE = [
@@ -127,3 +128,29 @@ def test_an_empty_table_gives_the_header_or_an_empty_list(tmp_path, fmt):
     data = write_table(frame, tmp_path / f"t.{fmt}", fmt, chunk_rows=4).read_bytes()
     assert data == (_reference_csv(frame) if fmt == "csv" else _reference_json(frame))
     assert data == (b"server_name,bytes,ratio,first_seen,during_call,note\r\n" if fmt == "csv" else b"[]\n")
+
+
+def test_csv_cells_are_what_pandas_to_csv_writes(tmp_path):
+    # The writer hands cells to the csv module itself: every dtype the tables use, with missing
+    # values, extreme floats and cells that need quoting, must give pandas' bytes exactly.
+    import numpy as np
+
+    rng = np.random.default_rng(7)
+    floats = np.concatenate([
+        rng.random(3000) * 10.0 ** rng.integers(-20, 25, 3000),
+        [0.0, -0.0, 1e16, 1e15, 9999999999999998.0, 123456789012345678.0, 1e-5, 1e-4, 5e-324,
+         1.7976931348623157e308, np.inf, -np.inf, np.nan, 0.1 + 0.2, 2.5, 1e22],
+    ])  # fmt: skip
+    n = floats.shape[0]
+    frame = pd.DataFrame({
+        "f": floats,
+        "i": np.arange(n, dtype=np.int64) - 5,
+        "b": np.arange(n) % 2 == 0,
+        "nb": pd.array(([True, False, None] * n)[:n], dtype="boolean"),
+        "s": pd.array((["a,b", 'q"x', None, "line\nx", "cr\r", " sp ", "", "=1+1"] * n)[:n], dtype="string"),
+        "o": pd.Series((["x", None, "y"] * n)[:n], dtype=object),
+        "t": pd.to_datetime(np.arange(n) * 1_000_003, unit="us", utc=True),
+    })  # fmt: skip
+    path = write_table(frame, tmp_path / "t.csv", "csv", chunk_rows=1000)
+    expected = export._text_frame(frame).to_csv(index=False, lineterminator="\r\n")
+    assert path.read_bytes() == expected.encode("utf-8")
