@@ -43,3 +43,26 @@ def positional_constructor(cls: type) -> Callable[..., Any]:
 
     build.__qualname__ = build.__name__ = f"new_{cls.__name__}"
     return build
+
+
+def attribute_state(obj: object) -> dict[str, Any]:
+    """Every attribute of ``obj``, for a ``__reduce__`` returning
+    ``(rebuilt, (cls, args, attribute_state(self)))``. Such a class pickles the same whether or
+    not mypyc compiled it: a native class has no ``__dict__``, lists its attributes in
+    ``__mypyc_attrs__``, and has a ``__setstate__`` that ignores pickle's usual state forms."""
+    names = getattr(type(obj), "__mypyc_attrs__", None) or tuple(vars(obj))
+    missing = object()
+    state = {}
+    for name in names:
+        value = getattr(obj, name, missing)
+        if value is not missing:
+            state[name] = value
+    return state
+
+
+def rebuilt(cls: type, args: tuple, state: dict[str, Any]) -> Any:
+    """``cls(*args)`` with the attributes of ``attribute_state`` set again (unpickling)."""
+    obj = cls(*args)
+    for name, value in state.items():
+        setattr(obj, name, value)
+    return obj

@@ -121,19 +121,21 @@ class Flow:
 
     def __reduce__(self) -> tuple:
         # Ended flows cross to the dissect workers (parallel.py) by the tens of thousands. As one
-        # tuple of their fields they pickle ~3x faster than as the dict of slots pickle builds.
+        # tuple of their fields they pickle ~3x faster than as the dict of slots pickle builds;
+        # and a class compiled by mypyc (inspector.native) does not pickle by default.
         return (_rebuilt_flow, _FLOW_FIELDS(self))
 
 
-_FLOW_FIELDS = operator.attrgetter(*Flow.__slots__)
-_FLOW_SETTERS = tuple(Flow.__dict__[name].__set__ for name in Flow.__slots__)
+#: Flow's fields, read at run time: compiled, the class lists them in __mypyc_attrs__.
+_FLOW_FIELD_NAMES: tuple[str, ...] = getattr(Flow, "__mypyc_attrs__", None) or getattr(Flow, "__slots__")
+_FLOW_FIELDS = operator.attrgetter(*_FLOW_FIELD_NAMES)
 
 
 def _rebuilt_flow(*values: Any) -> Flow:
-    """The Flow ``Flow.__reduce__`` pickled: its fields in ``__slots__`` order."""
-    f = Flow.__new__(Flow)
-    for setter, value in zip(_FLOW_SETTERS, values):
-        setter(f, value)
+    """The Flow ``Flow.__reduce__`` pickled: its fields in ``_FLOW_FIELD_NAMES`` order."""
+    f = Flow()
+    for name, value in zip(_FLOW_FIELD_NAMES, values):
+        setattr(f, name, value)
     return f
 
 
@@ -355,7 +357,9 @@ class FlowTable:
         # group replaced an earlier one above only if processed later, so fix it up explicitly.
         for s in range(n_seg):
             if s + 1 == n_seg or seg_group[s + 1] != seg_group[s]:
-                self._active[group_keys[int(seg_group[s])]] = seg_flow[s]
+                last = seg_flow[s]
+                assert last is not None  # every segment got its flow above
+                self._active[group_keys[int(seg_group[s])]] = last
 
         slots: dict[int, int] = {}
         flows: list[Flow] = []
@@ -367,6 +371,7 @@ class FlowTable:
         ts_min_l, ts_max_l, clock_last_l = ts_min.tolist(), ts_max.tolist(), clock_last.tolist()
         for s in range(n_seg):
             f = seg_flow[s]
+            assert f is not None  # every segment got its flow above
             slot = slots.get(id(f))
             if slot is None:
                 slot = slots[id(f)] = len(flows)

@@ -12,11 +12,12 @@ nDPI's payload-type table).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
 from inspector.dissect.rtp import ReportBlock, RtcpPacket, parse_rtcp_compound
+from inspector.fastinit import attribute_state, rebuilt
 
 __all__ = [
     "ReportBlock",
@@ -335,6 +336,10 @@ class RunningStreams:
         empty = np.zeros(0, dtype=np.int64)
         self._pending = (empty, empty, empty)  # segment, arrival, RTP timestamp of queued packets
         self._clock_ns = _I64_MIN
+
+    def __reduce__(self) -> tuple:
+        # A parallel run's RTP worker returns this state to the reading process (parallel.py).
+        return (rebuilt, (RunningStreams, (self.max_gap_ns,), attribute_state(self)))
 
     # storage -------------------------------------------------------------------------------
     _STREAM_FIELDS: ClassVar[dict[str, tuple[type, object]]] = {
@@ -885,7 +890,7 @@ def segment_frame(streams: RunningStreams, capture: str):
 
     from inspector.schema import RTP_SEGMENT_COLUMNS
 
-    columns = streams.segments()
+    columns: Any = streams.segments()
     n = len(columns["packets"])
     data = {"capture": pd.Series([capture] * n, dtype="string")}
     for name, dtype, _ in RTP_SEGMENT_COLUMNS[1:]:

@@ -25,8 +25,13 @@ import os
 import sys
 from pathlib import Path
 
-#: Modules compiled by ``setup.py`` (paths relative to the project root are derived from these).
+#: Modules compiled by ``setup.py``: the dissectors, and the per-flow and per-stream Python of
+#: the flow table, the finished-flow store and the collectors.
 NATIVE_MODULES = (
+    "inspector.flows",
+    "inspector.flowstore",
+    "inspector.collect",
+    "inspector.media_stats",
     "inspector.payloads",
     "inspector.naming",
     "inspector.dissect.detectors",

@@ -76,3 +76,23 @@ def test_hot_path_constructors_equal_their_class(build, cls, values) -> None:
     made = build(*values)
     assert type(made) is cls
     assert made == cls(*values)
+
+
+def test_running_streams_pickle_with_every_attribute() -> None:
+    # A parallel run's RTP worker returns its stream state pickled (parallel.py), compiled or not.
+    import pickle
+
+    import numpy as np
+
+    from inspector.media_stats import RunningStreams
+
+    streams = RunningStreams(2_000_000_000)
+    streams._streams = 3
+    streams._missing = np.array([5, 7], dtype=np.int64)
+    streams._payload_types = {0: {111: 4}}
+    copy = pickle.loads(pickle.dumps(streams, protocol=pickle.HIGHEST_PROTOCOL))
+    assert type(copy) is RunningStreams
+    state, copied = fastinit.attribute_state(streams), fastinit.attribute_state(copy)
+    assert state.keys() == copied.keys() and len(state) > 10
+    assert copy.max_gap_ns == 2_000_000_000 and copy._streams == 3
+    assert copy._missing.tolist() == [5, 7] and copy._payload_types == {0: {111: 4}}
