@@ -17,6 +17,7 @@ from pathlib import Path
 
 from setuptools import Distribution, setup
 from setuptools.command.build_ext import build_ext
+from setuptools.command.build_py import build_py
 
 ROOT = Path(__file__).resolve().parent
 
@@ -117,6 +118,28 @@ class OptionalNativeBuild(build_ext):
         return outputs
 
 
+#: Shipped beside the code at the repository root; a wheel carries copies (inspector/bundled.py).
+BUNDLED = ("signatures", "captures/sample-call.pcapng", "captures/README.md")
+
+
+class BuildWithBundledFiles(build_py):
+    """build_py that copies the signature set and the sample capture into a wheel's package
+    (``inspector/_bundled/``). An editable install reads them where they are."""
+
+    def run(self) -> None:
+        super().run()
+        if getattr(self, "editable_mode", False):
+            return
+        target = Path(self.build_lib) / "inspector" / "_bundled"
+        for relative in BUNDLED:
+            source = ROOT / relative
+            if source.is_dir():
+                self.copy_tree(str(source), str(target / relative))
+            elif source.is_file():
+                self.mkpath(str((target / relative).parent))
+                self.copy_file(str(source), str(target / relative))
+
+
 class BinaryDistribution(Distribution):
     """Always run build_ext (it decides whether to compile): the extension list is only known
     once mypyc has run."""
@@ -125,4 +148,4 @@ class BinaryDistribution(Distribution):
         return _wanted()
 
 
-setup(cmdclass={"build_ext": OptionalNativeBuild}, distclass=BinaryDistribution)
+setup(cmdclass={"build_ext": OptionalNativeBuild, "build_py": BuildWithBundledFiles}, distclass=BinaryDistribution)

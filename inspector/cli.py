@@ -13,6 +13,7 @@ from typing import Optional
 import typer
 
 from inspector._version import __version__
+from inspector.bundled import bundled
 
 app = typer.Typer(
     add_completion=False,
@@ -21,7 +22,7 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-SAMPLE_CAPTURE = Path(__file__).resolve().parents[1] / "captures" / "sample-call.pcapng"
+SAMPLE_CAPTURE = bundled("captures/sample-call.pcapng")
 PROGRESS_MIN_BYTES = 8 << 20  # show a progress bar for captures of 8 MiB and more
 
 

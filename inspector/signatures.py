@@ -39,9 +39,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from inspector.bundled import bundled
 from inspector.errors import SignatureError
 
-BUILTIN_DIR = Path(__file__).resolve().parents[1] / "signatures"
+BUILTIN_DIR = bundled("signatures")
 
 SCHEMA_VERSION = 1
 
