@@ -147,41 +147,53 @@ def test_call_summaries(benchmark, call_inputs):
     benchmark(lambda: call_summaries(tables, {}))
 
 
+# Records what the dissect stage hands each per-flow dissector, by wrapping the classes' __init__
+# and feed. Run on the pure-Python modules (INSPECTOR_PURE=1, in a subprocess): a class compiled
+# with mypyc (inspector.native) cannot be wrapped. The replay below times whichever build is in use.
+_RECORD = """
+import pickle, sys
+from inspector import naming
+from inspector.dissect import detectors
+from inspector.payloads import PayloadStage
+from inspector.pipeline import AnalyzeOptions, process_capture
+
+kept = {"namer": [], "media": []}
+
+def record(cls, kind):
+    init, feed = cls.__init__, cls.feed
+
+    def recording_init(self, *args):
+        init(self, *args)
+        self._bench_inputs = (args, [])
+        kept[kind].append(self._bench_inputs)
+
+    def recording_feed(self, *args):
+        self._bench_inputs[1].append(args)
+        return feed(self, *args)
+
+    cls.__init__, cls.feed = recording_init, recording_feed
+
+record(naming.FlowNamer, "namer")
+record(detectors.MediaFlowState, "media")
+process_capture(sys.argv[1], AnalyzeOptions(), None, PayloadStage())
+with open(sys.argv[2], "wb") as fh:
+    pickle.dump(kept, fh)
+"""
+
+
 @pytest.fixture(scope="session")
-def dissector_inputs(capture):
+def dissector_inputs(capture, tmp_path_factory):
     """What the dissect stage handed each per-flow dissector on the small capture, kept from one
     run: [(constructor args, [feed args ...])] for the namers and for the media states. Replaying
     them times the dissectors alone, without reading, decoding or the packet selection."""
-    from inspector import naming
-    from inspector.dissect import detectors
-    from inspector.payloads import PayloadStage
+    import os
+    import pickle
 
-    kept = {"namer": [], "media": []}
-    patched = []
-
-    def record(cls, kind: str) -> None:
-        init, feed = cls.__init__, cls.feed
-
-        def recording_init(self, *args):
-            init(self, *args)
-            self._bench_inputs = (args, [])
-            kept[kind].append(self._bench_inputs)
-
-        def recording_feed(self, *args):
-            self._bench_inputs[1].append(args)
-            return feed(self, *args)
-
-        cls.__init__, cls.feed = recording_init, recording_feed
-        patched.append((cls, init, feed))
-
-    record(naming.FlowNamer, "namer")
-    record(detectors.MediaFlowState, "media")
-    try:
-        process_capture(capture, AnalyzeOptions(), None, PayloadStage())
-    finally:
-        for cls, init, feed in patched:
-            cls.__init__, cls.feed = init, feed
-    return kept
+    out = tmp_path_factory.mktemp("dissector-inputs") / "kept.pickle"
+    env = dict(os.environ, INSPECTOR_PURE="1")
+    subprocess.run([sys.executable, "-c", _RECORD, str(capture), str(out)], check=True, cwd=REPO, env=env)
+    with open(out, "rb") as fh:
+        return pickle.load(fh)
 
 
 def test_namers(benchmark, dissector_inputs):
