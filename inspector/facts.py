@@ -76,4 +76,9 @@ def facts_to_row(f: FlowFacts) -> tuple:
 
 def facts_from_row(row: tuple) -> FlowFacts:
     hits = tuple(DetectorHit(*h) for h in row[9])
-    return FlowFacts(*row[:9], hits, *row[10:])
+    (transport, client_ip, client_port, server_ip, server_port, app_protocol, server_name, name_source,
+     dns_name, _, attributes, first_seen_ns, last_seen_ns) = row  # fmt: skip
+    return FlowFacts(
+        transport, client_ip, client_port, server_ip, server_port, app_protocol, server_name, name_source,
+        dns_name, hits, attributes, first_seen_ns, last_seen_ns,
+    )  # fmt: skip

@@ -32,6 +32,7 @@ NATIVE_MODULES = (
     "inspector.flowstore",
     "inspector.collect",
     "inspector.media_stats",
+    "inspector.facts",
     "inspector.payloads",
     "inspector.naming",
     "inspector.dissect.detectors",
