@@ -2,15 +2,16 @@
 
 Metadata lives in pyproject.toml. This file only adds the optional compiled modules
 (``inspector/native.py`` says which and why). Compiling needs mypy (a build requirement in
-pyproject.toml) and a C compiler; if either is missing or compiling fails, the build says so
-and the package installs as plain Python, which behaves the same, only slower.
-``INSPECTOR_PURE=1`` at build time skips compiling.
+pyproject.toml, which pip installs for the build) and a C compiler; if the compiler is missing
+or compiling fails, the build says so and the package installs as plain Python, which behaves
+the same, only slower. ``INSPECTOR_PURE=1`` at build time skips compiling.
 """
 
 from __future__ import annotations
 
 import ast
 import hashlib
+import importlib.machinery
 import os
 import sys
 from pathlib import Path
@@ -47,12 +48,18 @@ def _wanted() -> bool:
     return os.environ.get(PURE_ENV, "") in ("", "0")
 
 
+#: Commands that build the package; others (egg_info, dist_info, sdist) only need its metadata.
+_BUILDING = {"build", "build_ext", "bdist_wheel", "editable_wheel", "install", "develop", "bdist_egg"}
+
+
 class OptionalNativeBuild(build_ext):
     """build_ext that compiles NATIVE_MODULES with mypyc, falling back to pure Python.
 
-    mypyc runs when this command is set up rather than when setup.py is loaded: pip loads
-    setup.py several times (metadata, then the build), and type-checking and generating C takes
-    half a minute.
+    mypyc runs when this command is set up for a build, not when setup.py is loaded nor for the
+    metadata steps: pip loads setup.py several times, and type-checking and generating C takes
+    half a minute. Every build first removes what an earlier build left in the package
+    (extensions, the digests file), so a pure install or a smaller set of compiled modules
+    leaves no stale extension behind.
     """
 
     def finalize_options(self) -> None:
@@ -61,6 +68,8 @@ class OptionalNativeBuild(build_ext):
         super().finalize_options()
 
     def _native_extensions(self) -> list:
+        if not _BUILDING.intersection(self.distribution.commands):
+            return []
         if not _wanted():
             print(f"inspector: {PURE_ENV} is set: installing the pure-Python dissectors", file=sys.stderr)
             return []
@@ -87,34 +96,43 @@ class OptionalNativeBuild(build_ext):
         self.extensions = []
         return []
 
+    def _package_dir(self) -> Path:
+        """Where this build puts the package's compiled files (in place for an editable
+        install, else the build directory)."""
+        return Path(self.get_ext_fullpath("inspector.native")).parent
+
+    def _clear_previous_build(self) -> None:
+        package_dir = self._package_dir()
+        (package_dir / SOURCES_FILE).unlink(missing_ok=True)
+        suffixes = tuple(importlib.machinery.EXTENSION_SUFFIXES)
+        for path in package_dir.rglob("*"):
+            if path.name.endswith(suffixes) and path.is_file():
+                path.unlink()
+
     def run(self) -> None:
+        self._clear_previous_build()
         if not self.extensions:
             return
         try:
             super().run()
         except (Exception, SystemExit) as e:  # noqa: BLE001 - no C compiler, or it failed
             self._fall_back(e)
+            self._clear_previous_build()  # no partial build either
             return
         self._write_sources_file()
 
     def _write_sources_file(self) -> None:
-        """``inspector/native.py`` runs the compiled modules only while their sources still
-        match these digests."""
-        lines = [
+        """``inspector/native.py`` runs the compiled modules only for this interpreter and while
+        their sources still match these digests."""
+        lines = [f"suffix {importlib.machinery.EXTENSION_SUFFIXES[0]}\n"] + [
             f"{m} {hashlib.sha256((ROOT / _source(m)).read_bytes()).hexdigest()}\n" for m in NATIVE_MODULES
         ]
-        package_dir = Path(self.get_ext_fullpath(NATIVE_MODULES[0])).parent
-        while package_dir.name != "inspector":
-            package_dir = package_dir.parent
-        (package_dir / SOURCES_FILE).write_text("".join(lines), encoding="utf-8")
+        (self._package_dir() / SOURCES_FILE).write_text("".join(lines), encoding="utf-8")
 
     def get_outputs(self) -> list[str]:
         outputs = super().get_outputs()
         if self.extensions:
-            package_dir = Path(self.get_ext_fullpath(NATIVE_MODULES[0])).parent
-            while package_dir.name != "inspector":
-                package_dir = package_dir.parent
-            outputs.append(str(package_dir / SOURCES_FILE))
+            outputs.append(str(self._package_dir() / SOURCES_FILE))
         return outputs
 
 
@@ -138,14 +156,16 @@ class BuildWithBundledFiles(build_py):
             elif source.is_file():
                 self.mkpath(str((target / relative).parent))
                 self.copy_file(str(source), str(target / relative))
+            else:  # an sdist without them (MANIFEST.in) would make a wheel that cannot run
+                raise FileNotFoundError(f"{source}: missing, and a wheel must carry it")
 
 
 class BinaryDistribution(Distribution):
-    """Always run build_ext (it decides whether to compile): the extension list is only known
-    once mypyc has run."""
+    """Always run build_ext: it decides whether to compile (the extension list is only known
+    once mypyc has run), and clears what an earlier build left."""
 
     def has_ext_modules(self) -> bool:
-        return _wanted()
+        return True
 
 
 setup(cmdclass={"build_ext": OptionalNativeBuild, "build_py": BuildWithBundledFiles}, distclass=BinaryDistribution)

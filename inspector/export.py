@@ -94,9 +94,12 @@ def _csv_cells(col: pd.Series) -> list[str]:
     dtype = col.dtype
     if isinstance(dtype, np.dtype) and dtype.kind in "iub":
         return list(map(str, col.tolist()))
-    if isinstance(dtype, np.dtype) and dtype.kind == "f":
-        values = col.to_numpy()
-        cells = list(map(repr, values.tolist()))
+    if pd.api.types.is_float_dtype(dtype):
+        width = getattr(dtype, "itemsize", 8)
+        values = col.to_numpy(dtype=np.dtype(f"f{width}"), na_value=np.nan)
+        # repr of a Python float is the shortest text for 64 bits; a narrower float widened to
+        # one would show its binary noise (0.10000000149011612), so numpy formats those.
+        cells = list(map(repr, values.tolist())) if width == 8 else values.astype(str).tolist()
         for k in np.flatnonzero(np.isnan(values)).tolist():
             cells[k] = ""
         return cells
@@ -121,6 +124,9 @@ def _write_csv(frames: Iterable[pd.DataFrame], path: Path) -> None:
     with open(path, "w", encoding="utf-8", newline="") as fh:
         for number, chunk in enumerate(frames):
             text = _text_frame(chunk)
+            if len(text.columns) == 0:  # an empty header, then an empty line per row
+                fh.write("\r\n" * ((number == 0) + len(text)))
+                continue
             if number == 0:
                 fh.write(_csv_rows([[_quoted(str(name))] for name in text.columns]))
             fh.write(_csv_rows([_csv_cells(text[name]) for name in text.columns]))

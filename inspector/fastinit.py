@@ -2,7 +2,8 @@
 
 A frozen dataclass's generated ``__init__`` sets every field through ``object.__setattr__``,
 one Python-level call per field. The dissectors build one such object per parsed message (a
-STUN message, a DNS record, a QUIC header), so they fill the slots directly instead.
+STUN message, a DNS record, a QUIC header), so in pure Python they fill the slots directly
+instead.
 
 When the class's module was compiled with mypyc (``inspector.native``), the class is a native
 class: its fields are not slot descriptors, ``object.__new__`` refuses it, and its own

@@ -335,7 +335,7 @@ class FlowNaming:
     attributes: tuple[tuple[str, str], ...]
 
 
-#: ``FlowNaming(...)`` filling the slots directly (``fastinit``): one per flow.
+#: ``FlowNaming(...)`` at the cost of the fewest calls (``fastinit``): one per flow.
 _new_naming = positional_constructor(FlowNaming)
 
 

@@ -4,16 +4,23 @@ The dissectors are per-packet Python: on the benchmark capture they are about 40
 one-process run, and what the dissect workers of a parallel run spend their time on. When the
 package is built (``setup.py``), ``NATIVE_MODULES`` are compiled with mypyc, the mypy project's
 compiler for type-annotated Python: the same source becomes a C extension that runs it 2-3x
-faster and checks the annotations at run time. The build needs mypy and a C compiler; without
-them, or if compiling fails, the package installs as plain Python, which stays the reference:
-``INSPECTOR_PURE=1`` runs it, and the test suite runs the dissector tests both ways.
+faster and checks the annotations at run time. The build needs mypy (pip installs it for the
+build) and a C compiler; without the compiler, or if compiling fails, the package installs as
+plain Python, which stays the reference: ``INSPECTOR_PURE=1`` runs it, and the test suite runs
+the dissector tests both ways.
 
-Next to the compiled files the build writes ``SOURCES_FILE``: each compiled module's source
-SHA-256 at build time. ``select()`` (called once, when ``inspector`` is imported) uses the
-compiled modules only when every one of them is there and every source is unchanged since the
-build. Otherwise (an editable install whose sources were edited or checked out since, a partial
-build) it loads all of them from source and says so once on stderr. It is all or none: mypyc
-compiles the modules as one group whose calls between modules go straight to C.
+Next to the compiled files the build writes ``SOURCES_FILE``: the interpreter's extension suffix
+and each compiled module's source SHA-256 at build time. ``select()`` (called once, when
+``inspector`` is imported) uses the compiled modules only when they are exactly the ones the
+build compiled, built for this interpreter, with every source unchanged since. Otherwise (an
+editable install whose sources were edited or checked out since, a module dropped from the
+list, a partial build, another Python) it loads every module that has an extension, and every
+listed one, from source and says so once on stderr. It is all or none: mypyc compiles the
+modules as one group whose calls between modules go straight to C.
+
+Compiled classes differ in one way the code must respect: they do not pickle or copy unless
+they define ``__reduce__`` (``Flow``, ``RunningStreams``). What crosses between processes is
+plain tuples and arrays, or a class with its own ``__reduce__``.
 """
 
 from __future__ import annotations
@@ -32,7 +39,6 @@ NATIVE_MODULES = (
     "inspector.flowstore",
     "inspector.collect",
     "inspector.media_stats",
-    "inspector.facts",
     "inspector.payloads",
     "inspector.naming",
     "inspector.dissect.detectors",
@@ -48,7 +54,8 @@ NATIVE_MODULES = (
     "inspector.dissect.whatsapp",
     "inspector.dissect.zoom",
 )
-#: Written by the build beside the compiled modules: "<module> <sha256 of its source>" per line.
+#: Written by the build beside the compiled modules: "suffix <extension suffix>" (the
+#: interpreter they were built for), then "<module> <sha256 of its source>" per compiled module.
 SOURCES_FILE = "_native_sources.txt"
 #: Set to 1 to run the pure-Python modules even when compiled ones are installed.
 PURE_ENV = "INSPECTOR_PURE"
@@ -60,7 +67,7 @@ mode = "pure"
 
 
 def source_path(module: str, package_dir: Path = _PACKAGE_DIR) -> Path:
-    """The ``.py`` file of one of ``NATIVE_MODULES``."""
+    """The ``.py`` file of a module of the package."""
     return package_dir.joinpath(*module.split(".")[1:]).with_suffix(".py")
 
 
@@ -68,56 +75,87 @@ def source_digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _compiled_path(module: str, package_dir: Path = _PACKAGE_DIR) -> Path | None:
-    base = source_path(module, package_dir).with_suffix("")
-    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
-        candidate = base.with_name(base.name + suffix)
-        if candidate.exists():
-            return candidate
-    return None
+def compiled_modules(package_dir: Path = _PACKAGE_DIR) -> set[str]:
+    """Every module of the package that has a compiled extension beside it, whether or not
+    ``NATIVE_MODULES`` lists it now (Python imports an extension ahead of the ``.py``), the
+    group's shared library aside."""
+    suffixes = sorted(importlib.machinery.EXTENSION_SUFFIXES, key=len, reverse=True)
+    found = set()
+    for path in package_dir.rglob("*"):
+        suffix = next((s for s in suffixes if path.name.endswith(s)), None)
+        if suffix is None:
+            continue
+        stem = path.name[: -len(suffix)]
+        if "." in stem or stem.endswith("__mypyc"):
+            continue
+        found.add(".".join(("inspector", *path.relative_to(package_dir).parent.parts, stem)))
+    return found
 
 
-def _recorded_digests(package_dir: Path) -> dict[str, str] | None:
+def _build_record(package_dir: Path) -> tuple[str, dict[str, str]] | None:
+    """(extension suffix, {module: source digest}) as the build wrote them; None if absent."""
     try:
         text = (package_dir / SOURCES_FILE).read_text(encoding="utf-8")
     except OSError:
         return None
-    digests = {}
+    suffix, digests = "", {}
     for line in text.splitlines():
-        module, _, digest = line.partition(" ")
-        digests[module] = digest.strip()
-    return digests
+        key, _, value = line.partition(" ")
+        if key == "suffix":
+            suffix = value.strip()
+        elif key:
+            digests[key] = value.strip()
+    return suffix, digests
 
 
 def why_stale(package_dir: Path = _PACKAGE_DIR) -> str:
-    """Why the compiled modules installed in ``package_dir`` must not run ("" when they may)."""
-    missing = [m for m in NATIVE_MODULES if _compiled_path(m, package_dir) is None]
-    if missing:
-        return f"{missing[0]} was not compiled"
-    recorded = _recorded_digests(package_dir)
-    if recorded is None:
+    """Why the compiled modules installed in ``package_dir`` must not run ("" when they may):
+    every module the build compiled, and only those, has its extension, built for this
+    interpreter, and every one's source is unchanged since; ``NATIVE_MODULES`` are all among
+    them."""
+    record = _build_record(package_dir)
+    if record is None:
         return f"{SOURCES_FILE} is missing"
-    for module in NATIVE_MODULES:
+    suffix, digests = record
+    if suffix != importlib.machinery.EXTENSION_SUFFIXES[0]:
+        return f"it was built for another Python ({suffix or 'unknown'})"
+    present = compiled_modules(package_dir)
+    for module in sorted(set(NATIVE_MODULES) | set(digests)):
+        if module not in present:
+            return f"{module} was not compiled"
+    for module in sorted(present - set(digests)):
+        return f"{module} is compiled but not part of the build"
+    for module, digest in sorted(digests.items()):
         source = source_path(module, package_dir)
-        if recorded.get(module) != source_digest(source):
+        try:
+            same = source_digest(source) == digest
+        except OSError:
+            same = False
+        if not same:
             return f"{source.relative_to(package_dir)} changed since the build"
     return ""
 
 
 class _FromSource:
-    """A meta path finder that loads ``NATIVE_MODULES`` from their ``.py`` files."""
+    """A meta path finder that loads the given modules from their ``.py`` files."""
 
-    @staticmethod
-    def find_spec(fullname: str, path: object = None, target: object = None):
-        if fullname not in NATIVE_MODULES:
+    def __init__(self, modules: set[str]) -> None:
+        self.modules = modules
+
+    def find_spec(self, fullname: str, path: object = None, target: object = None):
+        if fullname not in self.modules:
             return None
-        return importlib.util.spec_from_file_location(fullname, source_path(fullname))
+        source = source_path(fullname)
+        if not source.is_file():
+            return None
+        return importlib.util.spec_from_file_location(fullname, source)
 
 
 def select() -> str:
-    """Decide, before any of them is imported, whether ``NATIVE_MODULES`` run compiled."""
+    """Decide, before any of them is imported, whether the compiled modules run."""
     global mode
-    if not any(_compiled_path(m) is not None for m in NATIVE_MODULES):
+    present = compiled_modules()
+    if not present:
         mode = "pure"
         return mode
     if os.environ.get(PURE_ENV, "") not in ("", "0"):
@@ -132,6 +170,8 @@ def select() -> str:
             f"inspector: running the pure-Python dissectors: {why}; reinstall to rebuild "
             f"(pip install -e .)\n"
         )
+    record = _build_record(_PACKAGE_DIR)
+    recorded = set(record[1]) if record is not None else set()
     if not any(isinstance(finder, _FromSource) for finder in sys.meta_path):
-        sys.meta_path.insert(0, _FromSource())
+        sys.meta_path.insert(0, _FromSource(present | recorded | set(NATIVE_MODULES)))
     return mode

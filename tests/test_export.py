@@ -131,8 +131,9 @@ def test_an_empty_table_gives_the_header_or_an_empty_list(tmp_path, fmt):
 
 
 def test_csv_cells_are_what_pandas_to_csv_writes(tmp_path):
-    # The writer hands cells to the csv module itself: every dtype the tables use, with missing
-    # values, extreme floats and cells that need quoting, must give pandas' bytes exactly.
+    # The writer formats and joins the cells itself: every dtype the tables use (and narrower
+    # floats), with missing values, extreme floats and cells that need quoting, must give
+    # pandas' bytes exactly.
     import numpy as np
 
     rng = np.random.default_rng(7)
@@ -142,6 +143,8 @@ def test_csv_cells_are_what_pandas_to_csv_writes(tmp_path):
          1.7976931348623157e308, np.inf, -np.inf, np.nan, 0.1 + 0.2, 2.5, 1e22],
     ])  # fmt: skip
     n = floats.shape[0]
+    with np.errstate(over="ignore"):  # the largest values become float32 infinities: kept
+        floats32 = floats.astype(np.float32)
     frame = pd.DataFrame({
         "f": floats,
         "i": np.arange(n, dtype=np.int64) - 5,
@@ -150,7 +153,16 @@ def test_csv_cells_are_what_pandas_to_csv_writes(tmp_path):
         "s": pd.array((["a,b", 'q"x', None, "line\nx", "cr\r", " sp ", "", "=1+1"] * n)[:n], dtype="string"),
         "o": pd.Series((["x", None, "y"] * n)[:n], dtype=object),
         "t": pd.to_datetime(np.arange(n) * 1_000_003, unit="us", utc=True),
+        "f32": floats32,
+        "nf32": pd.array(floats32, dtype="Float32"),
+        "ni": pd.array(([1, None, -3] * n)[:n], dtype="Int64"),
     })  # fmt: skip
     path = write_table(frame, tmp_path / "t.csv", "csv", chunk_rows=1000)
     expected = export._text_frame(frame).to_csv(index=False, lineterminator="\r\n")
     assert path.read_bytes() == expected.encode("utf-8")
+
+
+def test_a_frame_without_columns_is_written_as_pandas_writes_it(tmp_path):
+    frame = pd.DataFrame(index=range(3))
+    path = write_table(frame, tmp_path / "t.csv", "csv", chunk_rows=2)
+    assert path.read_bytes() == frame.to_csv(index=False, lineterminator="\r\n").encode("utf-8")

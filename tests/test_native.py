@@ -16,16 +16,28 @@ from inspector import native
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _fake_build(package_dir: Path) -> None:
-    """A package tree with a source, a (dummy) compiled file per module and the digests file."""
-    lines = []
-    for module in native.NATIVE_MODULES:
-        source = native.source_path(module, package_dir)
-        source.parent.mkdir(parents=True, exist_ok=True)
+SUFFIX = importlib.machinery.EXTENSION_SUFFIXES[0]
+
+
+def _compile(package_dir: Path, module: str) -> Path:
+    """A source and a (dummy) compiled file for ``module``."""
+    source = native.source_path(module, package_dir)
+    source.parent.mkdir(parents=True, exist_ok=True)
+    if not source.exists():
         source.write_text(f"# {module}\n", encoding="utf-8")
-        compiled = source.with_suffix("")
-        compiled.with_name(compiled.name + importlib.machinery.EXTENSION_SUFFIXES[0]).write_bytes(b"")
+    compiled = source.with_suffix("")
+    compiled.with_name(compiled.name + SUFFIX).write_bytes(b"")
+    return source
+
+
+def _fake_build(package_dir: Path, suffix: str = SUFFIX) -> None:
+    """A package tree as setup.py leaves it: every listed module compiled, the group's shared
+    library, and the build record."""
+    lines = [f"suffix {suffix}\n"]
+    for module in native.NATIVE_MODULES:
+        source = _compile(package_dir, module)
         lines.append(f"{module} {native.source_digest(source)}\n")
+    (package_dir / f"_native_group__mypyc{SUFFIX}").write_bytes(b"")
     (package_dir / native.SOURCES_FILE).write_text("".join(lines), encoding="utf-8")
 
 
@@ -54,6 +66,26 @@ def test_a_build_without_its_digests_is_stale(tmp_path: Path) -> None:
     assert native.why_stale(tmp_path) == f"{native.SOURCES_FILE} is missing"
 
 
+def test_an_extension_the_build_did_not_make_is_stale(tmp_path: Path) -> None:
+    # A module dropped from NATIVE_MODULES, or an older checkout beside a newer build: Python
+    # would import the extension ahead of the source.
+    _fake_build(tmp_path)
+    _compile(tmp_path, "inspector.summarize")
+    assert native.compiled_modules(tmp_path) == set(native.NATIVE_MODULES) | {"inspector.summarize"}
+    assert native.why_stale(tmp_path) == "inspector.summarize is compiled but not part of the build"
+
+
+def test_a_build_for_another_python_is_stale(tmp_path: Path) -> None:
+    _fake_build(tmp_path, suffix=".cpython-399-x86_64-linux-gnu.so")
+    assert native.why_stale(tmp_path) == "it was built for another Python (.cpython-399-x86_64-linux-gnu.so)"
+
+
+def test_a_missing_source_is_stale_not_an_error(tmp_path: Path) -> None:
+    _fake_build(tmp_path)
+    native.source_path("inspector.dissect.rtp", tmp_path).unlink()
+    assert native.why_stale(tmp_path) == "dissect/rtp.py changed since the build"
+
+
 def _module_files(env_pure: str | None) -> tuple[str, list[str]]:
     env = dict(os.environ)
     env.pop(native.PURE_ENV, None)
@@ -67,6 +99,14 @@ def _module_files(env_pure: str | None) -> tuple[str, list[str]]:
     out = subprocess.run([sys.executable, "-c", code], env=env, cwd=REPO, capture_output=True, text=True, check=True)
     mode, *files = out.stdout.splitlines()
     return mode, files
+
+
+@pytest.mark.skipif(
+    os.environ.get("INSPECTOR_EXPECT_COMPILED") != "1",
+    reason="scripts/test sets INSPECTOR_EXPECT_COMPILED=1 when a C compiler is present",
+)
+def test_the_build_compiled_the_dissectors() -> None:
+    assert native.mode == "compiled", f"dissectors: {native.mode} (see pip's build output)"
 
 
 def test_inspector_pure_loads_every_module_from_source() -> None:

@@ -223,7 +223,7 @@ _RECORD_HEADER = struct.Struct("!HHIH").unpack_from  # TYPE, CLASS, TTL, RDLENGT
 
 
 # A DNS response builds a message, its questions and every record, for every answer in the
-# capture: filled slot by slot (``fastinit``).
+# capture: built at the cost of the fewest calls (``fastinit``).
 _new_question = positional_constructor(DnsQuestion)
 _new_record = positional_constructor(DnsRecord)
 _new_message = positional_constructor(DnsMessage)

@@ -463,7 +463,7 @@ def parse_long_header(datagram: bytes, start: int, profile: VersionProfile) -> L
     return _new_long_header(start, pos + length, pos, first_byte, version, packet_type, dcid, scid, token)
 
 
-#: ``LongHeader(...)`` filling the slots directly (``fastinit``).
+#: ``LongHeader(...)`` at the cost of the fewest calls (``fastinit``).
 _new_long_header = positional_constructor(LongHeader)
 
 

@@ -224,7 +224,7 @@ def parse_stun(data: bytes, *, allow_trailing: bool = False) -> StunMessage | No
     )
 
 
-#: ``StunMessage(...)`` filling the slots directly: a datagram flow's first packets are mostly
+#: ``StunMessage(...)`` at the cost of the fewest calls: a datagram flow's first packets are mostly
 #: STUN, so this runs for most media packets (``fastinit``).
 _new_message = positional_constructor(StunMessage)
 

@@ -359,7 +359,7 @@ def _first_of_each(spans: list[tuple[int, int, int]]) -> list[tuple[int, int, in
     return first
 
 
-#: ``ClientHello(...)`` filling the slots directly (``fastinit``): every TLS and QUIC flow
+#: ``ClientHello(...)`` at the cost of the fewest calls (``fastinit``): every TLS and QUIC flow
 #: parses one hello.
 _new_client_hello = positional_constructor(ClientHello)
 
