@@ -14,8 +14,8 @@ and each compiled module's source SHA-256 at build time. ``select()`` (called on
 ``inspector`` is imported) uses the compiled modules only when they are exactly the ones the
 build compiled, built for this interpreter, with every source unchanged since. Otherwise (an
 editable install whose sources were edited or checked out since, a module dropped from the
-list, a partial build, another Python) it loads every module that has an extension, and every
-listed one, from source and says so once on stderr. It is all or none: mypyc compiles the
+list, a partial build, another Python) it loads every module that has an extension from
+source and says so once on stderr. It is all or none: mypyc compiles the
 modules as one group whose calls between modules go straight to C.
 
 Compiled classes differ in one way the code must respect: they do not pickle or copy unless
@@ -170,8 +170,7 @@ def select() -> str:
             f"inspector: running the pure-Python dissectors: {why}; reinstall to rebuild "
             f"(pip install -e .)\n"
         )
-    record = _build_record(_PACKAGE_DIR)
-    recorded = set(record[1]) if record is not None else set()
+    # Only a module with an extension beside it needs redirecting: any other loads from source.
     if not any(isinstance(finder, _FromSource) for finder in sys.meta_path):
-        sys.meta_path.insert(0, _FromSource(present | recorded | set(NATIVE_MODULES)))
+        sys.meta_path.insert(0, _FromSource(present))
     return mode
