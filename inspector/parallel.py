@@ -26,6 +26,7 @@ serial (Amdahl); the dissectors spread over the workers.
 
 from __future__ import annotations
 
+import mmap
 import multiprocessing
 from array import array
 from collections import Counter
@@ -34,8 +35,10 @@ from pathlib import Path
 
 import numpy as np
 
+from inspector.capture.files import open_capture
 from inspector.decode import IPPROTO_TCP
 from inspector.errors import InspectorError
+from inspector.gcpause import paused_collector
 from inspector.payloads import (
     MEDIA_CAP_PACKETS,
     NAMER_CAP_PACKETS,
@@ -102,8 +105,11 @@ RTP_WORKER = 0
 class PayloadShipper:
     """Takes the PayloadStage's place in ``pipeline.process_batches`` in the reading process."""
 
-    def __init__(self, connections: list) -> None:
+    def __init__(self, connections: list, file_bytes: np.ndarray | None = None) -> None:
         self.connections = connections
+        # The capture file's mapped bytes (``CaptureReader.mapped_bytes``), which the workers
+        # share: payloads inside it travel as file offsets, not bytes.
+        self.file_bytes = file_bytes
         self.n = len(connections)
         self._ended: list[list] = [[] for _ in range(self.n)]
         self._dropped: list[list[int]] = [[] for _ in range(self.n)]
@@ -171,9 +177,13 @@ class PayloadShipper:
         is_dns = route[sel] == ROUTE_DNS
         self.dns_packets_shipped += int(is_dns.sum())
         owner = fids % n_workers
-        starts = d.payload_off[srows]
-        ends = starts + d.payload_len[srows]
-        in_extra = d.payload_in_extra[srows]
+        starts = d.payload_off[srows].astype(np.int64)
+        lengths = d.payload_len[srows].astype(np.int64)
+        # Payloads in the shared file mapping go as offsets into it; the others (reassembled
+        # datagrams, decompressed or live batches) as bytes in the message's blob.
+        in_blob = d.payload_in_extra[srows]
+        if self.file_bytes is None or d.buffer is not self.file_bytes:
+            in_blob = np.ones(sel.shape[0], dtype=bool)
         buffer, extra = memoryview(d.buffer), memoryview(d.extra)
         packets = []
         for k in range(n_workers):
@@ -181,9 +191,16 @@ class PayloadShipper:
             if mine.shape[0] == 0:
                 packets.append(None)
                 continue
-            s, e, x = starts[mine].tolist(), ends[mine].tolist(), in_extra[mine].tolist()
-            lengths = (ends[mine] - starts[mine]).astype(np.int64)
-            blob = b"".join([(extra if xx else buffer)[a:b] for a, b, xx in zip(s, e, x)])
+            blob_rows = mine[in_blob[mine]]
+            at = starts[mine]
+            blob = b""
+            if blob_rows.shape[0]:
+                s, n_bytes = starts[blob_rows], lengths[blob_rows]
+                x = d.payload_in_extra[srows[blob_rows]].tolist()
+                e = (s + n_bytes).tolist()
+                blob = b"".join([(extra if xx else buffer)[a:b] for a, b, xx in zip(s.tolist(), e, x)])
+                # Where each of those payloads starts in the blob.
+                at[in_blob[mine]] = np.cumsum(n_bytes) - n_bytes
             r = srows[mine]
             packets.append(
                 (
@@ -192,7 +209,9 @@ class PayloadShipper:
                     d.ts_ns[r],
                     np.where(d.proto[r] == IPPROTO_TCP, d.tcp_seq[r].astype(np.int64), -1),
                     b0[sel[mine]],
-                    lengths,
+                    at,
+                    lengths[mine],
+                    in_blob[mine],
                     blob,
                 )
             )
@@ -238,8 +257,13 @@ class PayloadShipper:
         return parts
 
 
-def _dissect_worker(conn, k: int, n: int, signatures, rtp_streams) -> None:
-    """One worker: replay the shipped packets into a PayloadStage that owns flows k mod n."""
+def _dissect_worker(conn, k: int, n: int, signatures, rtp_streams, reader=None) -> None:
+    """One worker: replay the shipped packets into a PayloadStage that owns flows k mod n.
+
+    ``reader`` is the capture's reader when its file is mapped (``CaptureReader.mapped_bytes``,
+    inherited through fork): payloads at file offsets are read from that mapping, and its pages
+    are released from this process as the batches pass, as the reading process does.
+    """
     from inspector.labels import PENDING, FlowLabeller
     from inspector.payloads import FlowInspection, PayloadStage
 
@@ -250,46 +274,61 @@ def _dissect_worker(conn, k: int, n: int, signatures, rtp_streams) -> None:
     states: dict[int, FlowInspection] = {}
     labelled_ids = array("q")  # 8 bytes per flow, not a Python int each
     labelled_codes = array("i")
-    while True:
-        try:
-            message = conn.recv()
-        except EOFError:  # the reading process stopped (an error there): nothing to report
-            return
-        if message is None:
-            break
-        ended, dropped, new_routes, batch, rtp = message
-        for columns in rtp or ():
-            streams.add(*columns)
-        for f in ended:
-            f.state = states.pop(f.flow_id, None)
-            fact = stage.facts(f)
-            if fact is not None:
-                code = labeller.label(f.flow_id, fact)
-                if code != PENDING:
-                    labelled_ids.append(f.flow_id)
-                    labelled_codes.append(code)
-        for flow_id in dropped:
-            states.pop(flow_id, None)
-        for flow_id, route, transport, client_port, server_port in new_routes:
-            states[flow_id] = FlowInspection(route, transport, client_port, server_port)
-        if batch is None:
-            continue
-        fids, from_client, ts, seqs, first_bytes, lengths, blob = batch
-        view = memoryview(blob)
-        ends = np.cumsum(lengths).tolist()
-        starts = [0] + ends[:-1]
+    file_view = None
+    if reader is not None:
+        file_view = memoryview(reader.mapped_bytes())
+    released_to = 0
+    # The worker keeps tens of thousands of flows' dissectors alive, like the reading process of a
+    # one-process run: the automatic collector's walks over them cost ~0.7 s of CPU per worker on
+    # the benchmark capture, so it is paused here too, with a tick per message (one per batch).
+    with paused_collector() as collector:
+        while True:
+            try:
+                message = conn.recv()
+            except EOFError:  # the reading process stopped (an error there): nothing to report
+                return
+            if message is None:
+                break
+            collector.tick()
+            ended, dropped, new_routes, batch, rtp = message
+            for columns in rtp or ():
+                streams.add(*columns)
+            for f in ended:
+                f.state = states.pop(f.flow_id, None)
+                fact = stage.facts(f)
+                if fact is not None:
+                    code = labeller.label(f.flow_id, fact)
+                    if code != PENDING:
+                        labelled_ids.append(f.flow_id)
+                        labelled_codes.append(code)
+            for flow_id in dropped:
+                states.pop(flow_id, None)
+            for flow_id, route, transport, client_port, server_port in new_routes:
+                states[flow_id] = FlowInspection(route, transport, client_port, server_port)
+            if batch is None:
+                continue
+            fids, from_client, ts, seqs, first_bytes, at, lengths, in_blob, blob = batch
+            blob_view = memoryview(blob)
+            sources = [blob_view if b else file_view for b in in_blob.tolist()]
+            starts = at.tolist()
+            ends = (at + lengths).tolist()
 
-        def payload_of(i: int) -> bytes:
-            return bytes(view[starts[i] : ends[i]])
+            def payload_of(i: int) -> bytes:
+                return bytes(sources[i][starts[i] : ends[i]])
 
-        stage.dissect(
-            [states[fid] for fid in fids.tolist()],  # every shipped flow's route came first
-            from_client.tolist(),
-            ts.tolist(),
-            [seq if seq >= 0 else None for seq in seqs.tolist()],
-            first_bytes.tolist(),
-            payload_of,
-        )
+            stage.dissect(
+                [states[fid] for fid in fids.tolist()],  # every shipped flow's route came first
+                from_client.tolist(),
+                ts.tolist(),
+                [seq if seq >= 0 else None for seq in seqs.tolist()],
+                first_bytes.tolist(),
+                payload_of,
+            )
+            if reader is not None and not in_blob.all():
+                # Later messages only hold later batches' payloads, which start past these.
+                end = int((at + lengths)[~in_blob].max())
+                reader.release_pages(released_to, end)
+                released_to = max(released_to, end - end % mmap.PAGESIZE)
     labels = (
         np.frombuffer(labelled_ids, dtype=np.int64),
         np.frombuffer(labelled_codes, dtype=np.int32),
@@ -310,21 +349,24 @@ def process_capture_parallel(path: str | Path, options: AnalyzeOptions, workers:
     from inspector.collect import ActivityCollector, RtpCollector
     from inspector.labels import FlowLabeller
 
+    # Mapped before the workers are forked, so that they share the mapping (``feed``).
+    reader = open_capture(path, batch_size=options.batch_size)
+    file_bytes = reader.mapped_bytes()
     ctx = multiprocessing.get_context("fork")
     connections, processes = [], []
     for k in range(workers):
         ours, theirs = ctx.Pipe()
-        args = (theirs, k, workers, signatures, RtpCollector().new_streams())
+        args = (theirs, k, workers, signatures, RtpCollector().new_streams(), reader if file_bytes is not None else None)
         p = ctx.Process(target=_dissect_worker, args=args, daemon=True)
         p.start()
         theirs.close()
         connections.append(ours)
         processes.append(p)
-    shipper = PayloadShipper(connections)
+    shipper = PayloadShipper(connections, file_bytes)
     rtp = RtpCollector(fold=shipper.fold_rtp)
     labeller = FlowLabeller(signatures)
     try:
-        result = process_capture(path, options, None, shipper, (ActivityCollector(), rtp))
+        result = process_capture(path, options, None, shipper, (ActivityCollector(), rtp), reader=reader)
         parts = shipper.close(labeller.defer_pickled_rows)
     except (BrokenPipeError, EOFError) as e:
         # A worker died (killed, out of memory): its share of the facts is lost, so the run fails.

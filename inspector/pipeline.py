@@ -107,9 +107,12 @@ def process_capture(
     payload_stage: object | None = None,
     collectors: Sequence[object] = (),
     labeller: object | None = None,
+    reader: object | None = None,
 ) -> CaptureResult:
-    """Read one capture through decode, the flow table and (if given) the dissect stage."""
-    reader = open_capture(path, batch_size=options.batch_size)
+    """Read one capture through decode, the flow table and (if given) the dissect stage;
+    ``reader`` is the capture's ``open_capture`` reader when the caller opened it already."""
+    if reader is None:
+        reader = open_capture(path, batch_size=options.batch_size)
     p = Path(path)
     return process_batches(
         reader.batches(progress=progress), str(p), p.name, lambda: reader.stats, options, payload_stage, collectors,

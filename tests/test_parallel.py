@@ -89,3 +89,83 @@ def test_deferred_flows_come_back_from_workers_in_blocks(ndpi_dir, monkeypatch):
     for table in TABLES:
         pd.testing.assert_frame_equal(getattr(one, table), getattr(many, table), obj=table)
 
+
+
+def _two_hellos(path):
+    """Two TLS flows: one ClientHello in a whole IPv4 datagram (its payload lies in the mapped
+    file), one whose datagram arrives as two fragments (its payload is reassembled, so it lives
+    outside the file). Returns the written path."""
+    from tests.craft import PROTO_TCP, ether, ipv4, tcp, tcp4, write_pcap
+    from tests.dissect.test_tls import client_hello, record, sni_extension
+
+    def hello(name: bytes) -> bytes:
+        return record(client_hello(sni_extension(name)))
+
+    whole = ether(tcp4("10.0.0.2", "192.0.2.10", 50001, 443, "PA", hello(b"whole.example"), seq=1))
+    segment = tcp(50002, 443, "PA", seq=1, payload=hello(b"fragmented.example"), src="10.0.0.2", dst="192.0.2.20")
+    cut = 48  # a multiple of 8: the first fragment's payload length
+    first = ether(ipv4("10.0.0.2", "192.0.2.20", PROTO_TCP, segment[:cut], ident=7, more_fragments=True))
+    second = ether(ipv4("10.0.0.2", "192.0.2.20", PROTO_TCP, segment[cut:], ident=7, frag_offset=cut))
+    return write_pcap(path, [whole, first, second])
+
+
+def test_payloads_in_the_mapped_file_travel_as_offsets(tmp_path):
+    """The reading process ships a payload that lies in the capture file's mapping as its offset
+    (no bytes), a reassembled payload as bytes; the worker reads both, the names prove it."""
+    import multiprocessing
+    import threading
+
+    from inspector.capture.files import open_capture
+    from inspector.pipeline import process_capture
+
+    path = _two_hellos(tmp_path / "hellos.pcap")
+    reader = open_capture(path)
+    file_bytes = reader.mapped_bytes()
+    ours, theirs = multiprocessing.Pipe()
+    messages = []
+    drain = threading.Thread(target=lambda: messages.extend(iter(theirs.recv, None)))
+    drain.start()
+    from inspector.parallel import PayloadShipper
+
+    shipper = PayloadShipper([ours], file_bytes)
+    process_capture(path, AnalyzeOptions(), None, shipper, reader=reader)
+    ours.send(None)
+    drain.join()
+    shipped = [m[3] for m in messages if m[3] is not None]
+    assert len(shipped) == 1
+    _fids, _from_client, _ts, _seqs, _b0, at, lengths, in_blob, blob = shipped[0]
+    assert in_blob.tolist() == [False, True]
+    # The file-backed payload is read where the offset says; the blob holds only the other one.
+    whole = bytes(file_bytes[at[0] : at[0] + lengths[0]])
+    assert b"whole.example" in whole and whole[0] == 0x16
+    assert len(blob) == lengths[1] and b"fragmented.example" in blob
+
+    for workers in (1, 2):
+        flows = inspector.analyze([path], AnalyzeOptions(workers=workers)).flows
+        assert sorted(flows.server_name) == ["fragmented.example", "whole.example"], workers
+
+
+def test_the_mapping_is_the_batches_buffer_and_absent_for_gzip(ndpi_dir, tmp_path):
+    import gzip
+
+    from inspector.capture.files import open_capture
+
+    reader = open_capture(ndpi_dir / "teams.pcap", batch_size=1000)
+    file_bytes = reader.mapped_bytes()
+    assert file_bytes is reader.mapped_bytes()
+    assert all(batch.buffer is file_bytes for batch in reader.batches())
+    packed = tmp_path / "teams.pcap.gz"
+    packed.write_bytes(gzip.compress((ndpi_dir / "teams.pcap").read_bytes()))
+    assert open_capture(packed).mapped_bytes() is None
+
+
+def test_workers_read_a_gzip_capture_from_the_shipped_bytes(ndpi_dir, tmp_path):
+    import gzip
+
+    packed = tmp_path / "webex.pcap.gz"
+    packed.write_bytes(gzip.compress((ndpi_dir / "webex.pcap").read_bytes()))
+    one = inspector.analyze([packed], AnalyzeOptions(workers=1))
+    two = inspector.analyze([packed], AnalyzeOptions(workers=2))
+    for table in TABLES:
+        pd.testing.assert_frame_equal(getattr(one, table), getattr(two, table), obj=table)
+    assert one.flows.server_name.notna().sum() > 10

@@ -636,6 +636,35 @@ class CaptureReader:
         self.path = path
         self.batch_size = batch_size
         self.stats = CaptureStats(path=path, size_bytes=size, format=fmt, compression=compression)
+        self._mapping: mmap.mmap | None = None
+        self._mapped_bytes: np.ndarray | None = None
+
+    def mapped_bytes(self) -> np.ndarray | None:
+        """The whole uncompressed file as a read-only uint8 array over a shared mapping, made on
+        the first call (None for a compressed file, whose batches are decompressed copies).
+
+        Every batch of an uncompressed file has this very array as its ``buffer`` (packet
+        offsets are file offsets), so a process forked after this call reads the same bytes
+        through the mapping it inherits, without copying them (``parallel.py``); it releases
+        what it has read with ``release_pages``.
+        """
+        if self.stats.compression:
+            return None
+        if self._mapped_bytes is None:
+            with self._open_raw() as f:
+                try:
+                    mapping = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+                except (OSError, ValueError) as e:
+                    raise CaptureError(self.path, f"cannot map the file: {e}") from e
+            self._mapping = mapping
+            self._mapped_bytes = np.frombuffer(mapping, dtype=np.uint8)
+        return self._mapped_bytes
+
+    def release_pages(self, start: int, end: int) -> None:
+        """Unmap the whole pages of [start, end) of ``mapped_bytes`` from this process's resident
+        set (the page cache keeps them; reading them again faults them back in)."""
+        if self._mapping is not None:
+            _drop_pages(self._mapping, start, end)
 
     def _new_walker(self, head: bytes):
         if self.stats.format == "pcapng":
@@ -683,14 +712,10 @@ class CaptureReader:
             raise CaptureError(self.path, f"cannot open: {e.strerror or e}") from e
 
     def _mmap_walks(self):
-        with self._open_raw() as f:
-            try:
-                mapping = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
-            except (OSError, ValueError) as e:
-                raise CaptureError(self.path, f"cannot map the file: {e}") from e
-        # The mapping stays open as long as a batch's buffer refers to it.
+        # The mapping stays open as long as a batch's buffer or this reader refers to it.
+        arr = self.mapped_bytes()
+        mapping = self._mapping
         mv = memoryview(mapping)
-        arr = np.frombuffer(mapping, dtype=np.uint8)
         sha = hashlib.sha256()
 
         def hash_all() -> None:
