@@ -784,15 +784,18 @@ def call_windows(
 
     group = group_of_side[media.side]
     order = np.lexsort((media.position, media.last_ns, media.first_ns, group))
-    rows = media.take(order)
     group = group[order]
-    starts = _window_starts(group, rows.first_ns, rows.last_ns, max_gap_ns)  # a window: one run
-    packets = rows.sent_packets + rows.received_packets
-    window_start = np.minimum.reduceat(rows.first_ns, starts) if starts.size else starts
-    window_end = np.maximum.reduceat(rows.last_ns, starts) if starts.size else starts
+    # Only the columns the rule reads are put in window order; the rows inside a call are taken
+    # once, at the end (a whole sorted copy of the buckets was the call stage's peak memory).
+    first_ns, last_ns = media.first_ns[order], media.last_ns[order]
+    starts = _window_starts(group, first_ns, last_ns, max_gap_ns)  # a window: one run
+    packets = media.sent_packets[order] + media.received_packets[order]
+    window_start = np.minimum.reduceat(first_ns, starts) if starts.size else starts
+    window_end = np.maximum.reduceat(last_ns, starts) if starts.size else starts
     window_packets = np.add.reduceat(packets, starts) if starts.size else starts
     # Busiest second: bucket packets summed per (window, second of the first packet).
-    second = rows.first_ns // 1_000_000_000
+    second = first_ns // 1_000_000_000
+    del first_ns, last_ns
     window_of_row = np.repeat(np.arange(starts.size), np.diff(np.append(starts, group.size)))
     second_starts = _run_starts(window_of_row, second)
     per_second = np.add.reduceat(packets, second_starts) if second_starts.size else second_starts
@@ -822,7 +825,7 @@ def call_windows(
     session = session_of_candidate[window_of_row]
     inside = np.flatnonzero(session >= 0)
     windows = windows.drop(columns="candidate").reset_index(drop=True)
-    return CallWindows(windows, rows.take(inside), session[inside])
+    return CallWindows(windows, media.take(order[inside]), session[inside])
 
 
 def _sums_per(owner: np.ndarray, values: np.ndarray, n_owners: int) -> np.ndarray:
@@ -930,6 +933,9 @@ def build_calls(
         "bytes_received": _sums_per(calls.session, calls.buckets.received_bytes, n),
     }
     sessions = _sessions_frame(rows, media)
+    # The call media's buckets (~40 B per media flow-second) go before the destinations are
+    # counted, the other working set of the call stage.
+    del calls, rows, is_p2p, relay, remote_ip, remote_port
 
     windows_for_destinations = windows.rename(columns={"scope": "capture"})[
         ["capture", "session_id", "client_ip", "start_ns", "end_ns"]
