@@ -85,7 +85,9 @@ class Analysis:
         written = []
         for t in TABLES:
             path = out / f"{t}.{fmt}"
-            if t == "flows" and self._flows is None:
+            if t == "flows" and self._flows is None and fmt == "csv":
+                written.append(export.write_plain_csv(self.finished_flows.plain_chunks(export.CHUNK_ROWS), path))
+            elif t == "flows" and self._flows is None:
                 written.append(write_frames(self.finished_flows.chunks(export.CHUNK_ROWS), path, fmt))
             else:
                 written.append(write_table(getattr(self, t), path, fmt))

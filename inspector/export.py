@@ -132,6 +132,46 @@ def _write_csv(frames: Iterable[pd.DataFrame], path: Path) -> None:
             fh.write(_csv_rows([_csv_cells(text[name]) for name in text.columns]))
 
 
+def _text_cell(value: object) -> str:
+    """What ``_text_frame`` and ``_csv_cells`` make of one value of a text column."""
+    text = "" if _is_missing(value) else str(value)
+    return _quoted(neutralise(text))
+
+
+def _plain_cells(kind: str, data) -> list[str]:
+    """One ``summarize.CaptureFlows.plain_columns_of`` column as CSV cells, equal to what
+    ``_csv_cells(_text_frame(frame)[name])`` gives for the frame made of it: text formatted once
+    per distinct value, numbers and times as there."""
+    if kind == "text":
+        values, codes = data
+        cells = [_text_cell(v) for v in values.tolist()]
+        return list(map(cells.__getitem__, codes.tolist()))
+    if kind == "int":
+        return list(map(str, data.tolist()))
+    if kind == "float":
+        cells = list(map(repr, data.tolist()))
+        for k in np.flatnonzero(np.isnan(data)).tolist():
+            cells[k] = ""
+        return cells
+    if kind == "time":  # as _iso_utc: microseconds, "Z"
+        values = data.astype("datetime64[ns]").astype("datetime64[us]")
+        return np.char.add(np.datetime_as_string(values, unit="us"), "Z").tolist()
+    raise ValueError(f"unknown column kind {kind!r}")
+
+
+def write_plain_csv(chunks: Iterable[list[tuple[str, str, object]]], path: Path) -> Path:
+    """The flows table as CSV from ``summarize.FinishedFlows.plain_chunks``: the bytes
+    ``write_frames(FinishedFlows.chunks(...), path, "csv")`` writes (tested), without making a
+    frame or a Python string per text cell first (a capture's flows share few distinct names,
+    addresses and labels: each is neutralised and quoted once)."""
+    with open(path, "w", encoding="utf-8", newline="") as fh:
+        for number, columns in enumerate(chunks):
+            if number == 0:
+                fh.write(_csv_rows([[_quoted(name)] for name, _, _ in columns]))
+            fh.write(_csv_rows([_plain_cells(kind, data) for _, kind, data in columns]))
+    return path
+
+
 def _csv_rows(columns: list[list[str]]) -> str:
     """Rows of cells, each row ended by CRLF."""
     if not columns or not columns[0]:

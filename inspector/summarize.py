@@ -18,6 +18,7 @@ from pandas.api.extensions import ExtensionArray
 
 from inspector.decode import TUNNEL_NAMES
 from inspector.flows import Flow
+from inspector.flowstore import RECORD_DTYPE
 from inspector.schema import FLOW_COLUMNS, empty_frame
 from inspector.spill import SpillFile
 
@@ -292,6 +293,41 @@ class CaptureFlows:
                 columns[name] = records[name].astype(dtype)
         return pd.DataFrame(columns, copy=False)
 
+    def plain_columns_of(self, start: int, stop: int) -> list[tuple[str, str, object]]:
+        """Rows ``start:stop`` as (name, kind, data) per ``schema.FLOW_COLUMNS`` column, without
+        a frame: kind "text" with data (distinct values, codes), values str or None for missing;
+        "int" an int64 array; "float" a float64 array; "time" int64 nanoseconds since the epoch,
+        UTC. ``frame_of`` makes exactly these values into the dtyped columns (tested); a writer
+        that formats text per distinct value reads them instead (``export.write_plain_csv``).
+        """
+        records = self._rows(start, stop)
+        n = records.shape[0]
+        out: list[tuple[str, str, object]] = []
+        for name, dtype, _ in FLOW_COLUMNS:
+            if name == "capture":
+                out.append((name, "text", (np.array([self.capture], dtype=object), np.zeros(n, dtype=np.intp))))
+            elif name in ("transport", "tunnel"):
+                names, codes = _named_codes(name, records)
+                out.append((name, "text", (np.asarray(names, dtype=object), codes)))
+            elif name in ("client_ip", "server_ip"):
+                codes = self._client_address if name == "client_ip" else self._server_address
+                out.append((name, "text", (self._address_values, codes[start:stop].astype(np.intp))))
+            elif name in ("first_seen", "last_seen"):
+                out.append((name, "time", records[f"{name}_ns"].astype(np.int64)))
+            elif name == "duration_s":
+                duration_ns = records["last_seen_ns"].astype(np.int64) - records["first_seen_ns"]
+                out.append((name, "float", duration_ns / 1e9))
+            elif name in LABEL_NAMES:
+                values = self._label_values(name)
+                if values is None:
+                    out.append((name, "text", (np.array([""], dtype=object), np.zeros(n, dtype=np.intp))))
+                else:
+                    codes = self._session_codes[start:stop] if name == "session_id" else records["label"]
+                    out.append((name, "text", (values, codes.astype(np.intp))))
+            else:
+                out.append((name, "int", records[name].astype(np.int64)))
+        return out
+
     def _label_column(self, name: str, start: int, stop: int, records: np.ndarray) -> ExtensionArray:
         values = self._label_values(name)
         if values is None:
@@ -380,6 +416,18 @@ class FinishedFlows:
                 yielded = True
         if not yielded:
             yield self.parts[0].frame_of(0, 0) if self.parts else empty_frame(FLOW_COLUMNS)
+
+    def plain_chunks(self, rows: int) -> Iterator[list[tuple[str, str, object]]]:
+        """``chunks`` as ``CaptureFlows.plain_columns_of`` slices (no frame made); one empty slice
+        for an empty table."""
+        yielded = False
+        for part in self.parts:
+            for start in range(0, len(part), rows):
+                yield part.plain_columns_of(start, min(start + rows, len(part)))
+                yielded = True
+        if not yielded:
+            empty = CaptureFlows("", np.zeros(0, dtype=RECORD_DTYPE))
+            yield (self.parts[0] if self.parts else empty).plain_columns_of(0, 0)
 
     def coded(self, *names: str) -> tuple[np.ndarray, list[np.ndarray]]:
         """Text columns as (distinct values, int32 codes per column), over every capture, in one

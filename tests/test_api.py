@@ -164,3 +164,16 @@ def test_flows_written_in_slices_equal_the_frame_written_whole(tmp_path, monkeyp
     else:
         assert sliced.read_bytes() == whole.read_bytes()
     assert len(frame) > 2
+
+
+@pytest.mark.parametrize("name", ["teams.pcap", "telegram_videocall.pcapng"])
+def test_flows_csv_written_from_the_compact_table_equals_the_frames_csv(tmp_path, ndpi_dir, name):
+    """flows.csv is formatted from the compact table (text once per distinct value); on real
+    captures, with their calls' session ids, it is the file the DataFrame gives."""
+    result = inspector.analyze([ndpi_dir / name])
+    result.write(tmp_path / "compact")
+    result.flows  # the frame: write() now writes it
+    result.write(tmp_path / "frame")
+    compact, frame = (tmp_path / d / "flows.csv" for d in ("compact", "frame"))
+    assert compact.read_bytes() == frame.read_bytes()
+    assert result.flows.session_id.ne("").any()  # both captures hold a call

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -166,3 +167,38 @@ def test_a_frame_without_columns_is_written_as_pandas_writes_it(tmp_path):
     frame = pd.DataFrame(index=range(3))
     path = write_table(frame, tmp_path / "t.csv", "csv", chunk_rows=2)
     assert path.read_bytes() == frame.to_csv(index=False, lineterminator="\r\n").encode("utf-8")
+
+
+@pytest.mark.parametrize("rows", [1, 5, 16384])
+def test_flows_csv_from_plain_columns_is_the_csv_of_the_frames(tmp_path, rows):
+    """``write_plain_csv`` (what ``Analysis.write`` uses for flows.csv) writes the bytes the
+    frame path writes, hostile and missing text included, however the table is sliced."""
+    from inspector.export import write_frames, write_plain_csv
+    from inspector.summarize import CaptureFlows, FinishedFlows
+    from tests.test_summarize import LABELS, _records
+
+    labels = dict(LABELS)
+    labels["server_name"] = np.array([None, "@SUM(1)", 'a,"b"\nc'], dtype=object)
+    labels["evidence"] = np.array(["-1+1", "\tx", "plain"], dtype=object)
+    parts = [
+        CaptureFlows("=cmd|' /C calc'!A0", _records(23, seed=1), labels),
+        CaptureFlows("", _records(0, seed=2), labels),
+        CaptureFlows('call,"one".pcap', _records(9, seed=3), labels),
+    ]
+    parts[2].set_session_ids(np.array(["s1", "+s2;s3", ""], dtype=object), np.arange(9, dtype=np.int32) % 3)
+    table = FinishedFlows(parts)
+    plain = write_plain_csv(table.plain_chunks(rows), tmp_path / "plain.csv")
+    framed = write_frames(table.chunks(rows), tmp_path / "framed.csv", "csv")
+    assert plain.read_bytes() == framed.read_bytes()
+    back = pd.read_csv(plain, keep_default_na=False, dtype=str)
+    assert len(back) == 32 and back["capture"].iloc[0] == "'=cmd|' /C calc'!A0"
+    assert set(back["server_name"]) == {"", "'@SUM(1)", 'a,"b"\nc'}
+
+
+def test_an_empty_flows_table_gives_the_header(tmp_path):
+    from inspector.export import write_frames, write_plain_csv
+    from inspector.summarize import FinishedFlows
+
+    plain = write_plain_csv(FinishedFlows([]).plain_chunks(16384), tmp_path / "plain.csv")
+    framed = write_frames(FinishedFlows([]).chunks(16384), tmp_path / "framed.csv", "csv")
+    assert plain.read_bytes() == framed.read_bytes() and plain.read_bytes().startswith(b"capture,flow_id,")

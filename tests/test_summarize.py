@@ -277,3 +277,33 @@ def test_a_table_pickles_parked_or_not():
     pd.testing.assert_frame_equal(pickle.loads(pickle.dumps(table)).frame(), expected, check_exact=True)
     table.park()
     pd.testing.assert_frame_equal(pickle.loads(pickle.dumps(table)).frame(), expected, check_exact=True)
+
+
+@pytest.mark.parametrize("rows", [1, 7, 16384])
+def test_plain_chunks_hold_the_values_of_the_frames(rows):
+    """``plain_chunks`` (the flows.csv writer's input) gives, column by column, what ``chunks``
+    makes into dtyped frames: text as values and codes, numbers and times as arrays."""
+    table = _table([40, 0, 25], ["a", "b", "c"])
+    table.parts[0].set_session_ids(np.array(["s1", "=s2", ""], dtype=object), np.arange(40, dtype=np.int32) % 3)
+    plain = list(table.plain_chunks(rows))
+    frames = list(table.chunks(rows))
+    assert len(plain) == len(frames)
+    for columns, frame in zip(plain, frames):
+        assert [name for name, _, _ in columns] == list(FLOW_COLUMN_NAMES)
+        for name, kind, data in columns:
+            column = frame[name]
+            if kind == "text":
+                values, codes = data
+                assert [values[c] for c in codes.tolist()] == column.fillna("").tolist(), name
+            elif kind == "time":
+                assert data.tolist() == column.array.asi8.tolist(), name
+            else:
+                assert data.tolist() == column.tolist(), name
+                assert data.dtype == np.dtype(np.int64 if kind == "int" else np.float64), name
+
+
+def test_an_empty_table_gives_one_empty_plain_chunk_with_the_columns():
+    for table in (FinishedFlows([]), _table([0], ["a"])):
+        (columns,) = list(table.plain_chunks(16384))
+        assert [name for name, _, _ in columns] == list(FLOW_COLUMN_NAMES)
+        assert all(len(data[1] if kind == "text" else data) == 0 for _, kind, data in columns)
