@@ -74,11 +74,19 @@ def facts_to_row(f: FlowFacts) -> tuple:
     )  # fmt: skip
 
 
-def facts_from_row(row: tuple) -> FlowFacts:
-    hits = tuple(DetectorHit(*h) for h in row[9])
-    (transport, client_ip, client_port, server_ip, server_port, app_protocol, server_name, name_source,
-     dns_name, _, attributes, first_seen_ns, last_seen_ns) = row  # fmt: skip
+def _as_is(value):
+    return value
+
+
+def _hits_of(raw: tuple) -> tuple[DetectorHit, ...]:
+    return tuple(DetectorHit(*h) for h in raw)
+
+
+def facts_from_row(row: tuple, value=_as_is, hits_of=_hits_of) -> FlowFacts:
+    """The inverse of ``facts_to_row``. ``value`` maps each field but the two timestamps (e.g.
+    to one shared object per distinct value, ``labels._SharedFacts``), ``hits_of`` makes the
+    detector hits of their plain tuples."""
     return FlowFacts(
-        transport, client_ip, client_port, server_ip, server_port, app_protocol, server_name, name_source,
-        dns_name, hits, attributes, first_seen_ns, last_seen_ns,
+        value(row[0]), value(row[1]), value(row[2]), value(row[3]), value(row[4]), value(row[5]), value(row[6]),
+        value(row[7]), value(row[8]), hits_of(row[9]), value(row[10]), row[11], row[12],
     )  # fmt: skip

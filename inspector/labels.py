@@ -16,7 +16,7 @@ from array import array
 import numpy as np
 
 from inspector.classify import VerdictCache, classify_all, cross_flow_relevant
-from inspector.facts import DetectorHit, FlowFacts, facts_to_row
+from inspector.facts import DetectorHit, FlowFacts, facts_from_row, facts_to_row
 from inspector.spill import SpilledItems
 from inspector.summarize import LABEL_NAMES
 
@@ -143,15 +143,14 @@ class _SharedFacts:
     def _one(self, value):
         return self._values.setdefault(value, value)
 
-    def facts(self, row: tuple) -> FlowFacts:
-        one = self._one
-        hits = self._hits.get(row[9])
+    def _hits_of(self, raw: tuple) -> tuple[DetectorHit, ...]:
+        hits = self._hits.get(raw)
         if hits is None:
-            hits = self._hits[row[9]] = tuple(DetectorHit(*h) for h in row[9])
-        return FlowFacts(
-            one(row[0]), one(row[1]), one(row[2]), one(row[3]), one(row[4]), one(row[5]), one(row[6]),
-            one(row[7]), one(row[8]), hits, one(row[10]), row[11], row[12],
-        )  # fmt: skip
+            hits = self._hits[raw] = tuple(DetectorHit(*h) for h in raw)
+        return hits
+
+    def facts(self, row: tuple) -> FlowFacts:
+        return facts_from_row(row, self._one, self._hits_of)
 
 
 __all__ = ["EMPTY", "LABEL_COLUMNS", "PENDING", "FlowLabeller", "LabelBook", "label_row"]
