@@ -265,7 +265,7 @@ def _dissect_worker(conn, k: int, n: int, signatures, rtp_streams, reader=None) 
     are released from this process as the batches pass, as the reading process does.
     """
     from inspector.labels import PENDING, FlowLabeller
-    from inspector.payloads import FlowInspection, PayloadStage
+    from inspector.payloads import FlowInspection, PayloadStage, payloads_at
 
     stage = PayloadStage(partition=(k, n))
     # Its spill file's blocks are the messages that carry the deferred flows back at the end.
@@ -308,21 +308,13 @@ def _dissect_worker(conn, k: int, n: int, signatures, rtp_streams, reader=None) 
             if batch is None:
                 continue
             fids, from_client, ts, seqs, first_bytes, at, lengths, in_blob, blob = batch
-            blob_view = memoryview(blob)
-            sources = [blob_view if b else file_view for b in in_blob.tolist()]
-            starts = at.tolist()
-            ends = (at + lengths).tolist()
-
-            def payload_of(i: int) -> bytes:
-                return bytes(sources[i][starts[i] : ends[i]])
-
             stage.dissect(
                 [states[fid] for fid in fids.tolist()],  # every shipped flow's route came first
                 from_client.tolist(),
                 ts.tolist(),
                 [seq if seq >= 0 else None for seq in seqs.tolist()],
                 first_bytes.tolist(),
-                payload_of,
+                payloads_at(file_view, blob, at, lengths, in_blob).__getitem__,
             )
             if reader is not None and not in_blob.all():
                 # Later messages only hold later batches' payloads, which start past these.

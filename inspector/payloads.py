@@ -202,6 +202,21 @@ def _payloads(d, rows: np.ndarray) -> list[bytes]:
     ]
 
 
+def payloads_at(file_bytes: memoryview | None, blob: bytes, at: np.ndarray, lengths: np.ndarray, in_blob: np.ndarray) -> list[bytes]:
+    """The payloads of a parallel worker's message (``parallel.PayloadShipper.feed``): payload
+    ``k`` is ``lengths[k]`` bytes at ``at[k]`` of ``blob`` where ``in_blob[k]``, else of the
+    capture's mapped bytes. Copied all at once, as ``_payloads`` does for one process."""
+    starts = at.tolist()
+    ends = (at + lengths).tolist()
+    if file_bytes is None or in_blob.all():
+        view = memoryview(blob)
+        return [bytes(view[start:end]) for start, end in zip(starts, ends)]
+    sources = [memoryview(blob), file_bytes]
+    return [
+        bytes(sources[0 if b else 1][start:end]) for start, end, b in zip(starts, ends, in_blob.tolist())
+    ]
+
+
 def first_payload_routes(d, bf, packets: PayloadPackets) -> list[tuple[int, int]]:
     """(slot, route) of every flow whose first payload packet is in this batch (its ``state``
     is still None), routed by that packet (``_routes``)."""
