@@ -48,7 +48,10 @@ from inspector.payloads import (
     ROUTE_NAMER,
     ROUTE_NOTHING,
     PayloadPackets,
+    ShippedFlow,
+    add_shipped,
     first_payload_routes,
+    shipped_so_far,
 )
 from inspector.pipeline import AnalyzeOptions, CaptureResult, process_capture
 from inspector.summarize import transport_name
@@ -59,18 +62,6 @@ class MergedPayloads:
 
     errors: Counter
     packets_inspected: int
-
-
-class _Routed:
-    """The reading process's view of one flow: its route and how many of its payload packets
-    were shipped as namer and as detector candidates (the caps bound both)."""
-
-    __slots__ = ("route", "namer_shipped", "media_shipped")
-
-    def __init__(self, route: int) -> None:
-        self.route = route
-        self.namer_shipped = 0
-        self.media_shipped = 0
 
 
 def _ranks(groups: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -133,21 +124,13 @@ class PayloadShipper:
         n = len(flows)
         for slot, route in first_payload_routes(d, bf, packets):
             f = flows[slot]
-            f.state = _Routed(route)
+            f.state = ShippedFlow(route)
             if route == ROUTE_NOTHING:
                 continue
             entry = (f.flow_id, route, transport_name(f.proto), f.client_port, f.server_port)
             for k in range(n_workers) if route == ROUTE_DNS else (f.flow_id % n_workers,):
                 new_routes[k].append(entry)
-        route_of = np.fromiter(
-            (f.state.route if f.state is not None else ROUTE_NOTHING for f in flows), dtype=np.int8, count=n
-        )
-        namer_before = np.fromiter(
-            (f.state.namer_shipped if f.state is not None else 0 for f in flows), dtype=np.int64, count=n
-        )
-        media_before = np.fromiter(
-            (f.state.media_shipped if f.state is not None else 0 for f in flows), dtype=np.int64, count=n
-        )
+        route_of, namer_before, media_before = shipped_so_far(flows)
         route = route_of[slot_of]
         dtls = (b0 >= 20) & (b0 <= 63)
         # Which dissector may still take each packet (PayloadStage.dissect's "wants"): the namer
@@ -162,12 +145,11 @@ class PayloadShipper:
             | (namer_candidate & (namer_rank < NAMER_CAP_PACKETS))
             | (media_candidate & (media_rank < MEDIA_CAP_PACKETS))
         )
-        namer_added = np.bincount(slot_of[namer_candidate], minlength=n)
-        media_added = np.bincount(slot_of[media_candidate], minlength=n)
-        for slot in np.flatnonzero((namer_added > 0) | (media_added > 0)).tolist():
-            st = flows[slot].state
-            st.namer_shipped = min(NAMER_CAP_PACKETS, st.namer_shipped + int(namer_added[slot]))
-            st.media_shipped = min(MEDIA_CAP_PACKETS, st.media_shipped + int(media_added[slot]))
+        add_shipped(
+            flows,
+            np.bincount(slot_of[namer_candidate], minlength=n),
+            np.bincount(slot_of[media_candidate], minlength=n),
+        )
         if not ship.any():
             self._send(new_routes, None)
             return

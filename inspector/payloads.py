@@ -234,6 +234,48 @@ def first_payload_routes(d, bf, packets: PayloadPackets) -> list[tuple[int, int]
     return list(zip(first_slot.tolist(), routes.tolist()))
 
 
+class ShippedFlow:
+    """The reading process's view of one flow in a parallel run (``parallel.PayloadShipper``):
+    its route and how many of its payload packets were shipped to its worker as namer and as
+    detector candidates (``NAMER_CAP_PACKETS`` and ``MEDIA_CAP_PACKETS`` bound both)."""
+
+    __slots__ = ("media_shipped", "namer_shipped", "route")
+
+    def __init__(self, route: int) -> None:
+        self.route = route
+        self.namer_shipped = 0
+        self.media_shipped = 0
+
+
+def shipped_so_far(flows: list[Flow]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(route int8, namer_shipped int64, media_shipped int64) of each of a batch's flows (its
+    ``ShippedFlow`` state; ROUTE_NOTHING and none for a flow without payload so far)."""
+    routes: list[int] = []
+    namer: list[int] = []
+    media: list[int] = []
+    for f in flows:
+        st = f.state
+        if isinstance(st, ShippedFlow):
+            routes.append(st.route)
+            namer.append(st.namer_shipped)
+            media.append(st.media_shipped)
+        else:
+            routes.append(ROUTE_NOTHING)
+            namer.append(0)
+            media.append(0)
+    return np.array(routes, dtype=np.int8), np.array(namer, dtype=np.int64), np.array(media, dtype=np.int64)
+
+
+def add_shipped(flows: list[Flow], namer_added: np.ndarray, media_added: np.ndarray) -> None:
+    """Count a batch's shipped candidates (per slot of ``flows``) into their flows' states,
+    each capped as the dissectors are."""
+    for slot in np.flatnonzero((namer_added > 0) | (media_added > 0)).tolist():
+        st = flows[slot].state
+        assert isinstance(st, ShippedFlow)
+        st.namer_shipped = min(NAMER_CAP_PACKETS, st.namer_shipped + int(namer_added[slot]))
+        st.media_shipped = min(MEDIA_CAP_PACKETS, st.media_shipped + int(media_added[slot]))
+
+
 #: ``FlowFacts(...)`` at the cost of the fewest calls (``fastinit``): one per flow.
 _new_facts = positional_constructor(FlowFacts)
 
