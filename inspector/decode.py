@@ -219,12 +219,14 @@ def _link_layer(b: PacketBatch, g: _Gather, start: np.ndarray, end: np.ndarray):
         pos = start + 12
         etype = g.u16(pos)
         for _ in range(3):  # up to three stacked tags; deeper stacks are not seen in practice
-            tagged = eth & np.isin(etype, ETHERTYPE_VLAN)
-            if not tagged.any():
+            tagged = np.flatnonzero(eth & np.isin(etype, ETHERTYPE_VLAN))
+            if tagged.shape[0] == 0:
                 break
-            vlan = np.where(tagged, (g.u16(pos + 2) & 0x0FFF).astype(np.uint16), vlan)
-            pos = np.where(tagged, pos + 4, pos)
-            etype = np.where(tagged, g.u16(pos), etype)
+            # Only the tagged rows are read again (most batches hold a few, if any); pos, etype
+            # and vlan are this function's own arrays.
+            vlan[tagged] = (g.u16(pos[tagged] + 2) & 0x0FFF).astype(np.uint16)
+            pos[tagged] += 4
+            etype[tagged] = g.u16(pos[tagged])
         _ethertype_to_l3(eth, etype, pos + 2, end, l3, kind, reason, slow)
 
     # Linux cooked capture v1: 16-byte header, protocol (ethertype) at 14.
@@ -353,10 +355,16 @@ def decode_batch(b: PacketBatch) -> tuple[DecodedBatch, np.ndarray]:
     # (Ethernet pads short frames to 60 bytes; a snaplen cuts long ones).
     ip_end = np.minimum(l3 + ip_bytes, end)
 
-    src_lo = np.where(is4, g.u32(l3 + 12).astype(np.uint64), g.u64(l3 + 16))
-    src_hi = np.where(is4, np.uint64(0), g.u64(l3 + 8))
-    dst_lo = np.where(is4, g.u32(l3 + 16).astype(np.uint64), g.u64(l3 + 32))
-    dst_hi = np.where(is4, np.uint64(0), g.u64(l3 + 24))
+    # IPv4 addresses in the low halves; the 64-bit halves of IPv6 ones read for IPv6 rows only.
+    src_lo = g.u32(l3 + 12).astype(np.uint64)
+    dst_lo = g.u32(l3 + 16).astype(np.uint64)
+    src_hi = np.zeros(n, dtype=np.uint64)
+    dst_hi = np.zeros(n, dtype=np.uint64)
+    v6 = np.flatnonzero(~is4)
+    if v6.shape[0]:
+        at = l3[v6]
+        src_hi[v6], src_lo[v6] = g.u64(at + 8), g.u64(at + 16)
+        dst_hi[v6], dst_lo[v6] = g.u64(at + 24), g.u64(at + 32)
 
     is_tcp = ok & (proto == IPPROTO_TCP)
     is_udp = ok & (proto == IPPROTO_UDP)
