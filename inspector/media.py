@@ -424,33 +424,39 @@ def _mode(counts: list[dict[int, int]]) -> int:
 
 
 class _Window:
-    """One stream's segments inside a window, combined (``RunningStreams`` columns)."""
+    """One stream's segments inside a window, combined (``RunningStreams`` columns as Python
+    lists: a window holds one segment or a few, and list reads cost less than numpy calls)."""
 
-    def __init__(self, columns: dict, rows: np.ndarray) -> None:
+    def __init__(self, columns: dict[str, list], rows: list[int]) -> None:
         self.c = columns
         self.rows = rows  # in time order
-        # Most streams lie in one segment: then a column's value is read, not summed.
-        self._only = int(rows[0]) if rows.size == 1 else None
 
     def total(self, name: str) -> int:
-        if self._only is not None:
-            return int(self.c[name][self._only])
-        return int(self.c[name][self.rows].sum())
+        column = self.c[name]
+        return sum(column[s] for s in self.rows)
+
+    def highest(self, name: str):
+        column = self.c[name]
+        return max(column[s] for s in self.rows)
+
+    def lowest(self, name: str):
+        column = self.c[name]
+        return min(column[s] for s in self.rows)
 
     def shape(self) -> StreamShape:
         c, rows = self.c, self.rows
         packets = self.total("packets")
-        first, last = c["first_ns"][rows], c["last_ns"][rows]
-        at_first, at_last = rows[int(np.argmin(first))], rows[int(np.argmax(last))]
-        advance = int(c["unwrapped_last"][at_last]) - int(c["unwrapped_first"][at_first])
-        rate = snapped_clock_rate(packets, int(last.max()) - int(first.min()), advance)
+        first, last = [c["first_ns"][s] for s in rows], [c["last_ns"][s] for s in rows]
+        # The first segment holding the earliest first packet and the latest last packet.
+        at_first, at_last = rows[first.index(min(first))], rows[last.index(max(last))]
+        advance = c["unwrapped_last"][at_last] - c["unwrapped_first"][at_first]
+        rate = snapped_clock_rate(packets, max(last) - min(first), advance)
         at_least = {t: self.median_at_least(packets, t) for t in MEDIAN_THRESHOLDS}
         return StreamShape(packets, self.total("timestamps"), self.total("marker_packets"), rate, at_least)
 
     def median_at_least(self, packets: int, threshold: int) -> bool:
-        c, rows = self.c, self.rows
-        largest_below = int(c[f"size_below_{threshold}"][rows].max())
-        smallest_from = int(c[f"size_from_{threshold}"][rows].min())
+        largest_below = self.highest(f"size_below_{threshold}")
+        smallest_from = self.lowest(f"size_from_{threshold}")
         return median_at_least(packets, self.total(f"size_ge_{threshold}"), largest_below, smallest_from, threshold)
 
     def jitter_units(self, rate: int) -> float:
@@ -460,14 +466,19 @@ class _Window:
         r = CANDIDATE_CLOCK_RATES.index(rate)
         jitter = 0.0
         previous = None
-        for s in self.rows.tolist():
+        for s in self.rows:
             if previous is not None:
-                arrival_step = float(int(c["join_first_ns"][s]) - int(c["join_last_ns"][previous])) * (rate / 1e9)
-                ts_step = (int(c["join_first_rtp_ts"][s]) - int(c["join_last_rtp_ts"][previous]) + TS_MOD // 2) % TS_MOD - TS_MOD // 2
+                arrival_step = float(c["join_first_ns"][s] - c["join_last_ns"][previous]) * (rate / 1e9)
+                ts_step = (c["join_first_rtp_ts"][s] - c["join_last_rtp_ts"][previous] + TS_MOD // 2) % TS_MOD - TS_MOD // 2
                 jitter = jitter * (15.0 / 16.0) + abs(arrival_step - ts_step) / 16.0
             jitter = jitter * (15.0 / 16.0) ** int(c["jitter_steps"][s]) + float(c["jitter"][s][r])
             previous = s
         return jitter
+
+
+def _column_list(values: np.ndarray) -> list:
+    """A column as a list of Python values (ints, floats, bools, or an object column's objects)."""
+    return list(values) if values.dtype == object else values.tolist()
 
 
 def media_table(
@@ -509,18 +520,24 @@ def media_table(
     order = np.lexsort((rows, c["first_ns"].astype(np.int64)[rows], low, high))
     starts = _run_starts_pair(high[order], low[order])
     ends = np.append(starts[1:], order.size)
-    packets_of = c["packets"].astype(np.int64)
+    # The window loops below read a few values per segment: as Python lists, once.
+    listed = {name: _column_list(values) for name, values in c.items()}
+    ordered_rows = rows[order].tolist()
+    ordered_member = member[order].tolist()
+    ordered_sent = sent[order].tolist()
+    packets_of, ssrc_of, fec_of = listed["packets"], listed["ssrc"], listed["zoom_fec"]
     windows: list[tuple[tuple, _Window]] = []
     for lo, hi in zip(starts.tolist(), ends.tolist()):
-        at = order[lo:hi]
-        if int(packets_of[rows[at]].sum()) < MIN_STREAM_PACKETS:
+        window_rows = ordered_rows[lo:hi]
+        if sum(packets_of[s] for s in window_rows) < MIN_STREAM_PACKETS:
             continue
-        m = member[at[0]]
-        key = (session_ids[m], captures[m], int(flow_ids[m]), "sent" if sent[at[0]] else "received",
-               int(c["ssrc"][rows[at[0]]]), bool(c["zoom_fec"][rows[at[0]]]), m)  # fmt: skip
-        windows.append((key, _Window(c, rows[at])))
+        m, first = ordered_member[lo], window_rows[0]
+        key = (session_ids[m], captures[m], int(flow_ids[m]), "sent" if ordered_sent[lo] else "received",
+               int(ssrc_of[first]), bool(fec_of[first]), m)  # fmt: skip
+        windows.append((key, _Window(listed, window_rows)))
     if not windows:
         return empty_frame(MEDIA_COLUMNS)
+    c = listed
     sketches = []
     for _, w in windows:
         sketches.append(_sketch_union([c["sketch"][s] for s in w.rows], [bool(c["sketch_full"][s]) for s in w.rows]))
@@ -536,14 +553,14 @@ def media_table(
         kind = stream_kind(payload_type, zoom_type, index in repair, shape_kind(shape))
         rate = jitter_clock_rate(payload_type, kind, shape.clock_rate)
         packets = w.total("packets")
-        expected = int(c["seq_high"][w.rows].max()) - int(c["seq_low"][w.rows].min()) + 1
+        expected = int(w.highest("seq_high")) - int(w.lowest("seq_low")) + 1
         lost = max(expected - w.total("seq_distinct"), 0)
         if direction == "sent":
             reported = losses.get((session_id, capture, flow_id, ssrc), 0)
             if reported > lost and reported <= expected:
                 lost = reported
         ip_bytes = w.total("ip_bytes")
-        duration_s = (int(c["last_ns"][w.rows].max()) - int(c["first_ns"][w.rows].min())) / 1e9
+        duration_s = (int(w.highest("last_ns")) - int(w.lowest("first_ns"))) / 1e9
         out["capture"].append(scopes[m] if merge else capture)
         out["session_id"].append(session_id)
         out["flow_id"].append(flow_id)
