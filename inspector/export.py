@@ -138,14 +138,17 @@ def _text_cell(value: object) -> str:
     return _quoted(neutralise(text))
 
 
-def _plain_cells(kind: str, data) -> list[str]:
+def _plain_cells(kind: str, data, formatted: dict[int, tuple]) -> list[str]:
     """One ``summarize.CaptureFlows.plain_columns_of`` column as CSV cells, equal to what
     ``_csv_cells(_text_frame(frame)[name])`` gives for the frame made of it: text formatted once
-    per distinct value, numbers and times as there."""
+    per distinct value, numbers and times as there. ``formatted`` keeps each table of distinct
+    values' cells (by identity, with the table) for the next columns and slices."""
     if kind == "text":
         values, codes = data
-        cells = [_text_cell(v) for v in values.tolist()]
-        return list(map(cells.__getitem__, codes.tolist()))
+        known = formatted.get(id(values))
+        if known is None:
+            known = formatted[id(values)] = (values, [_text_cell(v) for v in values.tolist()])
+        return list(map(known[1].__getitem__, codes.tolist()))
     if kind == "int":
         return list(map(str, data.tolist()))
     if kind == "float":
@@ -164,11 +167,12 @@ def write_plain_csv(chunks: Iterable[list[tuple[str, str, object]]], path: Path)
     ``write_frames(FinishedFlows.chunks(...), path, "csv")`` writes (tested), without making a
     frame or a Python string per text cell first (a capture's flows share few distinct names,
     addresses and labels: each is neutralised and quoted once)."""
+    formatted: dict[int, tuple] = {}
     with open(path, "w", encoding="utf-8", newline="") as fh:
         for number, columns in enumerate(chunks):
             if number == 0:
                 fh.write(_csv_rows([[_quoted(name)] for name, _, _ in columns]))
-            fh.write(_csv_rows([_plain_cells(kind, data) for _, kind, data in columns]))
+            fh.write(_csv_rows([_plain_cells(kind, data, formatted) for _, kind, data in columns]))
     return path
 
 
