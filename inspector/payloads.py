@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 from collections import Counter
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -114,7 +115,7 @@ def _routes(proto: np.ndarray, sport: np.ndarray, dport: np.ndarray, b0: np.ndar
 _UNCAPPED = 1 << 40
 
 
-def _budgets(flows, slots: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _budgets(flows: list[Flow], slots: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per flow slot: how many more packets its namer and its detectors may take (0 once done
     or capped, and for slots not in ``slots``), and whether its namer takes DTLS records only
     (a media flow)."""
@@ -137,7 +138,7 @@ def _budgets(flows, slots: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarra
     return namer_left, media_left, namer_dtls_only
 
 
-def _still_wanted(flows, slot_of: np.ndarray, first_byte: np.ndarray) -> np.ndarray | None:
+def _still_wanted(flows: list[Flow], slot_of: np.ndarray, first_byte: np.ndarray) -> np.ndarray | None:
     """Positions (in capture order) of the payload packets a dissector may still take.
 
     ``PayloadStage.dissect`` feeds a flow's namer every candidate packet until it is done or
@@ -339,7 +340,15 @@ class PayloadStage:
             _payloads(d, srows).__getitem__,
         )
 
-    def dissect(self, inspections, from_client, ts, tcp_seqs, first_bytes, payload_of) -> None:
+    def dissect(
+        self,
+        inspections: list[FlowInspection],
+        from_client: list[bool],
+        ts: list[int],
+        tcp_seqs: list[int | None],
+        first_bytes: list[int],
+        payload_of: Callable[[int], bytes],
+    ) -> None:
         """The per-packet part of ``feed``: packet ``k`` (in capture order) belongs to the flow
         whose state is ``inspections[k]``; its payload is ``payload_of(k)``, fetched only when a
         dissector still wants it. ``tcp_seqs[k]`` is None for a packet that is not TCP.
@@ -370,6 +379,7 @@ class PayloadStage:
                     st.namer_done = True
             if media_wants:
                 media = st.media
+                assert media is not None  # media_done starts False only where there is a state
                 media.feed(from_client[k], payload, ts[k])
                 st.media_packets += 1
                 if media.done or st.media_packets >= MEDIA_CAP_PACKETS:
