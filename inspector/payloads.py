@@ -24,7 +24,7 @@ from inspector.summarize import flow_endpoints, transport_name
 
 if TYPE_CHECKING:
     from inspector.dissect.detectors import MediaFlowState
-    from inspector.naming import FlowNamer
+    from inspector.naming import FlowNamer, NameMap
 
 
 # How a flow is routed, decided from its first payload packet (vectorised over the batch).
@@ -290,13 +290,13 @@ def _stun_realm_name(raw: str) -> str:
 class PayloadStage:
     """Feeds payloads to per-flow dissectors for one capture (or one merged timeline)."""
 
-    def __init__(self, name_map=None, partition: tuple[int, int] = (0, 1)) -> None:
+    def __init__(self, name_map: NameMap | None = None, partition: tuple[int, int] = (0, 1)) -> None:
         """``partition = (k, n)``: dissect only the flows whose id is k modulo n (the parallel
         workers of ``inspector.parallel`` split one capture's flows this way). DNS flows are
         dissected by every partition, since every flow's naming needs all answers."""
         from inspector.naming import NameMap
 
-        self.name_map = name_map if name_map is not None else NameMap()
+        self.name_map: NameMap = name_map if name_map is not None else NameMap()
         self.errors: Counter = Counter()
         self.packets_inspected = 0
         self.partition = partition
