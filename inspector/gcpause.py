@@ -12,8 +12,8 @@ cycle that lived long enough to reach the old generation is freed too (a live ca
 days). One full collection with ~10^5 live flows takes tens of milliseconds; once every 64 batches
 of 64 Ki packets it is noise. A young collection walks every object made since the last one that
 is still alive (the active flows' dissectors): every 4 batches that cost ~0.1 s of CPU per process
-on the benchmark capture, every 16 a third of it; cycles are rare (nothing on the packet path
-makes them by design), so waiting 16 batches for them costs no memory worth counting.
+on the benchmark capture, every 16 a third of it. Cycles are rare here (the stages free their
+objects by reference count), so waiting 16 batches (1 Mi packets) for them costs little memory.
 """
 
 from __future__ import annotations
