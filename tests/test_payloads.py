@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from inspector import payloads
+from inspector.flows import Flow
 from tests.conftest import pure_python_only
 from inspector.payloads import (
     MEDIA_CAP_PACKETS,
@@ -21,9 +22,11 @@ from inspector.payloads import (
 )
 
 
-class _Flow:
-    def __init__(self, state) -> None:
-        self.state = state
+def _Flow(state) -> Flow:
+    """A flow of the flow table holding ``state`` (only its state is read here)."""
+    f = Flow()
+    f.state = state
+    return f
 
 
 def _state(route: int, namer_packets: int = 0, media_packets: int = 0, transport: str = "udp") -> FlowInspection:
