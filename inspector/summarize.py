@@ -406,28 +406,30 @@ class FinishedFlows:
                 del f[name]
         return pd.DataFrame(columns, copy=False)
 
-    def chunks(self, rows: int) -> Iterator[pd.DataFrame]:
-        """The table in consecutive frames of at most ``rows`` rows, in table order; one empty
-        frame for an empty table (so a header is still written)."""
+    def _slices(self, rows: int) -> Iterator[tuple[CaptureFlows | None, int, int]]:
+        """(part, start, stop) of consecutive slices of at most ``rows`` rows, in table order;
+        once (first part or None, 0, 0) for an empty table (so a header is still written)."""
         yielded = False
         for part in self.parts:
             for start in range(0, len(part), rows):
-                yield part.frame_of(start, min(start + rows, len(part)))
+                yield part, start, min(start + rows, len(part))
                 yielded = True
         if not yielded:
-            yield self.parts[0].frame_of(0, 0) if self.parts else empty_frame(FLOW_COLUMNS)
+            yield (self.parts[0] if self.parts else None), 0, 0
+
+    def chunks(self, rows: int) -> Iterator[pd.DataFrame]:
+        """The table in consecutive frames of at most ``rows`` rows, in table order; one empty
+        frame for an empty table."""
+        for part, start, stop in self._slices(rows):
+            yield part.frame_of(start, stop) if part is not None else empty_frame(FLOW_COLUMNS)
 
     def plain_chunks(self, rows: int) -> Iterator[list[tuple[str, str, object]]]:
         """``chunks`` as ``CaptureFlows.plain_columns_of`` slices (no frame made); one empty slice
         for an empty table."""
-        yielded = False
-        for part in self.parts:
-            for start in range(0, len(part), rows):
-                yield part.plain_columns_of(start, min(start + rows, len(part)))
-                yielded = True
-        if not yielded:
-            empty = CaptureFlows("", np.zeros(0, dtype=RECORD_DTYPE))
-            yield (self.parts[0] if self.parts else empty).plain_columns_of(0, 0)
+        for part, start, stop in self._slices(rows):
+            if part is None:
+                part = CaptureFlows("", np.zeros(0, dtype=RECORD_DTYPE))
+            yield part.plain_columns_of(start, stop)
 
     def coded(self, *names: str) -> tuple[np.ndarray, list[np.ndarray]]:
         """Text columns as (distinct values, int32 codes per column), over every capture, in one
