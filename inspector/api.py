@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
+import shutil
 import sys
+import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,14 +14,14 @@ from pathlib import Path
 import pandas as pd
 
 from inspector._version import __version__
-from inspector import export, native
+from inspector import export, forked, native
 from inspector.errors import CaptureError, InspectorError
 from inspector.export import FORMATS, write_frames, write_manifest, write_table
 from inspector.gcpause import return_free_memory
 from inspector.batch import PacketBatch
 from inspector.pipeline import AnalyzeOptions, BatchProgress, CaptureResult, process_batches, process_capture
 from inspector.schema import DESTINATION_COLUMNS, MEDIA_COLUMNS, SESSION_COLUMNS, empty_frame
-from inspector.summarize import CaptureFlows, FinishedFlows, forget_endpoint_texts
+from inspector.summarize import CaptureFlows, FinishedFlows, forget_endpoint_texts, plain_chunks_of
 
 TABLES = ("flows", "sessions", "destinations", "media")
 
@@ -72,7 +74,9 @@ class Analysis:
         """Write every table as ``fmt`` and manifest.json (listing each output's SHA-256).
 
         The flows table is written slice by slice from ``finished_flows`` unless ``flows`` was
-        already made (then that frame is written, as the caller sees it).
+        already made (then that frame is written, as the caller sees it). A run allowed several
+        processes (``--workers``) writes flows.csv in a forked one while the other tables are
+        written here (``forked.py``).
         """
         if fmt not in FORMATS:
             raise InspectorError(f"unknown format {fmt!r}: use one of {', '.join(FORMATS)}")
@@ -82,15 +86,50 @@ class Analysis:
         except OSError as e:
             raise InspectorError(f"{out}: cannot create output directory: {e.strerror}") from e
         written = []
-        for t in TABLES:
-            path = out / f"{t}.{fmt}"
-            if t == "flows" and self._flows is None and fmt == "csv":
-                written.append(export.write_plain_csv(self.finished_flows.plain_chunks(export.CHUNK_ROWS), path))
-            elif t == "flows" and self._flows is None:
-                written.append(write_frames(self.finished_flows.chunks(export.CHUNK_ROWS), path, fmt))
-            else:
-                written.append(write_table(getattr(self, t), path, fmt))
+        split = None  # flows.csv in two parts: (first slices, path, the child writing the rest, its file)
+        try:
+            for t in TABLES:
+                path = out / f"{t}.{fmt}"
+                if t == "flows" and self._flows is None and fmt == "csv":
+                    split = self._start_flows_csv(path)
+                    written.append(path)
+                elif t == "flows" and self._flows is None:
+                    written.append(write_frames(self.finished_flows.chunks(export.CHUNK_ROWS), path, fmt))
+                else:
+                    written.append(write_table(getattr(self, t), path, fmt))
+            if split is not None:
+                first, path, job, rest = split
+                export.write_plain_csv(plain_chunks_of(first), path)
+                job.result()  # the rest is written; raises what the child raised
+                with open(path, "ab") as whole, open(rest, "rb") as tail:
+                    shutil.copyfileobj(tail, whole, 1 << 20)
+        except BaseException:
+            if split is not None:
+                split[2].discard()
+            raise
+        finally:
+            if split is not None:
+                Path(split[3]).unlink(missing_ok=True)
         return written + [write_manifest(self.manifest, out, written)]
+
+    def _start_flows_csv(self, path: Path):
+        """Write flows.csv from the compact table. A run allowed several processes forks one that
+        writes the later two thirds of the rows to a file beside it while this process writes
+        the other tables, then the first third (``write``): returns (first slices, path, the
+        child, its file), or None when it was written here."""
+        slices = list(self.finished_flows.slices(export.CHUNK_ROWS))
+        first = len(slices) // 3
+        job = None
+        if first and self.manifest.get("options", {}).get("workers", 1) > 1:
+            fd, rest = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+            os.close(fd)
+            job = forked.start("flows.csv", export.write_plain_csv, plain_chunks_of(slices[first:]), Path(rest), False)
+            if job is None:
+                Path(rest).unlink()
+        if job is None:
+            export.write_plain_csv(plain_chunks_of(slices), path)
+            return None
+        return slices[:first], path, job, rest
 
 
 def _check_inputs(paths: Sequence[str | os.PathLike]) -> list[Path]:
@@ -301,6 +340,8 @@ def _call_tables(results: list[CaptureResult], flows: FinishedFlows, options: An
         _concat_released(rtp),
         _concat_released(rtcp),
         merge=options.merge,
+        # A run allowed several processes counts the destinations in a second one.
+        fork_destinations=options.workers > 1,
     )
     if len(tables.flow_session):
         flows.set_session_ids(tables.flow_session)

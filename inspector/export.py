@@ -162,15 +162,16 @@ def _plain_cells(kind: str, data, formatted: dict[int, tuple]) -> list[str]:
     raise ValueError(f"unknown column kind {kind!r}")
 
 
-def write_plain_csv(chunks: Iterable[list[tuple[str, str, object]]], path: Path) -> Path:
+def write_plain_csv(chunks: Iterable[list[tuple[str, str, object]]], path: Path, header: bool = True) -> Path:
     """The flows table as CSV from ``summarize.FinishedFlows.plain_chunks``: the bytes
     ``write_frames(FinishedFlows.chunks(...), path, "csv")`` writes (tested), without making a
     frame or a Python string per text cell first (a capture's flows share few distinct names,
-    addresses and labels: each is neutralised and quoted once)."""
+    addresses and labels: each is neutralised and quoted once). ``header=False``: the rows only
+    (a later part of the table, ``write_plain_csv_split``)."""
     formatted: dict[int, tuple] = {}
     with open(path, "w", encoding="utf-8", newline="") as fh:
         for number, columns in enumerate(chunks):
-            if number == 0:
+            if number == 0 and header:
                 fh.write(_csv_rows([[_quoted(name)] for name, _, _ in columns]))
             fh.write(_csv_rows([_plain_cells(kind, data, formatted) for _, kind, data in columns]))
     return path

@@ -61,6 +61,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from inspector import forked
 from inspector.destinations import (
     MERGED_CAPTURE,
     destinations_table,
@@ -881,6 +882,7 @@ def build_calls(
     rtcp: pd.DataFrame | None,
     merge: bool = False,
     options: CallOptions = CallOptions(),
+    fork_destinations: bool = False,
 ) -> CallTables:
     """Calls, their media streams and the destinations during each call (module docstring rule).
 
@@ -893,6 +895,8 @@ def build_calls(
     rtcp      report segments (``schema.RTCP_REPORT_COLUMNS``) or whole RTCP packets (capture,
               flow_id, from_client, ts_ns, payload) of those flows (may be None)
     merge     treat all captures as one timeline (capture "merged" in sessions/destinations/media)
+    fork_destinations  count the destinations in a forked process (``forked.py``) while this one
+              builds the media and sessions tables (a run that may use several cores)
     """
     if flows is None or isinstance(flows, pd.DataFrame):
         flows = _normalise(flows, FLOW_COLUMNS)
@@ -908,6 +912,37 @@ def build_calls(
     media_buckets = source.of_sides(sides["is_media"].to_numpy(dtype=bool), fold=per_second)
     calls = call_windows(media_buckets, sides, merge, options)
     del media_buckets
+    windows = calls.windows
+    windows_for_destinations = windows.rename(columns={"scope": "capture"})[
+        ["capture", "session_id", "client_ip", "start_ns", "end_ns"]
+    ].reset_index(drop=True)
+    # The destinations need only the buckets, the sides and the windows: they can be counted
+    # apart while the media and sessions tables are built.
+    job = None
+    if fork_destinations:
+        job = forked.start("destinations", _destinations, source, sides, windows_for_destinations, merge)
+    try:
+        media, sessions, membership = _media_and_sessions(calls, sides, rtp, rtcp, merge, options)
+    except BaseException:
+        if job is not None:
+            job.discard()
+        raise
+    # The call media's buckets (~40 B per media flow-second) go before the destinations are
+    # counted, the other working set of the call stage.
+    del calls
+    if job is not None:
+        destinations = job.result()
+    else:
+        destinations = _destinations(source, sides, windows_for_destinations, merge)
+    return CallTables(sessions, destinations, media, _flow_session(membership, windows))
+
+
+def _destinations(source: BucketSource, sides: pd.DataFrame, windows: pd.DataFrame, merge: bool) -> pd.DataFrame:
+    return destinations_table(source.chunks(), sides, windows, merge)
+
+
+def _media_and_sessions(calls: CallWindows, sides: pd.DataFrame, rtp, rtcp, merge: bool, options: CallOptions):
+    """(media, sessions, membership) of the call windows."""
     windows = calls.windows
     membership = _membership(calls, sides)
     media = media_table(rtp, rtcp, membership, merge, options.max_gap_s)
@@ -932,16 +967,7 @@ def build_calls(
         "bytes_sent": _sums_per(calls.session, calls.buckets.sent_bytes, n),
         "bytes_received": _sums_per(calls.session, calls.buckets.received_bytes, n),
     }
-    sessions = _sessions_frame(rows, media)
-    # The call media's buckets (~40 B per media flow-second) go before the destinations are
-    # counted, the other working set of the call stage.
-    del calls, rows, is_p2p, relay, remote_ip, remote_port
-
-    windows_for_destinations = windows.rename(columns={"scope": "capture"})[
-        ["capture", "session_id", "client_ip", "start_ns", "end_ns"]
-    ].reset_index(drop=True)
-    destinations = destinations_table(source.chunks(), sides, windows_for_destinations, merge)
-    return CallTables(sessions, destinations, media, _flow_session(membership, windows))
+    return media, _sessions_frame(rows, media), membership
 
 
 def _flow_session(membership: pd.DataFrame, windows: pd.DataFrame) -> pd.DataFrame:

@@ -18,6 +18,7 @@ the memory held while packets are read.
 
 from __future__ import annotations
 
+import os
 import pickle
 import struct
 import tempfile
@@ -53,22 +54,31 @@ class SpillFile:
         return start
 
     def read_range(self, start: int, out: np.ndarray) -> None:
-        """Fill ``out`` with the records from number ``start`` on."""
+        """Fill ``out`` with the records from number ``start`` on.
+
+        Positional reads: the file's offset, which a forked child shares (``forked.py``),
+        stays where the appends left it."""
         if out.shape[0] == 0:
             return
         self._file.flush()
-        self._file.seek(start * self.dtype.itemsize)
-        view = out.view(np.uint8).reshape(-1)
-        got = self._file.readinto(memoryview(view))
-        self._file.seek(0, 2)
-        if got != view.size:
-            raise InspectorError(f"temporary file: read {got} of {view.size} bytes back")
+        _read_at(self._file.fileno(), start * self.dtype.itemsize, out.view(np.uint8).reshape(-1))
 
     def close(self) -> None:
         if self._file is not None:
             self._file.close()
             self._file = None
         self.count = 0
+
+
+def _read_at(fd: int, offset: int, into: np.ndarray) -> None:
+    """Fill the byte array ``into`` from ``fd`` at ``offset`` (``os.preadv``: no seek)."""
+    view = memoryview(into)
+    done = 0
+    while done < view.nbytes:
+        got = os.preadv(fd, [view[done:]], offset + done)
+        if got <= 0:
+            raise InspectorError(f"temporary file: read {done} of {view.nbytes} bytes back")
+        done += got
 
 
 class PartitionedRecords:

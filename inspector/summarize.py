@@ -406,7 +406,7 @@ class FinishedFlows:
                 del f[name]
         return pd.DataFrame(columns, copy=False)
 
-    def _slices(self, rows: int) -> Iterator[tuple[CaptureFlows | None, int, int]]:
+    def slices(self, rows: int) -> Iterator[tuple[CaptureFlows | None, int, int]]:
         """(part, start, stop) of consecutive slices of at most ``rows`` rows, in table order;
         once (first part or None, 0, 0) for an empty table (so a header is still written)."""
         yielded = False
@@ -420,16 +420,13 @@ class FinishedFlows:
     def chunks(self, rows: int) -> Iterator[pd.DataFrame]:
         """The table in consecutive frames of at most ``rows`` rows, in table order; one empty
         frame for an empty table."""
-        for part, start, stop in self._slices(rows):
+        for part, start, stop in self.slices(rows):
             yield part.frame_of(start, stop) if part is not None else empty_frame(FLOW_COLUMNS)
 
     def plain_chunks(self, rows: int) -> Iterator[list[tuple[str, str, object]]]:
         """``chunks`` as ``CaptureFlows.plain_columns_of`` slices (no frame made); one empty slice
         for an empty table."""
-        for part, start, stop in self._slices(rows):
-            if part is None:
-                part = CaptureFlows("", np.zeros(0, dtype=RECORD_DTYPE))
-            yield part.plain_columns_of(start, stop)
+        return plain_chunks_of(self.slices(rows))
 
     def coded(self, *names: str) -> tuple[np.ndarray, list[np.ndarray]]:
         """Text columns as (distinct values, int32 codes per column), over every capture, in one
@@ -499,3 +496,11 @@ class FinishedFlows:
                 found = ids[at] == flow_ids
                 codes[found] = rows[at[found]]
             part.set_session_ids(values, codes)
+
+
+def plain_chunks_of(slices) -> Iterator[list[tuple[str, str, object]]]:
+    """``CaptureFlows.plain_columns_of`` of each (part, start, stop) of ``FinishedFlows.slices``."""
+    for part, start, stop in slices:
+        if part is None:
+            part = CaptureFlows("", np.zeros(0, dtype=RECORD_DTYPE))
+        yield part.plain_columns_of(start, stop)

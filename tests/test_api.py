@@ -177,3 +177,45 @@ def test_flows_csv_written_from_the_compact_table_equals_the_frames_csv(tmp_path
     compact, frame = (tmp_path / d / "flows.csv" for d in ("compact", "frame"))
     assert compact.read_bytes() == frame.read_bytes()
     assert result.flows.session_id.ne("").any()  # both captures hold a call
+
+
+def test_a_run_with_workers_builds_and_writes_in_a_second_process_the_same_files(tmp_path, ndpi_dir, monkeypatch):
+    """With --workers above 1 the destinations are counted and most of flows.csv is written in
+    forked processes (forked.py); every file is the one a single process writes."""
+    from inspector import export, forked
+
+    monkeypatch.setattr(export, "CHUNK_ROWS", 7)  # several slices: flows.csv is split
+    started: list[str] = []
+    start = forked.start
+
+    def counting(what, *args):
+        started.append(what)
+        return start(what, *args)
+
+    monkeypatch.setattr(forked, "start", counting)
+    path = ndpi_dir / "teams.pcap"
+    inspector.analyze([path], AnalyzeOptions(workers=1)).write(tmp_path / "one")
+    assert started == []
+    inspector.analyze([path], AnalyzeOptions(workers=2)).write(tmp_path / "two")
+    assert started == ["destinations", "flows.csv"]
+    for name in ("flows.csv", "sessions.csv", "destinations.csv", "media.csv"):
+        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes(), name
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(p.name for p in (tmp_path / "one").iterdir())
+    manifests = [json.loads((tmp_path / d / "manifest.json").read_text()) for d in ("one", "two")]
+    assert manifests[0]["outputs"] == manifests[1]["outputs"]
+
+
+def test_a_failed_write_leaves_no_part_of_flows_csv_behind(tmp_path, ndpi_dir, monkeypatch):
+    from inspector import api, export
+    from inspector.errors import InspectorError
+
+    monkeypatch.setattr(export, "CHUNK_ROWS", 7)
+    result = inspector.analyze([ndpi_dir / "teams.pcap"], AnalyzeOptions(workers=2))
+
+    def full(frame, path, fmt):
+        raise InspectorError(f"{path}: no space left on device")
+
+    monkeypatch.setattr(api, "write_table", full)
+    with pytest.raises(InspectorError, match="no space left"):
+        result.write(tmp_path / "out")
+    assert not [p.name for p in (tmp_path / "out").iterdir() if p.name.endswith(".part")]

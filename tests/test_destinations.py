@@ -390,3 +390,15 @@ def test_group_folder_folds_parts_in_any_split_as_at_once():
     assert folded["flows"].sum() == parts["flows"].sum()
     expected_pairs = sorted(set(zip(pairs[0].tolist(), pairs[1].tolist())))
     assert list(zip(*folded_pairs.tolist())) == expected_pairs
+
+
+def test_destinations_counted_in_a_forked_process_are_the_same(ndpi_dir):
+    """build_calls(fork_destinations=True) (a run with several workers) gives the same tables."""
+    import inspector
+    from inspector.pipeline import AnalyzeOptions
+
+    one = inspector.analyze([ndpi_dir / "telegram_videocall.pcapng"], AnalyzeOptions(workers=1))
+    two = inspector.analyze([ndpi_dir / "telegram_videocall.pcapng"], AnalyzeOptions(workers=2))
+    assert len(one.destinations) > 5
+    for table in ("sessions", "destinations", "media", "flows"):
+        pd.testing.assert_frame_equal(getattr(one, table), getattr(two, table), obj=table)

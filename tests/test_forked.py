@@ -1,0 +1,62 @@
+"""forked.py: a function run in a forked child hands back its result or its exception."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+
+from inspector import forked
+from inspector.errors import InspectorError
+
+
+def _pid_and(value):
+    return os.getpid(), value
+
+
+def _raise(kind, text):
+    raise kind(text)
+
+
+def _big(n: int) -> bytes:
+    return bytes(range(256)) * (n // 256)
+
+
+def test_the_function_runs_in_another_process_and_its_result_comes_back():
+    job = forked.start("test", _pid_and, {"a": [1, 2, 3]})
+    assert job is not None
+    pid, value = job.result()
+    assert pid != os.getpid() and value == {"a": [1, 2, 3]}
+
+
+def test_a_result_larger_than_a_pipe_buffer_comes_back_whole():
+    assert forked.start("test", _big, 5 << 20).result() == _big(5 << 20)
+
+
+@pytest.mark.parametrize("kind", [ValueError, InspectorError])
+def test_the_childs_exception_is_raised_here(kind):
+    job = forked.start("test", _raise, kind, "disk full")
+    with pytest.raises(kind, match="disk full"):
+        job.result()
+
+
+def test_a_child_that_dies_is_an_error_naming_what_it_built():
+    job = forked.start("flows.csv", _kill_self)
+    with pytest.raises(InspectorError, match="flows.csv: the process building it stopped unexpectedly"):
+        job.result()
+
+
+def _kill_self():
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_discard_stops_a_child_that_is_still_working():
+    import time
+
+    job = forked.start("test", time.sleep, 60)
+    started = time.monotonic()
+    job.discard()
+    assert time.monotonic() - started < 10
+    with pytest.raises(ChildProcessError):
+        os.waitpid(job.pid, 0)
