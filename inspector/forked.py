@@ -63,13 +63,22 @@ class Forked:
 
 
 def start(what: str, fn: Callable[..., Any], *args: Any) -> Forked | None:
-    """Run ``fn(*args)`` in a forked child; None where this platform cannot fork."""
+    """Run ``fn(*args)`` in a forked child; None where this platform cannot fork, or when the
+    system refuses another process now (the caller then runs ``fn`` itself)."""
     if not hasattr(os, "fork"):
         return None
     sys.stdout.flush()
     sys.stderr.flush()
-    read_fd, write_fd = os.pipe()
-    pid = os.fork()
+    try:
+        read_fd, write_fd = os.pipe()
+    except OSError:
+        return None
+    try:
+        pid = os.fork()
+    except OSError:  # EAGAIN (process limit), ENOMEM
+        os.close(read_fd)
+        os.close(write_fd)
+        return None
     if pid:
         os.close(write_fd)
         return Forked(pid, read_fd, what)

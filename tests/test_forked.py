@@ -60,3 +60,13 @@ def test_discard_stops_a_child_that_is_still_working():
     assert time.monotonic() - started < 10
     with pytest.raises(ChildProcessError):
         os.waitpid(job.pid, 0)
+
+
+def test_when_the_system_refuses_a_process_the_caller_runs_the_function_itself(monkeypatch):
+    def refused():
+        raise BlockingIOError(11, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(os, "fork", refused)
+    opened = len(os.listdir("/proc/self/fd"))
+    assert forked.start("test", _pid_and, 1) is None
+    assert len(os.listdir("/proc/self/fd")) == opened  # the pipe was closed again
