@@ -31,30 +31,46 @@ from inspector.errors import InspectorError
 
 
 class Forked:
-    """A function running in a child process; ``result()`` waits for it."""
+    """A function running in a child process; ``result()`` waits for it, ``discard()`` stops it.
+    Either may be called after the other: the child is reaped once."""
 
     def __init__(self, pid: int, read_fd: int, what: str) -> None:
         self.pid = pid
         self.read_fd = read_fd
         self.what = what
+        self._reaped = False
+
+    def _reap(self, kill: bool) -> int:
+        """Close the pipe and wait for the child (killed first if ``kill``); its exit code."""
+        if self._reaped:
+            return -1
+        self._reaped = True
+        os.close(self.read_fd)
+        if kill:
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        _, status = os.waitpid(self.pid, 0)
+        return os.waitstatus_to_exitcode(status)
 
     def discard(self) -> None:
         """Stop the child and forget its result (the caller failed before it needed it)."""
-        os.close(self.read_fd)
-        try:
-            os.kill(self.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        os.waitpid(self.pid, 0)
+        self._reap(kill=True)
 
     def result(self) -> Any:
         """The function's return value; its exception, re-raised, if it raised one."""
+        if self._reaped:
+            raise InspectorError(f"{self.what}: its result was already taken or discarded")
         chunks = []
-        with os.fdopen(self.read_fd, "rb") as pipe:
-            while chunk := pipe.read(1 << 20):
+        try:
+            while chunk := os.read(self.read_fd, 1 << 20):
                 chunks.append(chunk)
-        _, status = os.waitpid(self.pid, 0)
-        if not chunks or os.waitstatus_to_exitcode(status) != 0:
+        except BaseException:
+            self._reap(kill=True)
+            raise
+        code = self._reap(kill=False)
+        if not chunks or code != 0:
             raise InspectorError(f"{self.what}: the process building it stopped unexpectedly")
         failed, value = pickle.loads(b"".join(chunks))
         if failed:

@@ -70,3 +70,13 @@ def test_when_the_system_refuses_a_process_the_caller_runs_the_function_itself(m
     opened = len(os.listdir("/proc/self/fd"))
     assert forked.start("test", _pid_and, 1) is None
     assert len(os.listdir("/proc/self/fd")) == opened  # the pipe was closed again
+
+
+def test_discard_after_result_and_result_after_discard_are_safe():
+    job = forked.start("test", _pid_and, 1)
+    assert job.result()[1] == 1
+    job.discard()  # nothing left to stop: no error
+    job = forked.start("test", _pid_and, 2)
+    job.discard()
+    with pytest.raises(InspectorError, match="already taken or discarded"):
+        job.result()
