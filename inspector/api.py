@@ -229,10 +229,9 @@ def analyze(
         if progress is not None:
             cb = lambda done, _p=str(path), _t=total: progress(_p, done, _t)  # noqa: E731
         if options.workers > 1 and options.inspect_payloads:
-            from inspector.capture.files import open_capture
             from inspector.parallel import process_capture_parallel
 
-            open_capture(path)  # a bad file raises its CaptureError here, not inside a worker
+            # A bad file raises its CaptureError there, before any worker is forked.
             results.append(process_capture_parallel(path, options, options.workers, signatures))
             if cb is not None:
                 cb(total)

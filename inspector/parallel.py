@@ -323,7 +323,8 @@ def process_capture_parallel(path: str | Path, options: AnalyzeOptions, workers:
     from inspector.collect import ActivityCollector, RtpCollector
     from inspector.labels import FlowLabeller
 
-    # Mapped before the workers are forked, so that they share the mapping (``feed``).
+    # Opened (a bad file raises its CaptureError here) and mapped before the workers are
+    # forked, so that they share the mapping (``feed``).
     reader = open_capture(path, batch_size=options.batch_size)
     file_bytes = reader.mapped_bytes()
     ctx = multiprocessing.get_context("fork")
