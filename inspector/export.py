@@ -43,10 +43,15 @@ def _iso_utc(col: pd.Series) -> pd.Series:
     """
     if isinstance(col.dtype, pd.DatetimeTZDtype):
         col = col.dt.tz_convert("UTC").dt.tz_localize(None)
-    values = col.to_numpy(dtype="datetime64[ns]").astype("datetime64[us]")
+    return pd.Series(_iso_texts(col.to_numpy(dtype="datetime64[ns]")), index=col.index, dtype=object)
+
+
+def _iso_texts(values: np.ndarray) -> np.ndarray:
+    """``TIME_FORMAT`` text of each datetime64 (or int64 nanoseconds, UTC), "" for NaT."""
+    values = values.astype("datetime64[ns]").astype("datetime64[us]")
     text = np.char.add(np.datetime_as_string(values, unit="us"), "Z").astype(object)
     text[np.isnat(values)] = ""
-    return pd.Series(text, index=col.index, dtype=object)
+    return text
 
 
 def _text_frame(frame: pd.DataFrame) -> pd.DataFrame:
@@ -86,6 +91,16 @@ def _quoted(cell: str) -> str:
     return '"' + cell.replace('"', '""') + '"' if _NEEDS_QUOTES.search(cell) else cell
 
 
+def _float_cells(values: np.ndarray) -> list[str]:
+    """Float cells as the csv module writes them; NaN as an empty cell."""
+    # repr of a Python float is the shortest text for 64 bits; a narrower float widened to one
+    # would show its binary noise (0.10000000149011612), so numpy formats those.
+    cells = list(map(repr, values.tolist())) if values.dtype.itemsize == 8 else values.astype(str).tolist()
+    for k in np.flatnonzero(np.isnan(values)).tolist():
+        cells[k] = ""
+    return cells
+
+
 def _csv_cells(col: pd.Series) -> list[str]:
     """One column of a ``_text_frame`` as CSV cells, as the csv module writes them, which is
     also what ``DataFrame.to_csv`` writes (tested): ints and bools with ``str``, floats with
@@ -96,13 +111,7 @@ def _csv_cells(col: pd.Series) -> list[str]:
         return list(map(str, col.tolist()))
     if pd.api.types.is_float_dtype(dtype):
         width = getattr(dtype, "itemsize", 8)
-        values = col.to_numpy(dtype=np.dtype(f"f{width}"), na_value=np.nan)
-        # repr of a Python float is the shortest text for 64 bits; a narrower float widened to
-        # one would show its binary noise (0.10000000149011612), so numpy formats those.
-        cells = list(map(repr, values.tolist())) if width == 8 else values.astype(str).tolist()
-        for k in np.flatnonzero(np.isnan(values)).tolist():
-            cells[k] = ""
-        return cells
+        return _float_cells(col.to_numpy(dtype=np.dtype(f"f{width}"), na_value=np.nan))
     cells = col.astype(object).tolist()
     if not all(type(v) is str for v in cells):
         cells = ["" if _is_missing(v) else v if type(v) is str else repr(v) if isinstance(v, float) else str(v) for v in cells]
@@ -152,13 +161,9 @@ def _plain_cells(kind: str, data, formatted: dict[int, tuple]) -> list[str]:
     if kind == "int":
         return list(map(str, data.tolist()))
     if kind == "float":
-        cells = list(map(repr, data.tolist()))
-        for k in np.flatnonzero(np.isnan(data)).tolist():
-            cells[k] = ""
-        return cells
-    if kind == "time":  # as _iso_utc: microseconds, "Z"
-        values = data.astype("datetime64[ns]").astype("datetime64[us]")
-        return np.char.add(np.datetime_as_string(values, unit="us"), "Z").tolist()
+        return _float_cells(data)
+    if kind == "time":
+        return _iso_texts(data).tolist()
     raise ValueError(f"unknown column kind {kind!r}")
 
 
