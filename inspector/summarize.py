@@ -152,15 +152,6 @@ def _named_codes(name: str, records) -> tuple[list[str], np.ndarray]:
     return [TUNNEL_NAMES[t] if t < len(TUNNEL_NAMES) else str(t) for t in distinct.tolist()], codes.reshape(-1)
 
 
-def _strings(distinct: Sequence[str], codes: np.ndarray) -> ExtensionArray:
-    """A "string" array of ``distinct[codes]``: each distinct value converted once."""
-    return pd.array(np.asarray(distinct, dtype=object), dtype="string").take(codes)
-
-
-def _repeated(text: str, n: int) -> ExtensionArray:
-    return _strings([text], np.zeros(n, dtype=np.intp))
-
-
 def _timestamps(ns: np.ndarray) -> ExtensionArray:
     return pd.to_datetime(ns.astype(np.int64), unit="ns", utc=True).array
 
@@ -262,43 +253,41 @@ class CaptureFlows:
         self._label_text.pop("session_id", None)
 
     def frame_of(self, start: int, stop: int) -> pd.DataFrame:
-        """Rows ``start:stop`` as a frame of ``schema.FLOW_COLUMNS``.
+        """Rows ``start:stop`` as a frame of ``schema.FLOW_COLUMNS``, made of ``plain_columns_of``.
 
         Memory: every column is made once, in its final dtype, and the frame is assembled from
         them without a copy (``copy=False``: pandas then neither copies nor consolidates the
         columns into 2-D blocks, and no ``astype`` pass is needed).
         """
-        records = self._rows(start, stop)
-        n = records.shape[0]
         columns: dict[str, object] = {}
-        for name, dtype, _ in FLOW_COLUMNS:
-            if name == "capture":
-                columns[name] = _repeated(self.capture, n)
-            elif name in ("transport", "tunnel"):
-                columns[name] = _strings(*_named_codes(name, records))
-            elif name == "client_ip":
-                columns[name] = self._address_text.take(self._client_address[start:stop].astype(np.intp))
-            elif name == "server_ip":
-                columns[name] = self._address_text.take(self._server_address[start:stop].astype(np.intp))
-            elif name == "first_seen":
-                columns[name] = _timestamps(records["first_seen_ns"])
-            elif name == "last_seen":
-                columns[name] = _timestamps(records["last_seen_ns"])
-            elif name == "duration_s":
-                duration_ns = records["last_seen_ns"].astype(np.int64) - records["first_seen_ns"]
-                columns[name] = duration_ns / 1e9
-            elif name in LABEL_NAMES:
-                columns[name] = self._label_column(name, start, stop, records)
-            else:
-                columns[name] = records[name].astype(dtype)
+        for name, kind, data in self.plain_columns_of(start, stop):
+            if kind == "text":
+                values, codes = data
+                columns[name] = self._text_array(name, values).take(codes)
+            elif kind == "time":
+                columns[name] = _timestamps(data)
+            else:  # int64 and float64, the schema's dtypes
+                columns[name] = data
         return pd.DataFrame(columns, copy=False)
+
+    def _text_array(self, name: str, values: np.ndarray) -> ExtensionArray:
+        """The "string" array of a text column's distinct values: the address and label tables
+        converted once per capture, the few values of the other columns per slice."""
+        if name in ("client_ip", "server_ip"):
+            return self._address_text
+        if name not in LABEL_NAMES:
+            return pd.array(values, dtype="string")
+        text = self._label_text.get(name)
+        if text is None:
+            text = self._label_text[name] = pd.array(values, dtype="string")
+        return text
 
     def plain_columns_of(self, start: int, stop: int) -> list[tuple[str, str, object]]:
         """Rows ``start:stop`` as (name, kind, data) per ``schema.FLOW_COLUMNS`` column, without
         a frame: kind "text" with data (distinct values, codes), values str or None for missing;
         "int" an int64 array; "float" a float64 array; "time" int64 nanoseconds since the epoch,
-        UTC. ``frame_of`` makes exactly these values into the dtyped columns (tested); a writer
-        that formats text per distinct value reads them instead (``export.write_plain_csv``).
+        UTC. ``frame_of`` makes them into the dtyped columns; a writer that formats text per
+        distinct value reads them as they are (``export.write_plain_csv``).
         """
         records = self._rows(start, stop)
         n = records.shape[0]
@@ -327,16 +316,6 @@ class CaptureFlows:
             else:
                 out.append((name, "int", records[name].astype(np.int64)))
         return out
-
-    def _label_column(self, name: str, start: int, stop: int, records: np.ndarray) -> ExtensionArray:
-        values = self._label_values(name)
-        if values is None:
-            return _repeated("", stop - start)
-        text = self._label_text.get(name)
-        if text is None:
-            text = self._label_text[name] = pd.array(values, dtype="string")
-        codes = self._session_codes[start:stop] if name == "session_id" else records["label"]
-        return text.take(codes.astype(np.intp))
 
     def coded(self, name: str) -> tuple[np.ndarray, np.ndarray]:
         """A text column as (values, codes): ``values[codes]`` is the column, "" for missing.
