@@ -86,7 +86,7 @@ class Analysis:
         except OSError as e:
             raise InspectorError(f"{out}: cannot create output directory: {e.strerror}") from e
         written = []
-        split = None  # flows.csv in two parts: (first slices, path, the child writing the rest, its file)
+        split = None  # flows.csv written in two parts (_SplitFlowsCsv)
         try:
             for t in TABLES:
                 path = out / f"{t}.{fmt}"
@@ -98,38 +98,50 @@ class Analysis:
                 else:
                     written.append(write_table(getattr(self, t), path, fmt))
             if split is not None:
-                first, path, job, rest = split
-                export.write_plain_csv(plain_chunks_of(first), path)
-                job.result()  # the rest is written; raises what the child raised
-                with open(path, "ab") as whole, open(rest, "rb") as tail:
-                    shutil.copyfileobj(tail, whole, 1 << 20)
+                split.finish()
         except BaseException:
             if split is not None:
-                split[2].discard()
+                split.job.discard()
             raise
         finally:
             if split is not None:
-                Path(split[3]).unlink(missing_ok=True)
+                split.rest.unlink(missing_ok=True)
         return written + [write_manifest(self.manifest, out, written)]
 
-    def _start_flows_csv(self, path: Path):
-        """Write flows.csv from the compact table. A run allowed several processes forks one that
-        writes the later two thirds of the rows to a file beside it while this process writes
-        the other tables, then the first third (``write``): returns (first slices, path, the
-        child, its file), or None when it was written here."""
+    def _start_flows_csv(self, path: Path) -> _SplitFlowsCsv | None:
+        """Write flows.csv from the compact table; or, in a run allowed several processes, fork
+        one that writes its later two thirds beside it while this process writes the other
+        tables (``_SplitFlowsCsv``; None when the file was written here)."""
         slices = list(self.finished_flows.slices(export.CHUNK_ROWS))
         first = len(slices) // 3
-        job = None
         if first and self.manifest.get("options", {}).get("workers", 1) > 1:
-            fd, rest = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+            fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
             os.close(fd)
-            job = forked.start("flows.csv", export.write_plain_csv, plain_chunks_of(slices[first:]), Path(rest), False)
-            if job is None:
-                Path(rest).unlink()
-        if job is None:
-            export.write_plain_csv(plain_chunks_of(slices), path)
-            return None
-        return slices[:first], path, job, rest
+            rest = Path(name)
+            job = forked.start("flows.csv", export.write_plain_csv, plain_chunks_of(slices[first:]), rest, False)
+            if job is not None:
+                return _SplitFlowsCsv(slices[:first], path, job, rest)
+            rest.unlink()
+        export.write_plain_csv(plain_chunks_of(slices), path)
+        return None
+
+
+@dataclass(frozen=True)
+class _SplitFlowsCsv:
+    """flows.csv being written in two parts: ``job`` (a forked process) writes the rows of the
+    later slices, without the header, to ``rest``; ``finish`` writes the first slices to
+    ``path`` and appends ``rest`` once the job is done."""
+
+    first: list
+    path: Path
+    job: forked.Forked
+    rest: Path
+
+    def finish(self) -> None:
+        export.write_plain_csv(plain_chunks_of(self.first), self.path)
+        self.job.result()  # the rest is written; raises what the child raised
+        with open(self.path, "ab") as whole, open(self.rest, "rb") as tail:
+            shutil.copyfileobj(tail, whole, 1 << 20)
 
 
 def _check_inputs(paths: Sequence[str | os.PathLike]) -> list[Path]:
