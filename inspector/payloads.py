@@ -187,34 +187,32 @@ class PayloadPackets:
 
 
 def _payloads(d, rows: np.ndarray) -> list[bytes]:
-    """The payload bytes of decoded rows ``rows``. Slicing memoryviews copies just the payload,
-    without a numpy call per packet; the selection (``_still_wanted``) is tight enough that
-    copying them all up front costs less than fetching each through a function call."""
-    starts = d.payload_off[rows]
-    ends = (starts + d.payload_len[rows]).tolist()
-    starts = starts.tolist()
-    buffer = memoryview(d.buffer)
-    in_extra = d.payload_in_extra[rows]
-    if not in_extra.any():
-        return [bytes(buffer[start:end]) for start, end in zip(starts, ends)]
-    extra = memoryview(d.extra)
-    return [
-        bytes((extra if x else buffer)[start:end]) for start, end, x in zip(starts, ends, in_extra.tolist())
-    ]
+    """The payload bytes of decoded rows ``rows`` (reassembled ones from ``d.extra``). The
+    selection (``_still_wanted``) is tight enough that copying them all up front costs less
+    than fetching each through a function call."""
+    return payloads_at(
+        memoryview(d.buffer), memoryview(d.extra), d.payload_off[rows], d.payload_len[rows], d.payload_in_extra[rows]
+    )
 
 
-def payloads_at(file_bytes: memoryview | None, blob: bytes, at: np.ndarray, lengths: np.ndarray, in_blob: np.ndarray) -> list[bytes]:
-    """The payloads of a parallel worker's message (``parallel.PayloadShipper.feed``): payload
-    ``k`` is ``lengths[k]`` bytes at ``at[k]`` of ``blob`` where ``in_blob[k]``, else of the
-    capture's mapped bytes. Copied all at once, as ``_payloads`` does for one process."""
+def payloads_at(
+    main: memoryview | None, other: bytes | memoryview, at: np.ndarray, lengths: np.ndarray, in_other: np.ndarray
+) -> list[bytes]:
+    """Payload ``k``: ``lengths[k]`` bytes at ``at[k]`` of ``other`` where ``in_other[k]``, else
+    of ``main``. One process reads a batch's buffer and its reassembled bytes (``_payloads``);
+    a parallel worker reads the capture's mapped bytes and its message's blob
+    (``parallel.PayloadShipper.feed``; ``main`` None when all is in the blob). Slicing
+    memoryviews copies just the payloads, without a numpy call per packet."""
     starts = at.tolist()
     ends = (at + lengths).tolist()
-    if file_bytes is None or in_blob.all():
-        view = memoryview(blob)
+    if main is None or in_other.all():
+        view = memoryview(other)
         return [bytes(view[start:end]) for start, end in zip(starts, ends)]
-    sources = [memoryview(blob), file_bytes]
+    if not in_other.any():
+        return [bytes(main[start:end]) for start, end in zip(starts, ends)]
+    sources = [memoryview(other), main]
     return [
-        bytes(sources[0 if b else 1][start:end]) for start, end, b in zip(starts, ends, in_blob.tolist())
+        bytes(sources[0 if b else 1][start:end]) for start, end, b in zip(starts, ends, in_other.tolist())
     ]
 
 
