@@ -47,6 +47,9 @@ class Analysis:
     sessions: pd.DataFrame = field(default_factory=lambda: empty_frame(SESSION_COLUMNS))
     destinations: pd.DataFrame = field(default_factory=lambda: empty_frame(DESTINATION_COLUMNS))
     media: pd.DataFrame = field(default_factory=lambda: empty_frame(MEDIA_COLUMNS))
+    #: Service id -> the signature's display name, from the signature set the run used (extra
+    #: ``--signatures`` included); None when the run loaded none (``--flows-only``).
+    service_names: dict[str, str] | None = None
     _flows: pd.DataFrame | None = field(default=None, repr=False)
 
     @property
@@ -68,7 +71,7 @@ class Analysis:
         """A short readable answer per call, and one line for activity outside calls."""
         from inspector.report import call_summaries
 
-        return call_summaries(self)
+        return call_summaries(self, self.service_names)
 
     def write(self, out_dir: str | os.PathLike, fmt: str = "csv") -> list[Path]:
         """Write every table as ``fmt`` and manifest.json (listing each output's SHA-256).
@@ -423,6 +426,7 @@ def _build_tables(
         finished_flows=flows,
         manifest=manifest,
         warnings=warnings,
+        service_names=None if signatures is None else {sig.id: sig.name for sig in signatures.signatures()},
         sessions=calls.sessions,
         destinations=calls.destinations,
         media=calls.media,

@@ -139,6 +139,13 @@ def test_user_signature_classifies_a_flow(tmp_path):
     assert (row.server_name, row.name_source, row.service, row.kind) == (
         "beacon.acme-analytics.example", "sni", "acme-beacon", "telemetry")
     assert row.evidence.startswith("sni:beacon.acme-analytics.example")
+    # The terminal answer names the destination with the user signature's display name, and,
+    # written into a pipe, keeps the line whole (not wrapped at 80 columns).
+    r = run("analyze", cap, "--signatures", sigs, "--out", tmp_path / "out2", "--top", "0")
+    assert r.returncode == 0, r.stderr
+    (outside,) = [line for line in r.stdout.splitlines() if line.startswith("Outside calls")]
+    assert outside.startswith("Outside calls (beacon.pcap): data went to: ACME beacon beacon.acme-analytics.example ")
+    assert outside.endswith("(third-party telemetry: analytics)")
 
 
 @pytest.mark.parametrize(("preset", "expected"), [(None, "system"), ("mimalloc", "mimalloc")])
