@@ -163,3 +163,23 @@ def test_the_command_gives_arrow_the_system_allocator_unless_the_user_chose_one(
     )
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == expected
+
+
+@pytest.mark.parametrize(("preset", "expected_setting"), [(None, "1"), ("2", "2")])
+def test_the_command_starts_numpy_without_blas_threads_unless_the_user_chose_some(preset, expected_setting):
+    """OpenBLAS's pool spins on the cores the dissect workers need; the command asks for one
+    thread (no pool: the process keeps its single thread) but keeps an explicit choice."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
+    if preset is not None:
+        env["OPENBLAS_NUM_THREADS"] = preset
+    code = (
+        "from inspector.cli import use_one_blas_thread as use; use();"
+        "import os, numpy; print(os.environ['OPENBLAS_NUM_THREADS'], len(os.listdir('/proc/self/task')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    setting, threads = out.stdout.split()
+    assert setting == expected_setting
+    if preset is None:
+        assert threads == "1"
