@@ -35,6 +35,7 @@ from pathlib import Path
 #: Modules compiled by ``setup.py``: the dissectors, and the per-flow and per-stream Python of
 #: the flow table, the finished-flow store and the collectors.
 NATIVE_MODULES = (
+    "inspector.capture.chain",
     "inspector.flows",
     "inspector.flowstore",
     "inspector.collect",

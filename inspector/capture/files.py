@@ -18,9 +18,9 @@ the libpcap and pcapng.github.io documents):
 * gzip (RFC 1952, magic 1F 8B): decompressed as a stream in large chunks, same readers on top.
 
 Speed: an uncompressed file is memory-mapped and each batch's ``buffer`` is a zero-copy view of the
-whole mapping (``offset`` values are file offsets). A tight Python loop only follows the record
-chain and collects record offsets; the header fields are then gathered with numpy for the whole
-batch at once. The SHA-256 of the file runs in a second thread over the same mapping (hashlib
+whole mapping (``offset`` values are file offsets). A compiled loop (``chain.py``) only follows the
+record chain and collects record offsets; the header fields are then gathered with numpy for the
+whole batch at once. The SHA-256 of the file runs in a second thread over the same mapping (hashlib
 releases the GIL), so reading and hashing overlap. A gzip file is inflated (and its compressed
 bytes hashed) in a second thread, 16 MiB of decompressed data at a time, while the reading thread
 walks the previous chunk; memory is bounded by a few chunks whatever the compression ratio.
@@ -50,13 +50,13 @@ import threading
 import zlib
 from array import array
 from dataclasses import dataclass, field
-from itertools import repeat
 from typing import Callable, Iterator
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from inspector.batch import PacketBatch
+from inspector.capture.chain import record_offsets
 from inspector.errors import CaptureError
 
 __all__ = ["CaptureReader", "CaptureStats", "open_capture"]
@@ -172,24 +172,13 @@ class _PcapWalker:
         # (draft-ietf-opsawg-pcap §4, "LinkType and additional information").
         self.linktype = network & 0xFFFF
         self.stats = stats
-        self._caplen_at = struct.Struct(self.endian + "8xI4x").unpack_from
         self._u4 = np.dtype(self.endian + "u4")
 
     def walk(self, mv: memoryview, arr: np.ndarray, pos: int, limit: int, base: int) -> _Walk:
         size = len(mv)
-        offsets = array("q")
-        append = offsets.append
-        caplen_at = self._caplen_at
-        off = pos
-        header_cut = False
-        try:
-            for _ in repeat(None, limit):
-                append(off)
-                off += 16 + caplen_at(mv, off)[0]
-        except struct.error:  # fewer than 16 bytes left at `off`: end of data or a cut header
-            offsets.pop()
-            header_cut = True
-        rec = np.frombuffer(offsets, dtype=np.int64)
+        # header_cut: fewer than 16 bytes left at `off` (end of data or a cut header).
+        offsets, off, header_cut = record_offsets(mv, pos, limit, self.endian == ">", False)
+        rec = np.array(offsets, dtype=np.int64)
         if rec.shape[0] == 0:
             return self._stop(pos, size, base)
         hdr = _rows(arr, 16)[rec].view(self._u4)  # (n, 4): ts_sec, ts_frac, caplen, wirelen
@@ -306,28 +295,21 @@ class _PcapngWalker:
         size = len(mv)
         self._lost = ""
         offsets = array("q")  # block offset of every packet record, in file order
-        append = offsets.append
         slow: dict[int, tuple | str] = {}  # index in offsets -> SPB/PB columns, or a skip reason
         off = pos
         status = detail = ""
         while not status:
-            tl = self._tl
             remaining = limit - len(offsets)
             if remaining <= 0:
                 status = _FULL
                 break
-            try:
-                # Fast path: a run of well-formed EPBs; anything else leaves the loop.
-                for _ in repeat(None, remaining):
-                    btype, blen = tl(mv, off)
-                    if btype != 6 or blen < 32:
-                        break
-                    append(off)
-                    off += blen
-                else:
-                    status = _FULL
-                    break
-            except struct.error:  # fewer than 8 bytes at `off`
+            # Fast path: a run of well-formed EPBs; the block that ends it is read below.
+            run, off, header_cut = record_offsets(mv, off, remaining, self.endian == ">", True)
+            offsets.extend(run)
+            if len(run) == remaining:
+                status = _FULL
+                break
+            if header_cut:  # fewer than 8 bytes at `off`
                 break
             status, detail, off = self._slow_block(mv, off, size, base, offsets, slow)
         if not status:  # the fast path found fewer than 8 bytes at `off`
