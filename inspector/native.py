@@ -19,8 +19,9 @@ source and says so once on stderr. It is all or none: mypyc compiles the
 modules as one group whose calls between modules go straight to C.
 
 Compiled classes differ in one way the code must respect: they do not pickle or copy unless
-they define ``__reduce__`` (``Flow``, ``RunningStreams``). What crosses between processes is
-plain tuples and arrays, or a class with its own ``__reduce__``.
+they define ``__reduce__`` (``RunningStreams``). What crosses between processes is plain
+tuples, lists and arrays (``flows.identity_columns`` for ended flows), or a class with its own
+``__reduce__``.
 """
 
 from __future__ import annotations

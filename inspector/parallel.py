@@ -9,9 +9,9 @@ payload packet that may still reach a dissector, decided from those caps alone, 
 that owns the flow (flow id modulo ``n``); DNS flows go to every worker, since each flow's name
 needs all answers seen before it. A worker runs ``PayloadStage.dissect`` on what it receives, so
 each dissector sees exactly the packets it would see in one process (the worker applies the same
-"still wants it" rules; it is only handed a superset). When a flow ends, the reader sends it to
-its owner, which takes the flow's facts and drops its state, as ``pipeline.process_batches``
-does, and labels it (``labels.FlowLabeller``); at the end it returns label codes, then the
+"still wants it" rules; it is only handed a superset). When a flow ends, the reader sends its
+identity (``flows.identity_columns``: addresses, ports, times) to its owner, which takes the
+flow's facts and drops its state, as ``pipeline.process_batches`` does, and labels it (``labels.FlowLabeller``); at the end it returns label codes, then the
 facts of the flows the cross-flow rules need, as the pickled blocks of at most
 ``DEFERRED_BLOCK_ROWS`` its spill file holds; the reader files them as they arrive (to its own
 spill file, still pickled, beyond a few thousand) and resolves them over every worker's. The RTP
@@ -38,6 +38,7 @@ import numpy as np
 from inspector.capture.files import open_capture
 from inspector.decode import IPPROTO_TCP
 from inspector.errors import InspectorError
+from inspector.flows import flows_of_identities, identity_columns
 from inspector.gcpause import paused_collector
 from inspector.payloads import (
     MEDIA_CAP_PACKETS,
@@ -205,7 +206,7 @@ class PayloadShipper:
             rtp = self._rtp if k == RTP_WORKER and self._rtp else None
             if not (self._ended[k] or self._dropped[k] or new_routes[k] or batch is not None or rtp):
                 continue
-            conn.send((self._ended[k], self._dropped[k], new_routes[k], batch, rtp))
+            conn.send((identity_columns(self._ended[k]), self._dropped[k], new_routes[k], batch, rtp))
             self._ended[k] = []
             self._dropped[k] = []
             if rtp:
@@ -275,7 +276,7 @@ def _dissect_worker(conn, k: int, n: int, signatures, rtp_streams, reader=None) 
             ended, dropped, new_routes, batch, rtp = message
             for columns in rtp or ():
                 streams.add(*columns)
-            for f in ended:
+            for f in flows_of_identities(ended):
                 f.state = states.pop(f.flow_id, None)
                 fact = stage.facts(f)
                 if fact is not None:

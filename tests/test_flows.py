@@ -181,17 +181,25 @@ def test_hash_collisions_fall_back_to_exact_grouping(monkeypatch):
     assert summary(run(pkts, batch_size=9)) == want
 
 
-def test_a_flow_pickles_with_every_field():
-    # Ended flows travel to the dissect workers pickled (parallel.py); Flow.__reduce__ sends
-    # one tuple of fields.
+def test_ended_flows_cross_to_a_worker_as_identity_columns():
+    # Ended flows travel to the dissect workers (parallel.py) as identity_columns, pickled, and
+    # come back as flows that carry those fields: what PayloadStage.facts reads.
     import pickle
 
-    from inspector.flows import _FLOW_FIELD_NAMES, Flow
+    from inspector.flows import IDENTITY_FIELDS, Flow, flows_of_identities, identity_columns
+    from inspector.payloads import PayloadStage
 
-    (f,) = run(tcp_conversation())
-    f.state = None
-    copy = pickle.loads(pickle.dumps(f, protocol=pickle.HIGHEST_PROTOCOL))
-    assert type(copy) is Flow
-    assert len(_FLOW_FIELD_NAMES) == 23
-    assert all(getattr(copy, name) == getattr(f, name) for name in _FLOW_FIELD_NAMES)
-    assert summary([copy]) == summary([f])
+    ended = run(tcp_conversation()) + run([(0.5, C.udp6("2001:db8::1", "2001:db8::2", 5353, 53, b"q" * 20))])
+    assert len(ended) == 2
+    for f in ended:
+        f.state = None
+    columns = pickle.loads(pickle.dumps(identity_columns(ended), protocol=pickle.HIGHEST_PROTOCOL))
+    copies = flows_of_identities(columns)
+    assert [type(c) for c in copies] == [Flow, Flow]
+    for original, copy in zip(ended, copies):
+        assert all(getattr(copy, name) == getattr(original, name) for name in IDENTITY_FIELDS)
+        assert copy.state is None and copy.client_to_server_bytes is None  # counters stay behind
+        stage = PayloadStage()
+        assert stage.facts(copy) == stage.facts(original)
+    assert identity_columns([]) == [[] for _ in IDENTITY_FIELDS]
+    assert flows_of_identities(identity_columns([])) == []
