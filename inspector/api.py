@@ -10,8 +10,7 @@ import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from inspector._version import __version__
 from inspector import export, forked, native
@@ -22,6 +21,9 @@ from inspector.batch import PacketBatch
 from inspector.pipeline import AnalyzeOptions, BatchProgress, CaptureResult, process_batches, process_capture
 from inspector.schema import DESTINATION_COLUMNS, MEDIA_COLUMNS, SESSION_COLUMNS, empty_frame
 from inspector.summarize import CaptureFlows, FinishedFlows, forget_endpoint_texts, plain_chunks_of
+
+if TYPE_CHECKING:  # pandas is imported where frames are made: the packet path never needs it
+    import pandas as pd
 
 TABLES = ("flows", "sessions", "destinations", "media")
 
@@ -160,6 +162,7 @@ def _check_inputs(paths: Sequence[str | os.PathLike]) -> list[Path]:
 
 
 def _iso(ns: int | None) -> str | None:
+    import pandas as pd
     if ns is None:
         return None
     return pd.Timestamp(ns, unit="ns", tz="UTC").strftime("%Y-%m-%dT%H:%M:%S.%fZ")
@@ -319,6 +322,7 @@ def _collectors(options: AnalyzeOptions) -> tuple:
 
 def _concat_released(frames: list[pd.DataFrame]) -> pd.DataFrame:
     """The frames as one, emptying the list (so only the result keeps their data alive)."""
+    import pandas as pd
     parts = frames[:]
     frames.clear()
     return parts[0] if len(parts) == 1 else pd.concat(parts, ignore_index=True)

@@ -21,8 +21,9 @@ datagrams that may be plain RTCP: a few percent of media packets):
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import pandas as pd
 
 from inspector import spill
 from inspector.decode import IPPROTO_UDP, DecodedBatch
@@ -34,8 +35,16 @@ from inspector.media_stats import (
     report_frame,
     segment_frame,
 )
-from inspector.schema import ACTIVITY_BUCKET_NS, ACTIVITY_COLUMNS, RTP_COLUMNS
+from inspector.schema import (
+    ACTIVITY_BUCKET_NS,
+    ACTIVITY_COLUMNS,
+    CALL_MAX_GAP_S,
+    RTP_COLUMNS,
+)
 from inspector.spill import PartitionedRecords
+
+if TYPE_CHECKING:  # pandas is imported where frames are made: the packet path never needs it
+    import pandas as pd
 
 # Zoom's layouts (protocol-facts.md §2.3, Michel et al. IMC '22), one table in dissect/zoom.py.
 ZOOM_AUDIO = zoom.INNER_AUDIO
@@ -167,6 +176,7 @@ def _append_by_partition(store: PartitionedRecords, rows: np.ndarray) -> None:
 def buckets_from_frame(activity: pd.DataFrame) -> list[ActivityBuckets]:
     """``schema.ACTIVITY_COLUMNS`` rows as ActivityBuckets, one per capture in order of first
     appearance (tests and callers holding frames)."""
+    import pandas as pd
     out = []
     captures = activity["capture"].to_numpy(dtype=object)
     codes, names = pd.factorize(captures)
@@ -246,6 +256,7 @@ class ActivityCollector:
 
 def buckets_frame(activity: ActivityBuckets) -> pd.DataFrame:
     """ActivityBuckets as a ``schema.ACTIVITY_COLUMNS`` frame, in (flow_id, bucket) order."""
+    import pandas as pd
     rows = activity.sorted_rows()
     start = rows["bucket"].astype(np.int64) * ACTIVITY_BUCKET_NS
     data = {
@@ -279,11 +290,7 @@ class RtpCollector:
         come back through ``adopt_streams``)."""
         self._rows: list[tuple[np.ndarray, ...]] | None = [] if keep_rows else None
         self._fold = fold
-        if max_gap_s is None:
-            from inspector.sessions import CallOptions
-
-            max_gap_s = CallOptions().max_gap_s
-        self.max_gap_s = float(max_gap_s)
+        self.max_gap_s = float(CALL_MAX_GAP_S if max_gap_s is None else max_gap_s)
         self._streams = RunningStreams(int(self.max_gap_s * 1e9))
         self._reports = RunningReports(int(self.max_gap_s * 1e9))
 
@@ -383,6 +390,8 @@ class RtpCollector:
 
     def rows_frame(self, capture: str) -> pd.DataFrame:
         """The kept header rows (``keep_rows=True``) as ``schema.RTP_COLUMNS``."""
+        import pandas as pd
+
         from inspector.media import FOLD_COLUMNS
 
         parts = self._rows or []

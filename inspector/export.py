@@ -13,12 +13,15 @@ import math
 import re
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from inspector.digest import sha256_file
 from inspector.errors import InspectorError
+
+if TYPE_CHECKING:  # pandas is imported where frames are made: the packet path never needs it
+    import pandas as pd
 
 FORMULA_TRIGGERS = ("=", "+", "-", "@", "\t", "\r")
 FORMATS = ("csv", "json", "parquet")
@@ -41,6 +44,7 @@ def _iso_utc(col: pd.Series) -> pd.Series:
     numpy formats the whole column in C; ``Series.dt.strftime`` calls Python per value. A naive
     column is taken as UTC already.
     """
+    import pandas as pd
     if isinstance(col.dtype, pd.DatetimeTZDtype):
         col = col.dt.tz_convert("UTC").dt.tz_localize(None)
     return pd.Series(_iso_texts(col.to_numpy(dtype="datetime64[ns]")), index=col.index, dtype=object)
@@ -56,6 +60,7 @@ def _iso_texts(values: np.ndarray) -> np.ndarray:
 
 def _text_frame(frame: pd.DataFrame) -> pd.DataFrame:
     """Timestamps to ISO-8601 UTC strings; text columns neutralised; numbers untouched."""
+    import pandas as pd
     out = frame.copy(deep=False)  # columns are replaced below, never changed in place
     for name in out.columns:
         col = out[name]
@@ -79,6 +84,7 @@ def _row_chunks(frame: pd.DataFrame, rows: int) -> Iterator[pd.DataFrame]:
 
 
 def _is_missing(value: object) -> bool:
+    import pandas as pd
     return value is None or value is pd.NA or value is pd.NaT or (isinstance(value, float) and math.isnan(value))
 
 
@@ -106,6 +112,7 @@ def _csv_cells(col: pd.Series) -> list[str]:
     also what ``DataFrame.to_csv`` writes (tested): ints and bools with ``str``, floats with
     ``repr`` (the shortest text that reads back to the same float), a missing value (NaN, NA,
     None) as an empty cell, text quoted only when it holds a comma, quote, CR or LF."""
+    import pandas as pd
     dtype = col.dtype
     if isinstance(dtype, np.dtype) and dtype.kind in "iub":
         return list(map(str, col.tolist()))

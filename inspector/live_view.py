@@ -31,13 +31,15 @@ import time
 from dataclasses import dataclass, replace
 
 from inspector.decode import IPPROTO_TCP
+from inspector.schema import CALL_MAX_GAP_S
+
 # The call stage's own vocabulary (rule 1 of its module docstring), so the preview cannot drift.
 from inspector.sessions import CLIENT_APP_PROTOCOLS, MEDIA_APP_PROTOCOLS, MEDIA_ROLES
 from inspector.streaming import preview_facts
 
 __all__ = ["LiveView", "ViewSnapshot", "CallPreview", "DestinationRow", "TelemetryRow"]
 
-MAX_GAP_S = 60.0
+MAX_GAP_S = CALL_MAX_GAP_S
 MIN_MEDIA_PACKETS = 20
 MAX_DESTINATIONS = 4096
 OTHER_DESTINATIONS = "(other destinations)"

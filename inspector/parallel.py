@@ -10,15 +10,16 @@ that owns the flow (flow id modulo ``n``); DNS flows go to every worker, since e
 needs all answers seen before it. A worker runs ``PayloadStage.dissect`` on what it receives, so
 each dissector sees exactly the packets it would see in one process (the worker applies the same
 "still wants it" rules; it is only handed a superset). When a flow ends, the reader sends its
-identity (``flows.identity_columns``: addresses, ports, times) to its owner, which takes the
-flow's facts and drops its state, as ``pipeline.process_batches`` does, and labels it (``labels.FlowLabeller``); at the end it returns label codes, then the
-facts of the flows the cross-flow rules need, as the pickled blocks of at most
-``DEFERRED_BLOCK_ROWS`` its spill file holds; the reader files them as they arrive (to its own
-spill file, still pickled, beyond a few thousand) and resolves them over every worker's. The RTP
-collector's header columns go to one worker (``RTP_WORKER``), which folds them into the running
-stream state the reader would have kept and returns it at the end. Messages keep capture order, so the tables are identical to a
-one-process run whatever ``n`` is (tested). Memory stays bounded: a pipe holds at most one
-message a worker has not read, and each side keeps state for active flows only.
+identity (``flows.identity_columns``: addresses, ports, times) to its owner, which takes the flow's
+facts and drops its state, as ``pipeline.process_batches`` does, and labels it
+(``labels.FlowLabeller``); at the end it returns label codes, then the facts of the flows the
+cross-flow rules need, as the pickled blocks of at most ``DEFERRED_BLOCK_ROWS`` its spill file
+holds; the reader files them as they arrive (to its own spill file, still pickled, beyond a few
+thousand) and resolves them over every worker's. The RTP collector's header columns go to one
+worker (``RTP_WORKER``), which folds them into the running stream state the reader would have kept
+and returns it at the end. Messages keep capture order, so the tables are identical to a
+one-process run whatever ``n`` is (tested). Memory stays bounded: a pipe holds at most one message
+a worker has not read, and each side keeps state for active flows only.
 
 Weakness: the reading process does the columnar work alone, and the call stage after it is
 serial (Amdahl); the dissectors spread over the workers.

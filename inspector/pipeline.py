@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from inspector import warmup
 from inspector.batch import PacketBatch
 from inspector.capture.files import open_capture
 from inspector.decode import SKIP_REASONS, STATE_FLOW, STATE_MERGED, STATE_SKIPPED, decode_batch
@@ -144,6 +145,7 @@ def process_batches(
     seen before the flow ended. Without a labeller the facts are kept in ``CaptureResult.facts``;
     a payload stage that returns no facts (``parallel.PayloadShipper``) leaves the labels pending.
     """
+    warmup.start()  # the tables' pandas, imported while the packets are read
     table = FlowTable(FlowConfig(idle_timeout_s=options.idle_timeout_s))
     slow = SlowDecoder()
     stats = DecodeStats()

@@ -126,6 +126,11 @@ MEDIA_COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("jitter_ms", "float64", "RFC 3550 §6.4.1 interarrival jitter at the end of the stream"),
 )
 
+#: The call-window rule's default longest silence inside one call (``sessions.CallOptions``),
+#: which the RTP collector's stream segments follow (``collect.RtpCollector``). Kept here, beside
+#: the activity buckets, so the packet path reads it without importing the call stage.
+CALL_MAX_GAP_S = 60.0
+
 # The per-flow activity the call stage reads: IP-layer bytes and packets per flow per time bucket
 # (ACTIVITY_BUCKET_NS), so bytes can be counted inside a call window, not over the whole flow.
 ACTIVITY_BUCKET_NS = 100_000_000

@@ -72,6 +72,7 @@ from inspector.destinations import (
 from inspector.media import media_table
 from inspector.schema import (
     ACTIVITY_BUCKET_NS,
+    CALL_MAX_GAP_S,
     FLOW_COLUMNS,
     RTP_COLUMNS,
     SESSION_COLUMNS,
@@ -102,7 +103,7 @@ class CallOptions:
     min_peak_packets_per_s  a call has at least one second with this many media packets
     """
 
-    max_gap_s: float = 60.0
+    max_gap_s: float = CALL_MAX_GAP_S
     min_duration_s: float = 2.0
     min_packets: int = 20
     min_peak_packets_per_s: int = 10

@@ -11,16 +11,19 @@ from __future__ import annotations
 import functools
 import socket
 from collections.abc import Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
-from pandas.api.extensions import ExtensionArray
 
 from inspector.decode import TUNNEL_NAMES
 from inspector.flows import Flow
 from inspector.flowstore import RECORD_DTYPE
 from inspector.schema import FLOW_COLUMNS, empty_frame
 from inspector.spill import SpillFile
+
+if TYPE_CHECKING:  # pandas is imported where frames are made: the packet path never needs it
+    import pandas as pd
+    from pandas.api.extensions import ExtensionArray
 
 #: The flows.csv columns later stages fill (naming, classification, the call stage).
 LABEL_NAMES = (
@@ -153,6 +156,7 @@ def _named_codes(name: str, records) -> tuple[list[str], np.ndarray]:
 
 
 def _timestamps(ns: np.ndarray) -> ExtensionArray:
+    import pandas as pd
     return pd.to_datetime(ns.astype(np.int64), unit="ns", utc=True).array
 
 
@@ -183,6 +187,7 @@ class CaptureFlows:
     )  # fmt: skip
 
     def __init__(self, capture: str, records: np.ndarray, labels: Mapping[str, Sequence[str]] | None = None) -> None:
+        import pandas as pd
         n = records.shape[0]
         if labels is not None and n and int(records["label"].min()) < 0:
             raise ValueError(f"{capture}: {int((records['label'] < 0).sum())} flows have no label")
@@ -259,6 +264,7 @@ class CaptureFlows:
         them without a copy (``copy=False``: pandas then neither copies nor consolidates the
         columns into 2-D blocks, and no ``astype`` pass is needed).
         """
+        import pandas as pd
         columns: dict[str, object] = {}
         for name, kind, data in self.plain_columns_of(start, stop):
             if kind == "text":
@@ -273,6 +279,7 @@ class CaptureFlows:
     def _text_array(self, name: str, values: np.ndarray) -> ExtensionArray:
         """The "string" array of a text column's distinct values: the address and label tables
         converted once per capture, the few values of the other columns per slice."""
+        import pandas as pd
         if name in ("client_ip", "server_ip"):
             return self._address_text
         if name not in LABEL_NAMES:
@@ -323,6 +330,7 @@ class CaptureFlows:
         Both address columns index one table of this capture's distinct addresses. ``values``
         may hold a value twice (``FinishedFlows.coded`` makes codes compare as values do).
         """
+        import pandas as pd
         n = len(self)
         if name == "capture":
             return np.array([self.capture], dtype=object), np.zeros(n, dtype=np.intp)
@@ -373,6 +381,7 @@ class FinishedFlows:
 
     def frame(self) -> pd.DataFrame:
         """Every row, one frame (built column by column: each part's column dropped once copied)."""
+        import pandas as pd
         if not self.parts:
             return empty_frame(FLOW_COLUMNS)
         frames = [p.frame_of(0, len(p)) for p in self.parts]
@@ -411,6 +420,7 @@ class FinishedFlows:
         """Text columns as (distinct values, int32 codes per column), over every capture, in one
         code space: two rows of any of the columns hold the same text exactly when their codes
         are equal. No per-flow string is made; ``values[codes]`` shares one str per value."""
+        import pandas as pd
         tables, codes, offset = [], [[] for _ in names], 0
         for part in self.parts:
             for k, name in enumerate(names):
@@ -438,6 +448,7 @@ class FinishedFlows:
     def largest(self, n: int) -> pd.DataFrame:
         """The ``n`` flows with the most bytes both ways, most first (ties in table order, as
         ``DataFrame.nlargest`` keeps them), as a frame with the table's columns."""
+        import pandas as pd
         total = self.ints("client_to_server_bytes") + self.ints("server_to_client_bytes")
         chosen = np.argsort(-total, kind="stable")[:n]
         bounds = np.cumsum([0] + [len(p) for p in self.parts])
