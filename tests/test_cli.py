@@ -29,6 +29,8 @@ def test_analyze_writes_flows_and_manifest(tmp_path):
     manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert manifest["inputs"][0]["packets"] == 1
     assert "a.pcap" in r.stdout  # the terminal summary names the capture
+    # The process ends without the interpreter's teardown (cli.main): all of stdout still came.
+    assert r.stdout.rstrip().endswith("manifest.json") and r.stderr == ""
 
 
 @pytest.mark.parametrize(
