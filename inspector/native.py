@@ -33,10 +33,12 @@ import os
 import sys
 from pathlib import Path
 
-#: Modules compiled by ``setup.py``: the dissectors, and the per-flow and per-stream Python of
-#: the flow table, the finished-flow store and the collectors.
+#: Modules compiled by ``setup.py``: the record walk, the dissectors, and the per-flow and
+#: per-stream Python of the flow table, the flows' facts, the finished-flow store and the
+#: collectors.
 NATIVE_MODULES = (
     "inspector.capture.chain",
+    "inspector.facts",
     "inspector.flows",
     "inspector.flowstore",
     "inspector.collect",
