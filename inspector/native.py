@@ -34,11 +34,13 @@ import sys
 from pathlib import Path
 
 #: Modules compiled by ``setup.py``: the record walk, the dissectors, and the per-flow and
-#: per-stream Python of the flow table, the flows' facts, the finished-flow store and the
-#: collectors.
+#: per-stream Python of the flow table, the flows' facts and labels, the finished-flow store
+#: and the collectors.
 NATIVE_MODULES = (
     "inspector.capture.chain",
     "inspector.facts",
+    "inspector.classify",
+    "inspector.labels",
     "inspector.flows",
     "inspector.flowstore",
     "inspector.collect",
