@@ -261,6 +261,11 @@ def _sketch_union(sketches: list[np.ndarray], full: list[bool]) -> tuple[np.ndar
     """(the bottom-k of the union of segment sketches, the hash up to which it is complete):
     a segment that overflowed its sketch is complete only up to its largest kept hash."""
     limit = 1 << 32
+    if len(sketches) == 1:
+        # One segment: its sketch row is already sorted, distinct and at most TIMESTAMP_SKETCH
+        # long (``media_stats.RunningStreams._fold_sketch``), so it is its own union.
+        real = sketches[0][sketches[0] != NO_HASH].astype(np.int64)
+        return real, (int(real[-1]) if full[0] and real.size else limit)
     parts = []
     for sketch, overflowed in zip(sketches, full):
         real = sketch[sketch != NO_HASH].astype(np.int64)
@@ -430,17 +435,26 @@ class _Window:
     def __init__(self, columns: dict[str, list], rows: list[int]) -> None:
         self.c = columns
         self.rows = rows  # in time order
+        # Most windows hold one segment (a stream without a silence longer than the call gap):
+        # then every total, highest and lowest is that segment's value, read without a loop.
+        self.only = rows[0] if len(rows) == 1 else -1
 
     def total(self, name: str) -> int:
         column = self.c[name]
+        if self.only >= 0:
+            return 0 + column[self.only]  # what sum() of one value gives
         return sum(column[s] for s in self.rows)
 
     def highest(self, name: str):
         column = self.c[name]
+        if self.only >= 0:
+            return column[self.only]
         return max(column[s] for s in self.rows)
 
     def lowest(self, name: str):
         column = self.c[name]
+        if self.only >= 0:
+            return column[self.only]
         return min(column[s] for s in self.rows)
 
     def shape(self) -> StreamShape:
