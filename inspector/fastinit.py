@@ -6,9 +6,16 @@ STUN message, a DNS record, a QUIC header), so in pure Python they fill the slot
 instead.
 
 When the class's module was compiled with mypyc (``inspector.native``), the class is a native
-class: its fields are not slot descriptors, ``object.__new__`` refuses it, and its own
-``__init__`` is already C. The class itself is then the constructor. Either way the result is
-called with the field values positionally, in the dataclass's field order.
+class: its fields are not slot descriptors and ``object.__new__`` refuses it. The class itself is
+then the constructor. Either way the result is called with the field values positionally, in
+the dataclass's field order.
+
+A compiled frozen dataclass still gets the ``__init__`` that ``dataclasses`` generates: Python
+code setting each field through ``object.__setattr__`` (0.42 us for three fields, against 0.03 us
+for a native ``__init__``). The classes built per packet or per flow therefore write their own
+``__init__`` assigning each field, which mypyc compiles to native stores; ``frozen_init`` gives
+them back the generated one when they run interpreted, where those assignments would meet the
+frozen ``__setattr__``.
 """
 
 from __future__ import annotations
@@ -44,6 +51,28 @@ def positional_constructor(cls: type) -> Callable[..., Any]:
 
     build.__qualname__ = build.__name__ = f"new_{cls.__name__}"
     return build
+
+
+def frozen_init(cls: type) -> None:
+    """Let the frozen dataclass ``cls``, whose own ``__init__`` assigns each field (so that
+    mypyc compiles it to native stores), be constructed when it runs interpreted: there
+    ``self.field = value`` raises ``FrozenInstanceError``, so its ``__init__`` is replaced by the
+    one ``dataclasses`` generates for the same fields and defaults. A compiled class (whose
+    ``__init__`` is not a Python function) is left alone."""
+    if not isinstance(cls.__dict__.get("__init__"), types.FunctionType):
+        return  # compiled: the native __init__ is the fast one
+    fields = dataclasses.fields(cls)
+    shadow = dataclasses.make_dataclass(
+        cls.__name__,
+        [
+            (f.name, f.type, dataclasses.field(default=f.default, default_factory=f.default_factory))
+            for f in fields
+        ],
+        frozen=True,
+    )
+    init = shadow.__dict__["__init__"]
+    init.__qualname__ = f"{cls.__qualname__}.__init__"
+    type.__setattr__(cls, "__init__", init)
 
 
 def attribute_state(obj: object) -> dict[str, Any]:

@@ -32,7 +32,7 @@ from inspector.dissect import http as http_dissect
 from inspector.dissect import stun as stun_dissect
 from inspector.dissect import tls as tls_dissect
 from inspector.dissect.dns import DnsMessage
-from inspector.fastinit import positional_constructor
+from inspector.fastinit import frozen_init, positional_constructor
 
 # --- host names -----------------------------------------------------------------------------
 
@@ -314,7 +314,7 @@ MAX_BYTES_PER_DIRECTION = 65536
 DNS_PORT = 53
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class FlowNaming:
     """What the flow's own packets say about the server.
 
@@ -333,6 +333,24 @@ class FlowNaming:
     name_source: str
     raw_names: tuple[str, ...]
     attributes: tuple[tuple[str, str], ...]
+
+    def __init__(
+        self,
+        app_protocol: str,
+        server_name: str,
+        name_source: str,
+        raw_names: tuple[str, ...],
+        attributes: tuple[tuple[str, str], ...],
+    ) -> None:
+        # One per flow: assigned field by field so that compiled this is native code.
+        self.app_protocol = app_protocol  # type: ignore[misc]
+        self.server_name = server_name  # type: ignore[misc]
+        self.name_source = name_source  # type: ignore[misc]
+        self.raw_names = raw_names  # type: ignore[misc]
+        self.attributes = attributes  # type: ignore[misc]
+
+
+frozen_init(FlowNaming)
 
 
 #: ``FlowNaming(...)`` at the cost of the fewest calls (``fastinit``): one per flow.

@@ -78,6 +78,61 @@ def test_hot_path_constructors_equal_their_class(build, cls, values) -> None:
     assert made == cls(*values)
 
 
+@dataclasses.dataclass(frozen=True, slots=True, init=False)
+class _OwnInit:
+    left: int
+    right: str = "r"
+    more: tuple = ()
+
+    def __init__(self, left: int, right: str = "r", more: tuple = ()) -> None:
+        self.left = left  # type: ignore[misc]
+        self.right = right  # type: ignore[misc]
+        self.more = more  # type: ignore[misc]
+
+
+def test_frozen_init_makes_an_own_init_class_constructible_and_still_frozen() -> None:
+    # Interpreted, the class's own assignments would meet the frozen __setattr__.
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        _OwnInit(1)
+    fastinit.frozen_init(_OwnInit)
+    made = _OwnInit(1)
+    assert (made.left, made.right, made.more) == (1, "r", ())
+    assert _OwnInit(2, right="x", more=(3,)) == _OwnInit(2, "x", (3,)) != made
+    assert hash(made) == hash(_OwnInit(1)) and dataclasses.replace(made, left=5).left == 5
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        made.left = 2  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        _OwnInit()  # type: ignore[call-arg]
+
+
+#: Each hot class with values of its fields' types (compiled, the native __init__ checks them).
+OWN_INIT_VALUES = [
+    (stun.StunMessage, (1, 1, "request", b"t" * 12, False, ((6, b"u"),), 28, True)),
+    (tls.ClientHello, ("example.com", ("h2",), 0x0303, (0x0304,), True, (1,), (0, 16))),
+    (tls.ServerHello, (0x0303, 0x0304, 0x1301, False, (43,))),
+    (naming.FlowNaming, ("tls", "example.com", "sni", ("example.com",), (("alpn", "h2"),))),
+    (FlowFacts, (
+        "udp", "10.0.0.1", 50000, "192.0.2.1", 3478, "stun", "turn.example", "stun-realm",
+        "dns.example", (DetectorHit("stun"),), (("stun_realm", "turn.example"),), 1, 2,
+    )),
+    (DetectorHit, ("zoom-media", "zoom", "zoom sfu", 4)),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("cls, values", OWN_INIT_VALUES, ids=lambda v: getattr(v, "__name__", ""))
+def test_hot_classes_build_by_position_and_keyword_and_stay_frozen(cls, values) -> None:
+    # Compiled, their own __init__ is native; interpreted, frozen_init gave them the generated one.
+    fields = dataclasses.fields(cls)
+    made = cls(*values)
+    assert [getattr(made, f.name) for f in fields] == list(values)
+    assert cls(**{f.name: v for f, v in zip(fields, values)}) == made
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        setattr(made, fields[0].name, values[1])
+    required = [f for f in fields if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    defaulted = cls(*values[: len(required)])
+    assert all(getattr(defaulted, f.name) == f.default for f in fields[len(required):])
+
+
 def test_running_streams_pickle_with_every_attribute() -> None:
     # A parallel run's RTP worker returns its stream state pickled (parallel.py), compiled or not.
     import pickle

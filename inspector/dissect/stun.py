@@ -17,7 +17,7 @@ import struct
 import zlib
 from dataclasses import dataclass
 
-from inspector.fastinit import positional_constructor
+from inspector.fastinit import frozen_init, positional_constructor
 
 MAGIC_COOKIE = 0x2112A442
 MAGIC_COOKIE_BYTES = MAGIC_COOKIE.to_bytes(4, "big")
@@ -75,7 +75,7 @@ CLASSIC_TYPES = frozenset(
 MAX_ATTRIBUTES = 64  # a real message carries < 20; bounds the walk on hostile input
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class StunMessage:
     """One STUN message.
 
@@ -97,6 +97,27 @@ class StunMessage:
     attributes: tuple[tuple[int, bytes], ...]
     total_len: int
     fingerprint_ok: bool | None = None
+
+    def __init__(
+        self,
+        message_type: int,
+        method: int,
+        message_class: str,
+        transaction_id: bytes,
+        classic: bool,
+        attributes: tuple[tuple[int, bytes], ...],
+        total_len: int,
+        fingerprint_ok: bool | None = None,
+    ) -> None:
+        # One per STUN message: assigned field by field so that compiled this is native code.
+        self.message_type = message_type  # type: ignore[misc]
+        self.method = method  # type: ignore[misc]
+        self.message_class = message_class  # type: ignore[misc]
+        self.transaction_id = transaction_id  # type: ignore[misc]
+        self.classic = classic  # type: ignore[misc]
+        self.attributes = attributes  # type: ignore[misc]
+        self.total_len = total_len  # type: ignore[misc]
+        self.fingerprint_ok = fingerprint_ok  # type: ignore[misc]
 
     def attribute(self, attr_type: int) -> bytes | None:
         """Value of the first attribute of this type, or None."""
@@ -132,6 +153,9 @@ class StunMessage:
                     return text
         value = self.attribute(ATTR_MAPPED_ADDRESS)
         return decode_address(value, self.transaction_id, xor=False) if value is not None else ""
+
+
+frozen_init(StunMessage)
 
 
 def _printable(text: str) -> str:

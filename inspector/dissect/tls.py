@@ -15,7 +15,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from inspector.fastinit import positional_constructor
+from inspector.fastinit import frozen_init, positional_constructor
 
 HANDSHAKE_CLIENT_HELLO = 1
 HANDSHAKE_SERVER_HELLO = 2
@@ -108,7 +108,7 @@ def is_grease(value: int) -> bool:
     return (value & 0x0F0F) == 0x0A0A and (value >> 8) == (value & 0xFF)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class ClientHello:
     """What a ClientHello says about where the client is going.
 
@@ -129,6 +129,28 @@ class ClientHello:
     has_ech: bool
     use_srtp: tuple[int, ...]
     extensions: tuple[int, ...]
+
+    def __init__(
+        self,
+        server_name: str,
+        alpn: tuple[str, ...],
+        legacy_version: int,
+        supported_versions: tuple[int, ...],
+        has_ech: bool,
+        use_srtp: tuple[int, ...],
+        extensions: tuple[int, ...],
+    ) -> None:
+        # One per ClientHello: assigned field by field so that compiled this is native code.
+        self.server_name = server_name  # type: ignore[misc]
+        self.alpn = alpn  # type: ignore[misc]
+        self.legacy_version = legacy_version  # type: ignore[misc]
+        self.supported_versions = supported_versions  # type: ignore[misc]
+        self.has_ech = has_ech  # type: ignore[misc]
+        self.use_srtp = use_srtp  # type: ignore[misc]
+        self.extensions = extensions  # type: ignore[misc]
+
+
+frozen_init(ClientHello)
 
 
 def handshake_header_length(dtls: bool) -> int:
@@ -389,7 +411,7 @@ def _client_extension(ext_type: int, ext_data: bytes) -> str | tuple[str, ...] |
     return None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class ServerHello:
     """The server's choice: negotiated version and cipher suite.
 
@@ -405,6 +427,24 @@ class ServerHello:
     cipher_suite: int
     is_hello_retry: bool
     extensions: tuple[int, ...]
+
+    def __init__(
+        self,
+        legacy_version: int,
+        selected_version: int,
+        cipher_suite: int,
+        is_hello_retry: bool,
+        extensions: tuple[int, ...],
+    ) -> None:
+        # One per ServerHello: assigned field by field so that compiled this is native code.
+        self.legacy_version = legacy_version  # type: ignore[misc]
+        self.selected_version = selected_version  # type: ignore[misc]
+        self.cipher_suite = cipher_suite  # type: ignore[misc]
+        self.is_hello_retry = is_hello_retry  # type: ignore[misc]
+        self.extensions = extensions  # type: ignore[misc]
+
+
+frozen_init(ServerHello)
 
 
 def _hello_prefix(data: bytes, pos: int, end: int) -> tuple[int, bytes, int]:
