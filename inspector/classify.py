@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from inspector.facts import FlowFacts
+from inspector.fastinit import frozen_init
 from inspector.signatures import EndpointMatch, SignatureSet
 
 STRONG_NAME_SOURCES = frozenset({"sni", "quic-sni", "http-host", "certificate", "stun-realm"})
@@ -42,7 +43,7 @@ ICE_GATHERING_NS = 5 * 1_000_000_000
 _MAX_DETAIL = 200
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class Verdict:
     """Who a flow's server is and why (the flows.csv columns of the same names, DESIGN.md §2).
 
@@ -65,6 +66,30 @@ class Verdict:
     evidence: str = ""
     confidence: str = ""
     party: str = ""
+
+    def __init__(
+        self,
+        service: str = "",
+        organisation: str = "",
+        kind: str = "",
+        category: str = "",
+        role: str = "",
+        evidence: str = "",
+        confidence: str = "",
+        party: str = "",
+    ) -> None:
+        # Built per packet or per flow: assigned field by field so that compiled this is native code.
+        self.service = service  # type: ignore[misc]
+        self.organisation = organisation  # type: ignore[misc]
+        self.kind = kind  # type: ignore[misc]
+        self.category = category  # type: ignore[misc]
+        self.role = role  # type: ignore[misc]
+        self.evidence = evidence  # type: ignore[misc]
+        self.confidence = confidence  # type: ignore[misc]
+        self.party = party  # type: ignore[misc]
+
+
+frozen_init(Verdict)
 
 
 EMPTY = Verdict()
@@ -273,13 +298,31 @@ def _generic_verdict(facts: FlowFacts, sigs: SignatureSet, items: list[_Item], r
     )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class _StunEvent:
     first_seen_ns: int
     last_seen_ns: int
     service: str
     server_ip: str
     index: int
+
+    def __init__(
+        self,
+        first_seen_ns: int,
+        last_seen_ns: int,
+        service: str,
+        server_ip: str,
+        index: int,
+    ) -> None:
+        # Built per packet or per flow: assigned field by field so that compiled this is native code.
+        self.first_seen_ns = first_seen_ns  # type: ignore[misc]
+        self.last_seen_ns = last_seen_ns  # type: ignore[misc]
+        self.service = service  # type: ignore[misc]
+        self.server_ip = server_ip  # type: ignore[misc]
+        self.index = index  # type: ignore[misc]
+
+
+frozen_init(_StunEvent)
 
 
 def _attribute(v: Verdict, sig, evidence: str) -> Verdict:

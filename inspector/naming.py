@@ -74,7 +74,7 @@ def normalise_hostname(raw: str) -> str | None:
 # --- DNS: IP -> name with time --------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class DnsName:
     """A DNS-learned name for an address.
 
@@ -87,6 +87,15 @@ class DnsName:
     name: str
     chain: tuple[str, ...]
     answered_at_ns: int
+
+    def __init__(self, name: str, chain: tuple[str, ...], answered_at_ns: int) -> None:
+        # Built per packet or per flow: assigned field by field so that compiled this is native code.
+        self.name = name  # type: ignore[misc]
+        self.chain = chain  # type: ignore[misc]
+        self.answered_at_ns = answered_at_ns  # type: ignore[misc]
+
+
+frozen_init(DnsName)
 
 
 @functools.lru_cache(maxsize=16384)

@@ -6,8 +6,8 @@ import dataclasses
 
 import pytest
 
-from inspector import fastinit, naming, payloads
-from inspector.dissect import dns, quic, stun, tls
+from inspector import classify, fastinit, naming, payloads
+from inspector.dissect import dns, media, quic, rtp, stun, tls
 from inspector.facts import DetectorHit, FlowFacts
 
 
@@ -116,6 +116,13 @@ OWN_INIT_VALUES = [
         "dns.example", (DetectorHit("stun"),), (("stun_realm", "turn.example"),), 1, 2,
     )),
     (DetectorHit, ("zoom-media", "zoom", "zoom sfu", 4)),
+    (rtp.RtpHeader, (111, True, 65535, 1 << 31, 0xDEADBEEF, 1, False, True, 0xBEDE, 16, 160)),
+    (rtp.RtcpPacket, (200, 1, 52, 7, 1 << 40, 1000, 50, 8000, (rtp.ReportBlock(8, 1, 2, 3, 4, 5, 6),))),
+    (quic.InitialKeys, (b"k" * 16, b"i" * 12, b"h" * 16)),
+    (media.DtlsRecord, (22, 0xFEFD, 0, 100, 1)),
+    (naming.DnsName, ("example.com", ("cdn.example.net",), 5)),
+    (dns.DnsMessage, (7, True, 0, (), ())),
+    (classify.Verdict, ("zoom", "Zoom", "conferencing", "media", "media", "sni:zoom.us", "high", "first")),
 ]  # fmt: skip
 
 

@@ -17,7 +17,7 @@ import socket
 import struct
 from dataclasses import dataclass
 
-from inspector.fastinit import positional_constructor
+from inspector.fastinit import frozen_init, positional_constructor
 
 TYPE_A = 1
 TYPE_NS = 2
@@ -42,15 +42,23 @@ class DnsError(ValueError):
         self.reason = reason
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class DnsQuestion:
     """name as sent (labels joined by ``.``, latin-1, no trailing dot; root is ""), qtype."""
 
     name: str
     type: int
 
+    def __init__(self, name: str, type: int) -> None:
+        # One per DNS message part: assigned field by field so that compiled this is native code.
+        self.name = name  # type: ignore[misc]
+        self.type = type  # type: ignore[misc]
 
-@dataclass(frozen=True, slots=True)
+
+frozen_init(DnsQuestion)
+
+
+@dataclass(frozen=True, slots=True, init=False)
 class DnsRecord:
     """One answer record.
 
@@ -68,13 +76,24 @@ class DnsRecord:
     value: str
     addresses: tuple[str, ...] = ()
 
+    def __init__(self, name: str, type: int, ttl_s: int, value: str, addresses: tuple[str, ...] = ()) -> None:
+        # One per DNS message part: assigned field by field so that compiled this is native code.
+        self.name = name  # type: ignore[misc]
+        self.type = type  # type: ignore[misc]
+        self.ttl_s = ttl_s  # type: ignore[misc]
+        self.value = value  # type: ignore[misc]
+        self.addresses = addresses  # type: ignore[misc]
+
     @property
     def ttl(self) -> int:
         """Alias of ``ttl_s`` (the issue text calls the field ``ttl``)."""
         return self.ttl_s
 
 
-@dataclass(frozen=True, slots=True)
+frozen_init(DnsRecord)
+
+
+@dataclass(frozen=True, slots=True, init=False)
 class DnsMessage:
     """A parsed DNS message: header fields, the questions and the answer section."""
 
@@ -83,6 +102,24 @@ class DnsMessage:
     rcode: int
     questions: tuple[DnsQuestion, ...]
     answers: tuple[DnsRecord, ...]
+
+    def __init__(
+        self,
+        id: int,
+        is_response: bool,
+        rcode: int,
+        questions: tuple[DnsQuestion, ...],
+        answers: tuple[DnsRecord, ...],
+    ) -> None:
+        # One per DNS message part: assigned field by field so that compiled this is native code.
+        self.id = id  # type: ignore[misc]
+        self.is_response = is_response  # type: ignore[misc]
+        self.rcode = rcode  # type: ignore[misc]
+        self.questions = questions  # type: ignore[misc]
+        self.answers = answers  # type: ignore[misc]
+
+
+frozen_init(DnsMessage)
 
 
 def _read_name(message: bytes, offset: int) -> tuple[str, int]:

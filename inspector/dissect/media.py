@@ -10,6 +10,8 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
+from inspector.fastinit import frozen_init
+
 # --- TURN ChannelData (RFC 5766 §11.4, RFC 8656 §12.4) -------------------------------------
 
 CHANNEL_MIN = 0x4000
@@ -66,7 +68,7 @@ HANDSHAKE_TYPES = frozenset({0, 1, 2, 3, 4, 8, 11, 12, 13, 14, 15, 16, 20, 24})
 MAX_RECORDS = 32
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class DtlsRecord:
     """One DTLS record header.
 
@@ -82,6 +84,24 @@ class DtlsRecord:
     epoch: int
     length: int
     handshake_type: int | None = None
+
+    def __init__(
+        self,
+        content_type: int,
+        version: int,
+        epoch: int,
+        length: int,
+        handshake_type: int | None = None,
+    ) -> None:
+        # Built per packet or per flow: assigned field by field so that compiled this is native code.
+        self.content_type = content_type  # type: ignore[misc]
+        self.version = version  # type: ignore[misc]
+        self.epoch = epoch  # type: ignore[misc]
+        self.length = length  # type: ignore[misc]
+        self.handshake_type = handshake_type  # type: ignore[misc]
+
+
+frozen_init(DtlsRecord)
 
 
 def _unified_header(payload: bytes, pos: int) -> tuple[DtlsRecord, int] | None:
@@ -150,7 +170,7 @@ DISCORD_DISCOVERY_BODY = 70
 DISCORD_KEEPALIVE = b"\x13\x37\xca\xfe"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class DiscordDiscovery:
     """A Discord IP-discovery packet: 1 = request, 2 = response; ssrc; address/port (response)."""
 
@@ -158,6 +178,16 @@ class DiscordDiscovery:
     ssrc: int
     address: str
     port: int
+
+    def __init__(self, packet_type: int, ssrc: int, address: str, port: int) -> None:
+        # Built per packet or per flow: assigned field by field so that compiled this is native code.
+        self.packet_type = packet_type  # type: ignore[misc]
+        self.ssrc = ssrc  # type: ignore[misc]
+        self.address = address  # type: ignore[misc]
+        self.port = port  # type: ignore[misc]
+
+
+frozen_init(DiscordDiscovery)
 
 
 def parse_discord_discovery(payload: bytes) -> DiscordDiscovery | None:

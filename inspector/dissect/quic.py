@@ -44,7 +44,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from inspector.dissect import ErrorCounts, gquic
 from inspector.dissect.gquic import GQuicError, GQuicHello
 from inspector.dissect.tls import ClientHello, TlsError, parse_client_hello
-from inspector.fastinit import positional_constructor
+from inspector.fastinit import frozen_init, positional_constructor
 
 __all__ = [
     "QuicError",
@@ -311,13 +311,22 @@ def initial_secret(salt: bytes, dcid: bytes) -> bytes:
     return _hkdf_extract(salt, dcid)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class InitialKeys:
     """Client Initial packet-protection keys: AEAD key (16), IV (12), header-protection key (16)."""
 
     key: bytes
     iv: bytes
     hp: bytes
+
+    def __init__(self, key: bytes, iv: bytes, hp: bytes) -> None:
+        # Built per packet or per flow: assigned field by field so that compiled this is native code.
+        self.key = key  # type: ignore[misc]
+        self.iv = iv  # type: ignore[misc]
+        self.hp = hp  # type: ignore[misc]
+
+
+frozen_init(InitialKeys)
 
 
 def client_initial_keys(
@@ -400,7 +409,7 @@ def is_quic_long_header(datagram: bytes) -> bool:
     return datagram[6 + dcid_len] <= MAX_CID_LENGTH
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class LongHeader:
     """One long-header packet inside a datagram (RFC 9000 §17.2).
 
@@ -418,6 +427,32 @@ class LongHeader:
     dcid: bytes
     scid: bytes
     token: bytes
+
+    def __init__(
+        self,
+        start: int,
+        end: int,
+        pn_offset: int,
+        first_byte: int,
+        version: int,
+        packet_type: str,
+        dcid: bytes,
+        scid: bytes,
+        token: bytes,
+    ) -> None:
+        # Built per packet or per flow: assigned field by field so that compiled this is native code.
+        self.start = start  # type: ignore[misc]
+        self.end = end  # type: ignore[misc]
+        self.pn_offset = pn_offset  # type: ignore[misc]
+        self.first_byte = first_byte  # type: ignore[misc]
+        self.version = version  # type: ignore[misc]
+        self.packet_type = packet_type  # type: ignore[misc]
+        self.dcid = dcid  # type: ignore[misc]
+        self.scid = scid  # type: ignore[misc]
+        self.token = token  # type: ignore[misc]
+
+
+frozen_init(LongHeader)
 
 
 def parse_long_header(datagram: bytes, start: int, profile: VersionProfile) -> LongHeader:

@@ -14,6 +14,8 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
+from inspector.fastinit import frozen_init
+
 RTP_VERSION = 2
 RTP_MIN_HEADER = 12
 
@@ -35,7 +37,7 @@ RTCP_CONFLICT_BYTE1 = range(192, 224)
 MAX_SRTCP_TRAILER = 4 + 16
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class RtpHeader:
     """The clear-text RTP header (RFC 3550 §5.1).
 
@@ -56,6 +58,36 @@ class RtpHeader:
     extension_profile: int
     header_len: int
     payload_len: int
+
+    def __init__(
+        self,
+        payload_type: int,
+        marker: bool,
+        sequence: int,
+        timestamp: int,
+        ssrc: int,
+        csrc_count: int,
+        padding: bool,
+        extension: bool,
+        extension_profile: int,
+        header_len: int,
+        payload_len: int,
+    ) -> None:
+        # Built per packet or per flow: assigned field by field so that compiled this is native code.
+        self.payload_type = payload_type  # type: ignore[misc]
+        self.marker = marker  # type: ignore[misc]
+        self.sequence = sequence  # type: ignore[misc]
+        self.timestamp = timestamp  # type: ignore[misc]
+        self.ssrc = ssrc  # type: ignore[misc]
+        self.csrc_count = csrc_count  # type: ignore[misc]
+        self.padding = padding  # type: ignore[misc]
+        self.extension = extension  # type: ignore[misc]
+        self.extension_profile = extension_profile  # type: ignore[misc]
+        self.header_len = header_len  # type: ignore[misc]
+        self.payload_len = payload_len  # type: ignore[misc]
+
+
+frozen_init(RtpHeader)
 
 
 def parse_rtp(data: bytes) -> RtpHeader | None:
@@ -96,7 +128,7 @@ def parse_rtp(data: bytes) -> RtpHeader | None:
     )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class ReportBlock:
     """An RTCP reception report block (RFC 3550 §6.4.1).
 
@@ -116,12 +148,34 @@ class ReportBlock:
     last_sr: int
     delay_since_last_sr: int
 
+    def __init__(
+        self,
+        ssrc: int,
+        fraction_lost: int,
+        cumulative_lost: int,
+        highest_sequence: int,
+        jitter: int,
+        last_sr: int,
+        delay_since_last_sr: int,
+    ) -> None:
+        # Built per packet or per flow: assigned field by field so that compiled this is native code.
+        self.ssrc = ssrc  # type: ignore[misc]
+        self.fraction_lost = fraction_lost  # type: ignore[misc]
+        self.cumulative_lost = cumulative_lost  # type: ignore[misc]
+        self.highest_sequence = highest_sequence  # type: ignore[misc]
+        self.jitter = jitter  # type: ignore[misc]
+        self.last_sr = last_sr  # type: ignore[misc]
+        self.delay_since_last_sr = delay_since_last_sr  # type: ignore[misc]
+
     @property
     def fraction_lost_ratio(self) -> float:
         return self.fraction_lost / 256.0
 
 
-@dataclass(frozen=True, slots=True)
+frozen_init(ReportBlock)
+
+
+@dataclass(frozen=True, slots=True, init=False)
 class RtcpPacket:
     """One packet of an RTCP compound (RFC 3550 §6.4).
 
@@ -142,6 +196,32 @@ class RtcpPacket:
     sender_packets: int | None = None
     sender_octets: int | None = None
     report_blocks: tuple[ReportBlock, ...] = ()
+
+    def __init__(
+        self,
+        packet_type: int,
+        count: int,
+        length_bytes: int,
+        ssrc: int,
+        ntp_timestamp: int | None = None,
+        rtp_timestamp: int | None = None,
+        sender_packets: int | None = None,
+        sender_octets: int | None = None,
+        report_blocks: tuple[ReportBlock, ...] = (),
+    ) -> None:
+        # Built per packet or per flow: assigned field by field so that compiled this is native code.
+        self.packet_type = packet_type  # type: ignore[misc]
+        self.count = count  # type: ignore[misc]
+        self.length_bytes = length_bytes  # type: ignore[misc]
+        self.ssrc = ssrc  # type: ignore[misc]
+        self.ntp_timestamp = ntp_timestamp  # type: ignore[misc]
+        self.rtp_timestamp = rtp_timestamp  # type: ignore[misc]
+        self.sender_packets = sender_packets  # type: ignore[misc]
+        self.sender_octets = sender_octets  # type: ignore[misc]
+        self.report_blocks = report_blocks  # type: ignore[misc]
+
+
+frozen_init(RtcpPacket)
 
 
 def _report_blocks(data: bytes, start: int, end: int, count: int) -> tuple[ReportBlock, ...]:
