@@ -1,25 +1,26 @@
 """One capture on several cores: one process reads and counts, worker processes dissect.
 
 The columnar stages (read, decode, flow table, the call stage's collectors) run once, in the
-calling process. What costs is the per-packet Python of the dissectors, and it only ever looks at
-a few packets per flow: the namer takes at most ``NAMER_CAP_PACKETS`` payload packets of a flow
-(all of a DNS flow's), the detectors at most ``MEDIA_CAP_PACKETS``. So the reading process routes
-each flow by its first payload packet exactly as ``payloads.PayloadStage`` does, and ships every
-payload packet that may still reach a dissector, decided from those caps alone, to the worker
-that owns the flow (flow id modulo ``n``); DNS flows go to every worker, since each flow's name
-needs all answers seen before it. A worker runs ``PayloadStage.dissect`` on what it receives, so
-each dissector sees exactly the packets it would see in one process (the worker applies the same
-"still wants it" rules; it is only handed a superset). When a flow ends, the reader sends its
-identity (``flows.identity_columns``: addresses, ports, times) to its owner, which takes the flow's
-facts and drops its state, as ``pipeline.process_batches`` does, and labels it
-(``labels.FlowLabeller``); at the end it returns label codes, then the facts of the flows the
-cross-flow rules need, as the pickled blocks of at most ``DEFERRED_BLOCK_ROWS`` its spill file
-holds; the reader files them as they arrive (to its own spill file, still pickled, beyond a few
-thousand) and resolves them over every worker's. The RTP collector's header columns go to one
-worker (``RTP_WORKER``), which folds them into the running stream state the reader would have kept
-and returns it at the end. Messages keep capture order, so the tables are identical to a
-one-process run whatever ``n`` is (tested). Memory stays bounded: a pipe holds at most one message
-a worker has not read, and each side keeps state for active flows only.
+calling process. What costs is the per-packet Python of the dissectors, and it only ever looks at a
+few packets per flow: the namer takes at most ``NAMER_CAP_PACKETS`` payload packets of a flow (all
+of a DNS flow's), the detectors at most ``MEDIA_CAP_PACKETS``. So the reading process routes each
+flow by its first payload packet exactly as ``payloads.PayloadStage`` does, and ships every payload
+packet that may still reach a dissector, decided from those caps alone, to the worker that owns the
+flow (``payloads.owner_of``: by flow id, worker 0 taking fewer since it also folds the RTP
+headers); DNS flows go to every worker, since each flow's name needs all answers seen before it. A
+worker runs ``PayloadStage.dissect`` on what it receives, so each dissector sees exactly the
+packets it would see in one process (the worker applies the same "still wants it" rules; it is only
+handed a superset). When a flow ends, the reader sends its identity (``flows.identity_columns``:
+addresses, ports, times) to its owner, which takes the flow's facts and drops its state, as
+``pipeline.process_batches`` does, and labels it (``labels.FlowLabeller``); at the end it returns
+label codes, then the facts of the flows the cross-flow rules need, as the pickled blocks of at
+most ``DEFERRED_BLOCK_ROWS`` its spill file holds; the reader files them as they arrive (to its own
+spill file, still pickled, beyond a few thousand) and resolves them over every worker's. The RTP
+collector's header columns go to one worker (``RTP_WORKER``), which folds them into the running
+stream state the reader would have kept and returns it at the end. Messages keep capture order, so
+the tables are identical to a one-process run whatever ``n`` is (tested). Memory stays bounded: a
+pipe holds at most one message a worker has not read, and each side keeps state for active flows
+only.
 
 Weakness: the reading process does the columnar work alone, and the call stage after it is
 serial (Amdahl); the dissectors spread over the workers.
@@ -53,6 +54,8 @@ from inspector.payloads import (
     ShippedFlow,
     add_shipped,
     first_payload_routes,
+    owner_of,
+    owners_of,
     shipped_so_far,
 )
 from inspector.pipeline import AnalyzeOptions, CaptureResult, process_capture
@@ -130,7 +133,7 @@ class PayloadShipper:
             if route == ROUTE_NOTHING:
                 continue
             entry = (f.flow_id, route, transport_name(f.proto), f.client_port, f.server_port)
-            for k in range(n_workers) if route == ROUTE_DNS else (f.flow_id % n_workers,):
+            for k in range(n_workers) if route == ROUTE_DNS else (owner_of(f.flow_id, n_workers),):
                 new_routes[k].append(entry)
         route_of, namer_before, media_before = shipped_so_far(flows)
         route = route_of[slot_of]
@@ -160,7 +163,7 @@ class PayloadShipper:
         srows = prow[sel]
         is_dns = route[sel] == ROUTE_DNS
         self.dns_packets_shipped += int(is_dns.sum())
-        owner = fids % n_workers
+        owner = owners_of(fids, n_workers)
         starts = d.payload_off[srows].astype(np.int64)
         lengths = d.payload_len[srows].astype(np.int64)
         # Payloads in the shared file mapping go as offsets into it; the others (reassembled
@@ -215,7 +218,7 @@ class PayloadShipper:
 
     def facts(self, f):
         """A flow ended: its owner takes its facts (after the packets already shipped)."""
-        owner = f.flow_id % self.n
+        owner = owner_of(f.flow_id, self.n)
         st = f.state
         if st is not None and st.route == ROUTE_DNS:
             for k in range(self.n):

@@ -115,3 +115,21 @@ def test_budgeted_selection_learns_what_the_full_selection_learns(ndpi_dir, monk
             patch.setattr(payloads, "_still_wanted", _every_live_packet)
             full = _run(path, batch_size)
         assert budgeted == full, path.name
+
+
+def test_flows_are_shared_among_workers_with_fewer_for_the_rtp_worker():
+    import numpy as np
+
+    from inspector.payloads import FIRST_SHARE, OTHER_SHARE, owner_of, owners_of
+
+    ids = np.arange(10_000, 10_000 + 12 * 50)
+    for n in (1, 2, 3, 5):
+        vector = owners_of(ids, n)
+        assert vector.tolist() == [owner_of(int(i), n) for i in ids]
+        counts = np.bincount(vector, minlength=n)
+        assert counts.sum() == ids.size and set(vector.tolist()) == set(range(n))
+        if n > 1:  # worker 0 also folds the RTP headers: it takes the smaller share
+            assert counts[0] < counts[1:].min()
+    # Two workers: 5 of every 12 consecutive ids to worker 0, 7 to worker 1.
+    assert (FIRST_SHARE, OTHER_SHARE) == (5, 7)
+    assert np.bincount(owners_of(ids, 2)).tolist() == [5 * 50, 7 * 50]
