@@ -49,17 +49,15 @@ from inspector.payloads import (
     ROUTE_DNS,
     ROUTE_MEDIA,
     ROUTE_NAMER,
-    ROUTE_NOTHING,
     PayloadPackets,
-    ShippedFlow,
     add_shipped,
     first_payload_routes,
     owner_of,
     owners_of,
+    ship_new_routes,
     shipped_so_far,
 )
 from inspector.pipeline import AnalyzeOptions, CaptureResult, process_capture
-from inspector.summarize import transport_name
 
 @dataclass(slots=True)
 class MergedPayloads:
@@ -119,22 +117,14 @@ class PayloadShipper:
 
     def feed(self, d, bf) -> None:
         n_workers = self.n
-        new_routes: list[list[tuple]] = [[] for _ in range(n_workers)]
         packets = PayloadPackets(d, bf)
         if packets.index.shape[0] == 0:
-            self._send(new_routes, None)
+            self._send([[] for _ in range(n_workers)], None)
             return
         idx, slot_of, prow, b0 = packets.index, packets.slot, packets.row, packets.first_byte
         flows = bf.flows
         n = len(flows)
-        for slot, route in first_payload_routes(d, bf, packets):
-            f = flows[slot]
-            f.state = ShippedFlow(route)
-            if route == ROUTE_NOTHING:
-                continue
-            entry = (f.flow_id, route, transport_name(f.proto), f.client_port, f.server_port)
-            for k in range(n_workers) if route == ROUTE_DNS else (owner_of(f.flow_id, n_workers),):
-                new_routes[k].append(entry)
+        new_routes = ship_new_routes(flows, first_payload_routes(d, bf, packets), n_workers)
         route_of, namer_before, media_before = shipped_so_far(flows)
         route = route_of[slot_of]
         dtls = (b0 >= 20) & (b0 <= 63)

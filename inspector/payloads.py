@@ -246,6 +246,26 @@ class ShippedFlow:
         self.media_shipped = 0
 
 
+def ship_new_routes(flows: list[Flow], routes: list[tuple[int, int]], n: int) -> list[list[tuple]]:
+    """Give each flow routed for the first time (``first_payload_routes``: slot, route) its
+    ``ShippedFlow`` state, and list per worker the routes it must set up: (flow id, route,
+    transport, client port, server port), a DNS flow to every worker, any other to its owner
+    (``owner_of``), a flow routed to nothing to none. Compiled: one per flow of the capture."""
+    per_worker: list[list[tuple]] = [[] for _ in range(n)]
+    for slot, route in routes:
+        f = flows[slot]
+        f.state = ShippedFlow(route)
+        if route == ROUTE_NOTHING:
+            continue
+        entry = (f.flow_id, route, transport_name(f.proto), f.client_port, f.server_port)
+        if route == ROUTE_DNS:
+            for k in range(n):
+                per_worker[k].append(entry)
+        else:
+            per_worker[owner_of(f.flow_id, n)].append(entry)
+    return per_worker
+
+
 def shipped_so_far(flows: list[Flow]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(route int8, namer_shipped int64, media_shipped int64) of each of a batch's flows (its
     ``ShippedFlow`` state; ROUTE_NOTHING and none for a flow without payload so far)."""
