@@ -150,38 +150,31 @@ def test_user_signature_classifies_a_flow(tmp_path):
     assert outside.endswith("(third-party telemetry: analytics)")
 
 
+def run_with_library_default(setter: str, variable: str, preset: str | None, probe: str) -> str:
+    """stdout of a fresh interpreter that calls ``inspector.cli.<setter>`` and then ``probe``,
+    with ``variable`` unset or set to ``preset`` by the user."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k != variable}
+    if preset is not None:
+        env[variable] = preset
+    code = f"from inspector.cli import {setter}; {setter}(); {probe}"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    return out.stdout.strip()
+
+
 @pytest.mark.parametrize(("preset", "expected"), [(None, "system"), ("mimalloc", "mimalloc")])
 def test_the_command_gives_arrow_the_system_allocator_unless_the_user_chose_one(preset, expected):
     """Arrow's own pool keeps freed memory resident; the command switches to malloc (whose free
     memory the stage boundaries return) but never overrides an explicit choice."""
-    import os
-
-    env = {k: v for k, v in os.environ.items() if k != "ARROW_DEFAULT_MEMORY_POOL"}
-    if preset is not None:
-        env["ARROW_DEFAULT_MEMORY_POOL"] = preset
-    code = (
-        "from inspector.cli import use_system_allocator_for_arrow as use; use();"
-        "import pyarrow; print(pyarrow.default_memory_pool().backend_name)"
-    )
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == expected
+    probe = "import pyarrow; print(pyarrow.default_memory_pool().backend_name)"
+    assert run_with_library_default("use_system_allocator_for_arrow", "ARROW_DEFAULT_MEMORY_POOL", preset, probe) == expected
 
 
-@pytest.mark.parametrize(("preset", "expected_setting"), [(None, "1"), ("2", "2")])
-def test_the_command_starts_numpy_without_blas_threads_unless_the_user_chose_some(preset, expected_setting):
+@pytest.mark.parametrize(("preset", "expected"), [(None, "1 1"), ("2", "2")])
+def test_the_command_starts_numpy_without_blas_threads_unless_the_user_chose_some(preset, expected):
     """OpenBLAS's pool spins on the cores the dissect workers need; the command asks for one
     thread (no pool: the process keeps its single thread) but keeps an explicit choice."""
-    import os
-
-    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
-    if preset is not None:
-        env["OPENBLAS_NUM_THREADS"] = preset
-    code = (
-        "from inspector.cli import use_one_blas_thread as use; use();"
-        "import os, numpy; print(os.environ['OPENBLAS_NUM_THREADS'], len(os.listdir('/proc/self/task')))"
-    )
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    setting, threads = out.stdout.split()
-    assert setting == expected_setting
-    if preset is None:
-        assert threads == "1"
+    probe = "import os, numpy; print(os.environ['OPENBLAS_NUM_THREADS'], len(os.listdir('/proc/self/task')))"
+    out = run_with_library_default("use_one_blas_thread", "OPENBLAS_NUM_THREADS", preset, probe)
+    assert (out if preset is None else out.split()[0]) == expected
