@@ -179,7 +179,7 @@ def write_plain_csv(chunks: Iterable[list[tuple[str, str, object]]], path: Path,
     ``write_frames(FinishedFlows.chunks(...), path, "csv")`` writes (tested), without making a
     frame or a Python string per text cell first (a capture's flows share few distinct names,
     addresses and labels: each is neutralised and quoted once). ``header=False``: the rows only
-    (a later part of the table, ``write_plain_csv_split``)."""
+    (a later part of the table, ``api._SplitFlowsCsv``)."""
     formatted: dict[int, tuple] = {}
     with open(path, "w", encoding="utf-8", newline="") as fh:
         for number, columns in enumerate(chunks):

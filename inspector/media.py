@@ -91,7 +91,7 @@ from inspector.media_stats import (
     report_frame,
     segment_frame,
 )
-from inspector.schema import MEDIA_COLUMNS, empty_frame
+from inspector.schema import CALL_MAX_GAP_S, MEDIA_COLUMNS, empty_frame
 
 #: Fewer packets under one SSRC are not a stream: the collector reads an RTP header from every
 #: UDP payload starting 0b10 of a media flow, and in non-RTP payloads the 32-bit "SSRC" is noise
@@ -330,7 +330,7 @@ def _report_segments(rtcp: pd.DataFrame | None, max_gap_ns: int) -> pd.DataFrame
     return pd.concat(frames, ignore_index=True)
 
 
-def reported_losses(rtcp: pd.DataFrame | None, membership: pd.DataFrame, max_gap_s: float = 60.0) -> dict[tuple, int]:
+def reported_losses(rtcp: pd.DataFrame | None, membership: pd.DataFrame, max_gap_s: float = CALL_MAX_GAP_S) -> dict[tuple, int]:
     """(session_id, capture, flow_id, ssrc) -> the largest cumulative loss the remote side reported.
 
     Only RTCP from the remote side, inside the call window (a report segment overlapping it lies
@@ -355,7 +355,7 @@ def reported_losses(rtcp: pd.DataFrame | None, membership: pd.DataFrame, max_gap
     return losses
 
 
-def stream_segments(rtp: pd.DataFrame, max_gap_s: float = 60.0) -> pd.DataFrame:
+def stream_segments(rtp: pd.DataFrame, max_gap_s: float = CALL_MAX_GAP_S) -> pd.DataFrame:
     """``schema.RTP_SEGMENT_COLUMNS`` frame: as given, or folded from per-packet
     ``schema.RTP_COLUMNS`` rows (one batch per capture, as the collector would)."""
     if "seq" not in rtp.columns:
@@ -496,7 +496,7 @@ def _column_list(values: np.ndarray) -> list:
 
 
 def media_table(
-    rtp: pd.DataFrame, rtcp: pd.DataFrame | None, membership: pd.DataFrame, merge: bool, max_gap_s: float = 60.0
+    rtp: pd.DataFrame, rtcp: pd.DataFrame | None, membership: pd.DataFrame, merge: bool, max_gap_s: float = CALL_MAX_GAP_S
 ) -> pd.DataFrame:
     """One row per (call, flow, direction, SSRC), columns and dtypes of ``schema.MEDIA_COLUMNS``.
 
@@ -539,16 +539,16 @@ def media_table(
     ordered_rows = rows[order].tolist()
     ordered_member = member[order].tolist()
     ordered_sent = sent[order].tolist()
-    packets_of, ssrc_of, fec_of = listed["packets"], listed["ssrc"], listed["zoom_fec"]
+    ssrc_of, fec_of = listed["ssrc"], listed["zoom_fec"]
     windows: list[tuple[tuple, _Window]] = []
     for lo, hi in zip(starts.tolist(), ends.tolist()):
-        window_rows = ordered_rows[lo:hi]
-        if sum(packets_of[s] for s in window_rows) < MIN_STREAM_PACKETS:
+        window = _Window(listed, ordered_rows[lo:hi])
+        if window.total("packets") < MIN_STREAM_PACKETS:
             continue
-        m, first = ordered_member[lo], window_rows[0]
+        m, first = ordered_member[lo], window.rows[0]
         key = (session_ids[m], captures[m], int(flow_ids[m]), "sent" if ordered_sent[lo] else "received",
                int(ssrc_of[first]), bool(fec_of[first]), m)  # fmt: skip
-        windows.append((key, _Window(listed, window_rows)))
+        windows.append((key, window))
     if not windows:
         return empty_frame(MEDIA_COLUMNS)
     c = listed
