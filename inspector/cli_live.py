@@ -65,6 +65,9 @@ def live(
 
     if fmt not in FORMATS:
         _fail(f"--format {fmt!r}: use one of {', '.join(FORMATS)}", 2)
+    from inspector.cli import keep_pyarrow_unloaded
+
+    keep_pyarrow_unloaded(fmt)
     evidence = write if write is not None else out / EVIDENCE_NAME
     if evidence.is_dir():
         _fail(f"--write {evidence}: is a directory; name the evidence pcapng file", 2)

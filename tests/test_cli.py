@@ -178,3 +178,47 @@ def test_the_command_starts_numpy_without_blas_threads_unless_the_user_chose_som
     probe = "import os, numpy; print(os.environ['OPENBLAS_NUM_THREADS'], len(os.listdir('/proc/self/task')))"
     out = run_with_library_default("use_one_blas_thread", "OPENBLAS_NUM_THREADS", preset, probe)
     assert (out if preset is None else out.split()[0]) == expected
+
+
+def _arrow_loaded_by(*args) -> tuple[bool, subprocess.CompletedProcess]:
+    """(whether Arrow's core library was imported, the run) for ``inspector <args>``, read from
+    ``-X importtime`` (a blocked import shows only the bare ``pyarrow`` name, never
+    ``pyarrow.lib``)."""
+    r = subprocess.run([sys.executable, "-X", "importtime", "-m", "inspector.cli", *map(str, args)],
+                       capture_output=True, text=True, timeout=300)
+    return any(line.split("|")[-1].strip() == "pyarrow.lib" for line in r.stderr.splitlines()), r
+
+
+def test_a_csv_run_leaves_pyarrow_unloaded_and_writes_the_same_tables(tmp_path):
+    """pandas would load pyarrow (and back its strings with Arrow) at import; a CSV run does not
+    need it, and its tables are byte-identical to those of a process that has pyarrow loaded."""
+    import pyarrow  # noqa: F401 - this process: pandas with Arrow strings
+
+    import inspector
+
+    loaded, r = _arrow_loaded_by("analyze", SAMPLE_CAPTURE, "-o", tmp_path / "cli", "-q", "-w", "1")
+    assert r.returncode == 0, r.stderr
+    assert not loaded
+    inspector.analyze([SAMPLE_CAPTURE]).write(tmp_path / "api", "csv")
+    for table in ("flows", "sessions", "destinations", "media"):
+        assert (tmp_path / "cli" / f"{table}.csv").read_bytes() == (tmp_path / "api" / f"{table}.csv").read_bytes(), table
+
+
+def test_a_parquet_run_loads_pyarrow(tmp_path):
+    loaded, r = _arrow_loaded_by("analyze", SAMPLE_CAPTURE, "-o", tmp_path, "-q", "-f", "parquet")
+    assert r.returncode == 0, r.stderr
+    assert loaded
+    import pandas as pd
+
+    assert len(pd.read_parquet(tmp_path / "flows.parquet")) > 0
+
+
+def test_keeping_pyarrow_unloaded_is_a_no_op_once_pandas_is_loaded():
+    """A process that already holds pandas (a program using the API, this test run) keeps its
+    pyarrow: blocking it now would save nothing and break a later Parquet write."""
+    import pandas  # noqa: F401
+
+    from inspector.cli import keep_pyarrow_unloaded
+
+    assert keep_pyarrow_unloaded("csv") is False
+    assert sys.modules.get("pyarrow") is not None
