@@ -169,3 +169,17 @@ def test_workers_read_a_gzip_capture_from_the_shipped_bytes(ndpi_dir, tmp_path):
     for table in TABLES:
         pd.testing.assert_frame_equal(getattr(one, table), getattr(two, table), obj=table)
     assert one.flows.server_name.notna().sum() > 10
+
+
+def test_workers_lower_their_priority_below_the_readers():
+    """A worker raises its niceness by WORKER_NICENESS (the reader is the critical path); run in a
+    fresh interpreter, since niceness cannot be lowered again without privilege."""
+    import subprocess
+    import sys
+
+    code = ("import os; from inspector.parallel import lower_priority, WORKER_NICENESS as N; "
+            "before = os.nice(0); print(before, lower_priority(N), os.nice(0), N)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    before, returned, after, increment = map(int, out.split())
+    assert increment > 0
+    assert returned == after == min(before + increment, 19)
