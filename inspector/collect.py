@@ -115,14 +115,26 @@ class ActivityBuckets:
     def __init__(self, capture: str, store: PartitionedRecords) -> None:
         self.capture = capture
         self._store = store
+        self._sorted: set[int] = set()
 
     def __len__(self) -> int:
-        """Rows before folding (a pair split over two batches counts twice)."""
+        """Rows held: a range not yet gone over by ``partitions`` counts a pair split over two
+        batches twice."""
         return len(self._store)
 
     def partitions(self):
+        """The first time over a range, its sorted and folded rows replace those stored, so a
+        later pass only reads them: the call stage goes over every range twice (the media
+        flows' buckets, then every destination's), and the sort was ~0.05 s of each pass on
+        the benchmark capture."""
         for key in self._store.keys():
-            yield _sorted_folded(self._store.read(key))
+            if key in self._sorted:
+                yield self._store.read(key)
+                continue
+            rows = _sorted_folded(self._store.take(key))
+            self._store.append(key, rows)
+            self._sorted.add(key)
+            yield rows
 
     def sorted_rows(self) -> np.ndarray:
         """Every row, sorted by (flow_id, bucket) and folded."""

@@ -225,6 +225,36 @@ def test_activity_buckets_are_compact_and_round_trip_through_the_frame(ndpi_dir)
     assert again.sorted_rows().tobytes() == buckets.sorted_rows().tobytes()
 
 
+def test_activity_partitions_are_sorted_once_and_read_alike_after(ndpi_dir):
+    """The first pass stores each range sorted and folded in place of the rows appended; a
+    later pass (the destinations') reads those, also from the spill file, and gets the same."""
+    from inspector import collect
+    from inspector.collect import ActivityBuckets
+    from inspector.pipeline import AnalyzeOptions, process_capture
+    from inspector.spill import PartitionedRecords
+
+    collector = collect.ActivityCollector()
+    process_capture(ndpi_dir / "zoom_p2p.pcapng", AnalyzeOptions(batch_size=97), None, None, (collector,))
+    rows = collector.buckets("zoom_p2p.pcapng").sorted_rows()
+    # A pair split over two batches: its second row (no packets, same times) folds away.
+    echo = rows[:10].copy()
+    for name in collect._COUNT_FIELDS:
+        echo[name] = 0
+    for limit in (1 << 30, 4096):  # held in memory; spilled to the file
+        store = PartitionedRecords(collect.BUCKET_DTYPE, limit_bytes=limit)
+        shuffled = np.concatenate([rows, echo])[np.random.default_rng(3).permutation(rows.shape[0] + 10)]
+        for part in np.array_split(shuffled, 9):  # out of order, as batches append them
+            store.append(0, part)
+        buckets = ActivityBuckets("c", store)
+        assert len(buckets) == rows.shape[0] + 10
+        first = [p.copy() for p in buckets.partitions()]
+        assert b"".join(p.tobytes() for p in first) == rows.tobytes()
+        assert len(buckets) == rows.shape[0]  # the folded rows replaced the appended ones
+        assert store.read(0).tobytes() == rows.tobytes()
+        assert [p.tobytes() for p in buckets.partitions()] == [p.tobytes() for p in first]
+        store.close()
+
+
 def test_call_stage_gives_the_same_tables_from_buckets_and_from_frames(ndpi_dir):
     import pandas as pd
 
