@@ -98,15 +98,19 @@ def analyze(
     )
     try:
         result = _run_with_progress(inspector, paths, options, quiet, err)
-        written = result.write(out, fmt)
     except (CaptureError, SignatureError) as e:
         _fail(str(e), 2)
     except InspectorError as e:
         _fail(str(e), 1)
     for w in result.warnings:
         err.print(f"[yellow]warning:[/] {w}", markup=True)
+    # The answer is printed while a forked process writes flows.csv (Analysis.write).
+    answer = None if quiet else (lambda: _render_summary(console, result, top))
+    try:
+        written = result.write(out, fmt, while_writing=answer)
+    except InspectorError as e:
+        _fail(str(e), 1)
     if not quiet:
-        _render_summary(console, result, top)
         console.print(f"wrote {', '.join(str(p) for p in written)}")
     global _finished_cleanly
     _finished_cleanly = True

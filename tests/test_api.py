@@ -184,7 +184,10 @@ def test_a_run_with_workers_builds_and_writes_in_a_second_process_the_same_files
     forked processes (forked.py); every file is the one a single process writes."""
     from inspector import export, forked
 
-    monkeypatch.setattr(export, "CHUNK_ROWS", 7)  # several slices: flows.csv is split
+    from inspector import api
+
+    monkeypatch.setattr(export, "CHUNK_ROWS", 7)
+    monkeypatch.setattr(api, "SPLIT_SLICE_ROWS", 7)  # several slices: flows.csv is split
     started: list[str] = []
     start = forked.start
 
@@ -194,10 +197,20 @@ def test_a_run_with_workers_builds_and_writes_in_a_second_process_the_same_files
 
     monkeypatch.setattr(forked, "start", counting)
     path = ndpi_dir / "teams.pcap"
-    inspector.analyze([path], AnalyzeOptions(workers=1)).write(tmp_path / "one")
+    answered: list[list[str]] = []  # what was written when the terminal answer would be printed
+
+    def answer(out):
+        return lambda: answered.append(sorted(p.name for p in out.iterdir()))
+
+    inspector.analyze([path], AnalyzeOptions(workers=1)).write(tmp_path / "one", while_writing=answer(tmp_path / "one"))
     assert started == []
-    inspector.analyze([path], AnalyzeOptions(workers=2)).write(tmp_path / "two")
+    inspector.analyze([path], AnalyzeOptions(workers=2)).write(tmp_path / "two", while_writing=answer(tmp_path / "two"))
     assert started == ["destinations", "flows.csv"]
+    # Called once per write, after the other tables and before the manifest; in the parallel
+    # run before flows.csv is put together from this process's rows and the forked one's part.
+    assert answered[0] == ["destinations.csv", "flows.csv", "media.csv", "sessions.csv"]
+    parts = [n for n in answered[1] if n.startswith(".flows.csv.") and n.endswith(".part")]
+    assert len(parts) == 1 and sorted(set(answered[1]) - set(parts)) == ["destinations.csv", "media.csv", "sessions.csv"]
     for name in ("flows.csv", "sessions.csv", "destinations.csv", "media.csv"):
         assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes(), name
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(p.name for p in (tmp_path / "one").iterdir())
@@ -210,6 +223,7 @@ def test_a_failed_write_leaves_no_part_of_flows_csv_behind(tmp_path, ndpi_dir, m
     from inspector.errors import InspectorError
 
     monkeypatch.setattr(export, "CHUNK_ROWS", 7)
+    monkeypatch.setattr(api, "SPLIT_SLICE_ROWS", 7)
     result = inspector.analyze([ndpi_dir / "teams.pcap"], AnalyzeOptions(workers=2))
 
     def full(frame, path, fmt):
