@@ -255,6 +255,26 @@ def test_activity_partitions_are_sorted_once_and_read_alike_after(ndpi_dir):
         store.close()
 
 
+def test_ranges_sorted_by_the_collector_hand_over_alike_also_when_rows_follow(ndpi_dir):
+    """``sort_ranges`` (a parallel run's reader, while its workers finish) gives the buckets the
+    call stage would read anyway; rows added after it are still sorted and folded in."""
+    from inspector.collect import ActivityCollector
+    from inspector.pipeline import AnalyzeOptions, process_capture
+
+    path = ndpi_dir / "zoom_p2p.pcapng"
+
+    def rows(times: int, sort_between: bool) -> bytes:
+        collector = ActivityCollector(limit_bytes=4096)  # spilled as well as held
+        for _ in range(times):  # twice: the same (flow, bucket) pairs again, to fold
+            process_capture(path, AnalyzeOptions(batch_size=97), None, None, (collector,))
+            if sort_between:
+                collector.sort_ranges()
+        return collector.buckets("c").sorted_rows().tobytes()
+
+    assert rows(1, True) == rows(1, False)
+    assert rows(2, True) == rows(2, False) != rows(1, False)
+
+
 def test_call_stage_gives_the_same_tables_from_buckets_and_from_frames(ndpi_dir):
     import pandas as pd
 
