@@ -34,12 +34,14 @@ import sys
 from pathlib import Path
 
 #: Modules compiled by ``setup.py``: the record walk, the dissectors, and the per-flow and
-#: per-stream Python of the flow table, the flows' facts and labels, the finished-flow store,
-#: the collectors and the media table (``media``: 0.125 -> 0.094 s on the benchmark capture).
+#: per-stream Python of the flow table, the flows' facts, signature lookups and labels, the
+#: finished-flow store, the collectors and the media table (``media``: 0.125 -> 0.094 s on the
+#: benchmark capture).
 NATIVE_MODULES = (
     "inspector.capture.chain",
     "inspector.facts",
     "inspector.classify",
+    "inspector.signatures",
     "inspector.labels",
     "inspector.flows",
     "inspector.flowstore",

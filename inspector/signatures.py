@@ -287,7 +287,8 @@ class SignatureSet:
             for rule in sig.payloads:
                 rank = 1 if (rule.shared_with or sig.shared_with) else 0
                 self._detectors.setdefault(rule.detector, []).append((rank, sig.id))
-        for table in (self._exact, self._suffix, self._ports):
+        tables: tuple[dict[Any, list[tuple[_Claim, str]]], ...] = (self._exact, self._suffix, self._ports)
+        for table in tables:
             for claims in table.values():
                 claims.sort(key=lambda c: (c[0].owner_rank, c[0].service))
         self._intervals = {v: _elementary_intervals(ranges[v]) for v in (4, 6)}
@@ -344,7 +345,7 @@ class SignatureSet:
                 addr = ipaddress.ip_address(ip.strip())
             except (ValueError, AttributeError):
                 return None
-            if getattr(addr, "ipv4_mapped", None) is not None:
+            if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
                 addr = addr.ipv4_mapped  # ::ffff:a.b.c.d is the IPv4 host
             starts, ends, cands = self._intervals[addr.version]
             x = int(addr)
