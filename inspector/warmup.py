@@ -1,7 +1,8 @@
 """pandas imported on a second thread while the packets are read.
 
 The packet path never needs pandas: the modules it uses import it only where frames are made.
-The tables after it do, and importing pandas is ~0.25 s of module code that would otherwise run
+The tables after it do, and importing pandas is ~0.17 s of module code (~0.25 s when it loads
+pyarrow too, ``cli.keep_pyarrow_unloaded``) that would otherwise run
 between the last packet and the first table, with the second core idle. ``start()`` (called by
 ``pipeline.process_batches`` as the packets start) imports it on another thread instead; when
 the tables need it, Python's import lock makes the main thread wait for that import to finish
