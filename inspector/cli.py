@@ -290,11 +290,40 @@ def keep_pyarrow_unloaded(fmt: str) -> bool:
     peaked at 316 MB with it and 271 MB without. Done the documented way, a ``None`` entry in
     ``sys.modules`` (importing pyarrow then raises ImportError, which pandas expects), and only
     while neither pandas nor pyarrow is loaded: a process that already holds them (a program
-    using the API, the test suite) gains nothing and keeps its pyarrow."""
+    using the API, the test suite) gains nothing and keeps its pyarrow. Only for the pandas
+    major versions known to treat pyarrow as optional (``PANDAS_WITHOUT_PYARROW``), so that a
+    later pandas that needed it would still find it."""
     if fmt == "parquet" or "pandas" in sys.modules or "pyarrow" in sys.modules:
+        return False
+    if pandas_major_version() not in PANDAS_WITHOUT_PYARROW:
         return False
     sys.modules["pyarrow"] = None  # type: ignore[assignment]
     return True
+
+
+#: pandas major versions that import pyarrow only if present and work without it (pandas 2.1 to
+#: 3.1 checked: PDEP-10's plan to require it was not carried out in 3.0).
+PANDAS_WITHOUT_PYARROW = (2, 3)
+
+
+def pandas_major_version() -> int | None:
+    """The installed pandas' major version, read from the ``_version_meson.py`` that its builds
+    since 2.1 carry, without importing pandas; None when that cannot be read."""
+    import importlib.util
+    import re
+
+    try:
+        spec = importlib.util.find_spec("pandas")
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    try:
+        text = (Path(list(spec.submodule_search_locations)[0]) / "_version_meson.py").read_text(encoding="utf-8")
+    except OSError:
+        return None
+    match = re.search(r'__version__\s*=\s*["\'](\d+)\.', text)
+    return int(match.group(1)) if match else None
 
 
 def use_one_blas_thread() -> None:

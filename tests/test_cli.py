@@ -222,3 +222,13 @@ def test_keeping_pyarrow_unloaded_is_a_no_op_once_pandas_is_loaded():
 
     assert keep_pyarrow_unloaded("csv") is False
     assert sys.modules.get("pyarrow") is not None
+
+
+def test_the_pandas_major_version_is_read_without_importing_pandas():
+    """``keep_pyarrow_unloaded`` acts only for pandas versions known to work without pyarrow; the
+    version is read from pandas' files, in a fresh interpreter that then has no pandas loaded."""
+    import pandas as pd
+
+    code = "import sys; from inspector.cli import pandas_major_version as v; print(v(), 'pandas' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == [pd.__version__.split(".")[0], "False"]
