@@ -319,7 +319,7 @@ def pandas_major_version() -> int | None:
     if spec is None or not spec.submodule_search_locations:
         return None
     try:
-        text = (Path(list(spec.submodule_search_locations)[0]) / "_version_meson.py").read_text(encoding="utf-8")
+        text = (Path(next(iter(spec.submodule_search_locations))) / "_version_meson.py").read_text(encoding="utf-8")
     except OSError:
         return None
     match = re.search(r'__version__\s*=\s*["\'](\d+)\.', text)
