@@ -325,11 +325,9 @@ def owner_of(flow_id: int, n: int) -> int:
 
 
 def owners_of(flow_ids: np.ndarray, n: int) -> np.ndarray:
-    """``owner_of`` of every id in ``flow_ids``."""
-    if n == 1:
-        return np.zeros(flow_ids.shape[0], dtype=np.int64)
-    position = flow_ids.astype(np.int64) % (FIRST_SHARE + OTHER_SHARE * (n - 1))
-    return np.where(position < FIRST_SHARE, 0, 1 + (position - FIRST_SHARE) // OTHER_SHARE)
+    """``owner_of`` of every id in ``flow_ids``, looked up in one cycle of its rule."""
+    cycle = np.array([owner_of(position, n) for position in range(FIRST_SHARE + OTHER_SHARE * (n - 1))], dtype=np.int64)
+    return cycle[flow_ids.astype(np.int64) % cycle.shape[0]]
 
 
 class PayloadStage:
