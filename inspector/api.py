@@ -54,7 +54,7 @@ class Analysis:
     """
 
     finished_flows: FinishedFlows
-    manifest: dict
+    _manifest: dict
     warnings: list[str] = field(default_factory=list)
     sessions: pd.DataFrame = field(default_factory=lambda: empty_frame(SESSION_COLUMNS))
     destinations: pd.DataFrame = field(default_factory=lambda: empty_frame(DESTINATION_COLUMNS))
@@ -63,6 +63,19 @@ class Analysis:
     #: ``--signatures`` included); None when the run loaded none (``--flows-only``).
     service_names: dict[str, str] | None = None
     _flows: pd.DataFrame | None = field(default=None, repr=False)
+    #: (manifest input entry, its capture's stats) whose "sha256" is filled in on first use of
+    #: ``manifest``: an uncompressed file's digest is computed by a background thread of
+    #: the lowest priority (``capture.files.HASH_NICENESS``), needed only for the manifest.
+    _unhashed_inputs: list[tuple[dict, object]] = field(default_factory=list, repr=False)
+
+    @property
+    def manifest(self) -> dict:
+        """The chain-of-custody dict, complete: reading it waits for an input's SHA-256 that is
+        still being computed."""
+        for entry, stats in self._unhashed_inputs:
+            entry["sha256"] = stats.sha256  # type: ignore[attr-defined]
+        self._unhashed_inputs = []
+        return self._manifest
 
     @property
     def flows(self) -> pd.DataFrame:
@@ -136,7 +149,7 @@ class Analysis:
         ``SPLIT_SHARE`` of the slices, or ``SPLIT_SHARE_BUSY`` when it has ``more_to_do``."""
         slices = list(self.finished_flows.slices(SPLIT_SLICE_ROWS))
         first = round(len(slices) * (SPLIT_SHARE_BUSY if more_to_do else SPLIT_SHARE))
-        if first and self.manifest.get("options", {}).get("workers", 1) > 1:
+        if first and self._manifest.get("options", {}).get("workers", 1) > 1:
             fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
             os.close(fd)
             rest = Path(name)
@@ -191,7 +204,7 @@ def _input_entry(r: CaptureResult) -> dict:
         "path": r.path,
         "name": r.name,
         "bytes": s.size_bytes,
-        "sha256": s.sha256,
+        "sha256": "",  # filled in by Analysis.manifest (its digest may still be in the making)
         "format": s.format,
         "compression": s.compression,
         "packets": s.records_read,
@@ -402,9 +415,10 @@ def _build_tables(
     # What the reading freed (batches, the flow table's dicts, dissector state) goes back to the
     # system before the tables are built: the run's peak memory is in the call stage.
     return_free_memory()
-    parts, inputs = [], []
+    parts, inputs, unhashed = [], [], []
     for r in results:
         inputs.append(_input_entry(r))
+        unhashed.append((inputs[-1], r.reader_stats))
         # The dissectors' state (the DNS answers' name map ...) has given the manifest its
         # counters: it goes before the tables are built, as do the labeller's verdict cache
         # and the store's temporary file once the flows table holds the records and labels.
@@ -442,11 +456,12 @@ def _build_tables(
         "warnings": warnings,
     }
     if calls is None:
-        return Analysis(finished_flows=flows, manifest=manifest, warnings=warnings)
+        return Analysis(flows, manifest, warnings, _unhashed_inputs=unhashed)
     return Analysis(
-        finished_flows=flows,
-        manifest=manifest,
-        warnings=warnings,
+        flows,
+        manifest,
+        warnings,
+        _unhashed_inputs=unhashed,
         service_names=None if signatures is None else {sig.id: sig.name for sig in signatures.signatures()},
         sessions=calls.sessions,
         destinations=calls.destinations,

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import mmap
 import multiprocessing
-import os
 from array import array
 from collections import Counter
 from dataclasses import dataclass
@@ -43,6 +42,7 @@ from inspector.decode import IPPROTO_TCP
 from inspector.errors import InspectorError
 from inspector.flows import flows_of_identities, identity_columns
 from inspector.gcpause import paused_collector
+from inspector.niceness import lower_priority
 from inspector.payloads import (
     MEDIA_CAP_PACKETS,
     NAMER_CAP_PACKETS,
@@ -248,15 +248,6 @@ class PayloadShipper:
         return parts
 
 
-def lower_priority(increment: int) -> int | None:
-    """This process's niceness raised by ``increment`` (``WORKER_NICENESS``); the new niceness,
-    or None where the system has no ``nice`` or refuses it (the run goes on at equal priority)."""
-    try:
-        return os.nice(increment)
-    except (AttributeError, OSError):
-        return None
-
-
 def _dissect_worker(conn, k: int, n: int, signatures, rtp_streams, reader=None) -> None:
     """One worker: replay the shipped packets into a PayloadStage that owns flows k mod n.
 
@@ -345,6 +336,7 @@ def process_capture_parallel(path: str | Path, options: AnalyzeOptions, workers:
     # Opened (a bad file raises its CaptureError here) and mapped before the workers are
     # forked, so that they share the mapping (``feed``).
     reader = open_capture(path, batch_size=options.batch_size)
+    reader.hash_after_reading = True  # the workers and this process keep every core busy meanwhile
     file_bytes = reader.mapped_bytes()
     ctx = multiprocessing.get_context("fork")
     connections, processes = [], []

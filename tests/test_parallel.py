@@ -23,6 +23,32 @@ def test_workers_do_not_change_the_tables(ndpi_dir, name):
             assert many.manifest["inputs"][0][key] == one.manifest["inputs"][0][key], key
 
 
+def test_a_parallel_run_hashes_its_capture_after_reading_it(ndpi_dir, monkeypatch, tmp_path):
+    """The workers' reader hashes the file once its packets are read (``hash_after_reading``);
+    ``Analysis.manifest`` fills in the digest when first read, and manifest.json holds it."""
+    from inspector.capture import files
+    from inspector.digest import sha256_file
+
+    after = []
+    real = files.open_capture
+
+    def opened(*args, **kwargs):
+        reader = real(*args, **kwargs)
+        after.append(reader)
+        return reader
+
+    monkeypatch.setattr("inspector.parallel.open_capture", opened)
+    path = ndpi_dir / "teams.pcap"
+    analysis = inspector.analyze([path], AnalyzeOptions(workers=2))
+    assert [r.hash_after_reading for r in after] == [True]
+    assert analysis._manifest["inputs"][0]["sha256"] == ""  # not read yet: not waited for
+    assert analysis.manifest["inputs"][0]["sha256"] == sha256_file(path)
+    analysis.write(tmp_path)
+    import json
+
+    assert json.loads((tmp_path / "manifest.json").read_text())["inputs"][0]["sha256"] == sha256_file(path)
+
+
 def test_workers_and_batch_size_together(ndpi_dir):
     base = inspector.analyze([ndpi_dir / "wa_voice.pcap"], AnalyzeOptions(workers=1))
     other = inspector.analyze([ndpi_dir / "wa_voice.pcap"], AnalyzeOptions(workers=2, batch_size=7))

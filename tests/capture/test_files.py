@@ -7,6 +7,7 @@ import hashlib
 import io
 import os
 import struct
+import threading
 
 import dpkt
 import numpy as np
@@ -439,6 +440,36 @@ def test_batches_twice_reads_again_with_fresh_stats(tmp_path):
     first = sum(len(b) for b in reader.batches())
     second = sum(len(b) for b in reader.batches())
     assert first == second == 3 and reader.stats.records_read == 3
+
+
+@pytest.mark.parametrize("after_reading", [False, True])
+def test_digest_made_beside_or_after_the_reading(tmp_path, monkeypatch, after_reading):
+    """A mapped file is hashed by a thread at the lowest priority: beside the reading, or
+    (``hash_after_reading``, a parallel run's reader) started only once the last batch is read.
+    Either way ``sha256`` is the file's digest, waited for when read, also for a truncated file."""
+    from inspector.capture import files
+
+    data = craft.pcap_bytes([bytes([i]) * (50 + i) for i in range(40)], 101)
+    path = put(tmp_path, "h.pcap", data[:-7])  # the last record cut short
+    batches_read: list[int] = []
+    started = {}
+
+    def note_start(increment):  # the hashing thread's first step
+        started["after_batches"], started["niceness"] = len(batches_read), increment
+        started["thread"] = threading.current_thread().name
+
+    monkeypatch.setattr(files, "lower_thread_priority", note_start)
+    reader = open_capture(path, 4)
+    reader.hash_after_reading = after_reading
+    for batch in reader.batches():
+        batches_read.append(len(batch))
+    assert len(batches_read) == 10 and reader.stats.truncated
+    assert reader.stats.sha256 == hashlib.sha256(data[:-7]).hexdigest()
+    assert started["thread"] == "capture-sha256" and started["niceness"] == files.HASH_NICENESS
+    if after_reading:
+        assert started["after_batches"] >= 9  # with the last batch, not before
+    assert reader.stats.sha256 == hashlib.sha256(data[:-7]).hexdigest()
+    assert reader.stats.sha256 == hashlib.sha256(data[:-7]).hexdigest()  # read again: the same
 
 
 def test_batch_buffer_is_a_view_of_the_file(tmp_path):
