@@ -145,7 +145,8 @@ def process_batches(
     seen before the flow ended. Without a labeller the facts are kept in ``CaptureResult.facts``;
     a payload stage that returns no facts (``parallel.PayloadShipper``) leaves the labels pending.
     """
-    warmup.start()  # the tables' pandas, imported while the packets are read
+    if not getattr(payload_stage, "starts_warmup", False):  # a PayloadShipper starts it later
+        warmup.start()  # the tables' pandas, imported while the packets are read
     table = FlowTable(FlowConfig(idle_timeout_s=options.idle_timeout_s))
     slow = SlowDecoder()
     stats = DecodeStats()

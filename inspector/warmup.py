@@ -4,7 +4,8 @@ The packet path never needs pandas: the modules it uses import it only where fra
 The tables after it do, and importing pandas is ~0.17 s of module code (~0.25 s when it loads
 pyarrow too, ``cli.keep_pyarrow_unloaded``) that would otherwise run
 between the last packet and the first table, with the second core idle. ``start()`` (called by
-``pipeline.process_batches`` as the packets start) imports it on another thread instead; when
+``pipeline.process_batches`` as the packets start, or in a parallel run by the reader's
+``parallel.PayloadShipper`` once its first batches are sent) imports it on another thread instead; when
 the tables need it, Python's import lock makes the main thread wait for that import to finish
 (or do it, if it never started). Measured on the benchmark capture: 3.97 s -> 3.76 s with two
 workers, 5.55 s -> 5.4 s in one process.

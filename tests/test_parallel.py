@@ -135,6 +135,30 @@ def _two_hellos(path):
     return write_pcap(path, [whole, first, second])
 
 
+def test_the_reader_starts_importing_pandas_after_its_first_batches(tmp_path, monkeypatch):
+    """A parallel run's reader starts the tables' pandas import (``warmup.start``) once it has
+    sent WARMUP_AFTER_BATCHES batches, not as the packets start: the import holds its GIL."""
+    import multiprocessing
+    import threading
+
+    from inspector import parallel, warmup
+    from inspector.capture.files import open_capture
+    from inspector.pipeline import process_capture
+
+    path = _two_hellos(tmp_path / "hellos.pcap")
+    ours, theirs = multiprocessing.Pipe()
+    drain = threading.Thread(target=lambda: list(iter(theirs.recv, None)))
+    drain.start()
+    shipper = parallel.PayloadShipper([ours])
+    started_after = []
+    monkeypatch.setattr(warmup, "start", lambda: started_after.append(shipper._batches_sent))
+    process_capture(path, AnalyzeOptions(batch_size=1), None, shipper, reader=open_capture(path, 1))
+    ours.send(None)
+    drain.join()
+    assert parallel.WARMUP_AFTER_BATCHES < 3  # the capture's three one-packet batches
+    assert started_after == [parallel.WARMUP_AFTER_BATCHES]
+
+
 def test_payloads_in_the_mapped_file_travel_as_offsets(tmp_path):
     """The reading process ships a payload that lies in the capture file's mapping as its offset
     (no bytes), a reassembled payload as bytes; the worker reads both, the names prove it."""
