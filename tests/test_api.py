@@ -180,8 +180,9 @@ def test_flows_csv_written_from_the_compact_table_equals_the_frames_csv(tmp_path
 
 
 def test_a_run_with_workers_builds_and_writes_in_a_second_process_the_same_files(tmp_path, ndpi_dir, monkeypatch):
-    """With --workers above 1 the destinations are counted and most of flows.csv is written in
-    forked processes (forked.py); every file is the one a single process writes."""
+    """With --workers above 1 the input is hashed, the destinations are counted and most of
+    flows.csv is written in forked processes (forked.py); every file is the one a single
+    process writes."""
     from inspector import export, forked
 
     from inspector import api
@@ -205,7 +206,7 @@ def test_a_run_with_workers_builds_and_writes_in_a_second_process_the_same_files
     inspector.analyze([path], AnalyzeOptions(workers=1)).write(tmp_path / "one", while_writing=answer(tmp_path / "one"))
     assert started == []
     inspector.analyze([path], AnalyzeOptions(workers=2)).write(tmp_path / "two", while_writing=answer(tmp_path / "two"))
-    assert started == ["destinations", "flows.csv"]
+    assert started == [f"{path}: SHA-256", "destinations", "flows.csv"]
     # Called once per write, after the other tables and before the manifest; in the parallel
     # run before flows.csv is put together from this process's rows and the forked one's part.
     assert answered[0] == ["destinations.csv", "flows.csv", "media.csv", "sessions.csv"]

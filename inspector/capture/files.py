@@ -58,7 +58,7 @@ from numpy.lib.stride_tricks import as_strided
 from inspector.batch import PacketBatch
 from inspector.capture.chain import record_offsets
 from inspector.errors import CaptureError
-from inspector.niceness import lower_thread_priority
+from inspector.niceness import lower_priority, lower_thread_priority
 
 __all__ = ["CaptureReader", "CaptureStats", "open_capture"]
 
@@ -70,18 +70,24 @@ MAX_PCAP_CAPLEN = 262144
 MAX_PCAPNG_BLOCK = 64 * 1024 * 1024
 GZIP_CHUNK = 16 * 1024 * 1024
 HASH_CHUNK = 8 * 1024 * 1024
-#: How much lower the thread hashing an uncompressed file runs than the thread reading it
-#: (``niceness.lower_thread_priority``): the digest is needed only for the manifest, written last.
-#: With ``CaptureReader.hash_after_reading`` (a parallel run, whose dissect workers and reader
-#: keep every core busy while the packets are read) the thread starts once they are read and takes
-#: the cores the serial end of the run leaves idle. Measured on the benchmark capture (386 MB,
-#: 0.36 s of CPU for SHA-256) with two workers on 2 cores, 8 alternating runs each: hashing
-#: beside the reading 3.24 s, after it 3.13 s at this niceness (3.17 s at equal priority), not
-#: hashing at all 3.01 s. Hashing beside the reading at this niceness still finishes early and
-#: gains nothing: the cores it finds idle between batches were the workers' and the reader's.
+#: How much lower the hashing of an uncompressed file runs than its reading (``niceness.py``):
+#: the digest is needed only for the manifest, written last. In a one-process run a thread hashes
+#: the mapped file beside the reading, on the core it leaves idle. With
+#: ``CaptureReader.hash_after_reading`` (a parallel run, whose dissect workers and reader keep
+#: every core busy while the packets are read) a forked process hashes it once they are read,
+#: taking what the serial end of the run leaves. Measured on the benchmark capture (386 MB) with
+#: two workers on 2 cores, 8-12 alternating runs each: a thread beside the reading 3.24 s, a
+#: thread after it 3.13 s at this niceness (3.17 s at equal priority), a process after it
+#: 0.04 s below the thread (0.04 s less CPU too), not hashing at all 3.01 s. Hashing beside the
+#: reading at this niceness still finishes early and gains nothing: the cores it finds idle
+#: between batches were the workers' and the reader's.
 #: Weakness: on a machine with no idle core the digest is made at the very end, and reading the
 #: manifest (``Analysis.manifest``) waits for it.
 HASH_NICENESS = 19
+#: The buffer a forked hashing process reads the file into: small enough to stay in the core's
+#: cache while it is hashed (SHA-256 of the benchmark capture: 0.30 s read in 1 MiB pieces,
+#: 0.36 s from the mapping in ``HASH_CHUNK`` pieces, whose pages come from memory as it goes).
+HASH_READ_CHUNK = 1024 * 1024
 
 _PCAP_MAGICS = {  # first four bytes -> (byte order, nanosecond timestamps)
     b"\xd4\xc3\xb2\xa1": ("<", False),
@@ -614,6 +620,34 @@ class _Gunzip:
         return b"".join(out)
 
 
+def _digest_after_reading(source, size: int, hasher: threading.Thread, sha) -> Callable[[], str]:
+    """A function returning the SHA-256 of the first ``size`` bytes of ``source`` (an open file),
+    made by a forked process (``forked.py``) started now; where none can be forked, by the
+    ``hasher`` thread feeding ``sha``. ``source`` is closed here (the child has its own)."""
+    from inspector import forked
+
+    with source:
+        job = forked.start(f"{source.name}: SHA-256", _sha256_of_file, source, size)
+    if job is None:
+        hasher.start()
+        return _waiting_digest(hasher, sha)
+    return job.result
+
+
+def _sha256_of_file(source, size: int) -> str:
+    """Hex SHA-256 of the first ``size`` bytes of ``source`` (an open file, read from its
+    current position), in a process of its own at ``HASH_NICENESS``: read into a buffer of
+    ``HASH_READ_CHUNK`` bytes that stays in the core's cache while it is hashed."""
+    lower_priority(HASH_NICENESS)
+    sha = hashlib.sha256()
+    view = memoryview(bytearray(HASH_READ_CHUNK))
+    left = size
+    while left and (got := source.readinto(view[: min(left, HASH_READ_CHUNK)])):
+        sha.update(view[:got])
+        left -= got
+    return sha.hexdigest()
+
+
 def _waiting_digest(hasher: threading.Thread, sha) -> Callable[[], str]:
     """A function returning ``sha``'s hex digest once the ``hasher`` thread has fed it all."""
 
@@ -755,7 +789,10 @@ class CaptureReader:
                 _drop_pages(mapping, start, min(start + HASH_CHUNK, len(mv)))
 
         hasher = threading.Thread(target=hash_all, name="capture-sha256", daemon=True)
-        if not self.hash_after_reading:
+        # Hashed after reading, the file is read through a descriptor opened now, so that it is
+        # the very file mapped even if its path is replaced meanwhile.
+        source = self._open_raw() if self.hash_after_reading else None
+        if source is None:
             hasher.start()
         walker = self._new_walker(bytes(mv[:24]))
         pos = walker.header_len
@@ -766,9 +803,10 @@ class CaptureReader:
             done = walk.status != _FULL
             if done:
                 self._finish(walk)
-                if self.hash_after_reading:
-                    hasher.start()
-                self.stats.sha256 = _waiting_digest(hasher, sha)
+                if source is not None:
+                    self.stats.sha256 = _digest_after_reading(source, len(mv), hasher, sha)
+                else:
+                    self.stats.sha256 = _waiting_digest(hasher, sha)
             yield arr, walk, min(pos, len(mv)) if not done else len(mv)
             # The consumer asked for the next batch: every byte before ``pos`` has been read (the
             # pipeline copies what it keeps). Drop those pages from the resident set, so memory

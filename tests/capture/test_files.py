@@ -442,34 +442,77 @@ def test_batches_twice_reads_again_with_fresh_stats(tmp_path):
     assert first == second == 3 and reader.stats.records_read == 3
 
 
-@pytest.mark.parametrize("after_reading", [False, True])
-def test_digest_made_beside_or_after_the_reading(tmp_path, monkeypatch, after_reading):
-    """A mapped file is hashed by a thread at the lowest priority: beside the reading, or
-    (``hash_after_reading``, a parallel run's reader) started only once the last batch is read.
-    Either way ``sha256`` is the file's digest, waited for when read, also for a truncated file."""
+def _cut_capture(tmp_path):
+    """A 10-batch capture (batch size 4) whose last record is cut short, and its bytes."""
+    data = craft.pcap_bytes([bytes([i]) * (50 + i) for i in range(40)], 101)[:-7]
+    return put(tmp_path, "h.pcap", data), data
+
+
+def test_digest_made_by_a_thread_beside_the_reading(tmp_path, monkeypatch):
+    """A mapped file is hashed by a thread at the lowest priority while it is read; ``sha256``
+    is the file's digest, waited for when read, also for a truncated file."""
     from inspector.capture import files
 
-    data = craft.pcap_bytes([bytes([i]) * (50 + i) for i in range(40)], 101)
-    path = put(tmp_path, "h.pcap", data[:-7])  # the last record cut short
-    batches_read: list[int] = []
+    path, data = _cut_capture(tmp_path)
     started = {}
 
     def note_start(increment):  # the hashing thread's first step
-        started["after_batches"], started["niceness"] = len(batches_read), increment
-        started["thread"] = threading.current_thread().name
+        started["niceness"], started["thread"] = increment, threading.current_thread().name
 
     monkeypatch.setattr(files, "lower_thread_priority", note_start)
     reader = open_capture(path, 4)
-    reader.hash_after_reading = after_reading
+    assert sum(1 for _ in reader.batches()) == 10 and reader.stats.truncated
+    assert reader.stats.sha256 == hashlib.sha256(data).hexdigest()
+    assert reader.stats.sha256 == hashlib.sha256(data).hexdigest()  # read again: the same
+    assert started == {"niceness": files.HASH_NICENESS, "thread": "capture-sha256"}
+
+
+def test_digest_made_by_a_process_after_the_reading(tmp_path, monkeypatch):
+    """``hash_after_reading`` (a parallel run's reader): a forked process hashes the file, started
+    with the last batch, through a descriptor opened before the reading (so the file renamed
+    meanwhile is still the one hashed); no thread of this process hashes it."""
+    from inspector import forked
+    from inspector.capture import files
+
+    path, data = _cut_capture(tmp_path)
+    parent = os.getpid()
+    real_hash, real_start = files._sha256_of_file, forked.start
+    batches_read: list[int] = []
+    forks_after = []
+
+    def in_child_only(source, size):
+        if os.getpid() == parent:
+            raise AssertionError("hashed in the reading process")
+        return real_hash(source, size)
+
+    def start(what, fn, *args):
+        forks_after.append(len(batches_read))
+        return real_start(what, fn, *args)
+
+    monkeypatch.setattr(files, "_sha256_of_file", in_child_only)
+    monkeypatch.setattr(forked, "start", start)
+    monkeypatch.setattr(files, "lower_thread_priority", lambda n: pytest.fail("a hashing thread ran"))
+    reader = open_capture(path, 4)
+    reader.hash_after_reading = True
     for batch in reader.batches():
+        if not batches_read:
+            os.rename(path, tmp_path / "moved.pcap")
+            path.write_bytes(b"another file now")
         batches_read.append(len(batch))
     assert len(batches_read) == 10 and reader.stats.truncated
-    assert reader.stats.sha256 == hashlib.sha256(data[:-7]).hexdigest()
-    assert started["thread"] == "capture-sha256" and started["niceness"] == files.HASH_NICENESS
-    if after_reading:
-        assert started["after_batches"] >= 9  # with the last batch, not before
-    assert reader.stats.sha256 == hashlib.sha256(data[:-7]).hexdigest()
-    assert reader.stats.sha256 == hashlib.sha256(data[:-7]).hexdigest()  # read again: the same
+    assert forks_after == [9]  # with the last batch, not before
+    assert reader.stats.sha256 == hashlib.sha256(data).hexdigest()
+
+
+def test_digest_after_reading_falls_back_to_a_thread_without_fork(tmp_path, monkeypatch):
+    from inspector import forked
+
+    path, data = _cut_capture(tmp_path)
+    monkeypatch.setattr(forked, "start", lambda *args: None)  # as where os.fork is missing
+    reader = open_capture(path, 4)
+    reader.hash_after_reading = True
+    assert sum(1 for _ in reader.batches()) == 10
+    assert reader.stats.sha256 == hashlib.sha256(data).hexdigest()
 
 
 def test_batch_buffer_is_a_view_of_the_file(tmp_path):
