@@ -354,7 +354,8 @@ class FlowTable:
         new_segments: list[int] = []
         seg_first_syn = syn_only_s[seg_start].tolist()
         seg_first_clock = clock_s[seg_start].tolist()
-        for s, (g, is_first) in enumerate(zip(seg_group.tolist(), seg_is_group_first.tolist())):
+        seg_group_l: list[int] = seg_group.tolist()
+        for s, (g, is_first) in enumerate(zip(seg_group_l, seg_is_group_first.tolist())):
             if not is_first:
                 new_segments.append(s)
                 continue
@@ -382,7 +383,6 @@ class FlowTable:
                 d.dst_hi[r].tolist(), d.dst_lo[r].tolist(), d.dst_port[r].tolist(),
                 d.tcp_flags[r].tolist(), d.ts_ns[r].tolist(), src_is_a[first].tolist(),
             )
-            seg_group_l = seg_group.tolist()
             for s, values in zip(new_segments, columns):
                 key = group_keys[seg_group_l[s]]
                 old = self._active.pop(key, None)
@@ -394,15 +394,16 @@ class FlowTable:
         # The active entry of a key must be its last segment's flow: a later segment of the same
         # group replaced an earlier one above only if processed later, so fix it up explicitly.
         for s in range(n_seg):
-            if s + 1 == n_seg or seg_group[s + 1] != seg_group[s]:
+            g = seg_group_l[s]
+            if s + 1 == n_seg or seg_group_l[s + 1] != g:
                 last = seg_flow[s]
                 assert last is not None  # every segment got its flow above
-                self._active[group_keys[int(seg_group[s])]] = last
+                self._active[group_keys[g]] = last
 
         slots: dict[int, int] = {}
         flows: list[Flow] = []
-        seg_slot = np.empty(n_seg, dtype=np.int64)
-        client_is_a = np.empty(n_seg, dtype=bool)
+        seg_slot_l: list[int] = []
+        client_is_a_l: list[bool] = []
         pkts_a_l, pkts_all_l = pkts_a.tolist(), pkts_all.tolist()
         bytes_a_l, bytes_all_l = bytes_a.tolist(), bytes_all.tolist()
         fin_a_l, fin_b_l, rst_l = fin_a.tolist(), fin_b.tolist(), rst_any.tolist()
@@ -414,8 +415,8 @@ class FlowTable:
             if slot is None:
                 slot = slots[id(f)] = len(flows)
                 flows.append(f)
-            seg_slot[s] = slot
-            client_is_a[s] = f.client_is_a
+            seg_slot_l.append(slot)
+            client_is_a_l.append(f.client_is_a)
             pa, pall = pkts_a_l[s], pkts_all_l[s]
             ba, ball = bytes_a_l[s], bytes_all_l[s]
             if f.client_is_a:
@@ -439,6 +440,8 @@ class FlowTable:
                 f.last_seen_ns = ts_max_l[s]
             f.prev_ts_ns = clock_last_l[s]
 
+        seg_slot = np.array(seg_slot_l, dtype=np.int64)
+        client_is_a = np.array(client_is_a_l, dtype=bool)
         flow_slot_sorted = seg_slot[seg_of_sorted]
         from_client_sorted = from_a_s == client_is_a[seg_of_sorted]
         flow_slot = np.empty(m, dtype=np.int64)

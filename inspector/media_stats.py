@@ -657,7 +657,8 @@ class RunningStreams:
                 keep[lo : lo + JITTER_CHUNK] = False
                 lo += JITTER_CHUNK
             if closed:  # nothing can join this segment any more: fold the rest now
-                self._fold_chunk(self._segment["jitter"][s], arrival[lo:hi], stamp[lo:hi])
+                if hi - lo > 1:  # (one packet is no step)
+                    self._fold_chunk(self._segment["jitter"][s], arrival[lo:hi], stamp[lo:hi])
                 keep[lo:hi] = False
         self._pending = (seg[keep], arrival[keep], stamp[keep])
 

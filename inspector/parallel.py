@@ -41,7 +41,7 @@ from inspector import warmup
 from inspector.capture.files import open_capture
 from inspector.decode import IPPROTO_TCP
 from inspector.errors import InspectorError
-from inspector.flows import flows_of_identities, identity_columns
+from inspector.flows import identity_columns
 from inspector.gcpause import paused_collector
 from inspector.niceness import lower_priority
 from inspector.payloads import (
@@ -276,7 +276,7 @@ def _dissect_worker(conn, k: int, n: int, signatures, rtp_streams, reader=None) 
     are released from this process as the batches pass, as the reading process does.
     """
     from inspector.labels import PENDING, FlowLabeller
-    from inspector.payloads import FlowInspection, PayloadStage, payloads_at
+    from inspector.payloads import FlowInspection, PayloadStage, open_inspections, payloads_at
 
     lower_priority(WORKER_NICENESS)
     stage = PayloadStage(partition=(k, n))
@@ -305,29 +305,16 @@ def _dissect_worker(conn, k: int, n: int, signatures, rtp_streams, reader=None) 
             ended, dropped, new_routes, batch, rtp = message
             for columns in rtp or ():
                 streams.add(*columns)
-            for f in flows_of_identities(ended):
-                f.state = states.pop(f.flow_id, None)
-                fact = stage.facts(f)
-                if fact is not None:
-                    code = labeller.label(f.flow_id, fact)
-                    if code != PENDING:
-                        labelled_ids.append(f.flow_id)
-                        labelled_codes.append(code)
+            stage.take_ended(ended, states, labeller, PENDING, labelled_ids, labelled_codes)
             for flow_id in dropped:
                 states.pop(flow_id, None)
-            for flow_id, route, transport, client_port, server_port in new_routes:
-                states[flow_id] = FlowInspection(route, transport, client_port, server_port)
+            open_inspections(states, new_routes)
             if batch is None:
                 continue
             fids, from_client, ts, seqs, first_bytes, at, lengths, in_blob, blob = batch
-            stage.dissect(
-                [states[fid] for fid in fids.tolist()],  # every shipped flow's route came first
-                from_client.tolist(),
-                ts.tolist(),
-                [seq if seq >= 0 else None for seq in seqs.tolist()],
-                first_bytes.tolist(),
-                payloads_at(file_view, blob, at, lengths, in_blob).__getitem__,
-            )
+            # Every shipped flow's route came first (``open_inspections``).
+            payloads = payloads_at(file_view, blob, at, lengths, in_blob)
+            stage.dissect_shipped(states, fids, from_client, ts, seqs, first_bytes, payloads.__getitem__)
             if reader is not None and not in_blob.all():
                 # Later messages only hold later batches' payloads, which start past these.
                 end = int((at + lengths)[~in_blob].max())

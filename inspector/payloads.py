@@ -12,14 +12,14 @@ from __future__ import annotations
 import functools
 from collections import Counter
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from inspector.decode import IPPROTO_TCP, IPPROTO_UDP
 from inspector.facts import FlowFacts
 from inspector.fastinit import positional_constructor
-from inspector.flows import Flow
+from inspector.flows import Flow, flows_of_identities
 from inspector.summarize import flow_endpoints, transport_name
 
 if TYPE_CHECKING:
@@ -214,6 +214,13 @@ def payloads_at(
     return [
         bytes(sources[0 if b else 1][start:end]) for start, end, b in zip(starts, ends, in_other.tolist())
     ]
+
+
+def open_inspections(states: dict[int, FlowInspection], routes: list[tuple[int, int, str, int, int]]) -> None:
+    """A parallel worker's new flows: a FlowInspection in ``states`` for each (flow id, route,
+    transport, client port, server port) of ``ship_new_routes``."""
+    for flow_id, route, transport, client_port, server_port in routes:
+        states[flow_id] = FlowInspection(route, transport, client_port, server_port)
 
 
 def first_payload_routes(d, bf, packets: PayloadPackets) -> list[tuple[int, int]]:
@@ -428,6 +435,51 @@ class PayloadStage:
                 if media.done or st.media_packets >= MEDIA_CAP_PACKETS:
                     st.media_done = True
         self.packets_inspected += inspected
+
+    def dissect_shipped(
+        self,
+        states: dict[int, FlowInspection],
+        flow_ids: np.ndarray,
+        from_client: np.ndarray,
+        ts: np.ndarray,
+        tcp_seqs: np.ndarray,
+        first_bytes: np.ndarray,
+        payload_of: Callable[[int], bytes],
+    ) -> None:
+        """``dissect`` of the packets a parallel worker was shipped (``parallel.PayloadShipper``):
+        columns, each packet's flow state found in ``states`` by flow id, a TCP sequence number
+        below 0 meaning none. The per-packet lists are made here, in compiled code."""
+        self.dissect(
+            [states[flow_id] for flow_id in flow_ids.tolist()],
+            from_client.tolist(),
+            ts.tolist(),
+            [seq if seq >= 0 else None for seq in tcp_seqs.tolist()],
+            first_bytes.tolist(),
+            payload_of,
+        )
+
+    def take_ended(
+        self,
+        identities: list[list[Any]],
+        states: dict[int, FlowInspection],
+        labeller: Any,
+        pending: int,
+        labelled_ids: Any,
+        labelled_codes: Any,
+    ) -> None:
+        """A parallel worker's ended flows (``flows.identity_columns``): each takes its state
+        from ``states``, gives its facts (the flows this partition owns) and is labelled by
+        ``labeller`` (a ``labels.FlowLabeller``); the id and label code of each flow labelled at
+        once (a code other than ``pending``) are appended to ``labelled_ids`` and
+        ``labelled_codes``."""
+        for f in flows_of_identities(identities):
+            f.state = states.pop(f.flow_id, None)
+            fact = self.facts(f)
+            if fact is not None:
+                code = labeller.label(f.flow_id, fact)
+                if code != pending:
+                    labelled_ids.append(f.flow_id)
+                    labelled_codes.append(code)
 
     def facts(self, f: Flow) -> FlowFacts | None:
         """What was learned about flow ``f`` (None when another partition owns it)."""
