@@ -249,9 +249,13 @@ def main() -> None:
     takes back at once anyway. Only that path skips it: the analysis has closed its files (they
     are written in ``with`` blocks), joined its workers and reaped its forked helpers, and
     inspector registers no exit handlers. Every other exit (errors, other commands) is Python's
-    usual one."""
+    usual one. The process is the run's alone, so objects alive at a fork may stay frozen
+    (``gcpause.freeze_at_fork``)."""
+    from inspector import gcpause
+
     use_system_allocator_for_arrow()
     use_one_blas_thread()
+    gcpause.freeze_at_fork()
     try:
         app()
     except SystemExit as stop:

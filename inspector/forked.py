@@ -20,6 +20,7 @@ set counts the pages it shares with its parent, so a peak-memory figure per proc
 
 from __future__ import annotations
 
+import gc
 import os
 import pickle
 import signal
@@ -27,6 +28,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from inspector import gcpause
 from inspector.errors import InspectorError
 
 
@@ -89,6 +91,7 @@ def start(what: str, fn: Callable[..., Any], *args: Any) -> Forked | None:
         read_fd, write_fd = os.pipe()
     except OSError:
         return None
+    gcpause.before_fork()
     try:
         pid = os.fork()
     except OSError:  # EAGAIN (process limit), ENOMEM
@@ -98,7 +101,11 @@ def start(what: str, fn: Callable[..., Any], *args: Any) -> Forked | None:
     if pid:
         os.close(write_fd)
         return Forked(pid, read_fd, what)
-    # The child: compute, send, and leave without running anything the parent registered.
+    # The child: compute, send, and leave without running anything the parent registered. It
+    # runs without the cyclic collector: a collection would write to the header of every object
+    # it inherited, copying each page of them (the parent's, shared until written), for garbage
+    # that leaves with the process anyway.
+    gc.disable()
     code = 0
     try:
         os.close(read_fd)

@@ -58,6 +58,30 @@ def paused_collector(
             gc.enable()
 
 
+#: Whether ``before_fork`` freezes the collector's objects (``freeze_at_fork``).
+_freeze_at_fork = False
+
+
+def freeze_at_fork() -> None:
+    """From now on, the objects alive when ``forked.start`` forks a child are frozen
+    (``gc.freeze``): moved out of the collector's generations, so the collections of the rest
+    of the run never walk them again, and never write to their headers, which would copy each of
+    their pages shared with the child (the use the Python documentation gives for
+    ``gc.freeze``). Cyclic garbage among them is then never collected: for a program that ends
+    when its run does (``cli.analyze``), not a library's host process. Measured on the benchmark
+    with two workers, 10 alternating runs: 3.12 -> 3.06 s, CPU 5.64 -> 5.56 s (the reader's last
+    young collection, after the input's hashing process is forked, then finds nothing to walk).
+    """
+    global _freeze_at_fork
+    _freeze_at_fork = True
+
+
+def before_fork() -> None:
+    """Called by ``forked.start`` just before it forks (see ``freeze_at_fork``)."""
+    if _freeze_at_fork:
+        gc.freeze()
+
+
 def return_free_memory() -> bool:
     """Hand the C allocator's free heap pages back to the system (glibc ``malloc_trim(0)``).
 

@@ -80,3 +80,41 @@ def test_discard_after_result_and_result_after_discard_are_safe():
     job.discard()
     with pytest.raises(InspectorError, match="already taken or discarded"):
         job.result()
+
+
+def _collector_enabled() -> bool:
+    import gc
+
+    return gc.isenabled()
+
+
+def test_the_child_runs_without_the_cyclic_collector():
+    """A collection in the child would write to every inherited object's header (copying the
+    pages it shares with the parent) for garbage that leaves with the process."""
+    import gc
+
+    assert gc.isenabled()
+    assert forked.start("test", _collector_enabled).result() is False
+    assert gc.isenabled()  # the parent's is untouched
+
+
+_FREEZE = """
+import gc
+from inspector import forked, gcpause
+keep = [[i] for i in range(1000)]
+forked.start("test", len, "x").result()
+before = gc.get_freeze_count()
+gcpause.freeze_at_fork()
+forked.start("test", len, "x").result()
+print(before, gc.get_freeze_count() >= len(keep))
+"""
+
+
+def test_objects_are_frozen_at_a_fork_only_once_the_program_asks():
+    """``gcpause.freeze_at_fork`` (the command line's choice, its process ending with the run):
+    the objects alive at a fork leave the collector's generations; a library host's are left be."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", _FREEZE], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["0", "True"]
