@@ -106,3 +106,34 @@ def return_free_memory() -> bool:
 
 
 _malloc_trim = None
+
+
+#: glibc's ``mallopt`` parameters (malloc.h): M_TRIM_THRESHOLD and M_MMAP_THRESHOLD.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+#: Blocks of at least this many bytes come from their own ``mmap`` (glibc's default 128 KiB,
+#: raised by itself as blocks are freed, up to 32 MiB).
+HEAP_MMAP_THRESHOLD = 32 * 1024 * 1024
+#: Free memory at the top of the heap beyond this goes back to the system (default 128 KiB,
+#: following the mmap threshold).
+HEAP_TRIM_THRESHOLD = 256 * 1024 * 1024
+
+
+def reuse_freed_heap() -> bool:
+    """Have glibc's malloc keep freed memory for the next blocks instead of returning it.
+
+    A batch's numpy temporaries are 64 Ki values, 512 KiB at 8 bytes: each came from its own
+    ``mmap`` or from a heap top trimmed when it was freed, so the next one faulted its pages in
+    again, ~2 µs a page on this VM. With fixed thresholds (``HEAP_MMAP_THRESHOLD``,
+    ``HEAP_TRIM_THRESHOLD``) they reuse the heap; ``return_free_memory`` still hands it back at
+    the stage boundaries. Measured on the benchmark with two workers, 10 alternating runs: page
+    faults 167 k -> 138 k, 3.05 -> 3.00 s; peak memory +1 to +7 MB (the 5× capture in one
+    process: 257 -> 265 MB). Called by the command line for its own process and the ones it
+    forks; False where the C library has no ``mallopt``.
+    """
+    try:
+        import ctypes
+
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, HEAP_MMAP_THRESHOLD)) and bool(mallopt(_M_TRIM_THRESHOLD, HEAP_TRIM_THRESHOLD))

@@ -59,3 +59,16 @@ def test_full_collections_free_cycles_that_reached_the_old_generation():
         assert alive() is not None  # young collections do not look at the old generation
         collector.tick()  # the third tick is a full collection
         assert alive() is None
+
+
+def test_the_allocator_keeps_freed_heap_where_glibc_runs():
+    """``reuse_freed_heap`` sets glibc's two thresholds (in a fresh interpreter: it changes the
+    process for good); a C library without ``mallopt`` gets False, not an error."""
+    import platform
+    import subprocess
+    import sys
+
+    code = "from inspector import gcpause; print(gcpause.reuse_freed_heap())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == ("True" if platform.libc_ver()[0] == "glibc" else out)
+    assert out in ("True", "False")
