@@ -108,8 +108,9 @@ class CaptureStats:
     path              the path as given
     size_bytes        size of the file as stored
     sha256            SHA-256 of the file as stored (of the compressed bytes for gzip), hex; an
-                      uncompressed file is hashed by a background thread, which reading this
-                      property waits for the first time (``HASH_NICENESS``)
+                      uncompressed file is hashed by a background thread (or, after the
+                      reading, a forked process), which reading this property waits for the
+                      first time (``HASH_NICENESS``)
     format            ``pcap`` (µs), ``pcap-ns`` or ``pcapng``
     compression       ``gzip`` or ""
     records_read      packet records found; each is either yielded or counted in records_skipped
@@ -146,7 +147,7 @@ class CaptureStats:
 
 def _stats_sha256(stats: CaptureStats) -> str:
     digest = stats.__dict__["_sha256"]
-    if not isinstance(digest, str):  # the hashing thread's result, waited for once
+    if not isinstance(digest, str):  # the hashing thread's or process's result, waited for once
         digest = stats.__dict__["_sha256"] = digest()
     return digest
 
@@ -156,7 +157,7 @@ def _set_stats_sha256(stats: CaptureStats, digest: str | Callable[[], str]) -> N
 
 
 # ``sha256`` stays a field (a constructor argument, in repr and ==) and is also a property: it
-# may be set to a function that waits for a hashing thread, and reads as that function's result.
+# may be set to a function that waits for a hashing thread or process, and reads as its result.
 CaptureStats.sha256 = property(_stats_sha256, _set_stats_sha256)  # type: ignore[assignment]
 
 
