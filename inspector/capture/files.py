@@ -57,6 +57,7 @@ from numpy.lib.stride_tricks import as_strided
 
 from inspector.batch import PacketBatch
 from inspector.capture.chain import record_offsets
+from inspector.digest import sha256_stream
 from inspector.errors import CaptureError
 from inspector.niceness import lower_priority, lower_thread_priority
 
@@ -84,10 +85,6 @@ HASH_CHUNK = 8 * 1024 * 1024
 #: Weakness: on a machine with no idle core the digest is made at the very end, and reading the
 #: manifest (``Analysis.manifest``) waits for it.
 HASH_NICENESS = 19
-#: The buffer a forked hashing process reads the file into: small enough to stay in the core's
-#: cache while it is hashed (SHA-256 of the benchmark capture: 0.30 s read in 1 MiB pieces,
-#: 0.36 s from the mapping in ``HASH_CHUNK`` pieces, whose pages come from memory as it goes).
-HASH_READ_CHUNK = 1024 * 1024
 
 _PCAP_MAGICS = {  # first four bytes -> (byte order, nanosecond timestamps)
     b"\xd4\xc3\xb2\xa1": ("<", False),
@@ -636,17 +633,10 @@ def _digest_after_reading(source, size: int, hasher: threading.Thread, sha) -> C
 
 
 def _sha256_of_file(source, size: int) -> str:
-    """Hex SHA-256 of the first ``size`` bytes of ``source`` (an open file, read from its
-    current position), in a process of its own at ``HASH_NICENESS``: read into a buffer of
-    ``HASH_READ_CHUNK`` bytes that stays in the core's cache while it is hashed."""
+    """``digest.sha256_stream`` of the first ``size`` bytes of ``source`` (an open file, read
+    from its current position), in a process of its own at ``HASH_NICENESS``."""
     lower_priority(HASH_NICENESS)
-    sha = hashlib.sha256()
-    view = memoryview(bytearray(HASH_READ_CHUNK))
-    left = size
-    while left and (got := source.readinto(view[: min(left, HASH_READ_CHUNK)])):
-        sha.update(view[:got])
-        left -= got
-    return sha.hexdigest()
+    return sha256_stream(source, size)
 
 
 def _waiting_digest(hasher: threading.Thread, sha) -> Callable[[], str]:
