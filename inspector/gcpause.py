@@ -21,6 +21,7 @@ from __future__ import annotations
 import gc
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 #: Batches between two young-generation collections (64 Ki packets a batch by default).
 YOUNG_COLLECTION_EVERY = 16
@@ -91,21 +92,27 @@ def return_free_memory() -> bool:
     set on the benchmark capture. Called at those stage boundaries; a no-op (False) where the C
     library has no ``malloc_trim`` (musl, macOS).
     """
-    global _malloc_trim
-    if _malloc_trim is None:
-        try:
-            import ctypes
-
-            _malloc_trim = ctypes.CDLL(None).malloc_trim
-        except (OSError, AttributeError):
-            _malloc_trim = False
-    if _malloc_trim is False:
+    malloc_trim = _libc_function("malloc_trim")
+    if malloc_trim is None:
         return False
-    _malloc_trim(0)
+    malloc_trim(0)
     return True
 
 
-_malloc_trim = None
+_libc_functions: dict[str, Any] = {}
+
+
+def _libc_function(name: str) -> Any:
+    """The C library's function ``name`` through ctypes, or None where it has none (musl and
+    macOS have neither ``malloc_trim`` nor ``mallopt``); looked up once."""
+    if name not in _libc_functions:
+        try:
+            import ctypes
+
+            _libc_functions[name] = getattr(ctypes.CDLL(None), name)
+        except (OSError, AttributeError):
+            _libc_functions[name] = None
+    return _libc_functions[name]
 
 
 #: glibc's ``mallopt`` parameters (malloc.h): M_TRIM_THRESHOLD and M_MMAP_THRESHOLD.
@@ -130,10 +137,7 @@ def reuse_freed_heap() -> bool:
     process: 257 -> 265 MB). Called by the command line for its own process and the ones it
     forks; False where the C library has no ``mallopt``.
     """
-    try:
-        import ctypes
-
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
+    mallopt = _libc_function("mallopt")
+    if mallopt is None:
         return False
     return bool(mallopt(_M_MMAP_THRESHOLD, HEAP_MMAP_THRESHOLD)) and bool(mallopt(_M_TRIM_THRESHOLD, HEAP_TRIM_THRESHOLD))
