@@ -255,7 +255,7 @@ class PayloadShipper:
         in the order it deferred them, so one block at a time is held here, and as bytes.
         ``while_waiting()`` runs once everything is sent, while the workers finish."""
         self._send([[] for _ in range(self.n)], None)
-        warmup.start()  # (if fewer batches than WARMUP_AFTER_BATCHES have not started it)
+        warmup.start()  # a no-op unless the capture had fewer batches than WARMUP_AFTER_BATCHES
         for conn in self.connections:
             conn.send(None)
         if while_waiting is not None:
