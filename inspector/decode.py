@@ -2,10 +2,12 @@
 
 The fast path decodes every packet of a batch at once with numpy: link header (per link type),
 802.1Q/802.1ad tags, IPv4 (options included, via IHL), IPv6 without extension headers, TCP, UDP,
-ICMP and ICMPv6 headers. Packets it cannot finish — IPv4/IPv6 fragments, IPv6 extension headers,
-GTP-U tunnels, PPP-in-HDLC — are marked and handed to ``inspector.slowpath``, which decodes them
-one by one in Python and writes the same columns. Both paths produce identical values for the
-packets they both understand (tested).
+ICMP and ICMPv6 headers, and the packet a GTP-U tunnel carries (a second pass of the same IP and
+transport decode over those rows: a mobile-core capture is GTP-U throughout). Packets it cannot
+finish — IPv4/IPv6 fragments, IPv6 extension headers, a tunnel inside a tunnel, a long GTP-U
+extension chain, PPPoE and PPP-in-HDLC — are marked and handed to ``inspector.slowpath``, which
+decodes them one by one in Python (~9 µs a packet, against ~0.3 µs here) and writes the same
+columns. Both paths produce identical values for the packets they both understand (tested).
 
 Byte counts are IP-layer bytes from the IP length fields (IPv4 total length, IPv6 40 + payload
 length), so a capture cut by a short snaplen still counts what was really sent (DESIGN.md §2).
@@ -297,15 +299,68 @@ def _ethertype_to_l3(sel, etype, l3_pos, end, l3, kind, reason, slow) -> None:
     reason[short] = SKIP["short_link_header"]
 
 
-def decode_batch(b: PacketBatch) -> tuple[DecodedBatch, np.ndarray]:
-    """Decode every packet of ``b``. Returns the columns and the rows left for the slow path."""
-    n = len(b)
-    g = _Gather(b.buffer)
-    start = b.offset
-    end = b.offset + b.caplen.astype(np.int64)
+class _IpColumns:
+    """The network and transport columns of some rows (``_ip_packets``), before they become a
+    ``DecodedBatch``; ``gtp`` marks UDP packets that carry GTP-U, ``l4`` where each transport
+    header starts and ``ip_end`` where each IP datagram ends."""
 
-    l3, kind, vlan, reason, slow = _link_layer(b, g, start, end)
+    __slots__ = (
+        "dport",
+        "dst_hi",
+        "dst_lo",
+        "gtp",
+        "ip_bytes",
+        "ip_end",
+        "kind",
+        "l4",
+        "ok",
+        "payload_len",
+        "payload_off",
+        "proto",
+        "reason",
+        "slow",
+        "sport",
+        "src_hi",
+        "src_lo",
+        "tcp_flags",
+        "tcp_seq",
+    )
+    ok: np.ndarray
+    slow: np.ndarray
+    reason: np.ndarray
+    kind: np.ndarray
+    proto: np.ndarray
+    src_hi: np.ndarray
+    src_lo: np.ndarray
+    dst_hi: np.ndarray
+    dst_lo: np.ndarray
+    sport: np.ndarray
+    dport: np.ndarray
+    ip_bytes: np.ndarray
+    tcp_flags: np.ndarray
+    tcp_seq: np.ndarray
+    payload_off: np.ndarray
+    payload_len: np.ndarray
+    gtp: np.ndarray
+    l4: np.ndarray
+    ip_end: np.ndarray
 
+    def take(self, inner: _IpColumns, rows: np.ndarray, of: np.ndarray) -> None:
+        """Rows ``rows`` become ``inner``'s rows ``of`` (a tunnel's inner packets)."""
+        for name in (
+            "kind", "proto", "src_hi", "src_lo", "dst_hi", "dst_lo", "sport", "dport", "ip_bytes",
+            "tcp_flags", "tcp_seq", "payload_off", "payload_len",
+        ):  # fmt: skip
+            getattr(self, name)[rows] = getattr(inner, name)[of]
+
+
+def _ip_packets(g: _Gather, l3: np.ndarray, end: np.ndarray, kind: np.ndarray, reason: np.ndarray, slow: np.ndarray) -> _IpColumns:
+    """Decode the IP packets starting at ``l3`` (each ending at ``end`` at the latest) and their
+    TCP/UDP headers. ``kind`` is 4, 6, 0 (not IP) or 255 (by the version nibble); ``reason`` is
+    a skip reason found before (0 when none) and ``slow`` marks rows already left to the slow
+    path. The result's ``slow`` adds IPv4 fragments and IPv6 extension headers."""
+    n = l3.shape[0]
+    c = _IpColumns()
     ok = reason == 0
     ver_nibble = (g.u8(l3) >> 4).astype(np.uint8)
     kind = np.where(kind == 255, ver_nibble, kind).astype(np.uint8)
@@ -384,40 +439,112 @@ def decode_batch(b: PacketBatch) -> tuple[DecodedBatch, np.ndarray]:
     reason = np.where(bad_off, SKIP["bad_tcp_data_offset"], reason).astype(np.uint8)
     is_tcp &= ~bad_off
     ok &= ~bad_off
-    tcp_flags = np.where(is_tcp, g.u8(l4 + 13), 0).astype(np.uint8)
-    tcp_seq = np.where(is_tcp, g.u32(l4 + 4), 0).astype(np.uint32)
 
-    # GTP-U (3GPP TS 29.281) rides on UDP 2152: the inner packet is the flow; slow path.
-    gtp = is_udp & ((dport == GTP_U_PORT) | (sport == GTP_U_PORT)) & ((g.u8(l4 + 8) & 0xE0) == 0x20)
-    slow_rows |= gtp
-    ok &= ~gtp
+    # GTP-U (3GPP TS 29.281) rides on UDP 2152: version 1 with PT=1 in the first byte of a
+    # non-empty payload (anything else on that port is an ordinary UDP packet).
+    c.gtp = is_udp & ((dport == GTP_U_PORT) | (sport == GTP_U_PORT)) & (l4_avail > 8)
+    c.gtp &= (g.u8(l4 + 8) & 0xE0) == 0x20
 
-    payload_off = np.where(is_tcp, l4 + tcp_off, np.where(is_udp, l4 + 8, l4))
-    payload_len = np.where(ok, np.maximum(ip_end - payload_off, 0), 0).astype(np.int32)
+    c.payload_off = np.where(is_tcp, l4 + tcp_off, np.where(is_udp, l4 + 8, l4))
+    c.payload_len = np.where(ok, np.maximum(ip_end - c.payload_off, 0), 0).astype(np.int32)
+    c.tcp_flags = np.where(is_tcp, g.u8(l4 + 13), 0).astype(np.uint8)
+    c.tcp_seq = np.where(is_tcp, g.u32(l4 + 4), 0).astype(np.uint32)
+    c.ok, c.slow, c.reason, c.kind, c.proto = ok, slow_rows, reason, kind, proto
+    c.src_hi, c.src_lo, c.dst_hi, c.dst_lo = src_hi, src_lo, dst_hi, dst_lo
+    c.sport, c.dport, c.ip_bytes, c.l4, c.ip_end = sport, dport, ip_bytes, l4, ip_end
+    return c
+
+
+#: GTP-U extension headers followed in the vectorised path; a longer chain (or a broken one)
+#: is left to the slow path, which walks any length.
+GTP_FAST_EXTENSIONS = 4
+
+
+def _gtp_inner(g: _Gather, c: _IpColumns, tunnel: np.ndarray) -> None:
+    """Decode in place the packets GTP-U carries in the rows ``c.gtp``: the inner packet becomes
+    the row (``tunnel`` TUNNEL_GTP), as ``slowpath.SlowDecoder._gtp`` makes it.
+
+    GTP-U v1 (3GPP TS 29.281 §5.1): flags (version 3 bits, PT, spare, E, S, PN), message type,
+    length, TEID; 4 more bytes (sequence number, N-PDU number, next extension header type) when
+    E, S or PN is set; then extension headers, each a length in 4-byte units, its content and
+    the next type in its last byte. A G-PDU (type 255) carries an IP packet, which ends where
+    the outer datagram does; any other message (echo, error indication ...) leaves the outer
+    UDP packet as the flow. Rows the fast path cannot finish (a short or broken GTP header, a
+    long extension chain, an inner fragment, IPv6 extension header or tunnel, any inner packet
+    the fast path would skip) go to the slow path, which decodes them with their reason.
+    """
+    rows = np.flatnonzero(c.gtp)
+    gtp = c.l4[rows] + 8
+    gtp_end = c.ip_end[rows]
+    flags = g.u8(gtp)
+    g_pdu = g.u8(gtp + 1) == 0xFF
+    optional = (flags & 0x07) != 0
+    fast = (gtp_end - gtp >= np.where(optional, 12, 8)) & g_pdu
+    pos = np.where(optional, 12, 8)
+    next_ext = np.where(optional, g.u8(gtp + 11), 0)
+    for _ in range(GTP_FAST_EXTENSIONS):
+        chained = fast & (next_ext != 0)
+        if not chained.any():
+            break
+        ext_len = g.u8(gtp + pos) * 4
+        broken = chained & ((gtp + pos >= gtp_end) | (ext_len == 0) | (gtp + pos + ext_len > gtp_end))
+        fast &= ~broken
+        chained &= ~broken
+        next_ext = np.where(chained, g.u8(gtp + pos + ext_len - 1), next_ext)
+        pos = np.where(chained, pos + ext_len, pos)
+    fast &= next_ext == 0
+    inner = _ip_packets(
+        g, gtp + pos, gtp_end, np.full(rows.shape[0], 255, dtype=np.uint8),
+        np.zeros(rows.shape[0], dtype=np.uint8), ~fast,
+    )  # fmt: skip
+    done = inner.ok & ~inner.gtp
+    c.take(inner, rows[done], np.flatnonzero(done))
+    tunnel[rows[done]] = TUNNEL_GTP
+    # Echo and other messages: the outer UDP packet stays the flow, as decoded.
+    outer = (gtp_end - gtp >= 8) & ~g_pdu
+    left = rows[~done & ~outer]
+    c.slow[left] = True
+    c.ok[left] = False
+    c.payload_len[left] = 0  # the slow path sets it, for the rows it decodes
+
+
+def decode_batch(b: PacketBatch) -> tuple[DecodedBatch, np.ndarray]:
+    """Decode every packet of ``b``. Returns the columns and the rows left for the slow path."""
+    n = len(b)
+    g = _Gather(b.buffer)
+    start = b.offset
+    end = b.offset + b.caplen.astype(np.int64)
+
+    l3, kind, vlan, reason, slow = _link_layer(b, g, start, end)
+    c = _ip_packets(g, l3, end, kind, reason, slow)
+    tunnel = np.zeros(n, dtype=np.uint8)
+    if c.gtp.any():
+        _gtp_inner(g, c, tunnel)
+    ok, slow_rows = c.ok, c.slow
 
     state = np.where(ok, STATE_FLOW, STATE_SKIPPED).astype(np.uint8)
     state[slow_rows] = STATE_SKIPPED  # until the slow path decides
-    reason = np.where(ok | slow_rows, 0, np.where(reason == 0, SKIP["short_ip_header"], reason)).astype(np.uint8)
+    reason = np.where(ok | slow_rows, 0, np.where(c.reason == 0, SKIP["short_ip_header"], c.reason)).astype(np.uint8)
 
     decoded = DecodedBatch(
         state=state,
         skip_reason=reason,
         ts_ns=b.ts_ns.astype(np.int64, copy=False),
-        ip_version=np.where(ok, kind, 0).astype(np.uint8),
-        proto=np.where(ok, proto, 0).astype(np.uint8),
-        src_hi=np.where(ok, src_hi, 0).astype(np.uint64),
-        src_lo=np.where(ok, src_lo, 0).astype(np.uint64),
-        dst_hi=np.where(ok, dst_hi, 0).astype(np.uint64),
-        dst_lo=np.where(ok, dst_lo, 0).astype(np.uint64),
-        src_port=sport,
-        dst_port=dport,
-        ip_bytes=np.where(ok, ip_bytes, 0).astype(np.int64),
-        tcp_flags=tcp_flags,
-        tcp_seq=tcp_seq,
+        ip_version=np.where(ok, c.kind, 0).astype(np.uint8),
+        proto=np.where(ok, c.proto, 0).astype(np.uint8),
+        src_hi=np.where(ok, c.src_hi, 0).astype(np.uint64),
+        src_lo=np.where(ok, c.src_lo, 0).astype(np.uint64),
+        dst_hi=np.where(ok, c.dst_hi, 0).astype(np.uint64),
+        dst_lo=np.where(ok, c.dst_lo, 0).astype(np.uint64),
+        src_port=c.sport,
+        dst_port=c.dport,
+        ip_bytes=np.where(ok, c.ip_bytes, 0).astype(np.int64),
+        tcp_flags=c.tcp_flags,
+        tcp_seq=c.tcp_seq,
         vlan_id=vlan,
-        tunnel=np.zeros(n, dtype=np.uint8),
-        payload_off=np.where(ok, payload_off, 0).astype(np.int64),
-        payload_len=payload_len,
+        tunnel=tunnel,
+        payload_off=np.where(ok, c.payload_off, 0).astype(np.int64),
+        payload_len=c.payload_len,
         payload_in_extra=np.zeros(n, dtype=bool),
         buffer=b.buffer,
     )

@@ -251,9 +251,23 @@ def icmpv6(icmp_type: int = 128, code: int = 0, body: bytes = b"\x00\x01\x00\x01
     return msg
 
 
-def gtpu(inner: bytes, teid: int = 1) -> bytes:
-    """GTP-U G-PDU (version 1, PT=1, message type 255) carrying an inner IPv4/IPv6 packet."""
-    return struct.pack("!BBHI", 0x30, 0xFF, len(inner), teid) + inner
+def gtpu(inner: bytes, teid: int = 1, sequence: int | None = None, extensions: list[tuple[int, bytes]] = (), message_type: int = 0xFF) -> bytes:
+    """GTP-U (version 1, PT=1) message, by default a G-PDU (type 255) carrying an inner IPv4/IPv6
+    packet. ``sequence`` sets the S flag; ``extensions`` are (type, content) extension headers
+    (E flag; each content padded to a multiple of 4 bytes with the length and next-type bytes,
+    3GPP TS 29.281 §5.2), e.g. (0x85, b"\x00\x01") a PDU Session Container."""
+    flags = 0x30
+    optional = b""
+    if sequence is not None or extensions:
+        flags |= (0x02 if sequence is not None else 0) | (0x04 if extensions else 0)
+        next_type = extensions[0][0] if extensions else 0
+        optional = struct.pack("!HBB", sequence or 0, 0, next_type)
+        for k, (_, content) in enumerate(extensions):
+            following = extensions[k + 1][0] if k + 1 < len(extensions) else 0
+            body = content + b"\x00" * (-(len(content) + 2) % 4)
+            optional += bytes([(len(body) + 2) // 4]) + body + bytes([following])
+    body = optional + inner
+    return struct.pack("!BBHI", flags, message_type, len(body), teid) + body
 
 
 # ---------------------------------------------------------------- shortcuts
