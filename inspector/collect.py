@@ -326,8 +326,9 @@ class RtpCollector:
             return
         sel = np.flatnonzero(udp)
         rows = rows_all[sel]
-        b0 = d.payload_byte(rows, 0)
-        b1 = d.payload_byte(rows, 1)
+        # Every row's payload holds the first 8 bytes (at least 12 were asked for).
+        _, head = d.payload_window(rows, 0, 8)
+        b0, b1, direction = head[:, 0], head[:, 1], head[:, 7]
         # Where the RTP header would start: 0 for plain RTP, else per Zoom's layout.
         start = np.full(rows.shape[0], -1, dtype=np.int64)
         zoom_type = np.full(rows.shape[0], -1, dtype=np.int64)
@@ -338,7 +339,6 @@ class RtpCollector:
         # (outer 0x05, inner at 1), then P2P (inner at 0). The first whose embedded RTP header
         # shows version 2 wins.
         outer = (b0 == ZOOM_OUTER_MEDIA) & ~plain
-        direction = d.payload_byte(rows, 7)
         layouts = (
             (outer & np.isin(direction, ZOOM_DIRECTIONS) & (d.payload_len[rows] > ZOOM_OUTER_LEN), ZOOM_OUTER_LEN),
             (outer, ZOOM_LEGACY_OUTER_LEN),
@@ -379,22 +379,27 @@ class RtpCollector:
             return
         r = rows[has]
         st = start[has]
-        hdr = [d.payload_bytes_at(r, st + k).astype(np.int64) for k in range(12)]
-        ok = (hdr[11] >= 0) & ((hdr[0] & 0xC0) == 0x80)
-        if not ok.any():
+        # The 12-byte fixed header (RFC 3550 §5.1), whole and of version 2.
+        whole, hdr = d.payload_window(r, st, 12)
+        version_2 = (hdr[:, 0] & 0xC0) == 0x80
+        if not version_2.any():
             return
-        slots = bf.flow_slot[sel[has]][ok]
+        ok = np.flatnonzero(whole)[version_2]
+        hdr = hdr[version_2]
+        # Big-endian 16- and 32-bit fields read as such from the (n, 12) bytes.
+        words = hdr.view(">u4")
+        slots = bf.flow_slot[sel[has][ok]]
         columns = (
             bf.flow_ids()[slots],
-            bf.from_client[sel[has]][ok],
-            d.ts_ns[r][ok],
-            ((hdr[8] << 24) | (hdr[9] << 16) | (hdr[10] << 8) | hdr[11])[ok],
-            ((hdr[2] << 8) | hdr[3])[ok],
-            ((hdr[4] << 24) | (hdr[5] << 16) | (hdr[6] << 8) | hdr[7])[ok],
-            (hdr[1] & 0x7F)[ok],
-            ((hdr[1] & 0x80) != 0)[ok],
-            (d.payload_len[r].astype(np.int64) - st)[ok],
-            d.ip_bytes[r][ok],
+            bf.from_client[sel[has][ok]],
+            d.ts_ns[r[ok]],
+            words[:, 2].astype(np.int64),  # SSRC
+            hdr.view(">u2")[:, 1].astype(np.int64),  # sequence number
+            words[:, 1].astype(np.int64),  # RTP timestamp
+            (hdr[:, 1] & 0x7F).astype(np.int64),  # payload type
+            (hdr[:, 1] & 0x80) != 0,  # marker
+            d.payload_len[r[ok]].astype(np.int64) - st[ok],
+            d.ip_bytes[r[ok]],
             zoom_type[has][ok],
         )
         if self._rows is not None:

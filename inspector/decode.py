@@ -138,6 +138,27 @@ class DecodedBatch:
         return self.payload_bytes_at(rows, np.full(rows.shape[0], k, dtype=np.int64))
 
 
+    def payload_window(self, rows: np.ndarray, start: int | np.ndarray, width: int) -> tuple[np.ndarray, np.ndarray]:
+        """Bytes ``start`` to ``start + width - 1`` of the payload of each of ``rows`` whose
+        payload holds them all: (which of ``rows`` do, a bool mask; their bytes, an
+        (n_whole, width) uint8 array in the order of ``rows``).
+
+        One gather of ``width`` bytes a row through an overlapping view of the buffer (row i of
+        the view is bytes i .. i + width - 1): a 12-byte RTP header read this way costs less
+        than three ``payload_byte`` columns.
+        """
+        start = np.broadcast_to(np.asarray(start, dtype=np.int64), rows.shape)
+        whole = (start >= 0) & (self.payload_len[rows] >= start + width)
+        keep = rows[whole]
+        at = self.payload_off[keep] + start[whole]
+        in_extra = self.payload_in_extra[keep]
+        if not in_extra.any():
+            return whole, _windows(self.buffer, width)[at]
+        out = np.empty((keep.shape[0], width), dtype=np.uint8)
+        out[~in_extra] = _windows(self.buffer, width)[at[~in_extra]]
+        out[in_extra] = _windows(self.extra, width)[at[in_extra]]
+        return whole, out
+
     def payload_bytes_at(self, rows: np.ndarray, pos: np.ndarray) -> np.ndarray:
         """Byte ``pos[j]`` of the payload of ``rows[j]`` (int16; -1 past the payload's end)."""
         out = np.full(rows.shape[0], -1, dtype=np.int16)
@@ -150,6 +171,12 @@ class DecodedBatch:
         if slow.any():
             out[slow] = self.extra[self.payload_off[rows[slow]] + pos[slow]]
         return out
+
+
+def _windows(source: np.ndarray, width: int) -> np.ndarray:
+    """A read-only view of ``source`` whose row i is bytes i .. i + width - 1 (no copy)."""
+    rows = max(source.shape[0] - width + 1, 0)
+    return np.lib.stride_tricks.as_strided(source, shape=(rows, width), strides=(1, 1), writeable=False)
 
 
 class _Gather:

@@ -303,3 +303,32 @@ def test_fast_and_slow_paths_agree(ndpi_dir):
             tunnelled += int((fast.tunnel[ok] == TUNNEL_GTP).sum())
     assert checked > 10_000
     assert tunnelled > 0  # the GTP-U capture's inner packets, decoded by the fast path
+
+
+def test_payload_window_reads_whole_windows_from_the_buffer_and_extra():
+    """payload_window gives, for each row whose payload holds the window, the bytes d.payload
+    gives; reassembled payloads (in ``extra``) included; shorter payloads are left out."""
+    seg = C.udp(5, 6, bytes(range(200)))
+    frags = [
+        C.ipv4("10.0.0.1", "10.0.0.2", 17, seg[:104], ident=9, more_fragments=True),
+        C.ipv4("10.0.0.1", "10.0.0.2", 17, seg[104:], ident=9, frag_offset=104),
+    ]
+    packets = [
+        C.ether(C.udp4("10.0.0.1", "10.0.0.2", 1, 2, bytes(range(40)))),
+        C.ether(C.udp4("10.0.0.1", "10.0.0.2", 1, 2, b"short")),
+        *(C.ether(f) for f in frags),
+        C.ether(C.udp4("10.0.0.1", "10.0.0.2", 1, 2, bytes(range(100, 120)))),
+    ]
+    d = decode(packets, 1)
+    rows = np.flatnonzero(d.state == STATE_FLOW)
+    assert d.payload_in_extra[rows].any() and not d.payload_in_extra[rows].all()
+    for start in (0, 3, np.arange(rows.shape[0]) % 4):
+        for width in (1, 8, 12):
+            whole, window = d.payload_window(rows, start, width)
+            starts = np.broadcast_to(start, rows.shape)
+            expect = [d.payload(i)[s : s + width] for i, s in zip(rows.tolist(), starts.tolist())]
+            assert whole.tolist() == [len(e) == width for e in expect]
+            assert window.dtype == np.uint8 and window.shape == (int(whole.sum()), width)
+            assert [bytes(w) for w in window] == [e for e in expect if len(e) == width]
+    whole, window = d.payload_window(rows, -1, 4)
+    assert not whole.any() and window.shape == (0, 4)
