@@ -16,6 +16,7 @@ from inspector._version import __version__
 from inspector import export, forked, native
 from inspector.errors import CaptureError, InspectorError
 from inspector.export import FORMATS, write_frames, write_manifest, write_table
+from inspector.flows_csv import EarlyFlowsCsv
 from inspector.gcpause import return_free_memory
 from inspector.batch import PacketBatch
 from inspector.pipeline import AnalyzeOptions, BatchProgress, CaptureResult, process_batches, process_capture
@@ -63,6 +64,9 @@ class Analysis:
     #: ``--signatures`` included); None when the run loaded none (``--flows-only``).
     service_names: dict[str, str] | None = None
     _flows: pd.DataFrame | None = field(default=None, repr=False)
+    #: flows.csv's rows being formatted in a forked process (``AnalyzeOptions.prepare_flows_csv``),
+    #: for the first ``write`` as CSV; None when there is none or it was used or discarded.
+    _early_flows_csv: EarlyFlowsCsv | None = field(default=None, repr=False)
     #: (manifest input entry, its capture's stats) whose "sha256" is filled in on first use of
     #: ``manifest``: an uncompressed file's digest is computed by a background thread of
     #: the lowest priority (``capture.files.HASH_NICENESS``), needed only for the manifest.
@@ -119,10 +123,17 @@ class Analysis:
             raise InspectorError(f"{out}: cannot create output directory: {e.strerror}") from e
         written = []
         split = None  # flows.csv written in two parts (_SplitFlowsCsv)
+        early, self._early_flows_csv = self._early_flows_csv, None
+        if early is not None and (self._flows is not None or fmt != "csv"):
+            early.discard()
+            early = None
         try:
             for t in TABLES:
                 path = out / f"{t}.{fmt}"
-                if t == "flows" and self._flows is None and fmt == "csv":
+                if t == "flows" and early is not None:
+                    early.send(path, self.finished_flows)
+                    written.append(path)
+                elif t == "flows" and self._flows is None and fmt == "csv":
                     split = self._start_flows_csv(path, while_writing is not None)
                     written.append(path)
                 elif t == "flows" and self._flows is None:
@@ -133,9 +144,13 @@ class Analysis:
                 while_writing()
             if split is not None:
                 split.finish()
+            if early is not None:
+                early.finish()
         except BaseException:
             if split is not None:
                 split.job.discard()
+            if early is not None:
+                early.discard()
             raise
         finally:
             if split is not None:
@@ -429,7 +444,15 @@ def _build_tables(
         r.flows.release()
     flows = FinishedFlows(parts)
     return_free_memory()
-    calls = _call_tables(results, flows, options) if options.inspect_payloads else None
+    early = None
+    if options.prepare_flows_csv and options.workers > 1 and options.inspect_payloads:
+        early = EarlyFlowsCsv.start(flows)
+    try:
+        calls = _call_tables(results, flows, options) if options.inspect_payloads else None
+    except BaseException:
+        if early is not None:
+            early.discard()
+        raise
     warnings = []
     for r in results:
         s = r.reader_stats
@@ -456,12 +479,13 @@ def _build_tables(
         "warnings": warnings,
     }
     if calls is None:
-        return Analysis(flows, manifest, warnings, _unhashed_inputs=unhashed)
+        return Analysis(flows, manifest, warnings, _unhashed_inputs=unhashed, _early_flows_csv=early)
     return Analysis(
         flows,
         manifest,
         warnings,
         _unhashed_inputs=unhashed,
+        _early_flows_csv=early,
         service_names=None if signatures is None else {sig.id: sig.name for sig in signatures.signatures()},
         sessions=calls.sessions,
         destinations=calls.destinations,

@@ -95,6 +95,7 @@ def analyze(
         signature_dirs=tuple(signatures or ()),
         merge=merge,
         workers=workers or _available_cores(),
+        prepare_flows_csv=fmt == "csv",
     )
     try:
         result = _run_with_progress(inspector, paths, options, quiet, err)

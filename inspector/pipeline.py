@@ -38,6 +38,9 @@ class AnalyzeOptions:
     signature_dirs    extra signature directories on top of the built-in set
     merge             treat several captures as one timeline (pieces of one machine's capture)
     workers           processes per capture (``inspector.parallel``); results never depend on it
+    prepare_flows_csv flows.csv will be written (``Analysis.write``, format csv): a run of several
+                      workers then formats its rows in a forked process while the calls are
+                      built (``inspector.flows_csv``); the tables never depend on it
     """
 
     batch_size: int = DEFAULT_BATCH_SIZE
@@ -46,6 +49,7 @@ class AnalyzeOptions:
     signature_dirs: tuple[Path, ...] = ()
     merge: bool = False
     workers: int = 1
+    prepare_flows_csv: bool = False
 
 
 @dataclass(slots=True)

@@ -313,16 +313,27 @@ class CaptureFlows:
             elif name == "duration_s":
                 duration_ns = records["last_seen_ns"].astype(np.int64) - records["first_seen_ns"]
                 out.append((name, "float", duration_ns / 1e9))
+            elif name == "session_id":
+                out.append((name, *self.session_id_column(start, start + n)))
             elif name in LABEL_NAMES:
                 values = self._label_values(name)
                 if values is None:
                     out.append((name, "text", (np.array([""], dtype=object), np.zeros(n, dtype=np.intp))))
                 else:
-                    codes = self._session_codes[start:stop] if name == "session_id" else records["label"]
-                    out.append((name, "text", (values, codes.astype(np.intp))))
+                    out.append((name, "text", (values, records["label"].astype(np.intp))))
             else:
                 out.append((name, "int", records[name].astype(np.int64)))
         return out
+
+    def session_id_column(self, start: int, stop: int) -> tuple[str, tuple[np.ndarray, np.ndarray]]:
+        """The session_id column of rows ``start:stop`` as ``plain_columns_of`` gives it."""
+        if self._session_values is None:
+            return "text", (np.array([""], dtype=object), np.zeros(stop - start, dtype=np.intp))
+        return "text", (self._session_values, self._session_codes[start:stop].astype(np.intp))
+
+    def session_codes(self) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """(values, codes) of ``set_session_ids`` (None, None before it is called)."""
+        return self._session_values, self._session_codes
 
     def coded(self, name: str) -> tuple[np.ndarray, np.ndarray]:
         """A text column as (values, codes): ``values[codes]`` is the column, "" for missing.
@@ -486,6 +497,17 @@ class FinishedFlows:
                 found = ids[at] == flow_ids
                 codes[found] = rows[at[found]]
             part.set_session_ids(values, codes)
+
+    def session_codes(self) -> list[tuple[np.ndarray | None, np.ndarray | None]]:
+        """Every capture's session ids as codes (``CaptureFlows.session_codes``), to hand to a
+        copy of this table in another process (``set_session_codes``)."""
+        return [part.session_codes() for part in self.parts]
+
+    def set_session_codes(self, session_codes: list[tuple[np.ndarray | None, np.ndarray | None]]) -> None:
+        """Take ``session_codes()`` of the same table, made elsewhere."""
+        for part, (values, codes) in zip(self.parts, session_codes, strict=True):
+            if values is not None and codes is not None:
+                part.set_session_ids(values, codes)
 
 
 def plain_chunks_of(slices) -> Iterator[list[tuple[str, str, object]]]:
