@@ -47,3 +47,20 @@ def ndpi_analyses(ndpi_dir):
     import inspector
 
     return {path.name: inspector.analyze([path]).flows for path in sorted(ndpi_dir.glob("*.pcap*"))}
+
+
+@pytest.fixture
+def forked_starts(monkeypatch) -> list[str]:
+    """What each ``forked.start`` of the test was asked to build, in order (the processes still
+    run)."""
+    from inspector import forked
+
+    started: list[str] = []
+    start = forked.start
+
+    def counting(what, *args):
+        started.append(what)
+        return start(what, *args)
+
+    monkeypatch.setattr(forked, "start", counting)
+    return started

@@ -179,24 +179,15 @@ def test_flows_csv_written_from_the_compact_table_equals_the_frames_csv(tmp_path
     assert result.flows.session_id.ne("").any()  # both captures hold a call
 
 
-def test_a_run_with_workers_builds_and_writes_in_a_second_process_the_same_files(tmp_path, ndpi_dir, monkeypatch):
+def test_a_run_with_workers_builds_and_writes_in_a_second_process_the_same_files(tmp_path, ndpi_dir, monkeypatch, forked_starts):
     """With --workers above 1 the input is hashed, the destinations are counted and most of
     flows.csv is written in forked processes (forked.py); every file is the one a single
     process writes."""
-    from inspector import export, forked
-
-    from inspector import api
+    from inspector import api, export
 
     monkeypatch.setattr(export, "CHUNK_ROWS", 7)
     monkeypatch.setattr(api, "SPLIT_SLICE_ROWS", 7)  # several slices: flows.csv is split
-    started: list[str] = []
-    start = forked.start
-
-    def counting(what, *args):
-        started.append(what)
-        return start(what, *args)
-
-    monkeypatch.setattr(forked, "start", counting)
+    started = forked_starts
     path = ndpi_dir / "teams.pcap"
     answered: list[list[str]] = []  # what was written when the terminal answer would be printed
 

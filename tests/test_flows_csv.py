@@ -93,18 +93,11 @@ def test_without_fork_the_caller_writes_flows_csv(monkeypatch):
     assert EarlyFlowsCsv.start(_table()) is None
 
 
-def test_a_run_that_prepares_flows_csv_writes_the_files_a_single_process_writes(tmp_path, ndpi_dir, monkeypatch):
+def test_a_run_that_prepares_flows_csv_writes_the_files_a_single_process_writes(tmp_path, ndpi_dir, monkeypatch, forked_starts):
     """With ``prepare_flows_csv`` the rows are formatted in a process forked before the call
     stage (before the destinations' one); every file is the one a single process writes."""
     monkeypatch.setattr(flows_csv, "SLICE_ROWS", 7)
-    started: list[str] = []
-    start = forked.start
-
-    def counting(what, *args):
-        started.append(what)
-        return start(what, *args)
-
-    monkeypatch.setattr(forked, "start", counting)
+    started = forked_starts
     path = ndpi_dir / "teams.pcap"
     inspector.analyze([path], AnalyzeOptions(workers=1, prepare_flows_csv=True)).write(tmp_path / "one")
     assert started == []  # one process: nothing forked
