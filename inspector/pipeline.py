@@ -188,7 +188,7 @@ def process_batches(
             for code in np.flatnonzero(counts).tolist():
                 stats.packets_skipped[SKIP_REASONS[code]] += int(counts[code])
         stats.packets_decoded += n - n_skipped
-        if slow_rows.shape[0]:
+        if d.tunnel.any():  # GTP-U's inner packets, decoded by either path
             stats.tunnelled_packets += int(((d.tunnel != 0) & (d.state == STATE_FLOW)).sum())
         bf = table.add(d)
         if payload_stage is not None and bf.rows.shape[0]:

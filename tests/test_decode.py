@@ -332,3 +332,19 @@ def test_payload_window_reads_whole_windows_from_the_buffer_and_extra():
             assert [bytes(w) for w in window] == [e for e in expect if len(e) == width]
     whole, window = d.payload_window(rows, -1, 4)
     assert not whole.any() and window.shape == (0, 4)
+
+
+def test_the_manifest_counts_the_tunnelled_packets_of_either_path(tmp_path):
+    """GTP-U packets decoded by the vectorised path (no slow row in their batch) and by the
+    slow path (a tunnel inside the tunnel) both count in ``tunnelled_packets``."""
+    import inspector
+    from inspector.pipeline import AnalyzeOptions
+
+    outer = lambda gtp: C.ether(C.udp4("192.0.2.1", "192.0.2.2", 2152, 2152, gtp))  # noqa: E731
+    fast = [outer(C.gtpu(GTP_INNER_TCP))] * 3
+    nested = [outer(C.gtpu(C.udp4("10.45.0.2", "10.45.0.3", 2152, 2152, C.gtpu(GTP_INNER_TCP))))]
+    for packets, tunnelled in ((fast, 3), (fast + nested, 4)):
+        path = C.write_pcap(tmp_path / "gtp.pcap", packets)
+        options = AnalyzeOptions(inspect_payloads=False, batch_size=8)
+        decode = inspector.analyze([path], options).manifest["inputs"][0]["decode"]
+        assert decode["tunnelled_packets"] == tunnelled and decode["packets_skipped"] == 0
