@@ -340,7 +340,9 @@ def test_the_manifest_counts_the_tunnelled_packets_of_either_path(tmp_path):
     import inspector
     from inspector.pipeline import AnalyzeOptions
 
-    outer = lambda gtp: C.ether(C.udp4("192.0.2.1", "192.0.2.2", 2152, 2152, gtp))  # noqa: E731
+    def outer(gtp):
+        return C.ether(C.udp4("192.0.2.1", "192.0.2.2", 2152, 2152, gtp))
+
     fast = [outer(C.gtpu(GTP_INNER_TCP))] * 3
     nested = [outer(C.gtpu(C.udp4("10.45.0.2", "10.45.0.3", 2152, 2152, C.gtpu(GTP_INNER_TCP))))]
     for packets, tunnelled in ((fast, 3), (fast + nested, 4)):
