@@ -7,9 +7,10 @@ flows table is complete once its labels are decided, before the call stage begin
 ``session_id`` column waits for the calls. ``EarlyFlowsCsv.start`` forks a process that formats
 every row then, with a mark in place of the session id, into a scratch file, while the calls are
 built here on the other core (idle until then: the dissect workers have stopped).
-``EarlyFlowsCsv.finish`` sends it flows.csv's path and every flow's session id (codes into the
-session texts, ``summarize.FinishedFlows.session_codes``); it writes the header and each slice of
-rows with the marks replaced by the session cells, the bytes ``export.write_plain_csv`` writes.
+``EarlyFlowsCsv.send`` gives it every flow's session id (codes into the session texts,
+``summarize.FinishedFlows.session_codes``) and a file beside flows.csv; it writes the header and
+each slice of rows with the marks replaced by the session cells, the bytes
+``export.write_plain_csv`` writes, and ``EarlyFlowsCsv.finish`` moves that file to flows.csv.
 
 Benchmark capture (59.5 k flows, 2 cores): the formatting, ~0.3 s of CPU, no longer follows the
 call stage, which is ~0.35 s here.
@@ -47,6 +48,8 @@ class EarlyFlowsCsv:
         self.job = job
         self.command_fd = command_fd
         self._sender: threading.Thread | None = None
+        #: (the file the process writes, beside flows.csv; flows.csv) once ``send`` was called.
+        self._paths: tuple[Path, Path] | None = None
 
     @classmethod
     def start(cls, flows: FinishedFlows) -> EarlyFlowsCsv | None:
@@ -61,10 +64,14 @@ class EarlyFlowsCsv:
         return cls(job, write_fd)
 
     def send(self, path: Path, flows: FinishedFlows) -> None:
-        """Give the process flows.csv's path and every flow's session id; it writes the file
-        meanwhile. The message goes from a thread: the process reads it only once its rows
-        are formatted, and a pipe holds 64 KiB."""
-        blob = pickle.dumps((str(path), flows.session_codes()), protocol=pickle.HIGHEST_PROTOCOL)
+        """Give the process every flow's session id and a file beside flows.csv (``path``) to
+        write; ``finish`` puts it in flows.csv's place, so a failed run leaves no half-written
+        flows.csv. The message goes from a thread: the process reads it only once its rows are
+        formatted, and a pipe holds 64 KiB."""
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+        os.close(fd)
+        self._paths = (Path(name), path)
+        blob = pickle.dumps((name, flows.session_codes()), protocol=pickle.HIGHEST_PROTOCOL)
         self._sender = threading.Thread(target=self._write_command, args=(_LENGTH.pack(len(blob)) + blob,), daemon=True)
         self._sender.start()
 
@@ -79,20 +86,29 @@ class EarlyFlowsCsv:
             os.close(self.command_fd)
 
     def finish(self) -> None:
-        """Wait until flows.csv is written (``send`` first); raises what the process raised."""
+        """Wait until the process has written the file and move it to flows.csv (``send``
+        first); raises what the process raised, and then leaves no part behind."""
+        assert self._paths is not None, "send() comes first"
+        part, path = self._paths
         try:
             self.job.result()
+            os.replace(part, path)
+        except BaseException:
+            part.unlink(missing_ok=True)
+            raise
         finally:
             if self._sender is not None:
                 self._sender.join()
 
     def discard(self) -> None:
-        """Stop the process; flows.csv is left to the caller."""
+        """Stop the process and remove what it wrote; flows.csv is left to the caller."""
         self.job.discard()
         if self._sender is None:
             os.close(self.command_fd)
         else:
             self._sender.join()
+        if self._paths is not None:
+            self._paths[0].unlink(missing_ok=True)
 
 
 def _format_rows(flows: FinishedFlows, read_fd: int, write_fd: int) -> int | None:

@@ -139,3 +139,15 @@ def test_prepared_rows_are_dropped_for_another_format_or_a_failed_write(tmp_path
     with pytest.raises(InspectorError, match="no space left"):
         result.write(tmp_path / "out")
     assert result._early_flows_csv is None
+    # The forked process was writing flows.csv beside it: stopped, and its part removed.
+    assert not [p.name for p in (tmp_path / "out").iterdir() if "flows" in p.name]
+
+
+def test_a_process_that_fails_leaves_no_part_and_raises(tmp_path, monkeypatch):
+    table = _table()
+    early = EarlyFlowsCsv.start(table)
+    (tmp_path / "flows.csv").mkdir()  # the file cannot take flows.csv's place
+    early.send(tmp_path / "flows.csv", table)
+    with pytest.raises(OSError):
+        early.finish()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["flows.csv"]
