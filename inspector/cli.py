@@ -69,8 +69,7 @@ def analyze(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No terminal output except warnings and errors."),
 ) -> None:
     """Analyse captures: flows, sessions, destinations and media tables plus manifest.json in --out."""
-    from rich.console import Console
-
+    from inspector import warmup
     from inspector.errors import CaptureError, InspectorError, SignatureError
     from inspector.export import FORMATS
 
@@ -82,8 +81,9 @@ def analyze(
         if not SAMPLE_CAPTURE.is_file():
             _fail(f"{SAMPLE_CAPTURE}: the bundled sample capture is missing; name a capture to analyse", 2)
         paths = [SAMPLE_CAPTURE]
-    console = Console(highlight=False)
-    err = Console(stderr=True, highlight=False)
+    if not quiet:
+        # The terminal's modules (~25 ms) are imported beside the packets, not before them.
+        warmup.also_import("rich.console", "rich.table")
 
     import inspector
     from inspector.pipeline import AnalyzeOptions
@@ -98,20 +98,23 @@ def analyze(
         prepare_flows_csv=fmt == "csv",
     )
     try:
-        result = _run_with_progress(inspector, paths, options, quiet, err)
+        result = _run_with_progress(inspector, paths, options, quiet)
     except (CaptureError, SignatureError) as e:
         _fail(str(e), 2)
     except InspectorError as e:
         _fail(str(e), 1)
-    for w in result.warnings:
-        err.print(f"[yellow]warning:[/] {w}", markup=True)
+    if result.warnings:
+        err = _console(stderr=True)
+        for w in result.warnings:
+            err.print(f"[yellow]warning:[/] {w}", markup=True)
+    console = None if quiet else _console()
     # The answer is printed while a forked process writes flows.csv (Analysis.write).
-    answer = None if quiet else (lambda: _render_summary(console, result, top))
+    answer = None if console is None else (lambda: _render_summary(console, result, top))
     try:
         written = result.write(out, fmt, while_writing=answer)
     except InspectorError as e:
         _fail(str(e), 1)
-    if not quiet:
+    if console is not None:
         console.print(f"wrote {', '.join(str(p) for p in written)}")
     global _finished_cleanly
     _finished_cleanly = True
@@ -126,9 +129,20 @@ def _available_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def _run_with_progress(inspector, paths, options, quiet, err):
+def _console(stderr: bool = False):
+    """A rich console for the terminal answer (stdout) or warnings (stderr), made when needed:
+    a quiet run without warnings never imports rich."""
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False)
+
+
+def _run_with_progress(inspector, paths, options, quiet):
     total = sum(p.stat().st_size for p in paths if p.is_file())
-    if quiet or total < PROGRESS_MIN_BYTES or not err.is_terminal:
+    if quiet or total < PROGRESS_MIN_BYTES:
+        return inspector.analyze(paths, options, command_line=sys.argv)
+    err = _console(stderr=True)
+    if not err.is_terminal:
         return inspector.analyze(paths, options, command_line=sys.argv)
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 

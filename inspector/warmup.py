@@ -1,4 +1,5 @@
-"""pandas imported on a second thread while the packets are read.
+"""pandas (and the terminal's rich, for a command that prints) imported on a second thread while
+the packets are read.
 
 The packet path never needs pandas: the modules it uses import it only where frames are made.
 The tables after it do, and importing pandas is ~0.17 s of module code (~0.25 s when it loads
@@ -27,27 +28,35 @@ import os
 import sys
 import threading
 
-#: What the tables need that the packet path does not import.
-MODULE = "pandas"
+#: What the tables need that the packet path does not import (``also_import`` adds to it).
+MODULES = ["pandas"]
 
 _lock = threading.Lock()
 _thread: threading.Thread | None = None
 
 
 def _import() -> None:
-    try:
-        importlib.import_module(MODULE)
-    except Exception:  # noqa: BLE001 - the main thread's own import reports it, where it is used
-        pass
+    for name in MODULES[:]:  # a copy: also_import may add to it meanwhile
+        try:
+            importlib.import_module(name)
+        except Exception:  # noqa: BLE001 - the main thread's own import reports it, where it is used
+            pass
+
+
+def also_import(*names: str) -> None:
+    """Import ``names`` too, after pandas (the command line's terminal modules, when it will
+    print): for a ``start`` still to come."""
+    with _lock:
+        MODULES.extend(name for name in names if name not in MODULES)
 
 
 def start() -> None:
-    """Import ``MODULE`` on another thread, once per process, unless it is imported already."""
+    """Import ``MODULES`` on another thread, once per process, unless they are imported already."""
     global _thread
     with _lock:
-        if _thread is not None or MODULE in sys.modules:
+        if _thread is not None or all(name in sys.modules for name in MODULES):
             return
-        _thread = threading.Thread(target=_import, name=f"import-{MODULE}")
+        _thread = threading.Thread(target=_import, name="import-tables")
         _thread.start()
 
 

@@ -54,3 +54,29 @@ warmup.start()
 print(warmup._thread is None, threading.active_count())
 """
     assert run_python(code) == "True 1"
+
+
+def test_the_command_imports_rich_beside_the_packets_or_not_at_all_when_quiet(tmp_path):
+    """A quiet run without warnings never imports rich; one that prints has the warm-up thread
+    import its modules (``warmup.also_import``), not the start before the packets."""
+    cap = C.write_pcap(tmp_path / "a.pcap", [C.ether(C.udp4("10.0.0.1", "10.0.0.2", 40000, 53, b"q" * 12))])
+    code = f"""
+import sys
+from inspector import cli, warmup
+seen = []
+real_import = warmup._import
+warmup._import = lambda: (seen.append(("rich.console" in sys.modules)), real_import())
+sys.argv = ["inspector", "analyze", {str(cap)!r}, "-o", {str(tmp_path / "out")!r}, "-w", "1"] + sys.argv[1:]
+try:
+    cli.app()
+except SystemExit:
+    pass
+print(seen, list(warmup.MODULES), "rich.console" in sys.modules, file=sys.stderr)
+"""
+    for args, modules, rich_loaded in (
+        (["-q"], ["pandas"], False),
+        ([], ["pandas", "rich.console", "rich.table"], True),
+    ):
+        done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120, check=False)
+        assert done.returncode == 0, done.stderr
+        assert done.stderr.strip().splitlines()[-1] == f"[False] {modules} {rich_loaded}"
