@@ -114,6 +114,9 @@ def analyze(
         written = result.write(out, fmt, while_writing=answer)
     except InspectorError as e:
         _fail(str(e), 1)
+    except OSError as e:  # a full disk, a directory where a table goes ...
+        # A file moved into place (flows.csv) names its destination second.
+        _fail(f"{e.filename2 or e.filename or out}: cannot write the tables: {e.strerror or e}", 1)
     if console is not None:
         console.print(f"wrote {', '.join(str(p) for p in written)}")
     global _finished_cleanly

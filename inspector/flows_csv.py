@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import secrets
 import struct
 import tempfile
 import threading
@@ -68,10 +69,11 @@ class EarlyFlowsCsv:
         write; ``finish`` puts it in flows.csv's place, so a failed run leaves no half-written
         flows.csv. The message goes from a thread: the process reads it only once its rows are
         formatted, and a pipe holds 64 KiB."""
-        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-        os.close(fd)
-        self._paths = (Path(name), path)
-        blob = pickle.dumps((name, flows.session_codes()), protocol=pickle.HIGHEST_PROTOCOL)
+        # A fresh name the process creates itself (exclusively), so that the file gets the
+        # permissions any new file gets here, as flows.csv written directly would.
+        part = path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(6)}.part"
+        self._paths = (part, path)
+        blob = pickle.dumps((str(part), flows.session_codes()), protocol=pickle.HIGHEST_PROTOCOL)
         self._sender = threading.Thread(target=self._write_command, args=(_LENGTH.pack(len(blob)) + blob,), daemon=True)
         self._sender.start()
 
@@ -141,7 +143,7 @@ def _format_rows(flows: FinishedFlows, read_fd: int, write_fd: int) -> int | Non
         flows.set_session_codes(session_codes)
         scratch.seek(0)
         written = 0
-        with open(path, "w", encoding="utf-8", newline="") as fh:
+        with open(path, "x", encoding="utf-8", newline="") as fh:
             fh.write(header)
             for (part, start, stop), length in zip(slices, lengths):
                 text = scratch.read(length).decode("utf-8")

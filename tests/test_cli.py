@@ -52,6 +52,20 @@ def test_bad_input_is_one_line_exit_2(tmp_path, make, needle):
     assert "Traceback" not in r.stderr
 
 
+@pytest.mark.parametrize("workers", ["1", "2"])
+@pytest.mark.parametrize("table", ["flows.csv", "destinations.csv"])
+def test_an_output_that_cannot_be_written_is_one_line_exit_1(tmp_path, workers, table):
+    """A table whose file cannot be written (here a directory in its place; a full disk alike)
+    is an error naming what failed, whichever process writes the table."""
+    (tmp_path / "out" / table).mkdir(parents=True)
+    r = run("analyze", SAMPLE_CAPTURE, "--out", tmp_path / "out", "-w", workers, "-q")
+    assert r.returncode == 1, r.stderr
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+    assert f"{tmp_path / 'out' / table}: cannot write the tables: Is a directory" in lines[0]
+    assert not [p.name for p in (tmp_path / "out").iterdir() if p.name.endswith(".part")]
+
+
 def test_truncated_capture_warns_and_exits_0(tmp_path):
     data = C.pcap_bytes([C.ether(C.udp4("10.0.0.1", "10.0.0.2", 40000, 53, b"q" * 40))] * 3)
     cap = tmp_path / "cut.pcap"

@@ -49,6 +49,8 @@ def test_the_forked_rows_with_the_sessions_spliced_in_are_write_plain_csvs_bytes
     plain = write_plain_csv(table.plain_chunks(slice_rows), tmp_path / "plain.csv")
     assert (tmp_path / "early.csv").read_bytes() == plain.read_bytes()
     assert b"+s2;s3" in plain.read_bytes() and b"'+s2;s3" in plain.read_bytes()  # neutralised
+    # The permissions any new file gets (the umask's), not a private temporary file's.
+    assert (tmp_path / "early.csv").stat().st_mode == plain.stat().st_mode
 
 
 def test_a_table_without_calls_or_rows_is_written_too(tmp_path):
