@@ -326,7 +326,7 @@ class RtpCollector:
             return
         sel = np.flatnonzero(udp)
         rows = rows_all[sel]
-        # Every row's payload holds the first 8 bytes (at least 12 were asked for).
+        # These rows have at least 12 payload bytes, so every one holds the first 8.
         _, head = d.payload_window(rows, 0, 8)
         b0, b1, direction = head[:, 0], head[:, 1], head[:, 7]
         # Where the RTP header would start: 0 for plain RTP, else per Zoom's layout.
