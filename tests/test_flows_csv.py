@@ -75,11 +75,16 @@ def test_a_large_message_does_not_block_the_sender(tmp_path, monkeypatch):
     assert (tmp_path / "early.csv").read_bytes() == plain.read_bytes()
 
 
-def test_discard_stops_the_process_and_writes_nothing(tmp_path):
+def test_discard_stops_the_process_and_leaves_nothing(tmp_path):
     table = _table()
     early = EarlyFlowsCsv.start(table)
+    early.send(tmp_path / "flows.csv", table)
     early.discard()
-    assert not list(tmp_path.iterdir())
+    with pytest.raises(ProcessLookupError):
+        os.kill(early.job.pid, 0)  # stopped and reaped
+    assert not list(tmp_path.iterdir())  # neither flows.csv nor the part it was writing
+    early = EarlyFlowsCsv.start(table)  # discarded before anything was sent
+    early.discard()
     with pytest.raises(OSError):
         os.fstat(early.command_fd)  # closed
 
