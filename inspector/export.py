@@ -185,7 +185,7 @@ def _text_cell(value: object) -> str:
     return _quoted(neutralise(text))
 
 
-def _plain_cells(kind: str, data, formatted: dict[int, tuple]) -> list[str]:
+def plain_cells(kind: str, data, formatted: dict[int, tuple]) -> list[str]:
     """One ``summarize.CaptureFlows.plain_columns_of`` column as CSV cells, equal to what
     ``_csv_cells(_text_frame(frame)[name])`` gives for the frame made of it: text formatted once
     per distinct value, numbers and times as there. ``formatted`` keeps each table of distinct
@@ -215,9 +215,20 @@ def write_plain_csv(chunks: Iterable[list[tuple[str, str, object]]], path: Path,
     with open(path, "w", encoding="utf-8", newline="") as fh:
         for number, columns in enumerate(chunks):
             if number == 0 and header:
-                fh.write(_csv_rows([[_quoted(name)] for name, _, _ in columns]))
-            fh.write(_csv_rows([_plain_cells(kind, data, formatted) for _, kind, data in columns]))
+                fh.write(plain_csv_header(columns))
+            fh.write(plain_csv_rows(columns, formatted))
     return path
+
+
+def plain_csv_header(columns: list[tuple[str, str, object]]) -> str:
+    """The header row of a table of ``summarize.CaptureFlows.plain_columns_of`` columns."""
+    return _csv_rows([[_quoted(name)] for name, _, _ in columns])
+
+
+def plain_csv_rows(columns: list[tuple[str, str, object]], formatted: dict[int, tuple]) -> str:
+    """The rows of one ``plain_columns_of`` slice as CSV text, each ended by CRLF (``formatted``:
+    the distinct values' cells made so far, ``plain_cells``)."""
+    return _csv_rows([plain_cells(kind, data, formatted) for _, kind, data in columns])
 
 
 def _csv_rows(columns: list[list[str]]) -> str:

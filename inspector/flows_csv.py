@@ -30,8 +30,10 @@ import tempfile
 import threading
 from pathlib import Path
 
+import numpy as np
+
 from inspector import forked
-from inspector.export import _csv_rows, _plain_cells, _quoted
+from inspector.export import plain_cells, plain_csv_header, plain_csv_rows
 from inspector.summarize import FinishedFlows, plain_chunks_of
 
 #: Rows per slice formatted at once (a slice's cells are the largest thing the process holds).
@@ -121,18 +123,20 @@ def _format_rows(flows: FinishedFlows, read_fd: int, write_fd: int) -> int | Non
     formatted: dict[int, tuple] = {}
     lengths: list[int] = []
     header = ""
+    # The session_id column as a text column whose every row holds the mark (a text cell as
+    # the CSV has it: a NUL needs neither quotes nor the formula prefix).
+    marks = np.array([MARK], dtype=object)
     with tempfile.TemporaryFile(prefix="inspector-flows-") as scratch:
         for number, ((_, start, stop), columns) in enumerate(zip(slices, plain_chunks_of(slices))):
-            names = [name for name, _, _ in columns]
             if number == 0:
-                header = _csv_rows([[_quoted(name)] for name in names])
-            session_at = names.index("session_id")
-            rows = stop - start
-            cells = [
-                [MARK] * rows if k == session_at else _plain_cells(kind, data, formatted)
-                for k, (_, kind, data) in enumerate(columns)
+                header = plain_csv_header(columns)
+            marked = [
+                (column[0], "text", (marks, np.zeros(stop - start, dtype=np.intp)))
+                if column[0] == "session_id"
+                else column
+                for column in columns
             ]
-            encoded = _csv_rows(cells).encode("utf-8")
+            encoded = plain_csv_rows(marked, formatted).encode("utf-8")
             scratch.write(encoded)
             lengths.append(len(encoded))
         command = _read_command(read_fd)
@@ -149,11 +153,10 @@ def _format_rows(flows: FinishedFlows, read_fd: int, write_fd: int) -> int | Non
                 text = scratch.read(length).decode("utf-8")
                 if part is None or stop == start:
                     continue
-                session_cells = _plain_cells(*part.session_id_column(start, stop), formatted)
+                session_cells = plain_cells(*part.session_id_column(start, stop), formatted)
                 pieces = text.split(MARK)
                 if len(pieces) != len(session_cells) + 1:  # a cell holds the mark itself
-                    columns = part.plain_columns_of(start, stop)
-                    fh.write(_csv_rows([_plain_cells(kind, data, formatted) for _, kind, data in columns]))
+                    fh.write(plain_csv_rows(part.plain_columns_of(start, stop), formatted))
                 else:
                     spliced = [""] * (2 * len(session_cells) + 1)
                     spliced[0::2] = pieces
