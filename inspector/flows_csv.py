@@ -105,10 +105,13 @@ class EarlyFlowsCsv:
                 self._sender.join()
 
     def discard(self) -> None:
-        """Stop the process and remove what it wrote; flows.csv is left to the caller."""
+        """Stop the process and remove what it wrote; flows.csv is left to the caller. Safe to
+        call again, and after ``finish``, as ``forked.Forked.discard`` is."""
         self.job.discard()
         if self._sender is None:
-            os.close(self.command_fd)
+            if self.command_fd >= 0:  # closed once: a second close could hit a reused number
+                os.close(self.command_fd)
+                self.command_fd = -1
         else:
             self._sender.join()
         if self._paths is not None:

@@ -84,9 +84,16 @@ def test_discard_stops_the_process_and_leaves_nothing(tmp_path):
         os.kill(early.job.pid, 0)  # stopped and reaped
     assert not list(tmp_path.iterdir())  # neither flows.csv nor the part it was writing
     early = EarlyFlowsCsv.start(table)  # discarded before anything was sent
+    command_fd = early.command_fd
     early.discard()
     with pytest.raises(OSError):
-        os.fstat(early.command_fd)  # closed
+        os.fstat(command_fd)  # closed
+    kept = os.open(os.devnull, os.O_RDONLY)  # may take the closed descriptor's number
+    try:
+        early.discard()  # again: closes nothing of anyone else's
+        os.fstat(kept)
+    finally:
+        os.close(kept)
 
 
 def test_the_process_ends_without_a_command_once_the_parent_closes_its_end():
