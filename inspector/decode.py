@@ -326,32 +326,12 @@ def _ethertype_to_l3(sel, etype, l3_pos, end, l3, kind, reason, slow) -> None:
     reason[short] = SKIP["short_link_header"]
 
 
+@dataclass(slots=True)
 class _IpColumns:
     """The network and transport columns of some rows (``_ip_packets``), before they become a
     ``DecodedBatch``; ``gtp`` marks UDP packets that carry GTP-U, ``l4`` where each transport
     header starts and ``ip_end`` where each IP datagram ends."""
 
-    __slots__ = (
-        "dport",
-        "dst_hi",
-        "dst_lo",
-        "gtp",
-        "ip_bytes",
-        "ip_end",
-        "kind",
-        "l4",
-        "ok",
-        "payload_len",
-        "payload_off",
-        "proto",
-        "reason",
-        "slow",
-        "sport",
-        "src_hi",
-        "src_lo",
-        "tcp_flags",
-        "tcp_seq",
-    )
     ok: np.ndarray
     slow: np.ndarray
     reason: np.ndarray
@@ -387,7 +367,6 @@ def _ip_packets(g: _Gather, l3: np.ndarray, end: np.ndarray, kind: np.ndarray, r
     a skip reason found before (0 when none) and ``slow`` marks rows already left to the slow
     path. The result's ``slow`` adds IPv4 fragments and IPv6 extension headers."""
     n = l3.shape[0]
-    c = _IpColumns()
     ok = reason == 0
     ver_nibble = (g.u8(l3) >> 4).astype(np.uint8)
     kind = np.where(kind == 255, ver_nibble, kind).astype(np.uint8)
@@ -469,17 +448,20 @@ def _ip_packets(g: _Gather, l3: np.ndarray, end: np.ndarray, kind: np.ndarray, r
 
     # GTP-U (3GPP TS 29.281) rides on UDP 2152: version 1 with PT=1 in the first byte of a
     # non-empty payload (anything else on that port is an ordinary UDP packet).
-    c.gtp = is_udp & ((dport == GTP_U_PORT) | (sport == GTP_U_PORT)) & (l4_avail > 8)
-    c.gtp &= (g.u8(l4 + 8) & 0xE0) == 0x20
+    gtp = is_udp & ((dport == GTP_U_PORT) | (sport == GTP_U_PORT)) & (l4_avail > 8)
+    gtp &= (g.u8(l4 + 8) & 0xE0) == 0x20
 
-    c.payload_off = np.where(is_tcp, l4 + tcp_off, np.where(is_udp, l4 + 8, l4))
-    c.payload_len = np.where(ok, np.maximum(ip_end - c.payload_off, 0), 0).astype(np.int32)
-    c.tcp_flags = np.where(is_tcp, g.u8(l4 + 13), 0).astype(np.uint8)
-    c.tcp_seq = np.where(is_tcp, g.u32(l4 + 4), 0).astype(np.uint32)
-    c.ok, c.slow, c.reason, c.kind, c.proto = ok, slow_rows, reason, kind, proto
-    c.src_hi, c.src_lo, c.dst_hi, c.dst_lo = src_hi, src_lo, dst_hi, dst_lo
-    c.sport, c.dport, c.ip_bytes, c.l4, c.ip_end = sport, dport, ip_bytes, l4, ip_end
-    return c
+    payload_off = np.where(is_tcp, l4 + tcp_off, np.where(is_udp, l4 + 8, l4))
+    return _IpColumns(
+        ok=ok, slow=slow_rows, reason=reason, kind=kind, proto=proto,
+        src_hi=src_hi, src_lo=src_lo, dst_hi=dst_hi, dst_lo=dst_lo, sport=sport, dport=dport,
+        ip_bytes=ip_bytes,
+        tcp_flags=np.where(is_tcp, g.u8(l4 + 13), 0).astype(np.uint8),
+        tcp_seq=np.where(is_tcp, g.u32(l4 + 4), 0).astype(np.uint32),
+        payload_off=payload_off,
+        payload_len=np.where(ok, np.maximum(ip_end - payload_off, 0), 0).astype(np.int32),
+        gtp=gtp, l4=l4, ip_end=ip_end,
+    )  # fmt: skip
 
 
 #: GTP-U extension headers followed in the vectorised path; a longer chain (or a broken one)
