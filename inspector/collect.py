@@ -35,6 +35,7 @@ from inspector.media_stats import (
     report_frame,
     segment_frame,
 )
+from inspector.ordering import stable_argsort, unique_inverse
 from inspector.schema import (
     ACTIVITY_BUCKET_NS,
     ACTIVITY_COLUMNS,
@@ -151,7 +152,7 @@ def _pair_order(rows: np.ndarray) -> np.ndarray:
     span = int(bucket.max()) - low + 1
     if int(flow.max()) < (1 << 62) // span and int(flow.min()) >= 0:
         key = flow * span + (bucket - low)
-        return np.argsort(key, kind="stable")
+        return stable_argsort(key)
     return np.lexsort((bucket, flow))
 
 
@@ -206,7 +207,7 @@ def buckets_from_frame(activity: pd.DataFrame) -> list[ActivityBuckets]:
         for field in _COUNT_FIELDS:
             rows[field] = part[field].to_numpy(dtype=np.int64)
         store = PartitionedRecords(BUCKET_DTYPE, spill.DEFAULT_LIMIT_BYTES)
-        _append_by_partition(store, rows[np.argsort(rows["flow_id"], kind="stable")])
+        _append_by_partition(store, rows[stable_argsort(rows["flow_id"])])
         out.append(ActivityBuckets(str(name), store))
     return out
 
@@ -240,8 +241,7 @@ class ActivityCollector:
         low = int(bucket.min())
         span = int(bucket.max()) - low + 1
         key = fid * span + (bucket - low)
-        uniq, inverse = np.unique(key, return_inverse=True)
-        inverse = inverse.reshape(-1)
+        uniq, inverse = unique_inverse(key)
         n = uniq.shape[0]
         by = d.ip_bytes[bf.rows]
         c2s = bf.from_client

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from inspector.decode import IPPROTO_TCP, IPPROTO_UDP, STATE_FLOW, DecodedBatch
+from inspector.ordering import index_bits, stable_argsort
 
 TCP_FIN = 0x01
 TCP_SYN = 0x02
@@ -191,7 +192,7 @@ def _group_runs(keys: np.ndarray):
     """Group equal keys: (order, new_group, group_of_sorted, first_sorted) where ``order`` sorts
     the rows by key keeping capture order inside a group, ``new_group`` marks each group's first
     sorted row, ``group_of_sorted`` numbers the groups, ``first_sorted`` is where each starts."""
-    order = np.argsort(keys, kind="stable")
+    order = stable_argsort(keys)
     sorted_keys = keys[order]
     new_group = np.empty(keys.shape[0], dtype=bool)
     new_group[0] = True
@@ -279,7 +280,9 @@ class FlowTable:
         for col in (meta, a_hi, a_lo, b_hi, b_lo, ports):
             h = _mix(h, col)
 
-        order, new_group, group_of_sorted, first_sorted = _group_runs(h)
+        # Grouped by the hash's top bits, which leave a row index room in a 64-bit word
+        # (``ordering.stable_argsort``); two keys that share them fail the check below.
+        order, new_group, group_of_sorted, first_sorted = _group_runs(h >> np.uint64(index_bits(m)))
         # Guard against hash collisions: every member must carry its group leader's key.
         leader = order[first_sorted[group_of_sorted]]
         same = (

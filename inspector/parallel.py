@@ -44,6 +44,7 @@ from inspector.errors import InspectorError
 from inspector.flows import identity_columns
 from inspector.gcpause import paused_collector
 from inspector.niceness import lower_priority
+from inspector.ordering import stable_argsort
 from inspector.payloads import (
     MEDIA_CAP_PACKETS,
     NAMER_CAP_PACKETS,
@@ -77,7 +78,7 @@ def _ranks(groups: np.ndarray, mask: np.ndarray) -> np.ndarray:
     if where.shape[0] == 0:
         return out
     g = groups[where]
-    order = np.argsort(g, kind="stable")
+    order = stable_argsort(g)
     sorted_groups = g[order]
     positions = np.arange(sorted_groups.shape[0])
     starts = np.r_[True, sorted_groups[1:] != sorted_groups[:-1]]

@@ -20,6 +20,7 @@ from inspector.decode import IPPROTO_TCP, IPPROTO_UDP
 from inspector.facts import FlowFacts
 from inspector.fastinit import positional_constructor
 from inspector.flows import Flow, flows_of_identities
+from inspector.ordering import stable_argsort, unique_first
 from inspector.summarize import flow_endpoints, transport_name
 
 if TYPE_CHECKING:
@@ -157,7 +158,7 @@ def _still_wanted(flows: list[Flow], slot_of: np.ndarray, first_byte: np.ndarray
         return None
     # Group the live packets by flow, keeping capture order inside each group.
     slots = slot_of[at]
-    order = np.argsort(slots, kind="stable")
+    order = stable_argsort(slots)
     at, slots = at[order], slots[order]
     position = np.arange(at.shape[0])
     group_start = np.r_[True, slots[1:] != slots[:-1]]
@@ -230,7 +231,7 @@ def first_payload_routes(d, bf, packets: PayloadPackets) -> list[tuple[int, int]
     fresh = np.fromiter((f.state is None for f in flows), dtype=bool, count=len(flows))
     if not fresh.any():
         return []
-    first_slot, first_at = np.unique(packets.slot, return_index=True)
+    first_slot, first_at = unique_first(packets.slot)
     keep = fresh[first_slot]
     first_slot, first_at = first_slot[keep], first_at[keep]
     if first_slot.shape[0] == 0:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from inspector.batch import PacketBatch
 from inspector.decode import decode_batch
 from inspector.flows import FlowConfig, FlowTable
@@ -166,18 +168,38 @@ def test_timestamps_going_backwards_do_not_depend_on_batch_size():
         assert summary(run(pkts, batch_size=bs)) == want
 
 
-@pure_python_only
-def test_hash_collisions_fall_back_to_exact_grouping(monkeypatch):
-    """Every key hashing alike must give the same flows as distinct hashes (the collision guard)."""
-    from inspector import flows as flows_module
-
+def _four_conversations_and_a_media_stream() -> list:
+    """Packets of 4 TCP conversations and 20 UDP datagrams on 3 ports, interleaved in time."""
     pkts = []
     for k in range(4):
         pkts += tcp_conversation(sport=42000 + k, t=k * 0.05)
     pkts += [(i * 0.01, C.udp4(A, B_, 50000 + i % 3, 8801, b"m" * i)) for i in range(20)]
     pkts.sort(key=lambda p: p[0])
+    return pkts
+
+
+@pure_python_only
+def test_hash_collisions_fall_back_to_exact_grouping(monkeypatch):
+    """Every key hashing alike must give the same flows as distinct hashes (the collision guard)."""
+    from inspector import flows as flows_module
+
+    pkts = _four_conversations_and_a_media_stream()
     want = summary(run(pkts, batch_size=9))
     monkeypatch.setattr(flows_module, "_mix", lambda h, v: h * 0)  # every key hashes to 0
+    assert summary(run(pkts, batch_size=9)) == want
+
+
+@pure_python_only
+def test_hashes_differing_only_where_the_row_index_goes_still_make_their_own_flows(monkeypatch):
+    """The table groups rows by the hash's top bits (``ordering.stable_argsort`` puts the row
+    index in the low ones): keys that differ only in the bits dropped share a group, and the
+    collision guard must split them."""
+    from inspector import flows as flows_module
+
+    pkts = _four_conversations_and_a_media_stream()
+    want = summary(run(pkts, batch_size=9))
+    # Hashes below 16: all alike once the 4 bits of a 9-row batch's index are dropped.
+    monkeypatch.setattr(flows_module, "_mix", lambda h, v: (h ^ v.astype(np.uint64)) & np.uint64(15))
     assert summary(run(pkts, batch_size=9)) == want
 
 

@@ -1,0 +1,78 @@
+"""Stable orderings of integer keys through one plain sort.
+
+numpy's stable argsort of 32- and 64-bit integers is a timsort (radix sort only for types of 16
+bits or less), while ``np.sort`` of the same values takes its default quicksort kind, which on
+x86 machines with AVX-512 or AVX2 is a vectorised sort (numpy 2's x86-simd-sort). Measured on
+this project's 2-core benchmark VM (AVX-512), 60,000 flow-key hashes of ~4,000 flows: stable
+argsort 4.6 ms, ``np.sort`` of the composite keys below, index read back included, 1.0 ms.
+
+When a key leaves enough of a 64-bit word free for a row index, sorting ``key << bits | index``
+gives the stable order at once: the composite values are all distinct, so their order is the
+only one, and the index (the low ``bits``), which breaks ties in row order, is the answer.
+Weakness: a key too wide for the bits the index leaves (more than ``64 - bits`` bits) falls back
+to the stable argsort itself, as fast as before; on a machine without the vectorised sort both
+are comparison sorts and the gain is smaller.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+#: Below this many keys the stable argsort is called as it is: the composite's extra passes
+#: cost more than they save.
+SMALL_KEYS = 512
+
+
+def index_bits(n: int) -> int:
+    """Bits that hold every row index 0 .. n - 1 (at least one)."""
+    return max(1, (n - 1).bit_length())
+
+
+def stable_argsort(keys: np.ndarray) -> np.ndarray:
+    """``np.argsort(keys, kind="stable")`` (int64) of a 1-D array of integer keys."""
+    n = keys.shape[0]
+    if n < SMALL_KEYS or keys.dtype.kind not in "iu":
+        return np.argsort(keys, kind="stable").astype(np.int64, copy=False)
+    bits = index_bits(n)
+    lowest, highest = int(keys.min()), int(keys.max())
+    if lowest < 0 or highest >= 1 << (64 - bits):
+        return np.argsort(keys, kind="stable").astype(np.int64, copy=False)
+    composite = keys.astype(np.uint64) << np.uint64(bits)
+    composite |= np.arange(n, dtype=np.uint64)
+    composite.sort()
+    composite &= np.uint64((1 << bits) - 1)
+    return composite.astype(np.int64)
+
+
+def sorted_runs(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(order, starts) of integer ``keys``: ``order`` their stable argsort, ``starts`` the
+    positions in that order where a new key value begins (the first is 0)."""
+    order = stable_argsort(keys)
+    ordered = keys[order]
+    new_value = np.empty(ordered.shape[0], dtype=bool)
+    new_value[:1] = True
+    np.not_equal(ordered[1:], ordered[:-1], out=new_value[1:])
+    return order, np.flatnonzero(new_value)
+
+
+def unique_first(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.unique(keys, return_index=True)`` of integer ``keys``: the distinct values in
+    ascending order and where each first occurs (int64)."""
+    order, starts = sorted_runs(keys)
+    first = order[starts]
+    return keys[first], first
+
+
+def unique_inverse(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.unique(keys, return_inverse=True)`` of 1-D integer ``keys``: the distinct values in
+    ascending order and each key's position among them (int64)."""
+    order, starts = sorted_runs(keys)
+    run_of_sorted = np.zeros(order.shape[0], dtype=np.int64)
+    run_of_sorted[starts[1:]] = 1
+    np.cumsum(run_of_sorted, out=run_of_sorted)
+    inverse = np.empty(order.shape[0], dtype=np.int64)
+    inverse[order] = run_of_sorted
+    return keys[order[starts]], inverse
+
+
+__all__ = ["SMALL_KEYS", "index_bits", "sorted_runs", "stable_argsort", "unique_first", "unique_inverse"]
