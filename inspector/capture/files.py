@@ -738,7 +738,9 @@ class CaptureReader:
         for buffer, walk, consumed in source:
             n = walk.offset.shape[0]
             if n:
-                link_types.update(int(x) for x in np.unique(walk.linktype))
+                kinds = walk.linktype
+                # Nearly every capture has one link type: one comparison pass, no sort.
+                link_types.update([int(kinds[0])] if (kinds == kinds[0]).all() else np.unique(kinds).tolist())
                 lo, hi = int(walk.ts_ns.min()), int(walk.ts_ns.max())
                 st = self.stats
                 st.first_ts_ns = lo if st.first_ts_ns is None else min(st.first_ts_ns, lo)
