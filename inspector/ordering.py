@@ -37,11 +37,12 @@ def stable_argsort(keys: np.ndarray) -> np.ndarray:
     lowest, highest = int(keys.min()), int(keys.max())
     if lowest < 0 or highest >= 1 << (64 - bits):
         return np.argsort(keys, kind="stable").astype(np.int64, copy=False)
-    composite = keys.astype(np.uint64) << np.uint64(bits)
+    composite = keys.astype(np.uint64)
+    composite <<= np.uint64(bits)
     composite |= np.arange(n, dtype=np.uint64)
     composite.sort()
     composite &= np.uint64((1 << bits) - 1)
-    return composite.astype(np.int64)
+    return composite.view(np.int64)  # indices below 2**bits: the same values as int64
 
 
 def sorted_runs(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
