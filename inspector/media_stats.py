@@ -18,7 +18,6 @@ import numpy as np
 
 from inspector.dissect.rtp import ReportBlock, RtcpPacket, parse_rtcp_compound
 from inspector.fastinit import attribute_state, rebuilt
-from inspector.ordering import stable_argsort
 
 __all__ = [
     "ReportBlock",
@@ -641,7 +640,7 @@ class RunningStreams:
         of JITTER_CHUNK steps; segments silent for longer than the gap are folded to the end."""
         pending = self._pending
         seg = np.concatenate([pending[0], segment])
-        order = stable_argsort(seg)  # queued rows first, then the batch's, per segment
+        order = np.argsort(seg, kind="stable")  # queued rows first, then the batch's, per segment
         seg = seg[order]
         arrival = np.concatenate([pending[1], ts])[order]
         stamp = np.concatenate([pending[2], rtp])[order]

@@ -11,7 +11,13 @@ gives the stable order at once: the composite values are all distinct, so their 
 only one, and the index (the low ``bits``), which breaks ties in row order, is the answer.
 Weakness: a key too wide for the bits the index leaves (more than ``64 - bits`` bits) falls back
 to the stable argsort itself, as fast as before; on a machine without the vectorised sort both
-are comparison sorts and the gain is smaller.
+are comparison sorts and the gain is smaller. Keys that arrive as a few long sorted runs are
+the timsort's best case (near-linear): measured on the benchmark's own arrays, the finished
+flows' ids (0.1 ms against 0.5 ms), the activity buckets' ranges (0.4 against 2.5 ms over a run)
+and the RTP jitter queue (equal) keep ``np.argsort(kind="stable")``; the flow table's hashes
+(31 -> 9 ms over a run), the payload packets' flow slots (21 -> 6 ms), the flows' first payload
+packets (``np.unique`` with ``return_index`` 45 -> 12 ms) and the activity buckets' (flow, bucket)
+keys (``np.unique`` with ``return_inverse`` 52 -> 37 ms) come in no order and use this module.
 """
 
 from __future__ import annotations
