@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from inspector.decode import IPPROTO_TCP, IPPROTO_UDP, STATE_FLOW, DecodedBatch
-from inspector.ordering import index_bits, stable_argsort
+from inspector.ordering import index_bits, sorted_runs
 
 TCP_FIN = 0x01
 TCP_SYN = 0x02
@@ -192,11 +192,7 @@ def _group_runs(keys: np.ndarray):
     """Group equal keys: (order, new_group, group_of_sorted, first_sorted) where ``order`` sorts
     the rows by key keeping capture order inside a group, ``new_group`` marks each group's first
     sorted row, ``group_of_sorted`` numbers the groups, ``first_sorted`` is where each starts."""
-    order = stable_argsort(keys)
-    sorted_keys = keys[order]
-    new_group = np.empty(keys.shape[0], dtype=bool)
-    new_group[0] = True
-    np.not_equal(sorted_keys[1:], sorted_keys[:-1], out=new_group[1:])
+    order, new_group = sorted_runs(keys)
     return order, new_group, np.cumsum(new_group) - 1, np.flatnonzero(new_group)
 
 

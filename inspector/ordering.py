@@ -52,34 +52,31 @@ def stable_argsort(keys: np.ndarray) -> np.ndarray:
 
 
 def sorted_runs(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(order, starts) of integer ``keys``: ``order`` their stable argsort, ``starts`` the
-    positions in that order where a new key value begins (the first is 0)."""
+    """(order, new_value) of integer ``keys``: ``order`` their stable argsort, ``new_value``
+    (bool, in that order) True where a key value begins its run of equal keys."""
     order = stable_argsort(keys)
     ordered = keys[order]
     new_value = np.empty(ordered.shape[0], dtype=bool)
     new_value[:1] = True
     np.not_equal(ordered[1:], ordered[:-1], out=new_value[1:])
-    return order, np.flatnonzero(new_value)
+    return order, new_value
 
 
 def unique_first(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``np.unique(keys, return_index=True)`` of integer ``keys``: the distinct values in
     ascending order and where each first occurs (int64)."""
-    order, starts = sorted_runs(keys)
-    first = order[starts]
+    order, new_value = sorted_runs(keys)
+    first = order[new_value]
     return keys[first], first
 
 
 def unique_inverse(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``np.unique(keys, return_inverse=True)`` of 1-D integer ``keys``: the distinct values in
     ascending order and each key's position among them (int64)."""
-    order, starts = sorted_runs(keys)
-    run_of_sorted = np.zeros(order.shape[0], dtype=np.int64)
-    run_of_sorted[starts[1:]] = 1
-    np.cumsum(run_of_sorted, out=run_of_sorted)
+    order, new_value = sorted_runs(keys)
     inverse = np.empty(order.shape[0], dtype=np.int64)
-    inverse[order] = run_of_sorted
-    return keys[order[starts]], inverse
+    inverse[order] = np.cumsum(new_value) - 1
+    return keys[order[new_value]], inverse
 
 
 __all__ = ["SMALL_KEYS", "index_bits", "sorted_runs", "stable_argsort", "unique_first", "unique_inverse"]

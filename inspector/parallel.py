@@ -44,7 +44,7 @@ from inspector.errors import InspectorError
 from inspector.flows import identity_columns
 from inspector.gcpause import paused_collector
 from inspector.niceness import lower_priority
-from inspector.ordering import stable_argsort
+from inspector.ordering import sorted_runs
 from inspector.payloads import (
     MEDIA_CAP_PACKETS,
     NAMER_CAP_PACKETS,
@@ -78,10 +78,8 @@ def _ranks(groups: np.ndarray, mask: np.ndarray) -> np.ndarray:
     if where.shape[0] == 0:
         return out
     g = groups[where]
-    order = stable_argsort(g)
-    sorted_groups = g[order]
-    positions = np.arange(sorted_groups.shape[0])
-    starts = np.r_[True, sorted_groups[1:] != sorted_groups[:-1]]
+    order, starts = sorted_runs(g)
+    positions = np.arange(order.shape[0])
     first_of_group = np.maximum.accumulate(np.where(starts, positions, 0))
     ranks = np.empty_like(positions)
     ranks[order] = positions - first_of_group

@@ -20,7 +20,7 @@ from inspector.decode import IPPROTO_TCP, IPPROTO_UDP
 from inspector.facts import FlowFacts
 from inspector.fastinit import positional_constructor
 from inspector.flows import Flow, flows_of_identities
-from inspector.ordering import stable_argsort, unique_first
+from inspector.ordering import sorted_runs, unique_first
 from inspector.summarize import flow_endpoints, transport_name
 
 if TYPE_CHECKING:
@@ -158,10 +158,9 @@ def _still_wanted(flows: list[Flow], slot_of: np.ndarray, first_byte: np.ndarray
         return None
     # Group the live packets by flow, keeping capture order inside each group.
     slots = slot_of[at]
-    order = stable_argsort(slots)
+    order, group_start = sorted_runs(slots)
     at, slots = at[order], slots[order]
     position = np.arange(at.shape[0])
-    group_start = np.r_[True, slots[1:] != slots[:-1]]
     first_of_group = np.maximum.accumulate(np.where(group_start, position, 0))
     rank = position - first_of_group  # packets of the flow before this one in the batch
     b0 = first_byte[at]

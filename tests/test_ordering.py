@@ -76,9 +76,9 @@ def test_uniques_are_numpys():
 
 def test_sorted_runs_mark_where_each_key_begins():
     keys = np.array([5, 3, 5, 3, 9, 3] * 200)
-    order, starts = sorted_runs(keys)
-    np.testing.assert_array_equal(keys[order][starts], [3, 5, 9])
-    assert starts.tolist() == [0, 600, 1000]
+    order, new_value = sorted_runs(keys)
+    np.testing.assert_array_equal(keys[order][new_value], [3, 5, 9])
+    assert np.flatnonzero(new_value).tolist() == [0, 600, 1000]
     np.testing.assert_array_equal(order[:3], [1, 3, 5])  # ties in row order
 
 
