@@ -229,7 +229,7 @@ JITTER_CHUNK = 1024
 SKETCH_HASH = 0x9E3779B1
 NO_HASH = 0xFFFFFFFF
 _JITTER_WEIGHT = 15.0 / 16.0
-#: Each candidate clock rate in ticks per nanosecond, as a column (``_fold_chunk``).
+#: Each candidate clock rate in ticks per nanosecond, as a column (``_step_deltas``).
 _RATES_PER_NS = np.array([rate / 1e9 for rate in CANDIDATE_CLOCK_RATES], dtype=np.float64)[:, None]
 _I64_MAX = np.iinfo(np.int64).max
 _I64_MIN = np.iinfo(np.int64).min
@@ -239,6 +239,14 @@ _EXT_BIAS = 1 << 39
 def _signed(values: np.ndarray, modulus: int) -> np.ndarray:
     """Differences mod ``modulus`` read as signed (a wrap continues, RFC 3550 A.1)."""
     return (values + modulus // 2) % modulus - modulus // 2
+
+
+def _step_deltas(arrival_ns: np.ndarray, stamp: np.ndarray) -> np.ndarray:
+    """|D| (RFC 3550 §6.4.1) of the step from each row to the next, at every candidate clock
+    rate (one row per rate), with the float operations of ``interarrival_jitter``. The callers
+    read only the steps within one segment's rows."""
+    return np.abs(np.diff(arrival_ns).astype(np.float64) * _RATES_PER_NS
+                  - _signed(np.diff(stamp), TS_MOD).astype(np.float64))  # fmt: skip
 
 
 def _run_starts(*keys: np.ndarray) -> np.ndarray:
@@ -646,41 +654,42 @@ class RunningStreams:
         stamp = np.concatenate([pending[2], rtp])[order]
         self._clock_ns = max(self._clock_ns, int(ts.max()))
         runs = _run_starts(seg)
-        ends = np.append(runs[1:], seg.size)
+        lengths = np.diff(np.append(runs, seg.size))
         idle = self._segment["join_last_ns"][seg[runs]] < self._clock_ns - self.max_gap_ns
-        keep = np.ones(seg.size, dtype=bool)
-        for lo, hi, closed in zip(runs.tolist(), ends.tolist(), idle.tolist()):
-            s = int(seg[lo])
-            while hi - lo > JITTER_CHUNK:  # fold JITTER_CHUNK steps, keep their last packet
-                self._fold_chunk(self._segment["jitter"][s], arrival[lo : lo + JITTER_CHUNK + 1],
-                                 stamp[lo : lo + JITTER_CHUNK + 1])  # fmt: skip
-                keep[lo : lo + JITTER_CHUNK] = False
+        # Per segment: the rows folded now. Full chunks of JITTER_CHUNK steps go, each keeping
+        # its last packet as the next chunk's first; a closed segment goes whole.
+        chunks = (lengths - 1) // JITTER_CHUNK
+        folded = np.where(idle, lengths, chunks * JITTER_CHUNK)
+        todo = np.flatnonzero(folded > 0)
+        if todo.size == 0:
+            self._pending = (seg, arrival, stamp)
+            return
+        delta = _step_deltas(arrival, stamp)
+        jitter = self._segment["jitter"]
+        for lo, n, k, closed in zip(runs[todo].tolist(), lengths[todo].tolist(), chunks[todo].tolist(),
+                                    idle[todo].tolist()):  # fmt: skip
+            row = jitter[int(seg[lo])]
+            for _ in range(k):
+                self._fold_steps(row, delta, lo, JITTER_CHUNK)
                 lo += JITTER_CHUNK
-            if closed:  # nothing can join this segment any more: fold the rest now
-                if hi - lo > 1:  # (one packet is no step)
-                    self._fold_chunk(self._segment["jitter"][s], arrival[lo:hi], stamp[lo:hi])
-                keep[lo:hi] = False
+                n -= JITTER_CHUNK
+            if closed and n > 1:  # nothing can join this segment any more (one packet is no step)
+                self._fold_steps(row, delta, lo, n - 1)
+        keep = np.arange(seg.size) - np.repeat(runs, lengths) >= np.repeat(folded, lengths)
         self._pending = (seg[keep], arrival[keep], stamp[keep])
 
-    def _fold_chunk(self, jitter: np.ndarray, arrival: np.ndarray, stamp: np.ndarray) -> None:
-        """J = J * (15/16)^m + the closed form of ``interarrival_jitter`` over m steps, at every
-        candidate clock rate, with the same float operations (a segment folded in one chunk gets
-        the very bits ``interarrival_jitter`` computes)."""
-        m = arrival.size - 1
-        if m < 1:
-            return
-        arrival_steps = np.diff(arrival).astype(np.float64)
-        ts_steps = _signed(np.diff(stamp), TS_MOD).astype(np.float64)
+    def _fold_steps(self, jitter: np.ndarray, delta: np.ndarray, start: int, m: int) -> None:
+        """J = J * (15/16)^m + the closed form of ``interarrival_jitter`` over the m steps
+        ``delta[:, start : start + m]``, at every candidate clock rate, with the same float
+        operations (a segment folded in one chunk gets the very bits ``interarrival_jitter``
+        computes: each rate's contiguous row gives the same dot product)."""
         if self._jitter_weights.size < m:
             size = max(m, JITTER_CHUNK)
             self._jitter_weights = np.power(_JITTER_WEIGHT, np.arange(size - 1, -1, -1, dtype=np.float64)) / 16.0
         weights = self._jitter_weights[self._jitter_weights.size - m :]
-        # Every rate's |D| at once, one row each (elementwise, the same operations as per rate);
-        # each row's dot product is the same contiguous dot as before, so the bits are too.
-        delta = np.abs(arrival_steps * _RATES_PER_NS - ts_steps)
         decay = _JITTER_WEIGHT**m
         for r in range(len(CANDIDATE_CLOCK_RATES)):
-            jitter[r] = jitter[r] * decay + float(np.dot(weights, delta[r]))
+            jitter[r] = jitter[r] * decay + float(np.dot(weights, delta[r, start : start + m]))
 
     def _prune(self) -> None:
         """Forget streams of fewer than PRUNE_BELOW_PACKETS packets, all in one segment that has
@@ -724,9 +733,13 @@ class RunningStreams:
         """Every segment's jitter with its queued steps folded in (the state is left as is)."""
         jitter = self._segment["jitter"][: self._segments].copy()
         seg, arrival, stamp = self._pending
+        if seg.size < 2:
+            return jitter
         runs = _run_starts(seg)
+        delta = _step_deltas(arrival, stamp)
         for lo, hi in zip(runs.tolist(), np.append(runs[1:], seg.size).tolist()):
-            self._fold_chunk(jitter[int(seg[lo])], arrival[lo:hi], stamp[lo:hi])
+            if hi - lo > 1:
+                self._fold_steps(jitter[int(seg[lo])], delta, lo, hi - lo - 1)
         return jitter
 
     def _fold_timestamps(self, row, starts, group, stream, segment, new_segment, runs) -> None:
