@@ -226,6 +226,59 @@ class _Gather:
     def u64(self, at: np.ndarray) -> np.ndarray:
         return self._read(at, 8)
 
+    def window(self, at: np.ndarray, width: int) -> np.ndarray:
+        """Bytes ``at[i]`` .. ``at[i] + width - 1`` as row i of a C-contiguous (n, width) uint8
+        array, for ``_Window`` to read fields from.
+
+        One gather of ``width``-byte items (a void dtype through an overlapping view: one copy
+        per row) costs about what one u16 read costs, so a header's dozen fields are read for
+        the price of one. A row whose window would leave the buffer reads each byte clipped
+        into it, as ``u8`` does; the callers use only the bytes their length checks place
+        inside the row's own packet.
+        """
+        n = int(self.buf.shape[0])
+        rows = at.shape[0]
+        inside = (at >= 0) & (at <= n - width)
+        out = np.empty((rows, width), dtype=np.uint8)
+        if n >= width:
+            items = np.ndarray((n - width + 1,), dtype=f"V{width}", buffer=self.buf, offset=0, strides=(1,))
+            if inside.all():
+                return items[at].view(np.uint8).reshape(rows, width)
+            out[inside] = items[at[inside]].view(np.uint8).reshape(-1, width)
+        edge = np.flatnonzero(~inside)
+        if edge.shape[0]:
+            if n == 0:
+                out[edge] = 0
+            else:
+                out[edge] = self.buf[np.clip(at[edge, None] + np.arange(width), 0, n - 1)]
+        return out
+
+
+class _Window:
+    """Big-endian fields of the rows of a ``_Gather.window``: each one strided view of the
+    window's bytes and one conversion (u8/u16/u32 as uint32, u64 as uint64, like ``_Gather``)."""
+
+    __slots__ = ("bytes",)
+
+    def __init__(self, window: np.ndarray) -> None:
+        self.bytes = window
+
+    def _field(self, offset: int, size: int) -> np.ndarray:
+        rows, width = self.bytes.shape
+        return np.ndarray((rows,), dtype=f">u{size}", buffer=self.bytes, offset=offset, strides=(width,))
+
+    def u8(self, offset: int) -> np.ndarray:
+        return self.bytes[:, offset].astype(np.uint32)
+
+    def u16(self, offset: int) -> np.ndarray:
+        return self._field(offset, 2).astype(np.uint32)
+
+    def u32(self, offset: int) -> np.ndarray:
+        return self._field(offset, 4).astype(np.uint32)
+
+    def u64(self, offset: int) -> np.ndarray:
+        return self._field(offset, 8).astype(np.uint64)
+
 
 def _link_layer(b: PacketBatch, g: _Gather, start: np.ndarray, end: np.ndarray):
     """Where the network layer starts and which it is, per link type.
@@ -368,7 +421,10 @@ def _ip_packets(g: _Gather, l3: np.ndarray, end: np.ndarray, kind: np.ndarray, r
     path. The result's ``slow`` adds IPv4 fragments and IPv6 extension headers."""
     n = l3.shape[0]
     ok = reason == 0
-    ver_nibble = (g.u8(l3) >> 4).astype(np.uint8)
+    # Every IP field read below lies in the first 40 bytes (IPv6's fixed header).
+    ip = _Window(g.window(l3, 40))
+    first = ip.u8(0)
+    ver_nibble = (first >> 4).astype(np.uint8)
     kind = np.where(kind == 255, ver_nibble, kind).astype(np.uint8)
     ok &= ~slow
     has1 = l3 < end
@@ -383,10 +439,10 @@ def _ip_packets(g: _Gather, l3: np.ndarray, end: np.ndarray, kind: np.ndarray, r
     avail = end - l3
 
     # IPv4 (RFC 791): IHL in 32-bit words, total length, flags+fragment offset, protocol.
-    ihl = ((g.u8(l3) & 0x0F) * 4).astype(np.int64)
-    total4 = g.u16(l3 + 2).astype(np.int64)
-    frag = g.u16(l3 + 6)
-    proto4 = g.u8(l3 + 9)
+    ihl = ((first & 0x0F) * 4).astype(np.int64)
+    total4 = ip.u16(2).astype(np.int64)
+    frag = ip.u16(6)
+    proto4 = ip.u8(9)
     short4 = is4 & (avail < 20)
     reason = np.where(short4, SKIP["short_ip_header"], reason).astype(np.uint8)
     bad_ihl = is4 & ~short4 & ((ihl < 20) | (ihl > avail))
@@ -397,8 +453,8 @@ def _ip_packets(g: _Gather, l3: np.ndarray, end: np.ndarray, kind: np.ndarray, r
     fragmented4 = is4 & ((frag & 0x3FFF) != 0)  # MF set or offset non-zero
 
     # IPv6 (RFC 8200): fixed 40-byte header, payload length, next header.
-    plen6 = g.u16(l3 + 4).astype(np.int64)
-    nh6 = g.u8(l3 + 6)
+    plen6 = ip.u16(4).astype(np.int64)
+    nh6 = ip.u8(6)
     short6 = is6 & (avail < 40)
     reason = np.where(short6, SKIP["short_ip_header"], reason).astype(np.uint8)
     is6 &= ~short6
@@ -417,15 +473,15 @@ def _ip_packets(g: _Gather, l3: np.ndarray, end: np.ndarray, kind: np.ndarray, r
     ip_end = np.minimum(l3 + ip_bytes, end)
 
     # IPv4 addresses in the low halves; the 64-bit halves of IPv6 ones read for IPv6 rows only.
-    src_lo = g.u32(l3 + 12).astype(np.uint64)
-    dst_lo = g.u32(l3 + 16).astype(np.uint64)
+    src_lo = ip.u32(12).astype(np.uint64)
+    dst_lo = ip.u32(16).astype(np.uint64)
     src_hi = np.zeros(n, dtype=np.uint64)
     dst_hi = np.zeros(n, dtype=np.uint64)
     v6 = np.flatnonzero(~is4)
     if v6.shape[0]:
-        at = l3[v6]
-        src_hi[v6], src_lo[v6] = g.u64(at + 8), g.u64(at + 16)
-        dst_hi[v6], dst_lo[v6] = g.u64(at + 24), g.u64(at + 32)
+        ip6 = _Window(ip.bytes[v6])
+        src_hi[v6], src_lo[v6] = ip6.u64(8), ip6.u64(16)
+        dst_hi[v6], dst_lo[v6] = ip6.u64(24), ip6.u64(32)
 
     is_tcp = ok & (proto == IPPROTO_TCP)
     is_udp = ok & (proto == IPPROTO_UDP)
@@ -438,9 +494,11 @@ def _ip_packets(g: _Gather, l3: np.ndarray, end: np.ndarray, kind: np.ndarray, r
     ok &= ~(short_tcp | short_udp)
 
     ported = is_tcp | is_udp
-    sport = np.where(ported, g.u16(l4), 0).astype(np.uint16)
-    dport = np.where(ported, g.u16(l4 + 2), 0).astype(np.uint16)
-    tcp_off = ((g.u8(l4 + 12) >> 4) * 4).astype(np.int64)
+    # The TCP fields read lie in the header's first 14 bytes, as does a GTP-U header's first byte.
+    tp = _Window(g.window(l4, 14))
+    sport = np.where(ported, tp.u16(0), 0).astype(np.uint16)
+    dport = np.where(ported, tp.u16(2), 0).astype(np.uint16)
+    tcp_off = ((tp.u8(12) >> 4) * 4).astype(np.int64)
     bad_off = is_tcp & ((tcp_off < 20) | (tcp_off > l4_avail))
     reason = np.where(bad_off, SKIP["bad_tcp_data_offset"], reason).astype(np.uint8)
     is_tcp &= ~bad_off
@@ -449,15 +507,15 @@ def _ip_packets(g: _Gather, l3: np.ndarray, end: np.ndarray, kind: np.ndarray, r
     # GTP-U (3GPP TS 29.281) rides on UDP 2152: version 1 with PT=1 in the first byte of a
     # non-empty payload (anything else on that port is an ordinary UDP packet).
     gtp = is_udp & ((dport == GTP_U_PORT) | (sport == GTP_U_PORT)) & (l4_avail > 8)
-    gtp &= (g.u8(l4 + 8) & 0xE0) == 0x20
+    gtp &= (tp.u8(8) & 0xE0) == 0x20
 
     payload_off = np.where(is_tcp, l4 + tcp_off, np.where(is_udp, l4 + 8, l4))
     return _IpColumns(
         ok=ok, slow=slow_rows, reason=reason, kind=kind, proto=proto,
         src_hi=src_hi, src_lo=src_lo, dst_hi=dst_hi, dst_lo=dst_lo, sport=sport, dport=dport,
         ip_bytes=ip_bytes,
-        tcp_flags=np.where(is_tcp, g.u8(l4 + 13), 0).astype(np.uint8),
-        tcp_seq=np.where(is_tcp, g.u32(l4 + 4), 0).astype(np.uint32),
+        tcp_flags=np.where(is_tcp, tp.u8(13), 0).astype(np.uint8),
+        tcp_seq=np.where(is_tcp, tp.u32(4), 0).astype(np.uint32),
         payload_off=payload_off,
         payload_len=np.where(ok, np.maximum(ip_end - payload_off, 0), 0).astype(np.int32),
         gtp=gtp, l4=l4, ip_end=ip_end,

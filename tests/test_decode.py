@@ -305,6 +305,31 @@ def test_fast_and_slow_paths_agree(ndpi_dir):
     assert tunnelled > 0  # the GTP-U capture's inner packets, decoded by the fast path
 
 
+@pytest.mark.parametrize("linktype", [B.LINKTYPE_RAW, B.LINKTYPE_ETHERNET])
+def test_headers_shorter_than_the_read_windows_decode_at_the_end_of_the_buffer(linktype):
+    """The IP and transport fields are read through 40- and 14-byte windows; a packet that ends
+    the batch's buffer sooner (an empty UDP datagram, an IPv4 header with a bare UDP header)
+    still decodes exactly, alone or after others, as the slow path decodes it."""
+    tiny = [
+        C.udp4("10.0.0.1", "10.0.0.2", 40000, 3478),
+        C.udp4("10.0.0.3", "10.0.0.4", 5353, 53, b"q"),
+        C.udp6("2001:db8::1", "2001:db8::2", 1234, 443),
+        C.tcp4("10.0.0.5", "10.0.0.6", 50000, 443, "S", seq=7),
+    ]
+    for last in range(len(tiny)):
+        packets = [C.link(linktype, p) for p in tiny[: last + 1]]
+        b = PacketBatch.from_packets(packets, [T0 + i for i in range(len(packets))], linktype)
+        fast, _ = decode_batch(b)
+        assert (fast.state == STATE_FLOW).all(), [SKIP_REASONS[r] for r in fast.skip_reason]
+        again, _ = decode_batch(b)
+        SlowDecoder().decode_rows(again, np.arange(len(packets)), b)
+        for c in FAST_SLOW_COLUMNS:
+            assert np.array_equal(getattr(fast, c), getattr(again, c)), (last, c)
+    assert (int(fast.src_port[2]), int(fast.dst_port[2]), addr_of(fast, 2, "dst")) == (1234, 443, "2001:db8::2")
+    assert (int(fast.tcp_seq[3]), int(fast.tcp_flags[3])) == (7, 0x02)
+    assert fast.payload_len.tolist() == [0, 1, 0, 0]
+
+
 def test_payload_window_reads_whole_windows_from_the_buffer_and_extra():
     """payload_window gives, for each row whose payload holds the window, the bytes d.payload
     gives; reassembled payloads (in ``extra``) included; shorter payloads are left out."""
