@@ -153,10 +153,10 @@ class DecodedBatch:
         at = self.payload_off[keep] + start[whole]
         in_extra = self.payload_in_extra[keep]
         if not in_extra.any():
-            return whole, _windows(self.buffer, width)[at]
+            return whole, _rows_at(self.buffer, at, width)
         out = np.empty((keep.shape[0], width), dtype=np.uint8)
-        out[~in_extra] = _windows(self.buffer, width)[at[~in_extra]]
-        out[in_extra] = _windows(self.extra, width)[at[in_extra]]
+        out[~in_extra] = _rows_at(self.buffer, at[~in_extra], width)
+        out[in_extra] = _rows_at(self.extra, at[in_extra], width)
         return whole, out
 
     def payload_bytes_at(self, rows: np.ndarray, pos: np.ndarray) -> np.ndarray:
@@ -173,10 +173,19 @@ class DecodedBatch:
         return out
 
 
-def _windows(source: np.ndarray, width: int) -> np.ndarray:
-    """A read-only view of ``source`` whose row i is bytes i .. i + width - 1 (no copy)."""
-    rows = max(source.shape[0] - width + 1, 0)
-    return np.lib.stride_tricks.as_strided(source, shape=(rows, width), strides=(1, 1), writeable=False)
+def _rows_at(source: np.ndarray, at: np.ndarray, width: int) -> np.ndarray:
+    """Bytes ``at[i]`` .. ``at[i] + width - 1`` of ``source`` as row i of a C-contiguous
+    (n, width) uint8 array; every window must lie inside ``source``.
+
+    One gather of ``width``-byte void items through an overlapping view (item i is bytes
+    i .. i + width - 1): numpy copies each as one item, about as fast as a one-byte gather,
+    where indexing rows of a 2-D strided view copies byte by byte (twice the time here).
+    """
+    items = max(source.shape[0] - width + 1, 0)
+    if at.shape[0] == 0 or items == 0:
+        return np.zeros((at.shape[0], width), dtype=np.uint8)
+    view = np.ndarray((items,), dtype=f"V{width}", buffer=source, offset=0, strides=(1,))
+    return view[at].view(np.uint8).reshape(at.shape[0], width)
 
 
 class _Gather:
@@ -230,21 +239,17 @@ class _Gather:
         """Bytes ``at[i]`` .. ``at[i] + width - 1`` as row i of a C-contiguous (n, width) uint8
         array, for ``_Window`` to read fields from.
 
-        One gather of ``width``-byte items (a void dtype through an overlapping view: one copy
-        per row) costs about what one u16 read costs, so a header's dozen fields are read for
-        the price of one. A row whose window would leave the buffer reads each byte clipped
+        One gather of ``width``-byte items (``_rows_at``) costs about what one u16 read costs,
+        so a header's dozen fields are read for the price of one. A row whose window would leave the buffer reads each byte clipped
         into it, as ``u8`` does; the callers use only the bytes their length checks place
         inside the row's own packet.
         """
         n = int(self.buf.shape[0])
-        rows = at.shape[0]
         inside = (at >= 0) & (at <= n - width)
-        out = np.empty((rows, width), dtype=np.uint8)
-        if n >= width:
-            items = np.ndarray((n - width + 1,), dtype=f"V{width}", buffer=self.buf, offset=0, strides=(1,))
-            if inside.all():
-                return items[at].view(np.uint8).reshape(rows, width)
-            out[inside] = items[at[inside]].view(np.uint8).reshape(-1, width)
+        if inside.all():
+            return _rows_at(self.buf, at, width)
+        out = np.empty((at.shape[0], width), dtype=np.uint8)
+        out[inside] = _rows_at(self.buf, at[inside], width)
         edge = np.flatnonzero(~inside)
         if edge.shape[0]:
             if n == 0:
