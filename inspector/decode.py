@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from inspector import batch as B
-from inspector.batch import PacketBatch
+from inspector.batch import PacketBatch, byte_rows
 
 # Reasons a packet is skipped. Index 0 means "decoded". The manifest reports them by name.
 SKIP_REASONS: tuple[str, ...] = (
@@ -143,9 +143,8 @@ class DecodedBatch:
         payload holds them all: (which of ``rows`` do, a bool mask; their bytes, an
         (n_whole, width) uint8 array in the order of ``rows``).
 
-        One gather of ``width`` bytes a row through an overlapping view of the buffer (row i of
-        the view is bytes i .. i + width - 1): a 12-byte RTP header read this way costs less
-        than three ``payload_byte`` columns.
+        One gather of ``width`` bytes a row (``batch.byte_rows``): a 12-byte RTP header read
+        this way costs less than three ``payload_byte`` columns.
         """
         start = np.broadcast_to(np.asarray(start, dtype=np.int64), rows.shape)
         whole = (start >= 0) & (self.payload_len[rows] >= start + width)
@@ -153,10 +152,10 @@ class DecodedBatch:
         at = self.payload_off[keep] + start[whole]
         in_extra = self.payload_in_extra[keep]
         if not in_extra.any():
-            return whole, _rows_at(self.buffer, at, width)
+            return whole, byte_rows(self.buffer, at, width)
         out = np.empty((keep.shape[0], width), dtype=np.uint8)
-        out[~in_extra] = _rows_at(self.buffer, at[~in_extra], width)
-        out[in_extra] = _rows_at(self.extra, at[in_extra], width)
+        out[~in_extra] = byte_rows(self.buffer, at[~in_extra], width)
+        out[in_extra] = byte_rows(self.extra, at[in_extra], width)
         return whole, out
 
     def payload_bytes_at(self, rows: np.ndarray, pos: np.ndarray) -> np.ndarray:
@@ -171,21 +170,6 @@ class DecodedBatch:
         if slow.any():
             out[slow] = self.extra[self.payload_off[rows[slow]] + pos[slow]]
         return out
-
-
-def _rows_at(source: np.ndarray, at: np.ndarray, width: int) -> np.ndarray:
-    """Bytes ``at[i]`` .. ``at[i] + width - 1`` of ``source`` as row i of a C-contiguous
-    (n, width) uint8 array; every window must lie inside ``source``.
-
-    One gather of ``width``-byte void items through an overlapping view (item i is bytes
-    i .. i + width - 1): numpy copies each as one item, about as fast as a one-byte gather,
-    where indexing rows of a 2-D strided view copies byte by byte (twice the time here).
-    """
-    items = max(source.shape[0] - width + 1, 0)
-    if at.shape[0] == 0 or items == 0:
-        return np.zeros((at.shape[0], width), dtype=np.uint8)
-    view = np.ndarray((items,), dtype=f"V{width}", buffer=source, offset=0, strides=(1,))
-    return view[at].view(np.uint8).reshape(at.shape[0], width)
 
 
 class _Gather:
@@ -239,17 +223,17 @@ class _Gather:
         """Bytes ``at[i]`` .. ``at[i] + width - 1`` as row i of a C-contiguous (n, width) uint8
         array, for ``_Window`` to read fields from.
 
-        One gather of ``width``-byte items (``_rows_at``) costs about what one u16 read costs,
-        so a header's dozen fields are read for the price of one. A row whose window would leave the buffer reads each byte clipped
-        into it, as ``u8`` does; the callers use only the bytes their length checks place
-        inside the row's own packet.
+        One gather of ``width``-byte items (``batch.byte_rows``) costs about what one u16 read
+        costs, so a header's dozen fields are read for the price of one. A row whose window
+        would leave the buffer reads each byte clipped into it, as ``u8`` does; the callers use
+        only the bytes their length checks place inside the row's own packet.
         """
         n = int(self.buf.shape[0])
         inside = (at >= 0) & (at <= n - width)
         if inside.all():
-            return _rows_at(self.buf, at, width)
+            return byte_rows(self.buf, at, width)
         out = np.empty((at.shape[0], width), dtype=np.uint8)
-        out[inside] = _rows_at(self.buf, at[inside], width)
+        out[inside] = byte_rows(self.buf, at[inside], width)
         edge = np.flatnonzero(~inside)
         if edge.shape[0]:
             if n == 0:

@@ -53,9 +53,8 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 import numpy as np
-from numpy.lib.stride_tricks import as_strided
 
-from inspector.batch import PacketBatch
+from inspector.batch import PacketBatch, byte_rows
 from inspector.capture.chain import record_offsets
 from inspector.digest import sha256_stream
 from inspector.errors import CaptureError
@@ -180,12 +179,6 @@ class _Walk:
     lost_record: str = ""  # when the walk ends the file: skip reason of the record it cut or rejected
 
 
-def _rows(arr: np.ndarray, width: int) -> np.ndarray:
-    """A read-only (len - width + 1, width) view: row p is arr[p : p + width], without copying."""
-    count = max(arr.shape[0] - width + 1, 0)
-    return as_strided(arr, shape=(count, width), strides=(1, 1), writeable=False)
-
-
 def _empty_walk(pos: int, status: str, detail: str = "") -> _Walk:
     return _Walk(
         np.empty(0, np.int64), np.empty(0, np.int32), np.empty(0, np.int32), np.empty(0, np.int64),
@@ -216,7 +209,7 @@ class _PcapWalker:
         rec = np.array(offsets, dtype=np.int64)
         if rec.shape[0] == 0:
             return self._stop(pos, size, base)
-        hdr = _rows(arr, 16)[rec].view(self._u4)  # (n, 4): ts_sec, ts_frac, caplen, wirelen
+        hdr = byte_rows(arr, rec, 16).view(self._u4)  # (n, 4): ts_sec, ts_frac, caplen, wirelen
         caplen = hdr[:, 2]
         absurd = np.flatnonzero(caplen > MAX_PCAP_CAPLEN)
         detail = lost = ""
@@ -495,7 +488,7 @@ class _PcapngWalker:
         linktype = np.zeros(n, np.uint16)
         keep = np.ones(n, dtype=bool)
         if epb.shape[0]:
-            f = _rows(arr, 28)[epb].view(self._u4)  # type, len, ifid, ts_hi, ts_lo, caplen, wirelen
+            f = byte_rows(arr, epb, 28).view(self._u4)  # type, len, ifid, ts_hi, ts_lo, caplen, wirelen
             e_caplen = f[:, 5].astype(np.int64)
             e_keep = e_caplen <= f[:, 1].astype(np.int64) - 32
             if not e_keep.all():
