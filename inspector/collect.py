@@ -58,6 +58,8 @@ ZOOM_OUTER_MEDIA = zoom.SFU_MEDIA
 ZOOM_OUTER_LEN = zoom.SFU_OUTER_LEN
 ZOOM_LEGACY_OUTER_LEN = zoom.SFU_LEGACY_OUTER_LEN
 ZOOM_DIRECTIONS = (zoom.DIRECTION_TO_SERVER, zoom.DIRECTION_FROM_SERVER)  # byte 7, 2022 layout
+#: The inner types whose packets embed an RTP header: ``_zoom_rtp_offset`` is -1 for any other.
+ZOOM_RTP_TYPES = (ZOOM_AUDIO, ZOOM_VIDEO, ZOOM_SCREEN_P2P, ZOOM_SCREEN_SERVER, ZOOM_UNKNOWN_RTP)
 
 
 def _zoom_rtp_offset(inner_type: np.ndarray, byte20: np.ndarray, byte7: np.ndarray) -> np.ndarray:
@@ -345,8 +347,10 @@ class RtpCollector:
             (outer & np.isin(direction, ZOOM_DIRECTIONS) & (d.payload_len[rows] > ZOOM_OUTER_LEN), ZOOM_OUTER_LEN),
             (outer, ZOOM_LEGACY_OUTER_LEN),
             # Not inner type 1 at offset 0: a STUN success response starts 0x01 0x01 (RFC 8489
-            # §5), and Zoom's P2P flows carry types 15/16/30 (facts §2.2).
-            (~outer & ~plain & (b0 != ZOOM_UNKNOWN_RTP), 0),
+            # §5), and Zoom's P2P flows carry types 15/16/30 (facts §2.2). The inner type is the
+            # first byte here, so only the types that embed RTP are read further (every other
+            # UDP payload, QUIC, STUN, DNS ..., would be read for an offset of -1).
+            (~outer & ~plain & (b0 != ZOOM_UNKNOWN_RTP) & np.isin(b0, ZOOM_RTP_TYPES), 0),
         )
         for candidate, inner_at in layouts:
             todo = candidate & (start < 0)

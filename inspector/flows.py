@@ -372,9 +372,12 @@ class FlowTable:
                 seg_flow[s] = flow
 
         # New flows get ids in the order their first packets appear in the capture.
-        new_segments.sort(key=lambda s: int(seg_first_row[s]))
         if new_segments:
-            first = seg_first_row[np.asarray(new_segments, dtype=np.int64)]
+            # In the order of their first rows (distinct rows: no ties), sorted in numpy.
+            chosen = np.asarray(new_segments, dtype=np.int64)
+            chosen = chosen[np.argsort(seg_first_row[chosen])]
+            new_segments = chosen.tolist()
+            first = seg_first_row[chosen]
             r = rows[first]
             columns = zip(
                 d.ip_version[r].tolist(), d.proto[r].tolist(), d.vlan_id[r].tolist(), d.tunnel[r].tolist(),

@@ -297,3 +297,16 @@ def test_call_stage_gives_the_same_tables_from_buckets_and_from_frames(ndpi_dir)
     assert len(from_buckets.sessions) >= 1
     for name in ("sessions", "destinations", "media", "flow_session"):
         pd.testing.assert_frame_equal(getattr(from_buckets, name), getattr(from_frame, name))
+
+
+def test_only_the_zoom_rtp_types_give_an_rtp_offset():
+    """The RTP collector reads a P2P payload further only when its first byte is one of
+    ZOOM_RTP_TYPES; that is exact as long as every other inner type gets offset -1 whatever
+    the bytes the layouts look at (byte 20 and byte 7)."""
+    from inspector.collect import ZOOM_RTP_TYPES, _zoom_rtp_offset
+
+    types = np.repeat(np.arange(256, dtype=np.int64), 256 * 2)
+    byte20 = np.tile(np.repeat(np.arange(256, dtype=np.int64), 2), 256)
+    byte7 = np.tile(np.array([0x1E, 0x00], dtype=np.int64), 256 * 256)
+    offset = _zoom_rtp_offset(types, byte20, byte7)
+    assert set(np.unique(types[offset >= 0]).tolist()) == set(ZOOM_RTP_TYPES)
