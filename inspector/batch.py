@@ -92,5 +92,7 @@ def byte_rows(source: np.ndarray, at: np.ndarray, width: int) -> np.ndarray:
     items = max(source.shape[0] - width + 1, 0)
     if at.shape[0] == 0 or items == 0:
         return np.zeros((at.shape[0], width), dtype=np.uint8)
+    if not source.flags.c_contiguous:  # the overlapping view needs the bytes in one run
+        source = np.ascontiguousarray(source)
     view = np.ndarray((items,), dtype=f"V{width}", buffer=source, offset=0, strides=(1,))
     return view[at].view(np.uint8).reshape(at.shape[0], width)

@@ -26,3 +26,13 @@ def test_no_positions_or_a_buffer_shorter_than_the_window_give_an_empty_shaped_r
     assert byte_rows(source, np.zeros(0, dtype=np.int64), 4).shape == (0, 4)
     assert byte_rows(np.zeros(0, dtype=np.uint8), np.zeros(0, dtype=np.int64), 4).shape == (0, 4)
     assert byte_rows(source, np.zeros(0, dtype=np.int64), 12).shape == (0, 12)
+
+
+def test_a_slice_of_a_larger_buffer_and_a_strided_one_read_their_own_bytes():
+    whole = np.frombuffer(bytes(range(200)), dtype=np.uint8)
+    part = whole[37:150]
+    at = np.array([0, 5, part.size - 8], dtype=np.int64)
+    assert [r.tobytes() for r in byte_rows(part, at, 8)] == [part[p : p + 8].tobytes() for p in at.tolist()]
+    strided = whole[::2]
+    at = np.array([0, 5, strided.size - 4], dtype=np.int64)
+    assert [r.tobytes() for r in byte_rows(strided, at, 4)] == [strided[p : p + 4].tobytes() for p in at.tolist()]
