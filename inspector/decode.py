@@ -247,17 +247,17 @@ class _Window:
     """Big-endian fields of the rows of a ``_Gather.window``: each one strided view of the
     window's bytes and one conversion (u8/u16/u32 as uint32, u64 as uint64, like ``_Gather``)."""
 
-    __slots__ = ("bytes",)
+    __slots__ = ("rows",)
 
     def __init__(self, window: np.ndarray) -> None:
-        self.bytes = window
+        self.rows = window
 
     def _field(self, offset: int, size: int) -> np.ndarray:
-        rows, width = self.bytes.shape
-        return np.ndarray((rows,), dtype=f">u{size}", buffer=self.bytes, offset=offset, strides=(width,))
+        count, width = self.rows.shape
+        return np.ndarray((count,), dtype=f">u{size}", buffer=self.rows, offset=offset, strides=(width,))
 
     def u8(self, offset: int) -> np.ndarray:
-        return self.bytes[:, offset].astype(np.uint32)
+        return self.rows[:, offset].astype(np.uint32)
 
     def u16(self, offset: int) -> np.ndarray:
         return self._field(offset, 2).astype(np.uint32)
@@ -468,7 +468,7 @@ def _ip_packets(g: _Gather, l3: np.ndarray, end: np.ndarray, kind: np.ndarray, r
     dst_hi = np.zeros(n, dtype=np.uint64)
     v6 = np.flatnonzero(~is4)
     if v6.shape[0]:
-        ip6 = _Window(ip.bytes[v6])
+        ip6 = _Window(ip.rows[v6])
         src_hi[v6], src_lo[v6] = ip6.u64(8), ip6.u64(16)
         dst_hi[v6], dst_lo[v6] = ip6.u64(24), ip6.u64(32)
 

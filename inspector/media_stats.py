@@ -666,15 +666,15 @@ class RunningStreams:
             return
         delta = _step_deltas(arrival, stamp)
         jitter = self._segment["jitter"]
-        for lo, n, k, closed in zip(runs[todo].tolist(), lengths[todo].tolist(), chunks[todo].tolist(),
-                                    idle[todo].tolist()):  # fmt: skip
+        for lo, rows_left, full_chunks, closed in zip(runs[todo].tolist(), lengths[todo].tolist(),
+                                                      chunks[todo].tolist(), idle[todo].tolist()):  # fmt: skip
             row = jitter[int(seg[lo])]
-            for _ in range(k):
+            for _ in range(full_chunks):
                 self._fold_steps(row, delta, lo, JITTER_CHUNK)
                 lo += JITTER_CHUNK
-                n -= JITTER_CHUNK
-            if closed and n > 1:  # nothing can join this segment any more (one packet is no step)
-                self._fold_steps(row, delta, lo, n - 1)
+                rows_left -= JITTER_CHUNK
+            if closed and rows_left > 1:  # nothing can join this segment any more (one packet is no step)
+                self._fold_steps(row, delta, lo, rows_left - 1)
         keep = np.arange(seg.size) - np.repeat(runs, lengths) >= np.repeat(folded, lengths)
         self._pending = (seg[keep], arrival[keep], stamp[keep])
 
