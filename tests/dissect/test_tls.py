@@ -363,6 +363,25 @@ def test_repeated_extension_first_copy_counts_and_ech_anywhere_marks() -> None:
     assert hello.extensions == (0, 0xFE0D, 0)
 
 
+def test_x509_is_imported_at_the_first_certificate_not_with_the_namer() -> None:
+    """Naming flows without a certificate in clear (TLS 1.3, QUIC) never loads cryptography's
+    x509 module (~25 ms a process); the first certificate does."""
+    import subprocess
+    import sys
+
+    der = make_certificate("WebRTC", ("media.example.org",))
+    code = f"""
+import sys
+import inspector.naming
+from inspector.dissect.x509names import certificate_names
+print("cryptography.x509" in sys.modules)
+print(certificate_names({der!r}), "cryptography.x509" in sys.modules)
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["False", "('media.example.org', 'WebRTC') True"]
+
+
 def test_certificate_names_cache_repeats_names_and_errors() -> None:
     from inspector.dissect.x509names import CertificateError, certificate_names
 
