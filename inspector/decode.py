@@ -200,10 +200,9 @@ class _Gather:
     def _read(self, at: np.ndarray, width: int) -> np.ndarray:
         v = self._view(width)
         if v is None:
-            return np.zeros(at.shape[0], dtype=np.uint64 if width == 8 else np.uint32)
+            return np.zeros(at.shape[0], dtype=np.uint32)
         # Fancy indexing reads the strided view in place (np.take would copy it whole first).
-        out = v[np.clip(at, 0, v.shape[0] - 1)]
-        return out.astype(np.uint64 if width == 8 else np.uint32)
+        return v[np.clip(at, 0, v.shape[0] - 1)].astype(np.uint32)
 
     def u8(self, at: np.ndarray) -> np.ndarray:
         if self.buf.shape[0] == 0:
@@ -215,9 +214,6 @@ class _Gather:
 
     def u32(self, at: np.ndarray) -> np.ndarray:
         return self._read(at, 4)
-
-    def u64(self, at: np.ndarray) -> np.ndarray:
-        return self._read(at, 8)
 
     def window(self, at: np.ndarray, width: int) -> np.ndarray:
         """Bytes ``at[i]`` .. ``at[i] + width - 1`` as row i of a C-contiguous (n, width) uint8
@@ -245,7 +241,7 @@ class _Gather:
 
 class _Window:
     """Big-endian fields of the rows of a ``_Gather.window``: each one strided view of the
-    window's bytes and one conversion (u8/u16/u32 as uint32, u64 as uint64, like ``_Gather``)."""
+    window's bytes and one conversion (u8/u16/u32 as uint32, like ``_Gather``; u64 as uint64)."""
 
     __slots__ = ("rows",)
 
