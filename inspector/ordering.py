@@ -62,6 +62,13 @@ def sorted_runs(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return order, new_value
 
 
+def run_first_positions(new_value: np.ndarray) -> np.ndarray:
+    """For each position of a ``sorted_runs`` order, the position where its run of equal keys
+    begins (``position - run_first_positions(...)`` is an element's rank within its key)."""
+    positions = np.arange(new_value.shape[0])
+    return np.maximum.accumulate(np.where(new_value, positions, 0))
+
+
 def unique_first(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``np.unique(keys, return_index=True)`` of integer ``keys``: the distinct values in
     ascending order and where each first occurs (int64)."""
@@ -79,4 +86,7 @@ def unique_inverse(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return keys[order[new_value]], inverse
 
 
-__all__ = ["SMALL_KEYS", "index_bits", "sorted_runs", "stable_argsort", "unique_first", "unique_inverse"]
+__all__ = [
+    "SMALL_KEYS", "index_bits", "run_first_positions", "sorted_runs", "stable_argsort", "unique_first",
+    "unique_inverse",
+]  # fmt: skip

@@ -44,7 +44,7 @@ from inspector.errors import InspectorError
 from inspector.flows import identity_columns
 from inspector.gcpause import paused_collector
 from inspector.niceness import lower_priority
-from inspector.ordering import sorted_runs
+from inspector.ordering import run_first_positions, sorted_runs
 from inspector.payloads import (
     MEDIA_CAP_PACKETS,
     NAMER_CAP_PACKETS,
@@ -80,9 +80,8 @@ def _ranks(groups: np.ndarray, mask: np.ndarray) -> np.ndarray:
     g = groups[where]
     order, starts = sorted_runs(g)
     positions = np.arange(order.shape[0])
-    first_of_group = np.maximum.accumulate(np.where(starts, positions, 0))
     ranks = np.empty_like(positions)
-    ranks[order] = positions - first_of_group
+    ranks[order] = positions - run_first_positions(starts)
     out[where] = ranks
     return out
 

@@ -20,7 +20,7 @@ from inspector.decode import IPPROTO_TCP, IPPROTO_UDP
 from inspector.facts import FlowFacts
 from inspector.fastinit import positional_constructor
 from inspector.flows import Flow, flows_of_identities
-from inspector.ordering import sorted_runs, unique_first
+from inspector.ordering import run_first_positions, sorted_runs, unique_first
 from inspector.summarize import flow_endpoints, transport_name
 
 if TYPE_CHECKING:
@@ -160,9 +160,8 @@ def _still_wanted(flows: list[Flow], slot_of: np.ndarray, first_byte: np.ndarray
     slots = slot_of[at]
     order, group_start = sorted_runs(slots)
     at, slots = at[order], slots[order]
-    position = np.arange(at.shape[0])
-    first_of_group = np.maximum.accumulate(np.where(group_start, position, 0))
-    rank = position - first_of_group  # packets of the flow before this one in the batch
+    first_of_group = run_first_positions(group_start)
+    rank = np.arange(at.shape[0]) - first_of_group  # packets of the flow before this one in the batch
     b0 = first_byte[at]
     namer_candidate = ~namer_dtls_only[slots] | ((b0 >= 20) & (b0 <= 63))
     seen = np.cumsum(namer_candidate)

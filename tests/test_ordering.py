@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 
 from inspector import ordering
-from inspector.ordering import SMALL_KEYS, index_bits, sorted_runs, stable_argsort, unique_first, unique_inverse
+from inspector.ordering import (
+    SMALL_KEYS, index_bits, run_first_positions, sorted_runs, stable_argsort, unique_first, unique_inverse,
+)  # fmt: skip
 
 DTYPES = (np.int64, np.uint64, np.int32, np.uint32, np.int16, np.uint8)
 
@@ -97,3 +99,13 @@ def test_the_composite_sort_is_what_runs_for_keys_that_fit(monkeypatch):
     assert calls == []
     stable_argsort(keys + (1 << 60))  # wider than the 64 - 11 bits an index of 2048 leaves
     assert calls == ["stable"]
+
+
+def test_run_first_positions_give_each_element_its_rank_within_its_key():
+    keys = np.array([7, 2, 7, 7, 2, 9, 7])
+    order, new_value = sorted_runs(keys)
+    first = run_first_positions(new_value)
+    assert first.tolist() == [0, 0, 2, 2, 2, 2, 6]
+    rank = np.empty(keys.size, dtype=np.int64)
+    rank[order] = np.arange(keys.size) - first
+    assert rank.tolist() == [0, 0, 1, 2, 1, 0, 3]  # earlier equal keys in row order
