@@ -377,6 +377,25 @@ def _load_quic() -> Any:
     return quic
 
 
+class _Direction:
+    """What a namer keeps for one direction of its flow: the packets and bytes it took (its
+    budget), whether parsing failed, the TCP stream, the TLS record reader (with the stream start
+    it began at) and the DTLS handshake collector. Plain fields rather than one dict per field
+    keyed by direction: a namer is built for tens of thousands of flows."""
+
+    __slots__ = ("packets_taken", "bytes_taken", "failed", "stream", "stream_full", "tls", "dtls")
+
+    def __init__(self, stream: _TcpStream | None) -> None:
+        self.packets_taken = 0
+        self.bytes_taken = 0
+        self.failed = False
+        self.stream: _TcpStream | None = stream
+        self.stream_full = False
+        # (stream start, reader); reader None once the records from that start failed to parse.
+        self.tls: tuple[int | None, tls_dissect.TlsHandshakeReader | None] | None = None
+        self.dtls: dtls_dissect.DtlsHandshakeCollector | None = None
+
+
 class FlowNamer:
     """Names one flow from its first payload packets; see the module docstring.
 
@@ -418,16 +437,18 @@ class FlowNamer:
         self.errors: collections.Counter[str] = ErrorCounts()
         self._is_dns = DNS_PORT in (client_port, server_port)
         self._app = "dns" if self._is_dns else ""
-        self._packets = {True: 0, False: 0}
-        self._bytes = {True: 0, False: 0}
-        self._failed = {True: False, False: False}
         # Only TCP payloads are rebuilt as streams (TLS, HTTP, DNS and STUN over TCP).
-        self._streams = {True: _TcpStream(), False: _TcpStream()} if self.transport == "tcp" else {}
-        self._stream_full = {True: False, False: False}
-        self._tls_readers: dict[
-            bool, tuple[int | None, tls_dissect.TlsHandshakeReader | None]
-        ] = {}
-        self._dtls_collectors: dict[bool, dtls_dissect.DtlsHandshakeCollector] = {}
+        tcp = self.transport == "tcp"
+        self._client = _Direction(_TcpStream() if tcp else None)
+        self._server = _Direction(_TcpStream() if tcp else None)
+
+    def _side(self, from_client: bool) -> _Direction:
+        return self._client if from_client else self._server
+
+    def _stream(self, from_client: bool) -> _TcpStream:
+        stream = self._side(from_client).stream
+        assert stream is not None  # TCP flows only
+        return stream
 
     # -- feeding ---------------------------------------------------------------------------
 
@@ -439,22 +460,21 @@ class FlowNamer:
             self._feed(bool(from_client), bytes(payload), ts_ns, tcp_seq)
         except Exception as exc:  # noqa: BLE001 - the contract is "never raises"; fuzz tests pin it
             self.errors[f"naming:internal_{type(exc).__name__}"] += 1
-            self._failed[bool(from_client)] = True
+            self._side(bool(from_client)).failed = True
 
     def _budget_spent(self, from_client: bool) -> bool:
-        return (
-            self._packets[from_client] >= MAX_PACKETS_PER_DIRECTION
-            or self._bytes[from_client] >= MAX_BYTES_PER_DIRECTION
-        )
+        side = self._side(from_client)
+        return side.packets_taken >= MAX_PACKETS_PER_DIRECTION or side.bytes_taken >= MAX_BYTES_PER_DIRECTION
 
     def _feed(self, from_client: bool, payload: bytes, ts_ns: int, tcp_seq: int | None) -> None:
         if self._is_dns:
             self._feed_dns(from_client, payload, ts_ns, tcp_seq)
             return
-        if self._budget_spent(from_client) or self._failed[from_client]:
+        side = self._side(from_client)
+        if side.packets_taken >= MAX_PACKETS_PER_DIRECTION or side.bytes_taken >= MAX_BYTES_PER_DIRECTION or side.failed:
             return
-        self._packets[from_client] += 1
-        self._bytes[from_client] += len(payload)
+        side.packets_taken += 1
+        side.bytes_taken += len(payload)
         if self.transport == "tcp":
             self._feed_tcp(from_client, payload, tcp_seq)
         elif self.transport == "udp":
@@ -466,11 +486,14 @@ class FlowNamer:
             return
         if self.transport != "tcp":
             return
-        stream = self._streams[from_client]
+        side = self._side(from_client)
+        stream = side.stream
+        if stream is None:
+            return
         if not stream.add(payload, tcp_seq):
-            if not self._stream_full[from_client]:
+            if not side.stream_full:
                 self.errors["dns:tcp_stream_gap"] += 1
-                self._stream_full[from_client] = True
+                side.stream_full = True
             return
         messages, used = dns_dissect.split_tcp_messages(stream.contiguous())
         stream.consume(used)
@@ -490,7 +513,7 @@ class FlowNamer:
             self._dns_query_raw = parsed.questions[0].name
 
     def _feed_tcp(self, from_client: bool, payload: bytes, tcp_seq: int | None) -> None:
-        stream = self._streams[from_client]
+        stream = self._stream(from_client)
         if not stream.add(payload, tcp_seq):
             self.errors["tcp:stream_cap"] += 1
             return
@@ -538,10 +561,11 @@ class FlowNamer:
         the start moves and the stream is re-read from it, and an error seen under the old start
         does not condemn the direction.
         """
-        start = self._streams[from_client].start_offset()
-        known = self._tls_readers.get(from_client)
+        side = self._side(from_client)
+        start = self._stream(from_client).start_offset()
+        known = side.tls
         if known is None or known[0] != start:
-            known = self._tls_readers[from_client] = (start, tls_dissect.TlsHandshakeReader())
+            known = side.tls = (start, tls_dissect.TlsHandshakeReader())
         reader = known[1]
         if reader is None:
             return  # this start already failed to parse
@@ -549,7 +573,7 @@ class FlowNamer:
             messages = reader.feed(stream)
         except tls_dissect.TlsError as exc:
             self.errors[f"tls:{exc.reason}"] += 1
-            self._tls_readers[from_client] = (start, None)
+            side.tls = (start, None)
             return
         if not from_client and reader.encrypted:
             self._server_encrypted = True
@@ -647,11 +671,10 @@ class FlowNamer:
                 return
         if self._app in ("", "dtls") and dtls_dissect.looks_like_dtls(payload):
             self._app = "dtls"
-            collector = self._dtls_collectors.get(from_client)
+            side = self._side(from_client)
+            collector = side.dtls
             if collector is None:
-                collector = self._dtls_collectors[from_client] = (
-                    dtls_dissect.DtlsHandshakeCollector()
-                )
+                collector = side.dtls = dtls_dissect.DtlsHandshakeCollector()
             try:
                 handshakes = collector.feed(payload)
             except dtls_dissect.DtlsError as exc:
@@ -720,9 +743,9 @@ class FlowNamer:
         """TLS/DTLS: the server's hello or clear certificate may still come."""
         if self._app not in ("tls", "dtls"):
             return False
-        if self._failed[False] or self._budget_spent(False) or self._server_encrypted:
+        if self._server.failed or self._budget_spent(False) or self._server_encrypted:
             return False
-        server_reader = self._tls_readers.get(False)
+        server_reader = self._server.tls
         if self._app == "tls" and server_reader is not None and server_reader[1] is None:
             return False  # the server's records did not parse
         if self._server_hello is None:
@@ -742,8 +765,8 @@ class FlowNamer:
             return True
         if self._app == "quic" and self._quic_collector is not None and self._quic_collector.done:
             return True
-        server_spent = self._failed[False] or self._budget_spent(False)
-        if self._client_hello is not None or self._failed[True] or self._budget_spent(True):
+        server_spent = self._server.failed or self._budget_spent(False)
+        if self._client_hello is not None or self._client.failed or self._budget_spent(True):
             return server_spent or not self._awaiting_server()
         return server_spent and self._app == ""
 
