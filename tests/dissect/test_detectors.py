@@ -10,6 +10,8 @@ import socket
 import struct
 import zlib
 from collections import Counter
+from collections.abc import Mapping
+from collections.abc import Set as AbstractSet
 from pathlib import Path
 
 import dpkt
@@ -555,8 +557,48 @@ def test_is_empty_covers_every_field_the_detectors_read() -> None:
             setattr(ev, name, value + 2)
         elif isinstance(value, str):
             setattr(ev, name, "x")
-        elif isinstance(value, set):
-            value.add(1)
-        elif isinstance(value, dict):
-            value[1] = 1
+        elif isinstance(value, AbstractSet):
+            setattr(ev, name, {1})
+        elif isinstance(value, Mapping):
+            setattr(ev, name, {1: 1})
+        else:
+            raise AssertionError(f"{name}: a field of type {type(value).__name__} the test does not set")
         assert not ev.is_empty(), name
+
+
+def test_evidence_containers_become_each_flows_own() -> None:
+    """The evidence's sets and dicts start as shared read-only empties and each becomes the
+    flow's own at its first entry: filling one flow's (STUN, TURN, ChannelData, DTLS, RTP,
+    RTCP, Zoom) raises nothing and leaves the shared empties and another flow's evidence empty."""
+    from inspector.dissect.detectors import _NO_ENTRIES, _NO_ITEMS, FlowEvidence
+
+    ident = bytes(range(16))
+    packets = [
+        (True, stun_msg(0x0001, attr(0x8022, b"client"))),
+        (True, stun_msg(0x0001, tid=b"C" * 12, fingerprint=False)[:4] + b"C" * 16),
+        (True, stun_msg(0x0009, attr(0x000C, b"\x40\x01\x00\x00"))),
+        (True, struct.pack("!HH", 0x4001, 92) + rtp(1)),
+        (True, dtls_client_hello()),
+        (True, rtcp_sr()),
+        (True, rtp(7, ssrc=9)),
+        (True, zoom_server_audio(1)),
+        (True, b"\x01\x00\x02" + ident + bytes(30)),
+        (False, b"\x02\x00\x01" + ident + bytes(16)),
+        (True, stun_msg(0x0001, attr(0x4000, b"\x00\x00\x00\x01"))),
+    ]
+    state = feed_all(MediaFlowState("udp", 1, 3478), packets)
+    p2p = feed_all(MediaFlowState("udp", 1, 2), [(True, bytes([0x0F]) + bytes(18) + rtp(2, ssrc=5, pt=113))])
+    for flow in (state, p2p):
+        assert not any(reason.startswith("internal") for reason in flow.errors), flow.errors
+    filled = {
+        "stun_types", "stun_classic_tids", "turn_methods", "bound_channels", "stun_services", "stun_text",
+        "channels", "dtls_versions", "rtcp_senders", "rtp_tracks", "zoom_layouts", "zoom_kinds",
+        "zoom_setup_client", "zoom_setup_server",
+    }  # fmt: skip
+    for name in filled:
+        value = getattr(state.evidence, name)
+        assert value and isinstance(value, (set, dict)), name
+    assert p2p.evidence.zoom_p2p_ssrcs == {5: 1}
+    assert state.evidence.channels[0x9999] == 0  # the flow's own tally reads a missing key as 0
+    assert _NO_ITEMS == frozenset() and len(_NO_ENTRIES) == 0
+    assert FlowEvidence("udp", 1, 2).is_empty()
