@@ -22,6 +22,7 @@ Rules (documented in docs/ARCHITECTURE.md):
 
 from __future__ import annotations
 
+import socket
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -176,6 +177,73 @@ def flows_of_identities(columns: list[list[Any]]) -> list[Flow]:
         f.fin_from_client = f.fin_from_server = f.rst = None
         flows.append(f)
     return flows
+
+
+# IANA protocol numbers (www.iana.org/assignments/protocol-numbers) for the names users know.
+IP_PROTOCOL_NAMES = {
+    1: "icmp",
+    2: "igmp",
+    4: "ipip",
+    6: "tcp",
+    17: "udp",
+    41: "ipv6",
+    47: "gre",
+    50: "esp",
+    51: "ah",
+    58: "icmpv6",
+    89: "ospf",
+    103: "pim",
+    112: "vrrp",
+    132: "sctp",
+}
+
+
+def transport_name(proto: int) -> str:
+    return IP_PROTOCOL_NAMES.get(proto, str(proto))
+
+
+def address_text(version: int, hi: int, lo: int) -> str:
+    """Textual form of an address held as two 64-bit halves (IPv4 in ``lo``)."""
+    if version == 4:
+        return socket.inet_ntop(socket.AF_INET, lo.to_bytes(4, "big"))
+    return socket.inet_ntop(socket.AF_INET6, hi.to_bytes(8, "big") + lo.to_bytes(8, "big"))
+
+
+#: Most address texts ``flow_endpoints`` keeps (~4 Python objects each); past it the cache starts
+#: over. IPv4 addresses are keyed by their value, IPv6 ones by their halves.
+ENDPOINT_TEXTS_KEPT = 65536
+_ipv4_texts: dict[int, str] = {}
+_ipv6_texts: dict[tuple[int, int], str] = {}
+
+
+def _endpoint_text(version: int, hi: int, lo: int) -> str:
+    if version == 4:
+        text = _ipv4_texts.get(lo)
+        if text is None:
+            if len(_ipv4_texts) >= ENDPOINT_TEXTS_KEPT:
+                _ipv4_texts.clear()
+            text = _ipv4_texts[lo] = address_text(4, 0, lo)
+        return text
+    key = (hi, lo)
+    text = _ipv6_texts.get(key)
+    if text is None:
+        if len(_ipv6_texts) >= ENDPOINT_TEXTS_KEPT:
+            _ipv6_texts.clear()
+        text = _ipv6_texts[key] = address_text(version, hi, lo)
+    return text
+
+
+def flow_endpoints(f: Flow) -> tuple[str, str]:
+    """(client address, server address) as text; each address's text is made once while it
+    recurs (a run's flows share a few thousand addresses)."""
+    return _endpoint_text(f.ip_version, f.client_hi, f.client_lo), _endpoint_text(f.ip_version, f.server_hi, f.server_lo)
+
+
+def forget_endpoint_texts() -> None:
+    """Empty ``flow_endpoints``' cache of address texts: it serves flows as they end, and the
+    tables built after do not use it."""
+    _ipv4_texts.clear()
+    _ipv6_texts.clear()
 
 
 def _is_service_port(port: int) -> bool:

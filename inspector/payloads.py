@@ -19,9 +19,8 @@ import numpy as np
 from inspector.decode import IPPROTO_TCP, IPPROTO_UDP
 from inspector.facts import FlowFacts
 from inspector.fastinit import positional_constructor
-from inspector.flows import Flow, flows_of_identities
+from inspector.flows import Flow, flow_endpoints, flows_of_identities, transport_name
 from inspector.ordering import run_first_positions, sorted_runs, unique_first
-from inspector.summarize import flow_endpoints, transport_name
 
 if TYPE_CHECKING:
     from inspector.dissect.detectors import MediaFlowState

@@ -8,15 +8,20 @@ dtypes declared in ``inspector.schema``; nothing here touches packets. (Not to b
 
 from __future__ import annotations
 
-import functools
-import socket
 from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from inspector.decode import TUNNEL_NAMES
-from inspector.flows import Flow
+from inspector.flows import (  # noqa: F401 - flow_endpoints and IP_PROTOCOL_NAMES are also imported from here
+    IP_PROTOCOL_NAMES,
+    Flow,
+    address_text,
+    flow_endpoints,
+    forget_endpoint_texts,
+    transport_name,
+)
 from inspector.flowstore import RECORD_DTYPE
 from inspector.schema import FLOW_COLUMNS, empty_frame
 from inspector.spill import SpillFile
@@ -39,53 +44,6 @@ LABEL_NAMES = (
     "confidence",
     "session_id",
 )
-
-# IANA protocol numbers (www.iana.org/assignments/protocol-numbers) for the names users know.
-IP_PROTOCOL_NAMES = {
-    1: "icmp",
-    2: "igmp",
-    4: "ipip",
-    6: "tcp",
-    17: "udp",
-    41: "ipv6",
-    47: "gre",
-    50: "esp",
-    51: "ah",
-    58: "icmpv6",
-    89: "ospf",
-    103: "pim",
-    112: "vrrp",
-    132: "sctp",
-}
-
-
-def transport_name(proto: int) -> str:
-    return IP_PROTOCOL_NAMES.get(proto, str(proto))
-
-
-def address_text(version: int, hi: int, lo: int) -> str:
-    """Textual form of an address held as two 64-bit halves (IPv4 in ``lo``)."""
-    if version == 4:
-        return socket.inet_ntop(socket.AF_INET, lo.to_bytes(4, "big"))
-    return socket.inet_ntop(socket.AF_INET6, hi.to_bytes(8, "big") + lo.to_bytes(8, "big"))
-
-
-@functools.lru_cache(maxsize=65536)
-def _address_text_cached(version: int, hi: int, lo: int) -> str:
-    return address_text(version, hi, lo)
-
-
-def forget_endpoint_texts() -> None:
-    """Empty ``flow_endpoints``' cache of address texts (up to 65,536 addresses, ~4 Python
-    objects each): it serves flows as they end, and the tables built after do not use it."""
-    _address_text_cached.cache_clear()
-
-
-def flow_endpoints(f: Flow) -> tuple[str, str]:
-    """(client address, server address) as text."""
-    text = _address_text_cached
-    return text(f.ip_version, f.client_hi, f.client_lo), text(f.ip_version, f.server_hi, f.server_lo)
-
 
 def _distinct_rows(*columns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(a row of each distinct key, each row's distinct-key number) of equal-length key columns.

@@ -8,7 +8,7 @@ from inspector.batch import PacketBatch
 from inspector.decode import decode_batch
 from inspector.flows import FlowConfig, FlowTable
 from inspector.slowpath import SlowDecoder
-from inspector.summarize import flow_endpoints
+from inspector.flows import ENDPOINT_TEXTS_KEPT, Flow, flow_endpoints, forget_endpoint_texts
 from tests import craft as C
 from tests.conftest import pure_python_only
 
@@ -225,3 +225,27 @@ def test_ended_flows_cross_to_a_worker_as_identity_columns():
         assert stage.facts(copy) == stage.facts(original)
     assert identity_columns([]) == [[] for _ in IDENTITY_FIELDS]
     assert flows_of_identities(identity_columns([])) == []
+
+def test_endpoint_texts_stay_right_past_the_cache_bound() -> None:
+    """``flow_endpoints`` gives each address's text, IPv4 and IPv6, whether cached or not: the
+    cache starts over once it holds ``ENDPOINT_TEXTS_KEPT`` addresses of a version."""
+    import ipaddress
+
+    def flow(version: int, client: int, server: int) -> Flow:
+        f = Flow()
+        f.ip_version = version
+        f.client_hi, f.client_lo = client >> 64, client & (2**64 - 1)
+        f.server_hi, f.server_lo = server >> 64, server & (2**64 - 1)
+        return f
+
+    forget_endpoint_texts()
+    v6 = int(ipaddress.IPv6Address("2001:db8::1"))
+    for i in range(ENDPOINT_TEXTS_KEPT + 3):
+        client = 0x0A000000 + i
+        assert flow_endpoints(flow(4, client, 0x08080808)) == (str(ipaddress.IPv4Address(client)), "8.8.8.8")
+    for i in (0, 1, ENDPOINT_TEXTS_KEPT + 1):
+        assert flow_endpoints(flow(4, 0x0A000000 + i, 0x08080808))[0] == f"10.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}"
+    assert flow_endpoints(flow(6, v6, v6 + 0xFFFF)) == ("2001:db8::1", "2001:db8::1:0")
+    assert flow_endpoints(flow(6, v6, v6 + 0xFFFF)) == ("2001:db8::1", "2001:db8::1:0")
+    forget_endpoint_texts()
+    assert flow_endpoints(flow(4, 0xC0000201, 0xC0000202)) == ("192.0.2.1", "192.0.2.2")
