@@ -236,7 +236,8 @@ def _endpoint_text(version: int, hi: int, lo: int) -> str:
 def flow_endpoints(f: Flow) -> tuple[str, str]:
     """(client address, server address) as text; each address's text is made once while it
     recurs (a run's flows share a few thousand addresses)."""
-    return _endpoint_text(f.ip_version, f.client_hi, f.client_lo), _endpoint_text(f.ip_version, f.server_hi, f.server_lo)
+    client = _endpoint_text(f.ip_version, f.client_hi, f.client_lo)
+    return client, _endpoint_text(f.ip_version, f.server_hi, f.server_lo)
 
 
 def forget_endpoint_texts() -> None:

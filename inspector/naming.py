@@ -395,6 +395,10 @@ class _Direction:
         self.tls: tuple[int | None, tls_dissect.TlsHandshakeReader | None] | None = None
         self.dtls: dtls_dissect.DtlsHandshakeCollector | None = None
 
+    def spent(self) -> bool:
+        """The direction's budget is used up (MAX_PACKETS_PER_DIRECTION or MAX_BYTES_PER_DIRECTION)."""
+        return self.packets_taken >= MAX_PACKETS_PER_DIRECTION or self.bytes_taken >= MAX_BYTES_PER_DIRECTION
+
 
 class FlowNamer:
     """Names one flow from its first payload packets; see the module docstring.
@@ -463,15 +467,14 @@ class FlowNamer:
             self._side(bool(from_client)).failed = True
 
     def _budget_spent(self, from_client: bool) -> bool:
-        side = self._side(from_client)
-        return side.packets_taken >= MAX_PACKETS_PER_DIRECTION or side.bytes_taken >= MAX_BYTES_PER_DIRECTION
+        return self._side(from_client).spent()
 
     def _feed(self, from_client: bool, payload: bytes, ts_ns: int, tcp_seq: int | None) -> None:
         if self._is_dns:
             self._feed_dns(from_client, payload, ts_ns, tcp_seq)
             return
         side = self._side(from_client)
-        if side.packets_taken >= MAX_PACKETS_PER_DIRECTION or side.bytes_taken >= MAX_BYTES_PER_DIRECTION or side.failed:
+        if side.spent() or side.failed:
             return
         side.packets_taken += 1
         side.bytes_taken += len(payload)

@@ -244,7 +244,8 @@ def test_endpoint_texts_stay_right_past_the_cache_bound() -> None:
         client = 0x0A000000 + i
         assert flow_endpoints(flow(4, client, 0x08080808)) == (str(ipaddress.IPv4Address(client)), "8.8.8.8")
     for i in (0, 1, ENDPOINT_TEXTS_KEPT + 1):
-        assert flow_endpoints(flow(4, 0x0A000000 + i, 0x08080808))[0] == f"10.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}"
+        client = flow_endpoints(flow(4, 0x0A000000 + i, 0x08080808))[0]
+        assert client == f"10.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}"
     assert flow_endpoints(flow(6, v6, v6 + 0xFFFF)) == ("2001:db8::1", "2001:db8::1:0")
     assert flow_endpoints(flow(6, v6, v6 + 0xFFFF)) == ("2001:db8::1", "2001:db8::1:0")
     forget_endpoint_texts()
