@@ -348,17 +348,16 @@ class FlowTable:
         # Grouped by the hash's top bits, which leave a row index room in a 64-bit word
         # (``ordering.stable_argsort``); two keys that share them fail the check below.
         order, new_group, group_of_sorted, first_sorted = _group_runs(h >> np.uint64(index_bits(m)))
-        # Guard against hash collisions: every member must carry its group leader's key.
-        leader = order[first_sorted[group_of_sorted]]
-        same = (
-            (meta[order] == meta[leader])
-            & (a_hi[order] == a_hi[leader])
-            & (a_lo[order] == a_lo[leader])
-            & (b_hi[order] == b_hi[leader])
-            & (b_lo[order] == b_lo[leader])
-            & (ports[order] == ports[leader])
-        )
-        if not same.all():
+        # Guard against hash collisions: inside a group every row must carry the key of the row
+        # before it (so all carry the group's first key): one gather per key column.
+        inside = ~new_group[1:]
+        collided = False
+        for column in (meta, a_hi, a_lo, b_hi, b_lo, ports):
+            ordered = column[order]
+            if (inside & (ordered[1:] != ordered[:-1])).any():
+                collided = True
+                break
+        if collided:
             keys = np.rec.fromarrays([meta, a_hi, a_lo, b_hi, b_lo, ports])
             _, inverse = np.unique(keys, return_inverse=True)
             order, new_group, group_of_sorted, first_sorted = _group_runs(inverse.reshape(-1))

@@ -158,7 +158,8 @@ def process_batches(
     facts: dict[int, object] = {}
 
     def summarise(done: list[Flow]) -> list:
-        ended = []
+        ended = []  # (flow, facts) for ``on_batch`` only
+        keep = on_batch is not None
         for f in done:
             fact = None
             label = EMPTY
@@ -172,7 +173,8 @@ def process_batches(
                 else:
                     facts[f.flow_id] = fact
             store.append(f, label)
-            ended.append((f, fact))
+            if keep:
+                ended.append((f, fact))
         return ended
 
     def one_batch(batch: PacketBatch) -> None:
