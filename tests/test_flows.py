@@ -250,3 +250,22 @@ def test_endpoint_texts_stay_right_past_the_cache_bound() -> None:
     assert flow_endpoints(flow(6, v6, v6 + 0xFFFF)) == ("2001:db8::1", "2001:db8::1:0")
     forget_endpoint_texts()
     assert flow_endpoints(flow(4, 0xC0000201, 0xC0000202)) == ("192.0.2.1", "192.0.2.2")
+
+
+def test_key_bytes_tell_keys_apart_exactly() -> None:
+    """``_key_bytes``: equal keys give equal bytes and any difference in any column (ports as
+    uint16, addresses and the packed meta word as uint64, top bit included) gives different
+    bytes; each row's bytes hold its columns' values as 8-byte words."""
+    from inspector.flows import _key_bytes
+
+    top = np.uint64(1 << 63)
+    words = np.array([0, 1, top, top + np.uint64(5), 2**64 - 1], dtype=np.uint64)
+    ports = np.array([0, 1, 443, 65535, 443], dtype=np.uint16)
+    keys = _key_bytes(np.array([0, 1, 2, 3, 4, 2]), (words, ports, words[::-1].copy()))
+    assert all(isinstance(k, bytes) and len(k) == 24 for k in keys)
+    assert keys[2] == keys[5] and len(set(keys)) == 5
+    assert np.frombuffer(keys[3], dtype=np.uint64).tolist() == [int(words[3]), 65535, int(words[1])]
+    # One column differing by one bit, the others equal.
+    a = _key_bytes(np.array([0]), (words[:1], ports[:1]))
+    b = _key_bytes(np.array([0]), (words[1:2], ports[:1]))
+    assert a != b
