@@ -21,7 +21,8 @@ from inspector.gcpause import return_free_memory
 from inspector.batch import PacketBatch
 from inspector.pipeline import AnalyzeOptions, BatchProgress, CaptureResult, process_batches, process_capture
 from inspector.schema import DESTINATION_COLUMNS, MEDIA_COLUMNS, SESSION_COLUMNS, empty_frame
-from inspector.summarize import CaptureFlows, FinishedFlows, forget_endpoint_texts, plain_chunks_of
+from inspector.flows import forget_endpoint_texts
+from inspector.summarize import CaptureFlows, FinishedFlows, plain_chunks_of
 
 if TYPE_CHECKING:  # pandas is imported where frames are made: the packet path never needs it
     import pandas as pd

@@ -210,26 +210,19 @@ def address_text(version: int, hi: int, lo: int) -> str:
 
 
 #: Most address texts ``flow_endpoints`` keeps (~4 Python objects each); past it the cache starts
-#: over. IPv4 addresses are keyed by their value, IPv6 ones by their halves.
+#: over. An IPv4 address is keyed by its value (an int), an IPv6 one by its halves (a tuple), so
+#: ``::a.b.c.d`` and ``a.b.c.d`` stay apart.
 ENDPOINT_TEXTS_KEPT = 65536
-_ipv4_texts: dict[int, str] = {}
-_ipv6_texts: dict[tuple[int, int], str] = {}
+_endpoint_texts: dict[object, str] = {}
 
 
 def _endpoint_text(version: int, hi: int, lo: int) -> str:
-    if version == 4:
-        text = _ipv4_texts.get(lo)
-        if text is None:
-            if len(_ipv4_texts) >= ENDPOINT_TEXTS_KEPT:
-                _ipv4_texts.clear()
-            text = _ipv4_texts[lo] = address_text(4, 0, lo)
-        return text
-    key = (hi, lo)
-    text = _ipv6_texts.get(key)
+    key: object = lo if version == 4 else (hi, lo)
+    text = _endpoint_texts.get(key)
     if text is None:
-        if len(_ipv6_texts) >= ENDPOINT_TEXTS_KEPT:
-            _ipv6_texts.clear()
-        text = _ipv6_texts[key] = address_text(version, hi, lo)
+        if len(_endpoint_texts) >= ENDPOINT_TEXTS_KEPT:
+            _endpoint_texts.clear()
+        text = _endpoint_texts[key] = address_text(version, hi, lo)
     return text
 
 
@@ -243,8 +236,7 @@ def flow_endpoints(f: Flow) -> tuple[str, str]:
 def forget_endpoint_texts() -> None:
     """Empty ``flow_endpoints``' cache of address texts: it serves flows as they end, and the
     tables built after do not use it."""
-    _ipv4_texts.clear()
-    _ipv6_texts.clear()
+    _endpoint_texts.clear()
 
 
 def _is_service_port(port: int) -> bool:

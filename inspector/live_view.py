@@ -191,7 +191,7 @@ class LiveView:
 
     def _flow_view(self, flow, facts, verdict) -> _FlowView:
         if facts is None:
-            from inspector.summarize import flow_endpoints
+            from inspector.flows import flow_endpoints
 
             client_ip, server_ip = flow_endpoints(flow)
             turned = server_ip in self._local and client_ip not in self._local
@@ -288,7 +288,7 @@ class LiveView:
                 self._learn_local(facts)
             elif flow.proto == IPPROTO_TCP:
                 # Without payload facts: the side that opened a TCP connection is taken as local.
-                from inspector.summarize import flow_endpoints
+                from inspector.flows import flow_endpoints
 
                 self._local.add(flow_endpoints(flow)[0])
             need.append((flow, facts))

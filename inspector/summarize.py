@@ -14,14 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from inspector.decode import TUNNEL_NAMES
-from inspector.flows import (  # noqa: F401 - flow_endpoints and IP_PROTOCOL_NAMES are also imported from here
-    IP_PROTOCOL_NAMES,
-    Flow,
-    address_text,
-    flow_endpoints,
-    forget_endpoint_texts,
-    transport_name,
-)
+from inspector.flows import address_text, transport_name
 from inspector.flowstore import RECORD_DTYPE
 from inspector.schema import FLOW_COLUMNS, empty_frame
 from inspector.spill import SpillFile

@@ -6,9 +6,16 @@ import numpy as np
 
 from inspector.batch import PacketBatch
 from inspector.decode import decode_batch
-from inspector.flows import FlowConfig, FlowTable
+from inspector.flows import (
+    ENDPOINT_TEXTS_KEPT,
+    Flow,
+    FlowConfig,
+    FlowTable,
+    address_text,
+    flow_endpoints,
+    forget_endpoint_texts,
+)
 from inspector.slowpath import SlowDecoder
-from inspector.flows import ENDPOINT_TEXTS_KEPT, Flow, flow_endpoints, forget_endpoint_texts
 from tests import craft as C
 from tests.conftest import pure_python_only
 
@@ -228,7 +235,8 @@ def test_ended_flows_cross_to_a_worker_as_identity_columns():
 
 def test_endpoint_texts_stay_right_past_the_cache_bound() -> None:
     """``flow_endpoints`` gives each address's text, IPv4 and IPv6, whether cached or not: the
-    cache starts over once it holds ``ENDPOINT_TEXTS_KEPT`` addresses of a version."""
+    cache starts over once it holds ``ENDPOINT_TEXTS_KEPT`` addresses; an IPv4 address and the
+    IPv6 address with the same halves (``::a.b.c.d``) keep their own texts."""
     import ipaddress
 
     def flow(version: int, client: int, server: int) -> Flow:
@@ -250,6 +258,9 @@ def test_endpoint_texts_stay_right_past_the_cache_bound() -> None:
     assert flow_endpoints(flow(6, v6, v6 + 0xFFFF)) == ("2001:db8::1", "2001:db8::1:0")
     forget_endpoint_texts()
     assert flow_endpoints(flow(4, 0xC0000201, 0xC0000202)) == ("192.0.2.1", "192.0.2.2")
+    compatible = flow_endpoints(flow(6, 0xC0000201, 0xC0000202))  # ::192.0.2.1, after its IPv4 twin
+    assert compatible == (address_text(6, 0, 0xC0000201), address_text(6, 0, 0xC0000202))
+    assert compatible[0] != "192.0.2.1" and ":" in compatible[0]
 
 
 def test_key_bytes_tell_keys_apart_exactly() -> None:

@@ -15,13 +15,12 @@ from inspector.flowstore import RECORD_DTYPE
 from inspector.labels import LABEL_COLUMNS
 from inspector.schema import FLOW_COLUMN_NAMES, FLOW_DTYPES
 from inspector.sessions import flow_sides
+from inspector.flows import address_text, transport_name
 from inspector.summarize import (
     LABEL_NAMES,
     CaptureFlows,
     FinishedFlows,
-    address_text,
     flows_frame,
-    transport_name,
 )
 
 V4_ONE = (4, 0, 1)  # 0.0.0.1
