@@ -69,6 +69,7 @@ largest loss per segment of reports (``media_stats.RunningReports``).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -258,8 +259,9 @@ def clock_rate(payload_type: int, kind: str, rtp_ts: np.ndarray, arrival_ns: np.
 
 
 def _sketch_union(sketches: list[np.ndarray], full: list[bool]) -> tuple[np.ndarray, int]:
-    """(the bottom-k of the union of segment sketches, the hash up to which it is complete):
-    a segment that overflowed its sketch is complete only up to its largest kept hash."""
+    """(the bottom-k of the union of segment sketches, sorted and distinct; the hash up to which
+    it is complete): a segment that overflowed its sketch is complete only up to its largest
+    kept hash."""
     limit = 1 << 32
     if len(sketches) == 1:
         # One segment: its sketch row is already sorted, distinct and at most TIMESTAMP_SKETCH
@@ -280,13 +282,17 @@ def _sketch_union(sketches: list[np.ndarray], full: list[bool]) -> tuple[np.ndar
     return values, limit
 
 
-def _repair_streams(keys: list[tuple], packets: list[int], sketches: list[tuple[np.ndarray, int]]) -> set[int]:
+def _repair_streams(
+    keys: list[tuple], packets: list[int], sketch_of: Callable[[int], tuple[np.ndarray, int]]
+) -> set[int]:
     """Indexes of streams whose timestamps mostly belong to a larger stream of the same flow/direction.
 
     Timestamps come as bottom-k sketches (``media_stats.TIMESTAMP_SKETCH`` smallest hashes with
-    the hash up to which each is complete). Below the lower of two limits both sketches hold
-    every timestamp of their stream, so the shares are counted there: exact while each stream
-    has at most k distinct timestamps, a consistent sample (~1/sqrt(k) error) beyond.
+    the hash up to which each is complete), ``sketch_of(index)`` (``_sketch_union``), asked
+    once and only for streams that share their flow and direction with another. Below the lower
+    of two limits both sketches hold every timestamp of their stream, so the shares are counted
+    there: exact while each stream has at most k distinct timestamps, a consistent sample
+    (~1/sqrt(k) error) beyond.
     """
     by_flow: dict[tuple, list[int]] = {}
     for i, key in enumerate(keys):
@@ -295,17 +301,21 @@ def _repair_streams(keys: list[tuple], packets: list[int], sketches: list[tuple[
     for members in by_flow.values():
         if len(members) < 2:
             continue
+        sketches = {i: sketch_of(i) for i in members}
         for i in members:
             for j in members:
                 if i == j or packets[j] <= packets[i]:
                     continue
                 (hashes_i, limit_i), (hashes_j, limit_j) = sketches[i], sketches[j]
                 limit = min(limit_i, limit_j)
-                sample_i = hashes_i[hashes_i <= limit]
-                sample_j = hashes_j[hashes_j <= limit]
+                # Sketches are sorted and distinct (``_sketch_union``): a sample is a prefix, and
+                # a hash of one is in the other where a binary search lands on it.
+                sample_i = hashes_i[: int(np.searchsorted(hashes_i, limit, side="right"))]
+                sample_j = hashes_j[: int(np.searchsorted(hashes_j, limit, side="right"))]
                 if sample_i.size == 0 or sample_j.size == 0:
                     continue
-                common = np.isin(sample_i, sample_j).sum()
+                landing = np.searchsorted(sample_j, sample_i)
+                common = int(np.count_nonzero(sample_j[np.minimum(landing, sample_j.size - 1)] == sample_i))
                 shared = common / sample_i.size
                 coverage = common / sample_j.size
                 if shared >= REPAIR_MIN_SHARED_TIMESTAMPS and coverage < REPAIR_MAX_COVERAGE:
@@ -383,38 +393,50 @@ def _string_ranks(values: np.ndarray) -> np.ndarray:
 
 def _window_segments(segments: pd.DataFrame, membership: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     """(segment rows, membership rows): every segment of a call's media flow that overlaps the
-    call's window (and so lies inside it, ``RunningStreams``)."""
-    by_flow: dict[tuple, np.ndarray] = {}
-    captures = segments["capture"].to_numpy(dtype=object)
-    flow_ids = segments["flow_id"].to_numpy(dtype=np.int64)
-    order = np.lexsort((flow_ids, _string_ranks(captures))) if len(segments) else np.zeros(0, dtype=np.int64)
-    bounds = _run_starts_pair(captures[order], flow_ids[order])
-    for lo, hi in zip(bounds, np.append(bounds[1:], order.size)):
-        by_flow[(captures[order[lo]], int(flow_ids[order[lo]]))] = np.sort(order[lo:hi])
-    first = segments["first_ns"].to_numpy(dtype=np.int64)
-    last = segments["last_ns"].to_numpy(dtype=np.int64)
-    seg_parts, member_parts = [], []
-    keys = zip(membership["capture"].to_numpy(dtype=object), membership["flow_id"].to_numpy(dtype=np.int64),
-               membership["start_ns"].to_numpy(dtype=np.int64), membership["end_ns"].to_numpy(dtype=np.int64))  # fmt: skip
-    for m, (capture, flow_id, start, end) in enumerate(keys):
-        rows = by_flow.get((capture, int(flow_id)))
-        if rows is None:
-            continue
-        rows = rows[(first[rows] <= end) & (last[rows] >= start)]
-        seg_parts.append(rows)
-        member_parts.append(np.full(rows.size, m, dtype=np.int64))
-    if not seg_parts:
+    call's window (and so lies inside it, ``RunningStreams``), by membership row, each
+    membership row's segments in row order.
+
+    A join on (capture, flow_id) over whole columns: both tables' keys get one dense code, each
+    membership row the run of segments of its code (``searchsorted`` in the segments sorted by
+    code, rows in order inside a code), and the runs are laid end to end before the overlap test.
+    """
+    n_segments, n_members = len(segments), len(membership)
+    if n_segments == 0 or n_members == 0:
         return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-    return np.concatenate(seg_parts), np.concatenate(member_parts)
+    # Equal captures get equal codes (their order does not matter for a join).
+    capture_code, _ = pd.factorize(np.concatenate([segments["capture"].to_numpy(dtype=object),
+                                                   membership["capture"].to_numpy(dtype=object)]))  # fmt: skip
+    flow = np.concatenate([segments["flow_id"].to_numpy(dtype=np.int64), membership["flow_id"].to_numpy(dtype=np.int64)])
+    by_key = np.lexsort((flow, capture_code))
+    code = np.empty(by_key.size, dtype=np.int64)
+    code[by_key] = np.cumsum(_run_change(capture_code[by_key], flow[by_key])) - 1
+    segment_code, member_code = code[:n_segments], code[n_segments:]
+    order = np.argsort(segment_code, kind="stable")  # stable: rows ascending inside a code
+    sorted_code = segment_code[order]
+    lo = np.searchsorted(sorted_code, member_code, side="left")
+    count = np.searchsorted(sorted_code, member_code, side="right") - lo
+    member = np.repeat(np.arange(n_members, dtype=np.int64), count)
+    run_start = np.cumsum(count) - count
+    rows = order[np.arange(member.size, dtype=np.int64) - np.repeat(run_start - lo, count)]
+    first = segments["first_ns"].to_numpy(dtype=np.int64)[rows]
+    last = segments["last_ns"].to_numpy(dtype=np.int64)[rows]
+    inside = (first <= membership["end_ns"].to_numpy(dtype=np.int64)[member]) & (
+        last >= membership["start_ns"].to_numpy(dtype=np.int64)[member]
+    )
+    return rows[inside].astype(np.int64, copy=False), member[inside]
+
+
+def _run_change(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """True where the pair (a, b) differs from the previous row's (and at row 0)."""
+    change = np.zeros(b.size, dtype=bool)
+    if b.size:
+        change[0] = True
+        change[1:] = (a[1:] != a[:-1]) | (b[1:] != b[:-1])
+    return change
 
 
 def _run_starts_pair(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    if b.size == 0:
-        return np.zeros(0, dtype=np.int64)
-    change = np.zeros(b.size, dtype=bool)
-    change[0] = True
-    change[1:] = (a[1:] != a[:-1]) | (b[1:] != b[:-1])
-    return np.flatnonzero(change)
+    return np.flatnonzero(_run_change(a, b))
 
 
 def _mode(counts: list[dict[int, int]]) -> int:
@@ -552,10 +574,12 @@ def media_table(
     if not windows:
         return empty_frame(MEDIA_COLUMNS)
     c = listed
-    sketches = []
-    for _, w in windows:
-        sketches.append(_sketch_union([c["sketch"][s] for s in w.rows], [bool(c["sketch_full"][s]) for s in w.rows]))
-    repair = _repair_streams([k[:6] for k, _ in windows], [w.total("packets") for _, w in windows], sketches)
+
+    def sketch_of(index: int) -> tuple[np.ndarray, int]:
+        rows_of = windows[index][1].rows
+        return _sketch_union([c["sketch"][s] for s in rows_of], [bool(c["sketch_full"][s]) for s in rows_of])
+
+    repair = _repair_streams([k[:6] for k, _ in windows], [w.total("packets") for _, w in windows], sketch_of)
     losses = reported_losses(rtcp, membership, max_gap_s)
     scopes = membership["scope"].to_numpy(dtype=object)
     out: dict[str, list] = {name: [] for name, _, _ in MEDIA_COLUMNS}

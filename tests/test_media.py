@@ -11,6 +11,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from inspector.media import (
+    REPAIR_MAX_COVERAGE,
+    REPAIR_MIN_SHARED_TIMESTAMPS,
+    _repair_streams,
+    _window_segments,
     estimated_clock_rate,
     median_at_least,
     pattern_kind,
@@ -362,3 +366,78 @@ def test_median_threshold_from_running_values_is_exact(sizes, threshold):
         int(above.min()) if above.size else np.iinfo(np.int64).max, threshold,
     )  # fmt: skip
     assert got == (float(np.median(values)) >= threshold)
+
+
+_CAPTURES = ["a.pcap", "b.pcap", "ü 1.pcapng"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.tuples(st.sampled_from(_CAPTURES), st.integers(0, 4), st.integers(0, 100), st.integers(0, 50)), max_size=30),
+    st.lists(st.tuples(st.sampled_from(_CAPTURES), st.integers(0, 5), st.integers(0, 120), st.integers(0, 60)), max_size=20),
+)
+def test_window_segments_join_equals_a_per_call_scan(segment_rows, member_rows):
+    # The join on (capture, flow_id) against its definition: per membership row, in order, the
+    # segments of its flow overlapping its window, in segment row order.
+    segments = pd.DataFrame(
+        [(c, f, first, first + span) for c, f, first, span in segment_rows],
+        columns=["capture", "flow_id", "first_ns", "last_ns"],
+    )
+    membership = pd.DataFrame(
+        [(c, f, start, start + span) for c, f, start, span in member_rows],
+        columns=["capture", "flow_id", "start_ns", "end_ns"],
+    )
+    expected_rows, expected_members = [], []
+    for m, (capture, flow_id, start, end) in enumerate(membership.itertuples(index=False)):
+        for row, (s_capture, s_flow, first, last) in enumerate(segments.itertuples(index=False)):
+            if (s_capture, s_flow) == (capture, flow_id) and first <= end and last >= start:
+                expected_rows.append(row)
+                expected_members.append(m)
+    rows, members = _window_segments(segments, membership)
+    assert rows.tolist() == expected_rows
+    assert members.tolist() == expected_members
+    assert rows.dtype == members.dtype == np.int64
+
+
+def _sorted_sketch(values, limit):
+    kept = sorted({v for v in values if v <= limit})
+    return np.asarray(kept, dtype=np.int64), limit
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.data())
+def test_repair_streams_count_shared_timestamps_below_both_limits(data):
+    # Against a set-based count: a stream is repair when some larger stream of its flow and
+    # direction holds at least half of its timestamps below the lower limit, yet it covers under
+    # 30% of that stream's.
+    n = data.draw(st.integers(1, 5))
+    base = data.draw(st.lists(st.integers(0, 200), max_size=60))
+    keys, packets, sketches = [], [], []
+    for i in range(n):
+        own = [v for v in base if data.draw(st.booleans())] + data.draw(st.lists(st.integers(0, 200), max_size=30))
+        limit = data.draw(st.sampled_from([1 << 32, max(own, default=0), 120]))
+        sketches.append(_sorted_sketch(own, limit))
+        keys.append(("s1", "a.pcap", 7, data.draw(st.sampled_from(["sent", "received"])), i, False))
+        packets.append(data.draw(st.integers(5, 100)))
+    asked = []
+
+    def sketch_of(index):
+        asked.append(index)
+        return sketches[index]
+
+    expected = set()
+    for i in range(n):
+        for j in range(n):
+            if i == j or keys[i][:4] != keys[j][:4] or packets[j] <= packets[i]:
+                continue
+            limit = min(sketches[i][1], sketches[j][1])
+            mine = {int(v) for v in sketches[i][0] if v <= limit}
+            theirs = {int(v) for v in sketches[j][0] if v <= limit}
+            if mine and theirs:
+                common = len(mine & theirs)
+                if common / len(mine) >= REPAIR_MIN_SHARED_TIMESTAMPS and common / len(theirs) < REPAIR_MAX_COVERAGE:
+                    expected.add(i)
+    assert _repair_streams(keys, packets, sketch_of) == expected
+    # Only streams sharing a flow and direction with another are sketched, each once.
+    alone = {i for i in range(n) if sum(k[:4] == keys[i][:4] for k in keys) == 1}
+    assert sorted(asked) == sorted(set(range(n)) - alone)
