@@ -75,6 +75,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from inspector.destinations import string_ranks
 from inspector.media_stats import (
     CANDIDATE_CLOCK_RATES,
     MEDIAN_THRESHOLDS,
@@ -386,9 +387,9 @@ FOLD_COLUMNS = ("flow_id", "from_client", "ts_ns", "ssrc", "seq", "rtp_ts", "pay
 
 
 def _string_ranks(values: np.ndarray) -> np.ndarray:
-    """Rank of each string in sorted (code point) order, equal strings equal ranks."""
-    _, inverse = np.unique(np.asarray(values, dtype=object).astype(str), return_inverse=True)
-    return inverse.reshape(-1).astype(np.int64)
+    """Rank of each string in sorted (code point) order, equal strings equal ranks (each distinct
+    string sorted once, ``destinations.string_ranks``)."""
+    return string_ranks(values)[1]
 
 
 def _window_segments(segments: pd.DataFrame, membership: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
@@ -450,6 +451,11 @@ def _mode(counts: list[dict[int, int]]) -> int:
     return min(total, key=lambda v: (-total[v], v))
 
 
+#: Per MEDIAN_THRESHOLDS value: the segment columns holding the largest size below it, the
+#: smallest size from it, and the count of sizes at or above it (``RunningStreams``).
+_SIZE_COLUMNS = {t: (f"size_below_{t}", f"size_from_{t}", f"size_ge_{t}") for t in MEDIAN_THRESHOLDS}
+
+
 class _Window:
     """One stream's segments inside a window, combined (``RunningStreams`` columns as Python
     lists: a window holds one segment or a few, and list reads cost less than numpy calls)."""
@@ -491,9 +497,8 @@ class _Window:
         return StreamShape(packets, self.total("timestamps"), self.total("marker_packets"), rate, at_least)
 
     def median_at_least(self, packets: int, threshold: int) -> bool:
-        largest_below = self.highest(f"size_below_{threshold}")
-        smallest_from = self.lowest(f"size_from_{threshold}")
-        return median_at_least(packets, self.total(f"size_ge_{threshold}"), largest_below, smallest_from, threshold)
+        below, smallest_from, at_or_above = _SIZE_COLUMNS[threshold]
+        return median_at_least(packets, self.total(at_or_above), self.highest(below), self.lowest(smallest_from), threshold)
 
     def jitter_units(self, rate: int) -> float:
         """RFC 3550 jitter after the window's last packet: the segments' values chained by one
