@@ -24,6 +24,7 @@ if TYPE_CHECKING:  # pandas is imported where frames are made: the packet path n
     import pandas as pd
 
 FORMULA_TRIGGERS = ("=", "+", "-", "@", "\t", "\r")
+_TRIGGER_CHARACTERS = frozenset(FORMULA_TRIGGERS)
 FORMATS = ("csv", "json", "parquet")
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 #: Rows converted to text at a time when writing CSV/JSON: the text copy of a table (every cell a
@@ -173,7 +174,7 @@ def _column_cells(col: pd.Series) -> list[str]:
             codes, distinct = pd.factorize(col, use_na_sentinel=True)
         except TypeError:  # an unhashable value: convert the column as a whole
             return _csv_cells(_text_frame(col.to_frame())[col.name])
-        known = [_text_cell(v) for v in distinct.tolist()]
+        known = _text_cells(distinct.tolist())
         known.append("")  # code -1, a missing value, reads the last entry
         return list(map(known.__getitem__, codes.tolist()))
     return _csv_cells(col)
@@ -185,6 +186,20 @@ def _text_cell(value: object) -> str:
     return _quoted(neutralise(text))
 
 
+def _text_cells(values: list) -> list[str]:
+    """``_text_cell`` of each value, with a plain ``str`` (nearly every value: names, addresses,
+    labels) taken as it is rather than tested for the missing markers first: a flows table has
+    tens of thousands of distinct texts."""
+    cells = []
+    for value in values:
+        if type(value) is not str:
+            cells.append(_text_cell(value))
+            continue
+        text = "'" + value if value and value[0] in _TRIGGER_CHARACTERS else value
+        cells.append('"' + text.replace('"', '""') + '"' if _NEEDS_QUOTES.search(text) else text)
+    return cells
+
+
 def plain_cells(kind: str, data, formatted: dict[int, tuple]) -> list[str]:
     """One ``summarize.CaptureFlows.plain_columns_of`` column as CSV cells, equal to what
     ``_csv_cells(_text_frame(frame)[name])`` gives for the frame made of it: text formatted once
@@ -194,7 +209,7 @@ def plain_cells(kind: str, data, formatted: dict[int, tuple]) -> list[str]:
         values, codes = data
         known = formatted.get(id(values))
         if known is None:
-            known = formatted[id(values)] = (values, [_text_cell(v) for v in values.tolist()])
+            known = formatted[id(values)] = (values, _text_cells(values.tolist()))
         return list(map(known[1].__getitem__, codes.tolist()))
     if kind == "int":
         return list(map(str, data.tolist()))

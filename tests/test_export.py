@@ -29,6 +29,14 @@ def test_neutralise():
     assert neutralise("") == ""
 
 
+def test_text_cells_of_many_values_are_each_values_cell():
+    # The batch path for plain strings against the per-value definition: formula triggers,
+    # quotes, commas and line ends, a str subclass, and the missing markers.
+    values = HOSTILE + ['say "hi"', "a,b", "x\ny", "'=", "", np.str_("=1"), None, pd.NA, float("nan"), 7, 2.5]
+    assert export._text_cells(values) == [export._text_cell(v) for v in values]
+    assert export._text_cells(["=1", 'q"', "plain"]) == ["'=1", '"q"""', "plain"]
+
+
 def test_hostile_names_round_trip_without_formulas(tmp_path):
     frame = pd.DataFrame(
         {
