@@ -28,7 +28,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from inspector import gcpause
+from inspector import gcpause, warmup
 from inspector.errors import InspectorError
 
 
@@ -87,6 +87,11 @@ def start(what: str, fn: Callable[..., Any], *args: Any) -> Forked | None:
         return None
     sys.stdout.flush()
     sys.stderr.flush()
+    # A module import still running on the tables' warm-up thread ends before the fork, not
+    # inside it (``warmup.py``): the modules it imports register fork handlers of their own
+    # (logging's, concurrent.futures'), which, added while the fork runs its handlers, are run
+    # after it without having run before it ("Exception ignored ... release unlocked lock").
+    warmup.wait()
     try:
         read_fd, write_fd = os.pipe()
     except OSError:

@@ -344,6 +344,7 @@ def process_capture_parallel(path: str | Path, options: AnalyzeOptions, workers:
     reader.hash_after_reading = True  # the workers and this process keep every core busy meanwhile
     file_bytes = reader.mapped_bytes()
     ctx = multiprocessing.get_context("fork")
+    warmup.wait()  # an import on the warm-up thread ends before the forks, not inside them (forked.start)
     connections, processes = [], []
     for k in range(workers):
         ours, theirs = ctx.Pipe()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 
 import pytest
 
@@ -118,3 +120,32 @@ def test_objects_are_frozen_at_a_fork_only_once_the_program_asks():
 
     out = subprocess.run([sys.executable, "-c", _FREEZE], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["0", "True"]
+
+
+_IMPORT_DURING_FORK = """
+import pathlib, sys, tempfile, time
+folder = tempfile.mkdtemp()
+# A module that takes a while to import and registers fork handlers, as logging and
+# concurrent.futures do: acquire a lock before a fork, release it after.
+pathlib.Path(folder, "slow_fork_handlers.py").write_text(
+    "import os, threading, time\\n"
+    "lock = threading.Lock()\\n"
+    "time.sleep(0.3)\\n"
+    "os.register_at_fork(before=lock.acquire, after_in_parent=lock.release, after_in_child=lock.release)\\n"
+)
+sys.path.insert(0, folder)
+from inspector import forked, warmup
+warmup.MODULES[:] = ["slow_fork_handlers"]
+warmup.start()
+time.sleep(0.05)  # the import is under way on the warm-up thread
+print(forked.start("a number", int, "7").result())
+"""
+
+
+def test_a_fork_waits_for_the_warm_up_import_before_the_fork_handlers_run():
+    # Waited for inside the fork's handlers, the import would register its handlers while they
+    # run: the release would then run without the acquire ("Exception ignored ... release
+    # unlocked lock" on stderr, seen with two workers over several files).
+    r = subprocess.run([sys.executable, "-c", _IMPORT_DURING_FORK], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and r.stdout.strip() == "7", r.stderr
+    assert r.stderr == ""
