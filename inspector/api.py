@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from inspector._version import __version__
 from inspector import export, forked, native
+from inspector.apart import CaptureReadApart
 from inspector.errors import CaptureError, InspectorError
 from inspector.export import FORMATS, write_frames, write_manifest, write_table
 from inspector.flows_csv import EarlyFlowsCsv
@@ -286,24 +287,101 @@ def analyze(
     inputs = _check_inputs(paths)
     signatures = _signature_set(options)
     created = _now_iso()
-    results: list[CaptureResult] = []
-    for path in inputs:
-        total = path.stat().st_size
-        cb = None
-        if progress is not None:
-            cb = lambda done, _p=str(path), _t=total: progress(_p, done, _t)  # noqa: E731
-        if options.workers > 1 and options.inspect_payloads:
-            from inspector.parallel import process_capture_parallel
-
-            # A bad file raises its CaptureError there, before any worker is forked.
-            results.append(process_capture_parallel(path, options, options.workers, signatures))
-            if cb is not None:
-                cb(total)
-        else:
-            results.append(
-                process_capture(path, options, cb, _payload_stage(options), _collectors(options), _labeller(signatures))
-            )
+    if options.workers > 1 and len(inputs) > 1:
+        results = _read_files(inputs, options, signatures, progress)
+    else:
+        results = [_read_here(path, options, signatures, progress) for path in inputs]
     return _build_analysis(results, signatures, options, created, command_line)
+
+
+def _read_here(path: Path, options: AnalyzeOptions, signatures, progress) -> CaptureResult:
+    """One capture read by this process (its dissection split over ``options.workers``
+    processes, ``parallel.py``, when it may use several)."""
+    total = path.stat().st_size
+    cb = None
+    if progress is not None:
+        cb = lambda done, _p=str(path), _t=total: progress(_p, done, _t)  # noqa: E731
+    if options.workers > 1 and options.inspect_payloads:
+        from inspector.parallel import process_capture_parallel
+
+        # A bad file raises its CaptureError there, before any worker is forked.
+        result = process_capture_parallel(path, options, options.workers, signatures)
+        if cb is not None:
+            cb(total)
+        return result
+    return process_capture(path, options, cb, _payload_stage(options), _collectors(options), _labeller(signatures))
+
+
+def _read_files(paths: list[Path], options: AnalyzeOptions, signatures, progress) -> list:
+    """Several captures with several processes (``apart.py``): a file far larger than the rest
+    read here first with every core, the others each in a process of its own, N at a time."""
+    from inspector import apart
+
+    sizes = [p.stat().st_size for p in paths]
+    alone = apart.alone_files(sizes, options.workers)
+    results: list = [None] * len(paths)
+    for i in sorted(alone):
+        results[i] = _read_here(paths[i], options, signatures, progress)
+    shared = [i for i in range(len(paths)) if i not in alone]
+
+    def arrived(k: int) -> None:
+        if progress is not None:
+            i = shared[k]
+            progress(str(paths[i]), sizes[i], sizes[i])
+
+    # What reading a capture imports is imported here once the first process has started, so
+    # that every later one inherits it rather than importing it again.
+    read = apart.map_in_processes(
+        _read_apart, [(paths[i], options, signatures) for i in shared], options.workers, arrived, import_for_reading
+    )
+    for i, r in zip(shared, read):
+        results[i] = r
+    return results
+
+
+#: The modules a one-process reading of a capture imports where it first needs them (the
+#: dissectors, the collectors, pandas for the tables, ``cryptography`` for QUIC Initials and
+#: certificates): ~50 ms for each process that reads a capture apart, imported once instead.
+READING_MODULES = (
+    "pandas",
+    "inspector.payloads",
+    "inspector.collect",
+    "inspector.naming",
+    "inspector.dissect.detectors",
+    "inspector.dissect.quic",
+    "inspector.dissect.x509names",
+    "cryptography.x509",
+)
+
+
+def import_for_reading() -> None:
+    """Import ``READING_MODULES`` (one that fails to import is left to its first user)."""
+    import importlib
+
+    for name in READING_MODULES:
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            pass
+
+
+def _read_apart(path: Path, options: AnalyzeOptions, signatures):
+    """In a process of its own (``apart.map_in_processes``): read ``path`` as a one-process run
+    does and make what the table stage needs of it (``apart.CaptureReadApart``)."""
+    from inspector.collect import ActivityCollector, RtpCollector
+
+    r = process_capture(path, options, None, _payload_stage(options), _collectors(options), _labeller(signatures))
+    entry = _input_entry(r)
+    stats = r.reader_stats
+    stats.sha256 = stats.sha256  # waits for the digest: a text pickles, the function that waits does not
+    activity = rtp = rtcp = None
+    for c in r.collectors:
+        if isinstance(c, ActivityCollector):
+            activity = c.buckets(r.name).sorted_rows()
+        elif isinstance(c, RtpCollector):
+            rtp, rtcp = c.take_frame(r.name), c.rtcp_frame(r.name)
+    r.payloads = None
+    return CaptureReadApart(r.path, r.name, entry, stats, _capture_flows(r), activity, rtp, rtcp)
 
 
 def analyze_batches(
@@ -383,11 +461,18 @@ def _take_all(items: list) -> list:
 
 def _call_tables(results: list[CaptureResult], flows: FinishedFlows, options: AnalyzeOptions):
     """sessions, destinations and media from the collectors; fills the flows' session_id."""
-    from inspector.collect import ActivityCollector, RtpCollector
+    from inspector.collect import ActivityCollector, RtpCollector, buckets_of_sorted_rows
     from inspector.sessions import build_calls
 
     activity, rtp, rtcp = [], [], []
     for r in results:
+        if isinstance(r, CaptureReadApart):
+            if r.activity is not None:
+                activity.append(buckets_of_sorted_rows(r.name, r.activity))
+                rtp.append(r.rtp)
+                rtcp.append(r.rtcp)
+            r.activity = r.rtp = r.rtcp = None
+            continue
         for c in r.collectors:
             if isinstance(c, ActivityCollector):
                 activity.append(c.buckets(r.name))
@@ -433,6 +518,12 @@ def _build_tables(
     return_free_memory()
     parts, inputs, unhashed = [], [], []
     for r in results:
+        if isinstance(r, CaptureReadApart):  # its process made these already
+            inputs.append(r.entry)
+            unhashed.append((r.entry, r.reader_stats))
+            parts.append(r.flows_part)
+            r.flows_part = None
+            continue
         inputs.append(_input_entry(r))
         unhashed.append((inputs[-1], r.reader_stats))
         # The dissectors' state (the DNS answers' name map ...) has given the manifest its

@@ -63,7 +63,12 @@ def analyze(
         None, "--signatures", help="Directory of extra signature files on top of the built-in set (repeatable)."
     ),
     workers: int = typer.Option(
-        0, "--workers", "-w", min=0, help="Processes per capture (0: one per available core). Results never depend on it."
+        0,
+        "--workers",
+        "-w",
+        min=0,
+        help="Processes (0: one per available core): one capture's dissection is split over them, "
+        "several captures are read that many at a time. Results never depend on it.",
     ),
     no_payloads: bool = typer.Option(False, "--flows-only", help="Skip naming, classification and calls: flows and counters only."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No terminal output except warnings and errors."),

@@ -192,6 +192,15 @@ def _append_by_partition(store: PartitionedRecords, rows: np.ndarray) -> None:
         store.append(int(key[lo]), rows[lo:hi])
 
 
+def buckets_of_sorted_rows(capture: str, rows: np.ndarray) -> ActivityBuckets:
+    """ActivityBuckets holding ``rows``, one capture's ``ActivityBuckets.sorted_rows`` (how the
+    buckets of a capture read in another process travel, ``apart.py``): sorted and folded
+    already, so no range is sorted again."""
+    store = PartitionedRecords(BUCKET_DTYPE, spill.DEFAULT_LIMIT_BYTES)
+    _append_by_partition(store, rows)
+    return ActivityBuckets(capture, store, set(store.keys()))
+
+
 def buckets_from_frame(activity: pd.DataFrame) -> list[ActivityBuckets]:
     """``schema.ACTIVITY_COLUMNS`` rows as ActivityBuckets, one per capture in order of first
     appearance (tests and callers holding frames)."""

@@ -18,6 +18,11 @@ class CaptureError(InspectorError):
         self.path = path
         self.reason = reason
 
+    def __reduce__(self):
+        # Rebuilt from its own fields when it crosses from a forked process (``forked.py``):
+        # the default would call it with the one formatted message.
+        return (type(self), (self.path, self.reason))
+
 
 class SignatureError(InspectorError):
     """A signature file is malformed: names the file, the key and the problem."""
@@ -28,3 +33,6 @@ class SignatureError(InspectorError):
         self.path = path
         self.key = key
         self.reason = reason
+
+    def __reduce__(self):
+        return (type(self), (self.path, self.key, self.reason))

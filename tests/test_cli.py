@@ -52,6 +52,30 @@ def test_bad_input_is_one_line_exit_2(tmp_path, make, needle):
     assert "Traceback" not in r.stderr
 
 
+def test_a_bad_capture_among_several_read_at_once_is_one_line_exit_2(tmp_path):
+    good = C.write_pcap(tmp_path / "a.pcap", [C.ether(C.udp4("10.0.0.1", "10.0.0.2", 40000, 53, b"q" * 12))])
+    bad = tmp_path / "b.pcap"
+    bad.write_text("not a capture at all\n" * 10)
+    r = run("analyze", good, bad, good, "--workers", "2", "--out", tmp_path / "out")
+    assert r.returncode == 2
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and str(bad) in lines[0] and "not a" in lines[0].lower(), r.stderr
+
+
+def test_several_captures_with_two_workers_write_every_table_and_nothing_to_stderr(tmp_path):
+    caps = [
+        C.write_pcap(tmp_path / f"{k}.pcap", [C.ether(C.udp4("10.0.0.1", "10.0.0.2", 40000 + k, 53, b"q" * 12))])
+        for k in range(6)
+    ]
+    r = run("analyze", *caps, "--workers", "2", "--out", tmp_path / "out")
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert [entry["name"] for entry in manifest["inputs"]] == [f"{k}.pcap" for k in range(6)]
+    assert all(len(entry["sha256"]) == 64 for entry in manifest["inputs"])
+    flows = (tmp_path / "out" / "flows.csv").read_text().splitlines()
+    assert len(flows) == 7 and [line.split(",")[0] for line in flows[1:]] == [f"{k}.pcap" for k in range(6)]
+
+
 @pytest.mark.parametrize("workers", ["1", "2"])
 @pytest.mark.parametrize("table", ["flows.csv", "destinations.csv"])
 def test_an_output_that_cannot_be_written_is_one_line_exit_1(tmp_path, workers, table):
