@@ -1,11 +1,14 @@
-"""Run one function in a forked child process while the caller goes on (the end of a run).
+"""Run functions in forked child processes while the caller goes on (the end of a run; several
+captures at once).
 
 After the packets, the tables are built and written in one process (the dissect workers have
 stopped), so a run with ``--workers`` above 1 leaves a core idle for ~1 s. Two pieces of that
 end depend on nothing the rest still computes: the destinations table once the call windows
 are known (``sessions.build_calls``), and flows.csv once the tables are built
 (``api.Analysis.write``). ``start`` forks a child that computes one of them from the memory it
-inherits, and ``Forked.result`` collects what it returns, pickled through a pipe.
+inherits, and ``Forked.result`` collects what it returns, pickled through a pipe. ``Server`` forks
+a child that runs one call after another as it is sent their indexes (``apart.py``: one capture
+each, several captures read at once).
 
 The child never runs the parent's exit handlers or finalisers (it leaves with ``os._exit``), so
 the temporary files it inherits stay the parent's; it reads them with positional reads
@@ -24,6 +27,7 @@ import gc
 import os
 import pickle
 import signal
+import struct
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -80,9 +84,9 @@ class Forked:
         return value
 
 
-def start(what: str, fn: Callable[..., Any], *args: Any) -> Forked | None:
-    """Run ``fn(*args)`` in a forked child; None where this platform cannot fork, or when the
-    system refuses another process now (the caller then runs ``fn`` itself)."""
+def _fork() -> int | None:
+    """``os.fork`` after what every fork here needs first; the child's pid (0 in the child), or
+    None where this platform cannot fork or the system refuses another process now."""
     if not hasattr(os, "fork"):
         return None
     sys.stdout.flush()
@@ -92,14 +96,34 @@ def start(what: str, fn: Callable[..., Any], *args: Any) -> Forked | None:
     # (logging's, concurrent.futures'), which, added while the fork runs its handlers, are run
     # after it without having run before it ("Exception ignored ... release unlocked lock").
     warmup.wait()
+    gcpause.before_fork()
+    try:
+        return os.fork()
+    except OSError:  # EAGAIN (process limit), ENOMEM
+        return None
+
+
+def _outcome_blob(what: str, fn: Callable[..., Any], args: tuple) -> bytes:
+    """``fn(*args)`` as the pickled (failed, value or exception) a parent unpickles."""
+    try:
+        outcome = (False, fn(*args))
+    except BaseException as e:  # noqa: BLE001 - handed to the parent, which re-raises it
+        outcome = (True, e)
+    try:
+        return pickle.dumps(outcome, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception as e:  # noqa: BLE001 - an exception that does not pickle
+        return pickle.dumps((True, InspectorError(f"{what}: {e.__class__.__name__}: {e}")))
+
+
+def start(what: str, fn: Callable[..., Any], *args: Any) -> Forked | None:
+    """Run ``fn(*args)`` in a forked child; None where this platform cannot fork, or when the
+    system refuses another process now (the caller then runs ``fn`` itself)."""
     try:
         read_fd, write_fd = os.pipe()
     except OSError:
         return None
-    gcpause.before_fork()
-    try:
-        pid = os.fork()
-    except OSError:  # EAGAIN (process limit), ENOMEM
+    pid = _fork()
+    if pid is None:
         os.close(read_fd)
         os.close(write_fd)
         return None
@@ -113,18 +137,144 @@ def start(what: str, fn: Callable[..., Any], *args: Any) -> Forked | None:
     gc.disable()
     code = 0
     try:
+        _close_servers_fds()
         os.close(read_fd)
-        try:
-            outcome = (False, fn(*args))
-        except BaseException as e:  # noqa: BLE001 - handed to the parent, which re-raises it
-            outcome = (True, e)
-        try:
-            blob = pickle.dumps(outcome, protocol=pickle.HIGHEST_PROTOCOL)
-        except Exception as e:  # noqa: BLE001 - an exception that does not pickle
-            blob = pickle.dumps((True, InspectorError(f"{what}: {e.__class__.__name__}: {e}")))
+        blob = _outcome_blob(what, fn, args)
         with os.fdopen(write_fd, "wb") as pipe:
             pipe.write(blob)
     except BaseException:  # noqa: BLE001 - nothing may escape a forked child
         code = 1
     finally:
         os._exit(code)
+
+
+_INDEX = struct.Struct("<q")
+#: This process's ends of its serving children's pipes. A child forked later closes its copies
+#: first (``_close_servers_fds``): a serving child sees the end of its input only once every
+#: copy of the pipe's writing end is closed.
+_server_fds: set[int] = set()
+
+
+def _close_servers_fds() -> None:
+    """In a new child: close the inherited ends of the parent's serving children's pipes."""
+    for fd in _server_fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _server_fds.clear()
+
+
+class Server:
+    """A forked child that runs ``fn(*calls[i])`` for each index ``i`` it is sent (``send``), one
+    after another, until its input is closed (``close``): one process for many calls, whose
+    memory the later calls reuse instead of faulting in a fresh process's pages again.
+
+    ``calls`` are inherited at the fork, so only indexes cross to the child; each outcome comes
+    back pickled, after its length, through a second pipe: ``read_fd`` turns readable when one
+    is ready, ``take`` reads it whole, and ``outcome`` makes it the call's value or raises what
+    the call raised there (``take`` raises ``InspectorError`` when the child died). The child collects its cycles after
+    each call (the automatic collector is off, as in ``start``'s children: frozen inherited
+    objects are not walked).
+    """
+
+    def __init__(self, pid: int, task_fd: int, read_fd: int, what: str) -> None:
+        self.pid = pid
+        self.task_fd = task_fd
+        self.read_fd = read_fd
+        self.what = what
+        self._reaped = False
+
+    @classmethod
+    def start(cls, what: str, fn: Callable[..., Any], calls: list[tuple]) -> Server | None:
+        """The serving child; None where no process can be forked (the caller runs the calls)."""
+        try:
+            task_read, task_write = os.pipe()
+            result_read, result_write = os.pipe()
+        except OSError:
+            return None
+        pid = _fork()
+        if pid is None:
+            for fd in (task_read, task_write, result_read, result_write):
+                os.close(fd)
+            return None
+        if pid:
+            os.close(task_read)
+            os.close(result_write)
+            _server_fds.update((task_write, result_read))
+            return cls(pid, task_write, result_read, what)
+        gc.disable()
+        code = 0
+        try:
+            _close_servers_fds()
+            os.close(task_write)
+            os.close(result_read)
+            while (head := _read_exactly(task_read, _INDEX.size)) is not None:
+                (i,) = _INDEX.unpack(head)
+                blob = _outcome_blob(f"{what} {calls[i][0]}", fn, calls[i])
+                _write_all(result_write, _INDEX.pack(len(blob)) + blob)
+                gc.collect()
+        except BaseException:  # noqa: BLE001 - nothing may escape a forked child
+            code = 1
+        finally:
+            os._exit(code)
+
+    def send(self, i: int) -> None:
+        """Have the child run call ``i`` next."""
+        _write_all(self.task_fd, _INDEX.pack(i))
+
+    def take(self) -> bytes:
+        """The pickled outcome of the call the child finished (ready once ``read_fd`` turned
+        readable), for ``outcome``; raises InspectorError, the child reaped, if it died."""
+        head = _read_exactly(self.read_fd, _INDEX.size)
+        blob = _read_exactly(self.read_fd, _INDEX.unpack(head)[0]) if head is not None else None
+        if blob is None:
+            self.discard()
+            raise InspectorError(f"{self.what}: the process stopped unexpectedly")
+        return blob
+
+    def close(self) -> None:
+        """No more calls: the child leaves once it has finished its last; reaped here."""
+        if self._reaped:
+            return
+        self._reaped = True
+        for fd in (self.task_fd, self.read_fd):
+            os.close(fd)
+            _server_fds.discard(fd)
+        os.waitpid(self.pid, 0)
+
+    def discard(self) -> None:
+        """Stop the child at once and reap it (safe after ``close`` and twice)."""
+        if self._reaped:
+            return
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.close()
+
+
+def outcome(blob: bytes) -> Any:
+    """The value a ``Server`` call returned (``Server.take``); its exception, re-raised."""
+    failed, value = pickle.loads(blob)
+    if failed:
+        raise value
+    return value
+
+
+def _read_exactly(fd: int, n: int) -> bytes | None:
+    """``n`` bytes from ``fd``, or None once it ends first."""
+    chunks, left = [], n
+    while left:
+        chunk = os.read(fd, min(left, 1 << 20))
+        if not chunk:
+            return None
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]

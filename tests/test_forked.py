@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 
 import pytest
 
@@ -149,3 +150,53 @@ def test_a_fork_waits_for_the_warm_up_import_before_the_fork_handlers_run():
     r = subprocess.run([sys.executable, "-c", _IMPORT_DURING_FORK], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and r.stdout.strip() == "7", r.stderr
     assert r.stderr == ""
+
+
+def _pid_and_double(x):
+    if x < 0:
+        raise ValueError(f"negative: {x}")
+    return os.getpid(), 2 * x
+
+
+def test_a_server_runs_each_call_it_is_sent_in_one_process():
+    calls = [(1,), (-5,), (3,)]
+    server = forked.Server.start("doubling", _pid_and_double, calls)
+    try:
+        server.send(0)
+        first = forked.outcome(server.take())
+        server.send(2)
+        second = forked.outcome(server.take())
+        server.send(1)
+        with pytest.raises(ValueError, match="negative: -5"):
+            forked.outcome(server.take())
+    finally:
+        server.close()
+    assert first[1] == 2 and second[1] == 6 and first[0] == second[0] != os.getpid()
+
+
+def test_a_server_that_dies_is_an_error_naming_it():
+    server = forked.Server.start("doubling", _pid_and_double, [(1,)])
+    os.kill(server.pid, signal.SIGKILL)
+    with pytest.raises(InspectorError, match="doubling: the process stopped unexpectedly"):
+        server.take()
+    server.discard()  # already reaped: a no-op
+
+
+def test_a_later_server_does_not_keep_an_earlier_one_alive():
+    # The second child inherits the first one's pipes at its fork and closes them: otherwise the
+    # first would never see the end of its input, and closing it would wait forever.
+    first = forked.Server.start("first", _pid_and_double, [(1,)])
+    second = forked.Server.start("second", _pid_and_double, [(2,)])
+    try:
+        first.send(0)
+        assert forked.outcome(first.take())[1] == 2
+        done = []
+        closer = threading.Thread(target=lambda: (first.close(), done.append(True)), daemon=True)
+        closer.start()
+        closer.join(timeout=10)
+        assert done == [True]
+        second.send(0)
+        assert forked.outcome(second.take())[1] == 4
+    finally:
+        first.discard()
+        second.close()
