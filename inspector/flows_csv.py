@@ -81,9 +81,7 @@ class EarlyFlowsCsv:
 
     def _write_command(self, message: bytes) -> None:
         try:
-            view = memoryview(message)
-            while view:
-                view = view[os.write(self.command_fd, view) :]
+            forked.write_all(self.command_fd, message)
         except OSError:
             pass  # the process is gone: ``finish`` reports it
         finally:
@@ -171,19 +169,8 @@ def _format_rows(flows: FinishedFlows, read_fd: int, write_fd: int) -> int | Non
 
 def _read_command(fd: int) -> tuple[str, list] | None:
     """The parent's (path, session codes), or None once its end closed without one."""
-    head = _read_exactly(fd, _LENGTH.size)
+    head = forked.read_exactly(fd, _LENGTH.size)
     if head is None:
         return None
-    blob = _read_exactly(fd, _LENGTH.unpack(head)[0])
+    blob = forked.read_exactly(fd, _LENGTH.unpack(head)[0])
     return None if blob is None else pickle.loads(blob)
-
-
-def _read_exactly(fd: int, n: int) -> bytes | None:
-    chunks, left = [], n
-    while left:
-        chunk = os.read(fd, min(left, 1 << 20))
-        if not chunk:
-            return None
-        chunks.append(chunk)
-        left -= len(chunk)
-    return b"".join(chunks)

@@ -209,10 +209,10 @@ class Server:
             _close_servers_fds()
             os.close(task_write)
             os.close(result_read)
-            while (head := _read_exactly(task_read, _INDEX.size)) is not None:
+            while (head := read_exactly(task_read, _INDEX.size)) is not None:
                 (i,) = _INDEX.unpack(head)
                 blob = _outcome_blob(f"{what} {calls[i][0]}", fn, calls[i])
-                _write_all(result_write, _INDEX.pack(len(blob)) + blob)
+                write_all(result_write, _INDEX.pack(len(blob)) + blob)
                 gc.collect()
         except BaseException:  # noqa: BLE001 - nothing may escape a forked child
             code = 1
@@ -221,13 +221,13 @@ class Server:
 
     def send(self, i: int) -> None:
         """Have the child run call ``i`` next."""
-        _write_all(self.task_fd, _INDEX.pack(i))
+        write_all(self.task_fd, _INDEX.pack(i))
 
     def take(self) -> bytes:
         """The pickled outcome of the call the child finished (ready once ``read_fd`` turned
         readable), for ``outcome``; raises InspectorError, the child reaped, if it died."""
-        head = _read_exactly(self.read_fd, _INDEX.size)
-        blob = _read_exactly(self.read_fd, _INDEX.unpack(head)[0]) if head is not None else None
+        head = read_exactly(self.read_fd, _INDEX.size)
+        blob = read_exactly(self.read_fd, _INDEX.unpack(head)[0]) if head is not None else None
         if blob is None:
             self.discard()
             raise InspectorError(f"{self.what}: the process stopped unexpectedly")
@@ -262,8 +262,8 @@ def outcome(blob: bytes) -> Any:
     return value
 
 
-def _read_exactly(fd: int, n: int) -> bytes | None:
-    """``n`` bytes from ``fd``, or None once it ends first."""
+def read_exactly(fd: int, n: int) -> bytes | None:
+    """``n`` bytes from the pipe ``fd``, or None once it ends first."""
     chunks, left = [], n
     while left:
         chunk = os.read(fd, min(left, 1 << 20))
@@ -274,7 +274,8 @@ def _read_exactly(fd: int, n: int) -> bytes | None:
     return b"".join(chunks)
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def write_all(fd: int, data: bytes) -> None:
+    """All of ``data`` to the pipe ``fd`` (a write to a pipe may take part of it)."""
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view) :]
