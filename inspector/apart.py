@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from inspector import forked
+from inspector.errors import InspectorError
 
 #: How much faster two processes name one capture than one does (benchmark capture, 2 cores:
 #: 4.1 s -> 2.7 s). A file is read alone when its one-process time would exceed the time the other
@@ -38,7 +39,7 @@ INTRA_FILE_SPEEDUP = 1.5
 
 @dataclass
 class CaptureReadApart:
-    """One capture as a process of its own read it: what ``api._build_tables`` takes of a
+    """One capture as another process read it: what ``api._build_tables`` takes of a
     ``pipeline.CaptureResult``, made there.
 
     path, name    the capture as given, and its file name
@@ -126,14 +127,20 @@ def map_in_processes(
             # A server writes a call's outcome when the call ends: its pipe turns readable then.
             fd = selector.select()[0][0].fd
             server, i = serving[fd]
-            blob = server.take()
+            try:
+                blob = server.take()
+            except InspectorError as e:  # the process died (killed, out of memory)
+                raise InspectorError(f"{calls[i][0]}: the process reading it stopped unexpectedly") from e
             upcoming = next(following, None)
             if upcoming is None:
                 selector.unregister(fd)
                 del serving[fd]
                 server.close()
             else:
-                server.send(upcoming)
+                try:
+                    server.send(upcoming)
+                except InspectorError as e:
+                    raise InspectorError(f"{calls[upcoming][0]}: the process reading it stopped unexpectedly") from e
                 serving[fd] = (server, upcoming)
             results[i] = forked.outcome(blob)
             if on_result is not None:

@@ -312,9 +312,12 @@ def _read_here(path: Path, options: AnalyzeOptions, signatures, progress) -> Cap
     return process_capture(path, options, cb, _payload_stage(options), _collectors(options), _labeller(signatures))
 
 
-def _read_files(paths: list[Path], options: AnalyzeOptions, signatures, progress) -> list:
+def _read_files(
+    paths: list[Path], options: AnalyzeOptions, signatures, progress
+) -> list[CaptureResult | CaptureReadApart]:
     """Several captures with several processes (``apart.py``): a file far larger than the rest
-    read here first with every core, the others each in a process of its own, N at a time."""
+    read here first with every core, the others each whole by one of N processes that take
+    them in turn."""
     from inspector import apart
 
     sizes = [p.stat().st_size for p in paths]
@@ -366,7 +369,7 @@ def import_for_reading() -> None:
 
 
 def _read_apart(path: Path, options: AnalyzeOptions, signatures):
-    """In a process of its own (``apart.map_in_processes``): read ``path`` as a one-process run
+    """In a serving process (``apart.map_in_processes``): read ``path`` as a one-process run
     does and make what the table stage needs of it (``apart.CaptureReadApart``)."""
     from inspector.collect import ActivityCollector, RtpCollector
 
@@ -459,7 +462,7 @@ def _take_all(items: list) -> list:
     return taken
 
 
-def _call_tables(results: list[CaptureResult], flows: FinishedFlows, options: AnalyzeOptions):
+def _call_tables(results: list[CaptureResult | CaptureReadApart], flows: FinishedFlows, options: AnalyzeOptions):
     """sessions, destinations and media from the collectors; fills the flows' session_id."""
     from inspector.collect import ActivityCollector, RtpCollector, buckets_of_sorted_rows
     from inspector.sessions import build_calls
@@ -498,7 +501,7 @@ def _call_tables(results: list[CaptureResult], flows: FinishedFlows, options: An
 
 
 def _build_analysis(
-    results: list[CaptureResult], signatures, options: AnalyzeOptions, created: str, command_line
+    results: list[CaptureResult | CaptureReadApart], signatures, options: AnalyzeOptions, created: str, command_line
 ) -> Analysis:
     """The tables and manifest from processed captures: the one place both ``analyze`` and
     ``analyze_batches`` build them."""
@@ -511,7 +514,7 @@ def _build_analysis(
 
 
 def _build_tables(
-    results: list[CaptureResult], signatures, options: AnalyzeOptions, created: str, command_line
+    results: list[CaptureResult | CaptureReadApart], signatures, options: AnalyzeOptions, created: str, command_line
 ) -> Analysis:
     # What the reading freed (batches, the flow table's dicts, dissector state) goes back to the
     # system before the tables are built: the run's peak memory is in the call stage.

@@ -173,9 +173,9 @@ class Server:
     ``calls`` are inherited at the fork, so only indexes cross to the child; each outcome comes
     back pickled, after its length, through a second pipe: ``read_fd`` turns readable when one
     is ready, ``take`` reads it whole, and ``outcome`` makes it the call's value or raises what
-    the call raised there (``take`` raises ``InspectorError`` when the child died). The child collects its cycles after
-    each call (the automatic collector is off, as in ``start``'s children: frozen inherited
-    objects are not walked).
+    the call raised there (``send`` and ``take`` raise ``InspectorError`` when the child died).
+    The child collects its cycles after each call (the automatic collector is off, as in
+    ``start``'s children: frozen inherited objects are not walked).
     """
 
     def __init__(self, pid: int, task_fd: int, read_fd: int, what: str) -> None:
@@ -221,7 +221,11 @@ class Server:
 
     def send(self, i: int) -> None:
         """Have the child run call ``i`` next."""
-        write_all(self.task_fd, _INDEX.pack(i))
+        try:
+            write_all(self.task_fd, _INDEX.pack(i))
+        except OSError as e:  # EPIPE: the child is gone
+            self.discard()
+            raise InspectorError(f"{self.what}: the process stopped unexpectedly") from e
 
     def take(self) -> bytes:
         """The pickled outcome of the call the child finished (ready once ``read_fd`` turned

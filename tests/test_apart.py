@@ -15,7 +15,7 @@ import pytest
 import inspector
 from inspector import apart
 from inspector.collect import ActivityCollector, buckets_of_sorted_rows
-from inspector.errors import CaptureError, SignatureError
+from inspector.errors import CaptureError, InspectorError, SignatureError
 from inspector.pipeline import AnalyzeOptions, process_capture
 
 TABLES = ("flows", "sessions", "destinations", "media")
@@ -163,3 +163,14 @@ def test_what_reading_imports_is_imported_before_the_processes_start(ndpi_dir):
     r = subprocess.run([sys.executable, "-c", _NEW_MODULES, str(ndpi_dir), *names], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "", f"imported while reading: {r.stdout.strip()}"
+
+
+def _die_on(x: int) -> int:
+    if x == 1:
+        os.kill(os.getpid(), 9)
+    return x
+
+
+def test_a_process_that_dies_is_an_error_naming_its_capture():
+    with pytest.raises(InspectorError, match="calls-1.pcap: the process reading it stopped unexpectedly"):
+        apart.map_in_processes(lambda name, x: _die_on(x), [(f"calls-{k}.pcap", k) for k in range(4)], 2)
