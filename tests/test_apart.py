@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import os
 import pickle
 import shutil
@@ -103,7 +104,13 @@ def test_several_captures_with_several_processes_give_one_process_tables(ndpi_di
     cut = tmp_path / "cut.pcap"
     data = (ndpi_dir / "teams.pcap").read_bytes()
     cut.write_bytes(data[: len(data) * 2 // 3])
-    paths.append(cut)
+    # A gzip-compressed capture (hashed as stored, read through its own path) and one with a
+    # header and no packets.
+    packed = tmp_path / "webex.pcap.gz"
+    packed.write_bytes(gzip.compress((ndpi_dir / "webex.pcap").read_bytes()))
+    empty = tmp_path / "empty.pcap"
+    empty.write_bytes(data[:24])
+    paths += [cut, packed, empty]
     one = inspector.analyze(paths, AnalyzeOptions(workers=1))
     assert any("cut.pcap" in w for w in one.warnings)
     for workers in (2, 3):
