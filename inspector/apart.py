@@ -47,7 +47,9 @@ class CaptureReadApart:
     reader_stats  its ``CaptureStats``, the SHA-256 made (a text, so it pickles)
     flows_part    its flows table with every label decided (``summarize.CaptureFlows``)
     activity      its activity buckets' rows, sorted and folded (``ActivityBuckets.sorted_rows``),
-                  or None without payload inspection
+                  made ``ActivityBuckets`` again as it arrives (held as a capture read here holds
+                  them, the rows beyond a store's limit in its temporary file); None without
+                  payload inspection
     rtp, rtcp     its RTP stream segments and RTCP reports (DataFrames), or None
     """
 
@@ -88,7 +90,7 @@ def map_in_processes(
     fn: Callable[..., Any],
     calls: Sequence[tuple],
     workers: int,
-    on_result: Callable[[int], None] | None = None,
+    on_result: Callable[[int, Any], None] | None = None,
     after_first_start: Callable[[], None] | None = None,
 ) -> list[Any]:
     """``[fn(*args) for args in calls]`` in ``workers`` forked processes (``forked.Server``), each
@@ -96,7 +98,7 @@ def map_in_processes(
 
     A process serves many calls, so the later ones reuse the memory the first faulted in: one
     fresh process per file took ~12 k page faults each, twice the system time of one process
-    over the same twenty files. ``on_result(i)`` is called as call ``i``'s result arrives;
+    over the same twenty files. ``on_result(i, value)`` is called as call ``i``'s result arrives;
     ``after_first_start()`` once the first process is started, before the others (the caller
     imports there what the later processes should inherit rather than import themselves). A
     process that finished is given its next call before its result is unpickled here. Where no
@@ -122,7 +124,7 @@ def map_in_processes(
             for i in following:
                 results[i] = fn(*calls[i])
                 if on_result is not None:
-                    on_result(i)
+                    on_result(i, results[i])
         while serving:
             # A server writes a call's outcome when the call ends: its pipe turns readable then.
             fd = selector.select()[0][0].fd
@@ -144,7 +146,7 @@ def map_in_processes(
                 serving[fd] = (server, upcoming)
             results[i] = forked.outcome(blob)
             if on_result is not None:
-                on_result(i)
+                on_result(i, results[i])
     finally:
         for server, _ in serving.values():
             server.discard()

@@ -319,6 +319,7 @@ def _read_files(
     read here first with every core, the others each whole by one of N processes that take
     them in turn."""
     from inspector import apart
+    from inspector.collect import buckets_of_sorted_rows
 
     sizes = [p.stat().st_size for p in paths]
     alone = apart.alone_files(sizes, options.workers)
@@ -327,7 +328,9 @@ def _read_files(
         results[i] = _read_here(paths[i], options, signatures, progress)
     shared = [i for i in range(len(paths)) if i not in alone]
 
-    def arrived(k: int) -> None:
+    def arrived(k: int, r: CaptureReadApart) -> None:
+        if r.activity is not None:
+            r.activity = buckets_of_sorted_rows(r.name, r.activity)
         if progress is not None:
             i = shared[k]
             progress(str(paths[i]), sizes[i], sizes[i])
@@ -464,14 +467,14 @@ def _take_all(items: list) -> list:
 
 def _call_tables(results: list[CaptureResult | CaptureReadApart], flows: FinishedFlows, options: AnalyzeOptions):
     """sessions, destinations and media from the collectors; fills the flows' session_id."""
-    from inspector.collect import ActivityCollector, RtpCollector, buckets_of_sorted_rows
+    from inspector.collect import ActivityCollector, RtpCollector
     from inspector.sessions import build_calls
 
     activity, rtp, rtcp = [], [], []
     for r in results:
         if isinstance(r, CaptureReadApart):
             if r.activity is not None:
-                activity.append(buckets_of_sorted_rows(r.name, r.activity))
+                activity.append(r.activity)
                 rtp.append(r.rtp)
                 rtcp.append(r.rtcp)
             r.activity = r.rtp = r.rtcp = None

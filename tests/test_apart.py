@@ -47,7 +47,7 @@ def _slow_square(x: int, delay: float) -> tuple[int, int]:
 def test_processes_return_results_in_call_order_as_each_ends():
     arrived, started = [], []
     calls = [(k, 0.3 if k == 0 else 0.01) for k in range(5)]
-    results = apart.map_in_processes(_slow_square, calls, 2, arrived.append, lambda: started.append(True))
+    results = apart.map_in_processes(_slow_square, calls, 2, lambda i, value: arrived.append(i), lambda: started.append(True))
     assert [r[0] for r in results] == [0, 1, 4, 9, 16]
     # Two processes besides this one served every call; the one busy with the slow first call
     # took no other: the second served calls 1-4 meanwhile, which arrived before it.
