@@ -111,6 +111,36 @@ def test_full_analysis(benchmark, capture):
 
 
 @pytest.fixture(scope="session")
+def split_captures(capture, tmp_path_factory) -> list[Path]:
+    """The small capture cut into four pcap files of consecutive records (the rotated files of
+    one capture), with a 24-byte global header each."""
+    data = capture.read_bytes()
+    little = data[:4] in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1")
+    starts, at = [], 24
+    while at + 16 <= len(data):
+        starts.append(at)
+        at += 16 + int.from_bytes(data[at + 8 : at + 12], "little" if little else "big")
+    starts.append(min(at, len(data)))
+    folder = tmp_path_factory.mktemp("split")
+    per = -(-(len(starts) - 1) // 4)
+    paths = []
+    for k in range(4):
+        lo, hi = starts[min(k * per, len(starts) - 1)], starts[min((k + 1) * per, len(starts) - 1)]
+        paths.append(folder / f"part-{k}.pcap")
+        paths[-1].write_bytes(data[:24] + data[lo:hi])
+    return paths
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_several_captures(benchmark, split_captures, workers):
+    """Several captures in one run: one process, or two each reading whole captures in turn
+    (``apart.py``)."""
+    import inspector
+
+    benchmark.pedantic(lambda: inspector.analyze(split_captures, AnalyzeOptions(workers=workers)), rounds=3, iterations=1)
+
+
+@pytest.fixture(scope="session")
 def call_inputs(capture):
     """(args, kwargs) of ``sessions.build_calls`` for the small capture, kept from one analysis."""
     import inspector
