@@ -71,7 +71,8 @@ def alone_files(sizes: Sequence[int], workers: int) -> set[int]:
     rest is shared by all N afterwards. With two processes the second is sooner once the file is
     more than 1.5 times the rest together. Sizes stand for reading times (packets per byte vary
     little between captures of the same kind). Weakness: a file of large packets (video) names
-    faster per byte than one of small ones, so the split can miss by that much.
+    faster per byte than one of small ones, and a gzip-compressed capture holds several times
+    its size in packets, so beside uncompressed ones the split can miss by that much.
     """
     if workers < 2:
         return set(range(len(sizes)))
