@@ -78,10 +78,7 @@ class Forked:
         code = self._reap(kill=False)
         if not chunks or code != 0:
             raise InspectorError(f"{self.what}: the process building it stopped unexpectedly")
-        failed, value = pickle.loads(b"".join(chunks))
-        if failed:
-            raise value
-        return value
+        return outcome(b"".join(chunks))
 
 
 def _fork() -> int | None:
@@ -259,7 +256,8 @@ class Server:
 
 
 def outcome(blob: bytes) -> Any:
-    """The value a ``Server`` call returned (``Server.take``); its exception, re-raised."""
+    """The value a child's call returned (``Forked.result``, ``Server.take``); its exception,
+    re-raised."""
     failed, value = pickle.loads(blob)
     if failed:
         raise value
