@@ -46,7 +46,9 @@ def _slow_square(x: int, delay: float) -> tuple[int, int]:
 
 def test_processes_return_results_in_call_order_as_each_ends():
     arrived, started = [], []
-    calls = [(k, 0.3 if k == 0 else 0.01) for k in range(5)]
+    # The slow call lasts long enough for the second process to be forked (a copy of this whole
+    # test process) and serve the four others even on a loaded machine: 0.3 s was not (CI).
+    calls = [(k, 1.5 if k == 0 else 0.01) for k in range(5)]
     results = apart.map_in_processes(_slow_square, calls, 2, lambda i, value: arrived.append(i), lambda: started.append(True))
     assert [r[0] for r in results] == [0, 1, 4, 9, 16]
     # Two processes besides this one served every call; the one busy with the slow first call
