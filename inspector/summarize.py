@@ -183,6 +183,15 @@ class CaptureFlows:
         self._parked.read_range(start, out)
         return out
 
+    def _rows_at(self, rows: np.ndarray) -> np.ndarray:
+        """The records at positions ``rows`` (read back one by one once parked: a few rows)."""
+        if self._parked is None:
+            return self.records[rows]
+        out = np.empty(rows.shape[0], dtype=self._parked.dtype)
+        for k, row in enumerate(rows.tolist()):
+            self._parked.read_range(row, out[k : k + 1])
+        return out
+
     def column(self, name: str) -> np.ndarray:
         """One record column over every flow (read a slice at a time once parked)."""
         if self._parked is None:
@@ -215,9 +224,17 @@ class CaptureFlows:
         them without a copy (``copy=False``: pandas then neither copies nor consolidates the
         columns into 2-D blocks, and no ``astype`` pass is needed).
         """
+        return self._frame(self.plain_columns_of(start, stop))
+
+    def frame_of_rows(self, rows: np.ndarray) -> pd.DataFrame:
+        """The flows at positions ``rows`` (in the order given) as ``frame_of`` makes a slice:
+        a few rows without the frame of the range that holds them."""
+        return self._frame(self._plain_columns(self._rows_at(rows), rows))
+
+    def _frame(self, plain: list[tuple[str, str, object]]) -> pd.DataFrame:
         import pandas as pd
         columns: dict[str, object] = {}
-        for name, kind, data in self.plain_columns_of(start, stop):
+        for name, kind, data in plain:
             if kind == "text":
                 values, codes = data
                 columns[name] = self._text_array(name, values).take(codes)
@@ -247,7 +264,10 @@ class CaptureFlows:
         UTC. ``frame_of`` makes them into the dtyped columns; a writer that formats text per
         distinct value reads them as they are (``export.write_plain_csv``).
         """
-        records = self._rows(start, stop)
+        return self._plain_columns(self._rows(start, stop), slice(start, stop))
+
+    def _plain_columns(self, records: np.ndarray, at: slice | np.ndarray) -> list[tuple[str, str, object]]:
+        """``plain_columns_of`` of ``records``, the rows at ``at`` (a slice or positions)."""
         n = records.shape[0]
         out: list[tuple[str, str, object]] = []
         for name, dtype, _ in FLOW_COLUMNS:
@@ -258,14 +278,14 @@ class CaptureFlows:
                 out.append((name, "text", (np.asarray(names, dtype=object), codes)))
             elif name in ("client_ip", "server_ip"):
                 codes = self._client_address if name == "client_ip" else self._server_address
-                out.append((name, "text", (self._address_values, codes[start:stop].astype(np.intp))))
+                out.append((name, "text", (self._address_values, codes[at].astype(np.intp))))
             elif name in ("first_seen", "last_seen"):
                 out.append((name, "time", records[f"{name}_ns"].astype(np.int64)))
             elif name == "duration_s":
                 duration_ns = records["last_seen_ns"].astype(np.int64) - records["first_seen_ns"]
                 out.append((name, "float", duration_ns / 1e9))
             elif name == "session_id":
-                out.append((name, *self.session_id_column(start, start + n)))
+                out.append((name, *self._session_column(at, n)))
             elif name in LABEL_NAMES:
                 values = self._label_values(name)
                 if values is None:
@@ -278,9 +298,12 @@ class CaptureFlows:
 
     def session_id_column(self, start: int, stop: int) -> tuple[str, tuple[np.ndarray, np.ndarray]]:
         """The session_id column of rows ``start:stop`` as ``plain_columns_of`` gives it."""
+        return self._session_column(slice(start, stop), stop - start)
+
+    def _session_column(self, at: slice | np.ndarray, n: int) -> tuple[str, tuple[np.ndarray, np.ndarray]]:
         if self._session_values is None:
-            return "text", (np.array([""], dtype=object), np.zeros(stop - start, dtype=np.intp))
-        return "text", (self._session_values, self._session_codes[start:stop].astype(np.intp))
+            return "text", (np.array([""], dtype=object), np.zeros(n, dtype=np.intp))
+        return "text", (self._session_values, self._session_codes[at].astype(np.intp))
 
     def session_codes(self) -> tuple[np.ndarray | None, np.ndarray | None]:
         """(values, codes) of ``set_session_ids`` (None, None before it is called)."""
@@ -412,16 +435,25 @@ class FinishedFlows:
         ``DataFrame.nlargest`` keeps them), as a frame with the table's columns."""
         import pandas as pd
         total = self.ints("client_to_server_bytes") + self.ints("server_to_client_bytes")
-        chosen = np.argsort(-total, kind="stable")[:n]
-        bounds = np.cumsum([0] + [len(p) for p in self.parts])
-        rows = []
-        for row in chosen.tolist():
-            k = int(np.searchsorted(bounds, row, side="right")) - 1
-            start = row - int(bounds[k])
-            rows.append(self.parts[k].frame_of(start, start + 1))
-        if not rows:
+        if 0 < n < total.shape[0]:
+            # Only flows at least as large as the n-th largest can be chosen (ties included).
+            candidates = np.flatnonzero(total >= np.partition(total, total.shape[0] - n)[total.shape[0] - n])
+        else:
+            candidates = np.arange(total.shape[0] if n > 0 else 0)
+        chosen = candidates[np.argsort(-total[candidates], kind="stable")[:n]]
+        if chosen.shape[0] == 0:
             return next(self.chunks(1)).iloc[0:0]
-        return pd.concat(rows, ignore_index=True)
+        # One frame per capture holding chosen flows, in run order, then the rows put back in
+        # the order chosen.
+        bounds = np.cumsum([0] + [len(p) for p in self.parts])
+        part_of = np.searchsorted(bounds, chosen, side="right") - 1
+        by_part = np.argsort(part_of, kind="stable")
+        frames = []
+        for k in np.unique(part_of).tolist():
+            rows = chosen[by_part][part_of[by_part] == k] - bounds[k]
+            frames.append(self.parts[k].frame_of_rows(rows))
+        frame = frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
+        return frame.iloc[np.argsort(by_part)].reset_index(drop=True)
 
     def set_session_ids(self, flow_session: pd.DataFrame) -> None:
         """Fill ``session_id`` from ``flow_session`` (capture, flow_id, session_id: the media

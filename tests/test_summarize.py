@@ -204,12 +204,17 @@ def test_flow_sides_of_the_compact_table_equal_those_of_the_frame():
 def test_largest_flows_are_nlargest_of_the_frame():
     records = _records(50)
     records["client_to_server_bytes"][[3, 9, 20]] = 10**13  # a tie: table order decides
-    table = FinishedFlows([CaptureFlows("a", records, LABELS), CaptureFlows("b", _records(9, seed=1), LABELS)])
+    other = _records(9, seed=1)
+    # The second capture's flows rank between the first's: the rows come back in rank order.
+    other["client_to_server_bytes"][[2, 6]] = [10**14, 10**13 - 1]
+    table = FinishedFlows([CaptureFlows("a", records, LABELS), CaptureFlows("b", other, LABELS)])
     frame = table.frame()
     total = frame["client_to_server_bytes"] + frame["server_to_client_bytes"]
-    expected = frame.assign(_t=total).nlargest(5, "_t").drop(columns="_t").reset_index(drop=True)
-    pd.testing.assert_frame_equal(table.largest(5), expected, check_exact=True)
-    assert len(FinishedFlows([]).largest(3)) == 0
+    for n in (1, 2, 3, 5, 7, 200):  # 2 and 3 cut through the tie
+        expected = frame.assign(_t=total).nlargest(n, "_t").drop(columns="_t").reset_index(drop=True)
+        pd.testing.assert_frame_equal(table.largest(n), expected, check_exact=True)
+    assert table.largest(5)["capture"].tolist()[:2] == ["b", "a"]
+    assert len(FinishedFlows([]).largest(3)) == 0 and len(table.largest(0)) == 0
 
 
 def _reindexed_session_ids(flows: pd.DataFrame, flow_session: pd.DataFrame) -> pd.Series:
