@@ -288,3 +288,32 @@ def test_the_console_entry_point_lets_forked_helpers_freeze_its_objects():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.stderr.split() == ["False", "True"], done.stderr
+
+
+@pytest.mark.parametrize(
+    "env",
+    [{}, {"FORCE_COLOR": "1"}, {"FORCE_COLOR": ""}, {"TTY_COMPATIBLE": "1"}, {"TTY_COMPATIBLE": "0"}],
+)
+def test_a_stream_rich_calls_a_terminal_may_be_one(monkeypatch, env):
+    """The progress bar's check before importing rich never says no where rich says yes."""
+    import os
+
+    from rich.console import Console
+
+    from inspector.cli import _may_be_terminal
+
+    for name in ("FORCE_COLOR", "TTY_COMPATIBLE", "NO_COLOR"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    primary, secondary = os.openpty()
+    read_end, write_end = os.pipe()
+    with os.fdopen(secondary, "w") as tty, os.fdopen(write_end, "w") as pipe, os.fdopen(primary), os.fdopen(read_end):
+        closed = open(os.devnull, "w")
+        closed.close()
+        for stream in (tty, pipe, closed, object()):
+            if Console(file=stream).is_terminal:
+                assert _may_be_terminal(stream), (env, stream)
+        if not env:  # plain streams: a pipe is none, a pseudo-terminal is one
+            assert not _may_be_terminal(pipe) and not Console(file=pipe).is_terminal
+            assert _may_be_terminal(tty) and Console(file=tty).is_terminal
