@@ -110,6 +110,23 @@ def _quoted(cell: str) -> str:
     return '"' + cell.replace('"', '""') + '"' if _NEEDS_QUOTES.search(cell) else cell
 
 
+#: Integers below this are written from a table of their texts, made once per process on first
+#: use (~9 ms): looking a text up costs a quarter of making it with ``str``, and a flows table's
+#: ports, packet counts and VLAN ids are all below it (~30 ms less per 60 k flows).
+SMALL_INT_LIMIT = 1 << 16
+_small_int_texts: list[str] = []
+
+
+def _int_cells(values: np.ndarray) -> list[str]:
+    """Integer cells (``str`` of each value) of an integer array."""
+    ints = values.tolist()
+    if values.size and int(values.min()) >= 0 and int(values.max()) < SMALL_INT_LIMIT:
+        if not _small_int_texts:
+            _small_int_texts.extend(map(str, range(SMALL_INT_LIMIT)))
+        return list(map(_small_int_texts.__getitem__, ints))
+    return list(map(str, ints))
+
+
 def _float_cells(values: np.ndarray) -> list[str]:
     """Float cells as the csv module writes them; NaN as an empty cell."""
     # repr of a Python float is the shortest text for 64 bits; a narrower float widened to one
@@ -127,7 +144,9 @@ def _csv_cells(col: pd.Series) -> list[str]:
     None) as an empty cell, text quoted only when it holds a comma, quote, CR or LF."""
     import pandas as pd
     dtype = col.dtype
-    if isinstance(dtype, np.dtype) and dtype.kind in "iub":
+    if isinstance(dtype, np.dtype) and dtype.kind in "iu":
+        return _int_cells(col.to_numpy())
+    if isinstance(dtype, np.dtype) and dtype.kind == "b":
         return list(map(str, col.tolist()))
     if pd.api.types.is_float_dtype(dtype):
         width = getattr(dtype, "itemsize", 8)
@@ -212,7 +231,7 @@ def plain_cells(kind: str, data, formatted: dict[int, tuple]) -> list[str]:
             known = formatted[id(values)] = (values, _text_cells(values.tolist()))
         return list(map(known[1].__getitem__, codes.tolist()))
     if kind == "int":
-        return list(map(str, data.tolist()))
+        return _int_cells(data)
     if kind == "float":
         return _float_cells(data)
     if kind == "time":

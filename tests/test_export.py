@@ -37,6 +37,22 @@ def test_text_cells_of_many_values_are_each_values_cell():
     assert export._text_cells(["=1", 'q"', "plain"]) == ["'=1", '"q"""', "plain"]
 
 
+@pytest.mark.parametrize(
+    "values",
+    [
+        np.arange(export.SMALL_INT_LIMIT, dtype=np.int64),  # every value of the table, its ends too
+        np.array([0, 65535, 65536], dtype=np.int64),  # one past the table: all by str
+        np.array([-1, 3, 80], dtype=np.int64),
+        np.array([443, 7, 0], dtype=np.uint16),
+        np.array([2**64 - 1, 5], dtype=np.uint64),
+        np.array([200, 1], dtype=np.uint8),
+        np.zeros(0, dtype=np.int64),
+    ],
+)
+def test_int_cells_are_the_str_of_each_value(values):
+    assert export._int_cells(values) == [str(v) for v in values.tolist()]
+
+
 def test_hostile_names_round_trip_without_formulas(tmp_path):
     frame = pd.DataFrame(
         {
@@ -157,6 +173,7 @@ def test_csv_cells_are_what_pandas_to_csv_writes(tmp_path):
     frame = pd.DataFrame({
         "f": floats,
         "i": np.arange(n, dtype=np.int64) - 5,
+        "u16": (np.arange(n) * 22).astype(np.uint16),  # wraps past 65535: the whole range
         "b": np.arange(n) % 2 == 0,
         "nb": pd.array(([True, False, None] * n)[:n], dtype="boolean"),
         "s": pd.array((["a,b", 'q"x', None, "line\nx", "cr\r", " sp ", "", "=1+1"] * n)[:n], dtype="string"),
