@@ -151,6 +151,10 @@ def _csv_cells(col: pd.Series) -> list[str]:
     if pd.api.types.is_float_dtype(dtype):
         width = getattr(dtype, "itemsize", 8)
         return _float_cells(col.to_numpy(dtype=np.dtype(f"f{width}"), na_value=np.nan))
+    if isinstance(dtype, pd.BooleanDtype):  # nullable: True, False, or empty for a missing value
+        cells = np.where(col.to_numpy(dtype=bool, na_value=False), "True", "False").astype(object)
+        cells[col.isna().to_numpy()] = ""
+        return cells.tolist()
     cells = col.astype(object).tolist()
     if not all(type(v) is str for v in cells):
         cells = ["" if _is_missing(v) else v if type(v) is str else repr(v) if isinstance(v, float) else str(v) for v in cells]
