@@ -346,8 +346,8 @@ def _read_files(
 
 
 #: The modules a one-process reading of a capture imports where it first needs them (the
-#: dissectors, the collectors, pandas for the tables, ``cryptography`` for QUIC Initials and
-#: certificates): ~50 ms for each process that reads a capture apart, imported once instead.
+#: dissectors, the collectors, pandas for the tables, ``cryptography`` for QUIC Initials):
+#: ~50 ms for each process that reads a capture apart, imported once instead.
 READING_MODULES = (
     "pandas",
     "inspector.payloads",
@@ -356,7 +356,6 @@ READING_MODULES = (
     "inspector.dissect.detectors",
     "inspector.dissect.quic",
     "inspector.dissect.x509names",
-    "cryptography.x509",
 )
 
 
