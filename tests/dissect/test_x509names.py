@@ -210,6 +210,12 @@ def test_subject_errors_and_san_errors():
     assert read(utf8_dns) == ("example.org", "\xe9example.org", "www.example.org") == reference_names(utf8_dns)
     bad_dns = CERTIFICATES["cn and san"].replace(b"*.example.org", b"\xe9.example.org")
     assert read(bad_dns) == ("www.example.org",) == reference_names(bad_dns)
+    # An x400Address or ediPartyName ([3], [5]) in place of the registeredID drops them too.
+    every = CERTIFICATES["every general name"]
+    for replacement in (b"\xa3\x03\x30\x01\x00", b"\xa5\x03\xa1\x01\x00", b"\x83\x03\x00\x00\x00"):
+        changed = every.replace(b"\x88\x03\x2a\x03\x04", replacement)
+        assert changed != every
+        assert read(changed) == ("x.example",) == reference_names(changed)
 
 
 def test_certificate_names_answers_from_its_cache_and_raises_only_certificate_error():
