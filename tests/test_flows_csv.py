@@ -96,6 +96,25 @@ def test_discard_stops_the_process_and_leaves_nothing(tmp_path):
         os.close(kept)
 
 
+def test_the_process_formats_at_a_lower_priority_than_the_run():
+    """The call stage beside it is the critical path: the formatting process lowers its own
+    priority by FORMAT_NICENESS (and the run's stays as it was)."""
+    import time
+
+    mine = os.getpriority(os.PRIO_PROCESS, 0)
+    early = EarlyFlowsCsv.start(_table())
+    try:
+        wanted = min(mine + flows_csv.FORMAT_NICENESS, 19)
+        deadline = time.monotonic() + 30
+        # It waits for the command once its rows are formatted, so it is still there to ask.
+        while os.getpriority(os.PRIO_PROCESS, early.job.pid) != wanted and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert os.getpriority(os.PRIO_PROCESS, early.job.pid) == wanted
+        assert os.getpriority(os.PRIO_PROCESS, 0) == mine
+    finally:
+        early.discard()
+
+
 def test_the_process_ends_without_a_command_once_the_parent_closes_its_end():
     early = EarlyFlowsCsv.start(_table())
     os.close(early.command_fd)
