@@ -93,6 +93,7 @@ from inspector.media_stats import (
     report_frame,
     segment_frame,
 )
+from inspector.ordering import run_changes, run_starts
 from inspector.schema import CALL_MAX_GAP_S, MEDIA_COLUMNS, empty_frame
 
 #: Fewer packets under one SSRC are not a stream: the collector reads an RTP header from every
@@ -410,7 +411,7 @@ def _window_segments(segments: pd.DataFrame, membership: pd.DataFrame) -> tuple[
     flow = np.concatenate([segments["flow_id"].to_numpy(dtype=np.int64), membership["flow_id"].to_numpy(dtype=np.int64)])
     by_key = np.lexsort((flow, capture_code))
     code = np.empty(by_key.size, dtype=np.int64)
-    code[by_key] = np.cumsum(_run_change(capture_code[by_key], flow[by_key])) - 1
+    code[by_key] = np.cumsum(run_changes(capture_code[by_key], flow[by_key])) - 1
     segment_code, member_code = code[:n_segments], code[n_segments:]
     order = np.argsort(segment_code, kind="stable")  # stable: rows ascending inside a code
     sorted_code = segment_code[order]
@@ -425,19 +426,6 @@ def _window_segments(segments: pd.DataFrame, membership: pd.DataFrame) -> tuple[
         last >= membership["start_ns"].to_numpy(dtype=np.int64)[member]
     )
     return rows[inside].astype(np.int64, copy=False), member[inside]
-
-
-def _run_change(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """True where the pair (a, b) differs from the previous row's (and at row 0)."""
-    change = np.zeros(b.size, dtype=bool)
-    if b.size:
-        change[0] = True
-        change[1:] = (a[1:] != a[:-1]) | (b[1:] != b[:-1])
-    return change
-
-
-def _run_starts_pair(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return np.flatnonzero(_run_change(a, b))
 
 
 def _mode(counts: list[dict[int, int]]) -> int:
@@ -559,7 +547,7 @@ def media_table(
     high = member_rank[member] * 2 + sent
     low = c["ssrc"].astype(np.int64)[rows] * 2 + c["zoom_fec"].astype(bool)[rows]
     order = np.lexsort((rows, c["first_ns"].astype(np.int64)[rows], low, high))
-    starts = _run_starts_pair(high[order], low[order])
+    starts = run_starts(high[order], low[order])
     ends = np.append(starts[1:], order.size)
     # The window loops below read a few values per segment: as Python lists, once.
     listed = {name: _column_list(values) for name, values in c.items()}

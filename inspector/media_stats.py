@@ -18,6 +18,7 @@ import numpy as np
 
 from inspector.dissect.rtp import ReportBlock, RtcpPacket, parse_rtcp_compound
 from inspector.fastinit import attribute_state, rebuilt
+from inspector.ordering import run_starts
 
 __all__ = [
     "ReportBlock",
@@ -249,15 +250,6 @@ def _step_deltas(arrival_ns: np.ndarray, stamp: np.ndarray) -> np.ndarray:
                   - _signed(np.diff(stamp), TS_MOD).astype(np.float64))  # fmt: skip
 
 
-def _run_starts(*keys: np.ndarray) -> np.ndarray:
-    change = np.zeros(keys[0].size, dtype=bool)
-    if keys[0].size:
-        change[0] = True
-    for key in keys:
-        change[1:] |= key[1:] != key[:-1]
-    return np.flatnonzero(change)
-
-
 def _group_cumsum(values: np.ndarray, starts: np.ndarray, group: np.ndarray) -> np.ndarray:
     """Inclusive cumulative sum restarting at each group start (rows grouped)."""
     total = np.cumsum(values)
@@ -419,7 +411,7 @@ class RunningStreams:
         ts_all = np.asarray(ts_ns, dtype=np.int64)
         order = np.lexsort((ts_all, low, high))
         high, low = high[order], low[order]
-        starts = _run_starts(high, low)
+        starts = run_starts(high, low)
         group = np.repeat(np.arange(starts.size), np.diff(np.append(starts, order.size)))
         stream = self._stream_slots(high[starts], low[starts])
         row = {
@@ -512,7 +504,7 @@ class RunningStreams:
         ext = np.where(known, st["last_ext"][stream], seq[starts])[group] + _group_cumsum(
             _signed(seq - prev_seq, SEQ_MOD), starts, group)  # fmt: skip
         is_new, reordered = self._sequence(ext, starts, group, stream, slot)
-        runs = _run_starts(segment)
+        runs = run_starts(segment)
         self._fold_segments(row, runs, segment, continues, prev_ts, prev_rtp, unwrapped, ext, is_new, reordered)
         self._fold_timestamps(row, starts, group, stream, segment, new_segment, runs)
         self._queue_jitter(segment, ts, rtp)
@@ -653,7 +645,7 @@ class RunningStreams:
         arrival = np.concatenate([pending[1], ts])[order]
         stamp = np.concatenate([pending[2], rtp])[order]
         self._clock_ns = max(self._clock_ns, int(ts.max()))
-        runs = _run_starts(seg)
+        runs = run_starts(seg)
         lengths = np.diff(np.append(runs, seg.size))
         idle = self._segment["join_last_ns"][seg[runs]] < self._clock_ns - self.max_gap_ns
         # Per segment: the rows folded now. Full chunks of JITTER_CHUNK steps go, each keeping
@@ -735,7 +727,7 @@ class RunningStreams:
         seg, arrival, stamp = self._pending
         if seg.size < 2:
             return jitter
-        runs = _run_starts(seg)
+        runs = run_starts(seg)
         delta = _step_deltas(arrival, stamp)
         for lo, hi in zip(runs.tolist(), np.append(runs[1:], seg.size).tolist()):
             if hi - lo > 1:

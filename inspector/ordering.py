@@ -86,7 +86,23 @@ def unique_inverse(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return keys[order[new_value]], inverse
 
 
+def run_changes(*keys: np.ndarray) -> np.ndarray:
+    """True where a row's tuple of ``keys`` differs from the row before it, and at row 0: the
+    first row of each run of equal consecutive tuples (rows already grouped)."""
+    change = np.zeros(keys[0].shape[0], dtype=bool)
+    if keys[0].shape[0]:
+        change[0] = True
+    for key in keys:
+        change[1:] |= key[1:] != key[:-1]
+    return change
+
+
+def run_starts(*keys: np.ndarray) -> np.ndarray:
+    """Start index of each run of equal consecutive tuples of ``keys`` (``run_changes``)."""
+    return np.flatnonzero(run_changes(*keys))
+
+
 __all__ = [
-    "SMALL_KEYS", "index_bits", "run_first_positions", "sorted_runs", "stable_argsort", "unique_first",
-    "unique_inverse",
+    "SMALL_KEYS", "index_bits", "run_changes", "run_first_positions", "run_starts", "sorted_runs",
+    "stable_argsort", "unique_first", "unique_inverse",
 ]  # fmt: skip

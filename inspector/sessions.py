@@ -70,6 +70,7 @@ from inspector.destinations import (
     string_ranks,
 )
 from inspector.media import media_table
+from inspector.ordering import run_starts
 from inspector.schema import (
     ACTIVITY_BUCKET_NS,
     CALL_MAX_GAP_S,
@@ -257,7 +258,7 @@ def _endpoints_texts(owner: np.ndarray, addresses: np.ndarray, ports: np.ndarray
     ports = np.asarray(ports, dtype=np.int64)
     order = np.lexsort((tiebreak[codes], ports, klass[codes], owner))
     owner, codes, ports = owner[order], codes[order], ports[order]
-    distinct_rows = _run_starts(owner, codes, ports)  # equal endpoints of an owner are adjacent
+    distinct_rows = run_starts(owner, codes, ports)  # equal endpoints of an owner are adjacent
     owner, codes, ports = owner[distinct_rows], codes[distinct_rows], ports[distinct_rows]
     endpoints = [endpoint_text(a, p) for a, p in zip(distinct[codes].tolist(), ports.tolist())]
     bounds = np.searchsorted(owner, np.arange(n_owners + 1))
@@ -627,7 +628,7 @@ def per_second(buckets: DirectedBuckets) -> DirectedBuckets:
     if buckets.side.size == 0:
         return buckets
     second = buckets.first_ns // 1_000_000_000
-    starts = _run_starts(buckets.side, second)
+    starts = run_starts(buckets.side, second)
     if starts.size == buckets.side.size:
         return buckets
     return DirectedBuckets(
@@ -654,20 +655,9 @@ def _window_starts(group: np.ndarray, first_ns: np.ndarray, last_ns: np.ndarray,
     return np.flatnonzero(new)
 
 
-def _run_starts(*keys: np.ndarray) -> np.ndarray:
-    """Start index of each run of equal consecutive key tuples (rows already grouped)."""
-    if keys[0].size == 0:
-        return np.zeros(0, dtype=np.int64)
-    change = np.zeros(keys[0].size, dtype=bool)
-    change[0] = True
-    for key in keys:
-        change[1:] |= key[1:] != key[:-1]
-    return np.flatnonzero(change)
-
-
 def _side_spans(media: DirectedBuckets) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(sides with media buckets, their first first_ns, their last last_ns): rows are side-sorted."""
-    starts = _run_starts(media.side)
+    starts = run_starts(media.side)
     if starts.size == 0:
         empty = np.zeros(0, dtype=np.int64)
         return empty, empty, empty
@@ -799,7 +789,7 @@ def call_windows(
     second = first_ns // 1_000_000_000
     del first_ns, last_ns
     window_of_row = np.repeat(np.arange(starts.size), np.diff(np.append(starts, group.size)))
-    second_starts = _run_starts(window_of_row, second)
+    second_starts = run_starts(window_of_row, second)
     per_second = np.add.reduceat(packets, second_starts) if second_starts.size else second_starts
     peak = np.zeros(starts.size, dtype=np.int64)
     if second_starts.size:
@@ -981,7 +971,7 @@ def _flow_session(membership: pd.DataFrame, windows: pd.DataFrame) -> pd.DataFra
     order = np.lexsort((membership["session"].to_numpy(dtype=np.int64), flow_id, capture_rank))
     capture_rank, flow_id = capture_rank[order], flow_id[order]
     session_ids = membership["session_id"].to_numpy(dtype=object)[order]
-    starts = _run_starts(capture_rank, flow_id)
+    starts = run_starts(capture_rank, flow_id)
     joined = session_ids[starts].copy()
     lengths = np.diff(np.append(starts, order.size))
     for run in np.flatnonzero(lengths > 1):  # a flow silent between two calls belongs to both

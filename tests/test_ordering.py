@@ -5,7 +5,8 @@ import pytest
 
 from inspector import ordering
 from inspector.ordering import (
-    SMALL_KEYS, index_bits, run_first_positions, sorted_runs, stable_argsort, unique_first, unique_inverse,
+    SMALL_KEYS, index_bits, run_changes, run_first_positions, run_starts, sorted_runs, stable_argsort, unique_first,
+    unique_inverse,
 )  # fmt: skip
 
 DTYPES = (np.int64, np.uint64, np.int32, np.uint32, np.int16, np.uint8)
@@ -109,3 +110,15 @@ def test_run_first_positions_give_each_element_its_rank_within_its_key():
     rank = np.empty(keys.size, dtype=np.int64)
     rank[order] = np.arange(keys.size) - first
     assert rank.tolist() == [0, 0, 1, 2, 1, 0, 3]  # earlier equal keys in row order
+
+
+def test_run_starts_begin_each_run_of_equal_key_tuples():
+    rng = np.random.default_rng(3)
+    a = np.sort(rng.integers(0, 4, 200))
+    b = rng.integers(0, 2, 200)
+    expected = [k for k in range(200) if k == 0 or (a[k], b[k]) != (a[k - 1], b[k - 1])]
+    assert run_starts(a, b).tolist() == expected
+    assert np.flatnonzero(run_changes(a, b)).tolist() == expected
+    assert run_starts(a).tolist() == [k for k in range(200) if k == 0 or a[k] != a[k - 1]]
+    empty = np.zeros(0, dtype=np.int64)
+    assert run_starts(empty, empty).tolist() == [] and run_changes(empty).tolist() == []
