@@ -133,7 +133,7 @@ def map_in_processes(
             try:
                 blob = server.take()
             except InspectorError as e:  # the process died (killed, out of memory)
-                raise InspectorError(f"{calls[i][0]}: the process reading it stopped unexpectedly") from e
+                raise _stopped(calls[i]) from e
             upcoming = next(following, None)
             if upcoming is None:
                 selector.unregister(fd)
@@ -143,7 +143,7 @@ def map_in_processes(
                 try:
                     server.send(upcoming)
                 except InspectorError as e:
-                    raise InspectorError(f"{calls[upcoming][0]}: the process reading it stopped unexpectedly") from e
+                    raise _stopped(calls[upcoming]) from e
                 serving[fd] = (server, upcoming)
             results[i] = forked.outcome(blob)
             if on_result is not None:
@@ -153,6 +153,11 @@ def map_in_processes(
             server.discard()
         selector.close()
     return results
+
+
+def _stopped(call: tuple) -> InspectorError:
+    """The error of a call whose process died: it names the call's first argument (the capture)."""
+    return InspectorError(f"{call[0]}: the process reading it stopped unexpectedly")
 
 
 __all__ = ["CaptureReadApart", "INTRA_FILE_SPEEDUP", "alone_files", "map_in_processes"]

@@ -373,18 +373,13 @@ def import_for_reading() -> None:
 def _read_apart(path: Path, options: AnalyzeOptions, signatures):
     """In a serving process (``apart.map_in_processes``): read ``path`` as a one-process run
     does and make what the table stage needs of it (``apart.CaptureReadApart``)."""
-    from inspector.collect import ActivityCollector, RtpCollector
-
     r = process_capture(path, options, None, _payload_stage(options), _collectors(options), _labeller(signatures))
     entry = _input_entry(r)
     stats = r.reader_stats
     stats.sha256 = stats.sha256  # waits for the digest: a text pickles, the function that waits does not
-    activity = rtp = rtcp = None
-    for c in r.collectors:
-        if isinstance(c, ActivityCollector):
-            activity = c.buckets(r.name).sorted_rows()
-        elif isinstance(c, RtpCollector):
-            rtp, rtcp = c.take_frame(r.name), c.rtcp_frame(r.name)
+    activity, rtp, rtcp = _collected(r)
+    if activity is not None:
+        activity = activity.sorted_rows()
     r.payloads = None
     return CaptureReadApart(r.path, r.name, entry, stats, _capture_flows(r), activity, rtp, rtcp)
 
@@ -464,26 +459,36 @@ def _take_all(items: list) -> list:
     return taken
 
 
+def _collected(r: CaptureResult) -> tuple:
+    """(activity buckets, RTP stream segments, RTCP reports) that a capture's collectors hand
+    over (``collect.ActivityCollector``, ``collect.RtpCollector``: a run has both or neither);
+    Nones without them."""
+    from inspector.collect import ActivityCollector, RtpCollector
+
+    activity = rtp = rtcp = None
+    for c in r.collectors:
+        if isinstance(c, ActivityCollector):
+            activity = c.buckets(r.name)
+        elif isinstance(c, RtpCollector):
+            rtp, rtcp = c.take_frame(r.name), c.rtcp_frame(r.name)
+    return activity, rtp, rtcp
+
+
 def _call_tables(results: list[CaptureResult | CaptureReadApart], flows: FinishedFlows, options: AnalyzeOptions):
     """sessions, destinations and media from the collectors; fills the flows' session_id."""
-    from inspector.collect import ActivityCollector, RtpCollector
     from inspector.sessions import build_calls
 
     activity, rtp, rtcp = [], [], []
     for r in results:
         if isinstance(r, CaptureReadApart):
-            if r.activity is not None:
-                activity.append(r.activity)
-                rtp.append(r.rtp)
-                rtcp.append(r.rtcp)
+            collected = (r.activity, r.rtp, r.rtcp)
             r.activity = r.rtp = r.rtcp = None
-            continue
-        for c in r.collectors:
-            if isinstance(c, ActivityCollector):
-                activity.append(c.buckets(r.name))
-            elif isinstance(c, RtpCollector):
-                rtp.append(c.take_frame(r.name))
-                rtcp.append(c.rtcp_frame(r.name))
+        else:
+            collected = _collected(r)
+        if collected[0] is not None:
+            activity.append(collected[0])
+            rtp.append(collected[1])
+            rtcp.append(collected[2])
     if not activity:
         return None
     # The buckets and frames are handed over as temporaries: build_calls drops them once it has
