@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from inspector._version import __version__
-from inspector import export, forked, native
+from inspector import export, forked, native, prehash
 from inspector.apart import CaptureReadApart
 from inspector.errors import CaptureError, InspectorError
 from inspector.export import FORMATS, write_frames, write_manifest, write_table
@@ -285,6 +285,7 @@ def analyze(
         paths = [paths]
     options = options or AnalyzeOptions()
     inputs = _check_inputs(paths)
+    prehash.start(inputs)  # the manifest's SHA-256 begun beside the signatures (the command line began it already)
     signatures = _signature_set(options)
     created = _now_iso()
     if options.workers > 1 and len(inputs) > 1:

@@ -74,6 +74,14 @@ def analyze(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No terminal output except warnings and errors."),
 ) -> None:
     """Analyse captures: flows, sessions, destinations and media tables plus manifest.json in --out."""
+    from inspector import prehash
+
+    paths = list(captures or [])
+    if not paths and SAMPLE_CAPTURE.is_file():
+        paths = [SAMPLE_CAPTURE]
+    # Hashed for the manifest from now on, on a core the imports below leave idle.
+    prehash.start(paths)
+
     from inspector import warmup
     from inspector.errors import CaptureError, InspectorError, SignatureError
     from inspector.export import FORMATS
@@ -81,11 +89,8 @@ def analyze(
     if fmt not in FORMATS:
         _fail(f"--format {fmt!r}: use one of {', '.join(FORMATS)}", 2)
     keep_pyarrow_unloaded(fmt)
-    paths = list(captures or [])
     if not paths:
-        if not SAMPLE_CAPTURE.is_file():
-            _fail(f"{SAMPLE_CAPTURE}: the bundled sample capture is missing; name a capture to analyse", 2)
-        paths = [SAMPLE_CAPTURE]
+        _fail(f"{SAMPLE_CAPTURE}: the bundled sample capture is missing; name a capture to analyse", 2)
     if not quiet:
         # The terminal's modules (~25 ms) are imported beside the packets, not before them.
         warmup.also_import("rich.console", "rich.table")
@@ -284,8 +289,9 @@ def main() -> None:
     stderr are flushed. The interpreter's teardown would free the result, the flow tables and
     every module object by object: 0.13 s after the benchmark capture, for memory the system
     takes back at once anyway. Only that path skips it: the analysis has closed its files (they
-    are written in ``with`` blocks), joined its workers and reaped its forked helpers, and
-    inspector registers no exit handlers. Every other exit (errors, other commands) is Python's
+    are written in ``with`` blocks), joined its workers and reaped its forked helpers (the
+    manifest's digest reaped the hashing process, ``prehash.py``, whose exit handler only stops
+    one a failed run left). Every other exit (errors, other commands) is Python's
     usual one. The process is the run's alone, so objects alive at a fork may stay frozen
     (``gcpause.freeze_at_fork``) and its allocator may keep freed memory for reuse
     (``gcpause.reuse_freed_heap``)."""

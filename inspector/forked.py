@@ -81,7 +81,7 @@ class Forked:
         return outcome(b"".join(chunks))
 
 
-def _fork() -> int | None:
+def fork_process() -> int | None:
     """``os.fork`` after what every fork here needs first; the child's pid (0 in the child), or
     None where this platform cannot fork or the system refuses another process now."""
     if not hasattr(os, "fork"):
@@ -119,7 +119,7 @@ def start(what: str, fn: Callable[..., Any], *args: Any) -> Forked | None:
         read_fd, write_fd = os.pipe()
     except OSError:
         return None
-    pid = _fork()
+    pid = fork_process()
     if pid is None:
         os.close(read_fd)
         os.close(write_fd)
@@ -190,7 +190,7 @@ class Server:
             result_read, result_write = os.pipe()
         except OSError:
             return None
-        pid = _fork()
+        pid = fork_process()
         if pid is None:
             for fd in (task_read, task_write, result_read, result_write):
                 os.close(fd)

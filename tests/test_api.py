@@ -180,10 +180,10 @@ def test_flows_csv_written_from_the_compact_table_equals_the_frames_csv(tmp_path
 
 
 def test_a_run_with_workers_builds_and_writes_in_a_second_process_the_same_files(tmp_path, ndpi_dir, monkeypatch, forked_starts):
-    """With --workers above 1 the input is hashed, the destinations are counted and most of
-    flows.csv is written in forked processes (forked.py); every file is the one a single
-    process writes."""
-    from inspector import api, export
+    """With --workers above 1 the destinations are counted and most of flows.csv is written in
+    forked processes (forked.py), the input hashed by the process begun as the run started
+    (prehash.py), as with one; every file is the one a single process writes."""
+    from inspector import api, export, prehash
 
     monkeypatch.setattr(export, "CHUNK_ROWS", 7)
     monkeypatch.setattr(api, "SPLIT_SLICE_ROWS", 7)  # several slices: flows.csv is split
@@ -194,10 +194,19 @@ def test_a_run_with_workers_builds_and_writes_in_a_second_process_the_same_files
     def answer(out):
         return lambda: answered.append(sorted(p.name for p in out.iterdir()))
 
+    claimed = []
+    real_claim = prehash.claim
+
+    def claim(st):
+        early = real_claim(st)
+        claimed.append(early is not None)
+        return early
+
+    monkeypatch.setattr(prehash, "claim", claim)
     inspector.analyze([path], AnalyzeOptions(workers=1)).write(tmp_path / "one", while_writing=answer(tmp_path / "one"))
-    assert started == []
+    assert started == [] and claimed == [True]
     inspector.analyze([path], AnalyzeOptions(workers=2)).write(tmp_path / "two", while_writing=answer(tmp_path / "two"))
-    assert started == [f"{path}: SHA-256", "destinations", "flows.csv"]
+    assert started == ["destinations", "flows.csv"] and claimed == [True, True]
     # Called once per write, after the other tables and before the manifest; in the parallel
     # run before flows.csv is put together from this process's rows and the forked one's part.
     assert answered[0] == ["destinations.csv", "flows.csv", "media.csv", "sessions.csv"]

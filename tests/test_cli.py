@@ -33,6 +33,68 @@ def test_analyze_writes_flows_and_manifest(tmp_path):
     assert r.stdout.rstrip().endswith("manifest.json") and r.stderr == ""
 
 
+_EARLY_HASH_DRIVER = """
+import sys
+from inspector import cli, prehash
+real_start, real_claim = prehash.start, prehash.claim
+def start(paths, *args):
+    real_start(paths, *args)
+    if prehash._current is not None:
+        print("hashing pid", prehash._current.pid, flush=True)
+def claim(st):
+    early = real_claim(st)
+    print("claimed", early is not None, flush=True)
+    return early
+prehash.start, prehash.claim = start, claim
+sys.argv = ["inspector", *sys.argv[1:]]
+cli.main()
+"""
+
+
+def _gone_soon(pid: int) -> bool:
+    import os
+    import time
+
+    for _ in range(100):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_the_manifest_digest_comes_from_the_process_begun_at_the_start(tmp_path, workers):
+    """The command forks the capture's hashing process before its imports (prehash.py); the
+    reader takes its digest, which is the file's; the process is gone when the command is."""
+    import hashlib
+
+    cap = C.write_pcap(tmp_path / "a.pcap", [C.ether(C.udp4("10.0.0.1", "10.0.0.2", 40000, 53, b"q" * 12))] * 3)
+    r = subprocess.run(
+        [sys.executable, "-c", _EARLY_HASH_DRIVER, "analyze", str(cap), "-w", workers, "-q", "--out", str(tmp_path / "out")],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0].startswith("hashing pid ") and "claimed True" in lines, r.stdout
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["inputs"][0]["sha256"] == hashlib.sha256(open(cap, "rb").read()).hexdigest()
+    assert _gone_soon(int(lines[0].split()[-1]))
+
+
+def test_a_failed_run_leaves_no_hashing_process(tmp_path):
+    bad = tmp_path / "x.pcap"
+    bad.write_text("not a capture at all\n" * 10)
+    r = subprocess.run(
+        [sys.executable, "-c", _EARLY_HASH_DRIVER, "analyze", str(bad), "--out", str(tmp_path / "out")],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert r.returncode == 2 and "not a" in r.stderr.lower()
+    assert r.stdout.startswith("hashing pid "), r.stdout
+    assert _gone_soon(int(r.stdout.split()[2]))
+
+
 @pytest.mark.parametrize(
     "make,needle",
     [

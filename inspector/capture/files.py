@@ -20,8 +20,9 @@ the libpcap and pcapng.github.io documents):
 Speed: an uncompressed file is memory-mapped and each batch's ``buffer`` is a zero-copy view of the
 whole mapping (``offset`` values are file offsets). A compiled loop (``chain.py``) only follows the
 record chain and collects record offsets; the header fields are then gathered with numpy for the
-whole batch at once. The SHA-256 of the file runs in a second thread over the same mapping (hashlib
-releases the GIL), so reading and hashing overlap. A gzip file is inflated (and its compressed
+whole batch at once. The SHA-256 of the file comes from the process ``prehash.start`` forked as
+the command began, when there is one for this very file; otherwise it runs in a second thread
+over the same mapping (hashlib releases the GIL), so reading and hashing overlap. A gzip file is inflated (and its compressed
 bytes hashed) in a second thread, 16 MiB of decompressed data at a time, while the reading thread
 walks the previous chunk; memory is bounded by a few chunks whatever the compression ratio.
 
@@ -58,6 +59,7 @@ from inspector.batch import PacketBatch, byte_rows
 from inspector.capture.chain import record_offsets
 from inspector.digest import sha256_stream
 from inspector.errors import CaptureError
+from inspector import prehash
 from inspector.niceness import lower_priority, lower_thread_priority
 
 __all__ = ["CaptureReader", "CaptureStats", "open_capture"]
@@ -71,19 +73,22 @@ MAX_PCAPNG_BLOCK = 64 * 1024 * 1024
 GZIP_CHUNK = 16 * 1024 * 1024
 HASH_CHUNK = 8 * 1024 * 1024
 #: How much lower the hashing of an uncompressed file runs than its reading (``niceness.py``):
-#: the digest is needed only for the manifest, written last. In a one-process run a thread hashes
-#: the mapped file beside the reading, on the core it leaves idle. With
-#: ``CaptureReader.hash_after_reading`` (a parallel run, whose dissect workers and reader keep
-#: every core busy while the packets are read) a forked process hashes it once they are read,
-#: taking what the serial end of the run leaves. Measured on the benchmark capture (386 MB) with
-#: two workers on 2 cores, 8-12 alternating runs each: a thread beside the reading 3.24 s, a
-#: thread after it 3.13 s at this niceness (3.17 s at equal priority), a process after it
-#: 0.04 s below the thread (0.04 s less CPU too), not hashing at all 3.01 s. Hashing beside the
-#: reading at this niceness still finishes early and gains nothing: the cores it finds idle
-#: between batches were the workers' and the reader's.
+#: the digest is needed only for the manifest, written last. A process forked as the command
+#: starts (``prehash.py``) hashes a single capture file beside the imports; this reader takes its
+#: digest, and lets it go on beside the reading or, with ``CaptureReader.hash_after_reading``,
+#: pauses it until the packets are read. Without one, in a one-process run a thread hashes the
+#: mapped file beside the reading, on the core it leaves idle; with ``hash_after_reading`` (a
+#: parallel run, whose dissect workers and reader keep every core busy while the packets are
+#: read) a forked process hashes it once they are read, taking what the serial end of the run
+#: leaves. Measured on the benchmark capture (386 MB) with two workers on 2 cores, 8-12
+#: alternating runs each: a thread beside the reading 3.24 s, a thread after it 3.13 s at this
+#: niceness (3.17 s at equal priority), a process after it 0.04 s below the thread (0.04 s less
+#: CPU too), not hashing at all 3.01 s. Hashing beside the reading at this niceness still
+#: finishes early and gains nothing: the cores it finds idle between batches were the workers'
+#: and the reader's.
 #: Weakness: on a machine with no idle core the digest is made at the very end, and reading the
 #: manifest (``Analysis.manifest``) waits for it.
-HASH_NICENESS = 19
+HASH_NICENESS = prehash.HASH_NICENESS
 
 _PCAP_MAGICS = {  # first four bytes -> (byte order, nanosecond timestamps)
     b"\xd4\xc3\xb2\xa1": ("<", False),
@@ -104,9 +109,9 @@ class CaptureStats:
     path              the path as given
     size_bytes        size of the file as stored
     sha256            SHA-256 of the file as stored (of the compressed bytes for gzip), hex; an
-                      uncompressed file is hashed by a background thread (or, after the
-                      reading, a forked process), which reading this property waits for the
-                      first time (``HASH_NICENESS``)
+                      uncompressed file is hashed by the process ``prehash.start`` forked, a
+                      background thread or, after the reading, a forked process, which reading
+                      this property waits for the first time (``HASH_NICENESS``)
     format            ``pcap`` (µs), ``pcap-ns`` or ``pcapng``
     compression       ``gzip`` or ""
     records_read      packet records found; each is either yielded or counted in records_skipped
@@ -679,6 +684,7 @@ class CaptureReader:
         self.stats = CaptureStats(path=path, size_bytes=size, format=fmt, compression=compression)
         self._mapping: mmap.mmap | None = None
         self._mapped_bytes: np.ndarray | None = None
+        self._mapped_stat: os.stat_result | None = None
         #: Hash an uncompressed file once its packets are read rather than beside the reading
         #: (``HASH_NICENESS``): for a run whose other processes keep every core busy meanwhile.
         self.hash_after_reading = False
@@ -698,6 +704,7 @@ class CaptureReader:
             with self._open_raw() as f:
                 try:
                     mapping = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+                    self._mapped_stat = os.fstat(f.fileno())
                 except (OSError, ValueError) as e:
                     raise CaptureError(self.path, f"cannot map the file: {e}") from e
             self._mapping = mapping
@@ -775,11 +782,19 @@ class CaptureReader:
                 _drop_pages(mapping, start, min(start + HASH_CHUNK, len(mv)))
 
         hasher = threading.Thread(target=hash_all, name="capture-sha256", daemon=True)
-        # Hashed after reading, the file is read through a descriptor opened now, so that it is
-        # the very file mapped even if its path is replaced meanwhile.
-        source = self._open_raw() if self.hash_after_reading else None
-        if source is None:
-            hasher.start()
+        # A hashing process begun as the command started (``prehash.py``) hashes this very file
+        # already: it goes on beside the reading, or waits for its end.
+        early = prehash.claim(self._mapped_stat) if self._mapped_stat is not None else None
+        source = None
+        if early is not None:
+            if self.hash_after_reading:
+                early.pause()
+        else:
+            # Hashed after reading, the file is read through a descriptor opened now, so that it
+            # is the very file mapped even if its path is replaced meanwhile.
+            source = self._open_raw() if self.hash_after_reading else None
+            if source is None:
+                hasher.start()
         walker = self._new_walker(bytes(mv[:24]))
         pos = walker.header_len
         dropped_to = 0
@@ -789,7 +804,10 @@ class CaptureReader:
             done = walk.status != _FULL
             if done:
                 self._finish(walk)
-                if source is not None:
+                if early is not None:
+                    early.resume()
+                    self.stats.sha256 = early.digest
+                elif source is not None:
                     self.stats.sha256 = _digest_after_reading(source, len(mv), hasher, sha)
                 else:
                     self.stats.sha256 = _waiting_digest(hasher, sha)

@@ -515,6 +515,56 @@ def test_digest_after_reading_falls_back_to_a_thread_without_fork(tmp_path, monk
     assert reader.stats.sha256 == hashlib.sha256(data).hexdigest()
 
 
+@pytest.mark.parametrize("after_reading", [False, True])
+def test_digest_taken_from_the_process_begun_at_the_start(tmp_path, monkeypatch, after_reading):
+    """With ``prehash.start`` run first for the file, the reader hashes nothing itself: it takes
+    that process's digest. A parallel run's reader (``hash_after_reading``) pauses it with its
+    first batch and lets it go on with its last."""
+    from inspector import forked, prehash
+    from inspector.capture import files
+
+    path, data = _cut_capture(tmp_path)
+    batches_read: list[int] = []
+    told = []
+    monkeypatch.setattr(prehash.EarlyHash, "pause", lambda self: told.append(("pause", len(batches_read))))
+    real_resume = prehash.EarlyHash.resume
+    monkeypatch.setattr(prehash.EarlyHash, "resume", lambda self: (told.append(("resume", len(batches_read))), real_resume(self)))
+    monkeypatch.setattr(files, "lower_thread_priority", lambda n: pytest.fail("a hashing thread ran"))
+    monkeypatch.setattr(forked, "start", lambda *args: pytest.fail("a hashing process was forked after the reading"))
+    try:
+        prehash.start([path])
+        early = prehash._current
+        assert early is not None
+        reader = open_capture(path, 4)
+        reader.hash_after_reading = after_reading
+        for batch in reader.batches():
+            batches_read.append(len(batch))
+        assert len(batches_read) == 10 and prehash._current is None  # taken by the reader
+        assert told == ([("pause", 0), ("resume", 9)] if after_reading else [("resume", 9)])
+        assert reader.stats.sha256 == hashlib.sha256(data).hexdigest()
+        assert prehash._started == []  # its process reaped
+    finally:
+        prehash._stop_left_over()
+
+
+def test_digest_of_a_file_changed_since_the_start_is_the_readers_own(tmp_path):
+    """The process begun at the start hashed the file as it was then: a reader of the file as it
+    is now (another size and modification time) hashes it itself."""
+    from inspector import prehash
+
+    path, _ = _cut_capture(tmp_path)
+    try:
+        prehash.start([path])
+        data = craft.pcap_bytes([b"x" * 60, b"y" * 70], 101)
+        path.write_bytes(data)
+        reader = open_capture(path, 4)
+        assert sum(len(b) for b in reader.batches()) == 2
+        assert reader.stats.sha256 == hashlib.sha256(data).hexdigest()
+        assert prehash._current is not None  # not taken; stopped at exit
+    finally:
+        prehash._stop_left_over()
+
+
 def test_batch_buffer_is_a_view_of_the_file(tmp_path):
     path = put(tmp_path, "v.pcap", craft.pcap_bytes([b"hello"], 101))
     (batch,) = list(open_capture(path).batches())

@@ -1,0 +1,284 @@
+"""The capture file's SHA-256 for the manifest, begun in a forked process as the command starts.
+
+For its first ~0.1-0.15 s a run is one thread: the interpreter's imports (numpy, the dissectors'
+modules) and the signatures, before any packet is read (measured on the 2-core machine of
+docs/BENCHMARK.md: the dissect workers fork ~0.17-0.19 s after the process starts, ~0.1 s after
+the command's function is entered). On a machine with a second core that core is idle meanwhile,
+and hashing a 386 MB capture takes ~0.27 s of one core. ``start`` opens the file and forks a
+hashing process at once, at ``HASH_NICENESS``; the reader of that very file (``claim``: the same
+device, inode, size and modification time as the file it maps) takes its digest from that process
+instead of hashing the file itself.
+
+A run whose other processes keep every core busy while the packets are read (two dissect workers
+and the reader on two cores) ``pause``s the hashing process for that time and ``resume``s it once
+the packets are read: hashing beside them took the workers' and the reader's time, whatever its
+niceness, and under ``SCHED_IDLE`` too (docs/BENCHMARK.md, fifteenth to seventeenth sessions). A
+one-process run leaves it going, on the core the reader leaves idle.
+
+The hashing process reads its own descriptor of the file, opened before the fork, with positional
+reads; it leaves when the file is hashed, or when its parent is gone (the control pipe's end of
+file), without running anything its parent registered (``os._exit``).
+
+Weakness: it starts for a single uncompressed capture file only. Several files are read apart, by
+other processes, and a gzip file's compressed bytes are hashed as they are inflated
+(``capture.files``); those are hashed as before. A file rewritten in place without changing its
+size or modification time would be taken for the same file.
+"""
+
+from __future__ import annotations
+
+import atexit
+import hashlib
+import os
+import select
+import signal
+import stat
+
+from inspector.errors import InspectorError
+
+#: Bytes read and hashed at a time (``digest.READ_CHUNK``: a buffer that stays in the core's cache).
+READ_CHUNK = 1024 * 1024
+_PAUSE, _RESUME = b"p", b"r"
+_GZIP_MAGIC = b"\x1f\x8b"
+
+
+def _identity(st: os.stat_result) -> tuple[int, int, int, int]:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+class EarlyHash:
+    """A hashing process started by ``start``, seen from the process that started it."""
+
+    def __init__(self, pid: int, identity: tuple[int, int, int, int], control_fd: int, result_fd: int, path: str) -> None:
+        self.pid = pid
+        self.identity = identity
+        self.control_fd = control_fd
+        self.result_fd = result_fd
+        self.path = path
+        self.owner_pid = os.getpid()
+        #: Once the process is reaped: its hex digest, or why there is none.
+        self._digest: str | None = None
+        self._failure: str | None = None
+
+    def pause(self) -> None:
+        """Stop hashing after the piece in hand until ``resume``."""
+        self._tell(_PAUSE)
+
+    def resume(self) -> None:
+        """Go on hashing (after ``pause``)."""
+        self._tell(_RESUME)
+
+    def _tell(self, message: bytes) -> None:
+        if self._reaped:
+            return
+        try:
+            os.write(self.control_fd, message)
+        except OSError:  # the hashing process is gone: ``digest`` says so
+            pass
+
+    @property
+    def _reaped(self) -> bool:
+        return self._digest is not None or self._failure is not None
+
+    def digest(self) -> str:
+        """The file's hex SHA-256, waited for; an InspectorError naming the file if the hashing
+        process failed or was stopped."""
+        if not self._reaped:
+            if os.getpid() != self.owner_pid:
+                raise InspectorError(f"{self.path}: SHA-256: asked of its hashing process from another process")
+            self.resume()  # a paused process would never answer
+            self._collect()
+        if self._digest is None:
+            raise InspectorError(f"{self.path}: SHA-256: {self._failure}")
+        return self._digest
+
+    def poll(self) -> bool:
+        """Whether the process has ended; if it has, its answer is kept and it is reaped (so a
+        long-lived caller that never asks for the digests holds no process or descriptor)."""
+        if not self._reaped:
+            try:
+                pid, _ = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:
+                pid = self.pid
+            if pid == 0:
+                return False
+            self._collect(waited=True)
+        return True
+
+    def discard(self) -> None:
+        """Stop the hashing process (its digest is not wanted)."""
+        if not self._reaped:
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self._collect(stopped=True)
+
+    def _collect(self, waited: bool = False, stopped: bool = False) -> None:
+        """Read the process's answer to its end, reap it and keep what it said."""
+        chunks = []
+        try:
+            while chunk := os.read(self.result_fd, 4096):
+                chunks.append(chunk)
+        except OSError:
+            pass
+        for fd in (self.control_fd, self.result_fd):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        if not waited:
+            try:
+                os.waitpid(self.pid, 0)
+            except ChildProcessError:
+                pass
+        if self in _started:
+            _started.remove(self)
+        answer = b"".join(chunks).decode("ascii", "replace")
+        if stopped:
+            self._failure = "its hashing process was stopped"
+        elif answer.startswith("!"):
+            self._failure = answer[1:]
+        elif len(answer) != 64:
+            self._failure = "the hashing process stopped unexpectedly"
+        else:
+            self._digest = answer
+
+
+#: How much lower the hashing process runs than the run (``niceness.py``): its digest is needed
+#: only for the manifest, written last. ``capture.files`` hashes at the same niceness.
+HASH_NICENESS = 19
+
+#: The hashing process no reader has taken yet; every one this process started (stopped at exit
+#: unless reaped); the process that started them (a forked child inherits these, not the processes).
+_current: EarlyHash | None = None
+_started: list[EarlyHash] = []
+_owner_pid = 0
+
+
+def start(paths: list, niceness: int | None = None) -> None:
+    """Fork a process hashing ``paths[0]`` at ``niceness`` (by default ``HASH_NICENESS``) when
+    ``paths`` is one regular file that is not gzip-compressed and this platform forks; otherwise
+    do nothing (the file's reader hashes it, and reports what is wrong with it). A process that
+    hashes this very file already goes on; one hashing another file no reader took is stopped."""
+    global _current
+    if len(paths) != 1 or not hasattr(os, "fork"):
+        return
+    _forget_inherited()
+    for early in list(_started):
+        early.poll()
+    path = os.fspath(paths[0])
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return
+    try:
+        st = os.fstat(fd)
+        if _current is not None:
+            if _current.identity == _identity(st):
+                os.close(fd)
+                return
+            _current.discard()
+            _current = None
+        if not stat.S_ISREG(st.st_mode) or os.pread(fd, 2, 0) == _GZIP_MAGIC:
+            os.close(fd)
+            return
+        control_r, control_w = os.pipe()
+        result_r, result_w = os.pipe()
+    except OSError:
+        os.close(fd)
+        return
+    from inspector import forked
+
+    pid = forked.fork_process()
+    if pid == 0:
+        os.close(control_w)
+        os.close(result_r)
+        _hash_in_child(fd, st.st_size, control_r, result_w, HASH_NICENESS if niceness is None else niceness)
+    os.close(fd)
+    os.close(control_r)
+    os.close(result_w)
+    if pid is None:
+        os.close(control_w)
+        os.close(result_r)
+        return
+    _current = EarlyHash(pid, _identity(st), control_w, result_r, path)
+    _started.append(_current)
+
+
+def _forget_inherited() -> None:
+    """In a process forked from the one that started them, the hashing processes are not this
+    process's to take or stop: its copies of them are dropped (their descriptors stay open)."""
+    global _current, _owner_pid
+    if os.getpid() != _owner_pid:
+        _current = None
+        _started.clear()
+        _owner_pid = os.getpid()
+
+
+def claim(st: os.stat_result) -> EarlyHash | None:
+    """The hashing process of the file ``st`` describes, for its one reader in the process that
+    started it; None when there is none (another file, a file changed since, another process)."""
+    global _current
+    _forget_inherited()
+    early = _current
+    if early is None or early.identity != _identity(st):
+        return None
+    _current = None  # taken: the next run in this process may start its own
+    return early
+
+
+def _stop_left_over() -> None:
+    """At exit: a hashing process whose digest was not taken (the run failed before it was
+    needed) is stopped. A run that wrote its manifest took every digest it started."""
+    global _current
+    _forget_inherited()
+    _current = None
+    while _started:
+        _started.pop().discard()
+
+
+atexit.register(_stop_left_over)
+
+
+def _hash_in_child(fd: int, size: int, control: int, result: int, niceness: int) -> None:
+    """The hashing process: ``size`` bytes of ``fd`` hashed ``READ_CHUNK`` at a time, a control
+    message (pause, resume, the parent's end of file) looked for before each piece; the hex digest,
+    or "!" and the error, written to ``result``. Never returns."""
+    code = 0
+    try:
+        from inspector.niceness import lower_priority
+
+        lower_priority(niceness)
+        answer = _hash(fd, size, control)
+        if answer:
+            os.write(result, answer.encode("ascii", "replace"))
+    except BaseException:  # noqa: BLE001 - nothing may escape into the parent's code
+        code = 1
+    finally:
+        os._exit(code)
+
+
+def _hash(fd: int, size: int, control: int) -> str:
+    """What ``_hash_in_child`` writes: the digest, "!reason", or "" when the parent has gone."""
+    sha = hashlib.sha256()
+    view = memoryview(bytearray(READ_CHUNK))
+    paused = False
+    done = 0
+    while done < size:
+        ready, _, _ = select.select([control], [], [], None if paused else 0)
+        if ready:
+            message = os.read(control, 64)
+            if not message:
+                return ""
+            paused = message[-1:] == _PAUSE
+            continue
+        try:
+            got = os.preadv(fd, [view[: min(READ_CHUNK, size - done)]], done)
+        except OSError as e:
+            return f"!cannot read: {e.strerror or e}"
+        if got == 0:
+            return "!the file became shorter while it was hashed"
+        sha.update(view[:got])
+        done += got
+    return sha.hexdigest()
