@@ -129,7 +129,10 @@ def test_without_fork_the_caller_writes_flows_csv(monkeypatch):
 def test_a_run_that_prepares_flows_csv_writes_the_files_a_single_process_writes(tmp_path, ndpi_dir, monkeypatch, forked_starts):
     """With ``prepare_flows_csv`` the rows are formatted in a process forked before the call
     stage (before the destinations' one); every file is the one a single process writes."""
+    from inspector import prehash
+
     monkeypatch.setattr(flows_csv, "SLICE_ROWS", 7)
+    monkeypatch.setattr(prehash, "_usable_cores", lambda: 2)  # the input hashed by prehash.py's process
     started = forked_starts
     path = ndpi_dir / "teams.pcap"
     inspector.analyze([path], AnalyzeOptions(workers=1, prepare_flows_csv=True)).write(tmp_path / "one")
@@ -137,7 +140,7 @@ def test_a_run_that_prepares_flows_csv_writes_the_files_a_single_process_writes(
     answered: list[list[str]] = []
     two = inspector.analyze([path], AnalyzeOptions(workers=2, prepare_flows_csv=True))
     two.write(tmp_path / "two", while_writing=lambda: answered.append(sorted(p.name for p in (tmp_path / "two").iterdir())))
-    assert started == ["flows.csv", "destinations"]  # the input hashed by prehash.py's process
+    assert started == ["flows.csv", "destinations"]
     assert {"destinations.csv", "media.csv", "sessions.csv"} <= set(answered[0])
     for name in ("flows.csv", "sessions.csv", "destinations.csv", "media.csv"):
         assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes(), name

@@ -15,7 +15,8 @@ from inspector.errors import InspectorError
 
 
 @pytest.fixture(autouse=True)
-def no_left_over_process():
+def no_left_over_process(monkeypatch):
+    monkeypatch.setattr(prehash, "_usable_cores", lambda: 2)  # as on the 2-core machines here
     yield
     prehash._stop_left_over()
     assert prehash._current is None and prehash._started == []
@@ -76,14 +77,17 @@ def test_a_paused_process_goes_on_when_resumed_or_asked(tmp_path):
     assert early.digest() == hashlib.sha256(data).hexdigest()  # asking resumes it
 
 
-@pytest.mark.parametrize("kind", ["missing", "directory", "gzip", "two files", "empty list"])
-def test_no_process_where_the_reader_hashes_the_file_itself(tmp_path, kind):
+@pytest.mark.parametrize("kind", ["missing", "directory", "gzip", "two files", "empty list", "one core"])
+def test_no_process_where_the_reader_hashes_the_file_itself(tmp_path, kind, monkeypatch):
     path, _ = _file(tmp_path, size=100)
+    if kind == "one core":
+        monkeypatch.setattr(prehash, "_usable_cores", lambda: 1)
     paths = {
         "missing": [tmp_path / "nope.pcap"],
         "directory": [tmp_path],
         "two files": [path, path],
         "empty list": [],
+        "one core": [path],
     }.get(kind)
     if kind == "gzip":
         zipped = tmp_path / "c.pcap.gz"
@@ -91,6 +95,14 @@ def test_no_process_where_the_reader_hashes_the_file_itself(tmp_path, kind):
         paths = [zipped]
     prehash.start(paths)
     assert prehash._current is None and prehash._started == []
+
+
+def test_usable_cores_are_the_affinity_masks(monkeypatch):
+    monkeypatch.undo()
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {3}, raising=False)
+    assert prehash._usable_cores() == 1
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 5}, raising=False)
+    assert prehash._usable_cores() == 3
 
 
 def test_another_file_or_a_changed_file_is_not_taken(tmp_path):

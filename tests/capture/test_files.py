@@ -531,6 +531,7 @@ def test_digest_taken_from_the_process_begun_at_the_start(tmp_path, monkeypatch,
     monkeypatch.setattr(prehash.EarlyHash, "resume", lambda self: (told.append(("resume", len(batches_read))), real_resume(self)))
     monkeypatch.setattr(files, "lower_thread_priority", lambda n: pytest.fail("a hashing thread ran"))
     monkeypatch.setattr(forked, "start", lambda *args: pytest.fail("a hashing process was forked after the reading"))
+    monkeypatch.setattr(prehash, "_usable_cores", lambda: 2)
     try:
         prehash.start([path])
         early = prehash._current
@@ -547,12 +548,13 @@ def test_digest_taken_from_the_process_begun_at_the_start(tmp_path, monkeypatch,
         prehash._stop_left_over()
 
 
-def test_digest_of_a_file_changed_since_the_start_is_the_readers_own(tmp_path):
+def test_digest_of_a_file_changed_since_the_start_is_the_readers_own(tmp_path, monkeypatch):
     """The process begun at the start hashed the file as it was then: a reader of the file as it
     is now (another size and modification time) hashes it itself."""
     from inspector import prehash
 
     path, _ = _cut_capture(tmp_path)
+    monkeypatch.setattr(prehash, "_usable_cores", lambda: 2)
     try:
         prehash.start([path])
         data = craft.pcap_bytes([b"x" * 60, b"y" * 70], 101)
