@@ -171,7 +171,8 @@ def start(paths: list, niceness: int | None = None) -> None:
         early.poll()
     path = os.fspath(paths[0])
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        # Without blocking: opening a named pipe for reading would wait for a writer.
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
     except OSError:
         return
     try:
