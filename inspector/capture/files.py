@@ -22,9 +22,10 @@ whole mapping (``offset`` values are file offsets). A compiled loop (``chain.py`
 record chain and collects record offsets; the header fields are then gathered with numpy for the
 whole batch at once. The SHA-256 of the file comes from the process ``prehash.start`` forked as
 the command began, when there is one for this very file; otherwise it runs in a second thread
-over the same mapping (hashlib releases the GIL), so reading and hashing overlap. A gzip file is inflated (and its compressed
-bytes hashed) in a second thread, 16 MiB of decompressed data at a time, while the reading thread
-walks the previous chunk; memory is bounded by a few chunks whatever the compression ratio.
+over the same mapping (hashlib releases the GIL), so reading and hashing overlap. A gzip file is
+inflated (and its compressed bytes hashed) in a second thread, 16 MiB of decompressed data at a
+time, while the reading thread walks the previous chunk; memory is bounded by a few chunks
+whatever the compression ratio.
 
 Measured on the 998,739-packet benchmark (386 MB Ethernet pcap, 2-core VM, warm cache, SHA-256
 included): pcap ~0.30 s (3.3 M packets/s), the same as pcapng ~0.34 s (2.9 M packets/s), gzip -1
@@ -55,11 +56,11 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from inspector import prehash
 from inspector.batch import PacketBatch, byte_rows
 from inspector.capture.chain import record_offsets
 from inspector.digest import sha256_stream
 from inspector.errors import CaptureError
-from inspector import prehash
 from inspector.niceness import lower_priority, lower_thread_priority
 
 __all__ = ["CaptureReader", "CaptureStats", "open_capture"]
