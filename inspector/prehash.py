@@ -164,7 +164,9 @@ def start(paths: list, niceness: int | None = None) -> None:
     do nothing (the file's reader hashes it, and reports what is wrong with it). A process that
     hashes this very file already goes on; one hashing another file no reader took is stopped."""
     global _current
-    if len(paths) != 1 or not hasattr(os, "fork") or _usable_cores() < 2:
+    if len(paths) != 1 or not all(hasattr(os, name) for name in ("fork", "preadv")) or not hasattr(select, "poll"):
+        return
+    if _usable_cores() < 2:
         return
     _forget_inherited()
     for early in list(_started):
@@ -276,11 +278,14 @@ def _hash(fd: int, size: int, control: int) -> str:
     """What ``_hash_in_child`` writes: the digest, "!reason", or "" when the parent has gone."""
     sha = hashlib.sha256()
     view = memoryview(bytearray(READ_CHUNK))
+    # poll, not select: a descriptor numbered past FD_SETSIZE (a library caller with many files
+    # open) is no error to it.
+    control_poll = select.poll()
+    control_poll.register(control, select.POLLIN)
     paused = False
     done = 0
     while done < size:
-        ready, _, _ = select.select([control], [], [], None if paused else 0)
-        if ready:
+        if control_poll.poll(None if paused else 0):  # a message, or the parent's end of file
             message = os.read(control, 64)
             if not message:
                 return ""

@@ -197,6 +197,27 @@ def test_hash_reads_control_messages_between_pieces(tmp_path):
         os.close(read_end)
 
 
+def test_hash_reads_control_messages_on_a_descriptor_past_fd_setsize(tmp_path):
+    """select() refuses descriptors from 1024 on; a library caller may have that many open."""
+    import resource
+
+    path, data = _file(tmp_path, size=5000)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1100:
+        pytest.skip(f"the descriptor limit ({hard}) is below 1100")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1100), hard))
+    read_end, write_end = os.pipe()
+    high = os.dup2(read_end, 1050)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.write(write_end, b"pr")
+        assert prehash._hash(fd, len(data), high) == hashlib.sha256(data).hexdigest()
+    finally:
+        for f in (fd, high, read_end, write_end):
+            os.close(f)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
 def test_hash_of_a_file_shorter_than_its_size_is_an_error(tmp_path):
     path, data = _file(tmp_path, size=1000)
     read_end, write_end = os.pipe()
