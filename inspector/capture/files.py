@@ -799,28 +799,37 @@ class CaptureReader:
         walker = self._new_walker(bytes(mv[:24]))
         pos = walker.header_len
         dropped_to = 0
-        while True:
-            walk = walker.walk(mv, arr, pos, self.batch_size, 0)
-            pos = walk.next_pos
-            done = walk.status != _FULL
-            if done:
-                self._finish(walk)
-                if early is not None:
-                    early.resume()
-                    self.stats.sha256 = early.digest
-                elif source is not None:
-                    self.stats.sha256 = _digest_after_reading(source, len(mv), hasher, sha)
-                else:
-                    self.stats.sha256 = _waiting_digest(hasher, sha)
-            yield arr, walk, min(pos, len(mv)) if not done else len(mv)
-            # The consumer asked for the next batch: every byte before ``pos`` has been read (the
-            # pipeline copies what it keeps). Drop those pages from the resident set, so memory
-            # is bounded by the batch, not the file (a touched mapped page counts as resident).
-            end = min(pos, len(mv))
-            _drop_pages(mapping, dropped_to - dropped_to % mmap.PAGESIZE, end)
-            dropped_to = end
-            if done:
-                return
+        digest_taken = False
+        try:
+            while True:
+                walk = walker.walk(mv, arr, pos, self.batch_size, 0)
+                pos = walk.next_pos
+                done = walk.status != _FULL
+                if done:
+                    self._finish(walk)
+                    if early is not None:
+                        early.resume()
+                        self.stats.sha256 = early.digest
+                        digest_taken = True
+                    elif source is not None:
+                        self.stats.sha256 = _digest_after_reading(source, len(mv), hasher, sha)
+                    else:
+                        self.stats.sha256 = _waiting_digest(hasher, sha)
+                yield arr, walk, min(pos, len(mv)) if not done else len(mv)
+                # The consumer asked for the next batch: every byte before ``pos`` has been read
+                # (the pipeline copies what it keeps). Drop those pages from the resident set, so
+                # memory is bounded by the batch, not the file (a touched mapped page counts as
+                # resident).
+                end = min(pos, len(mv))
+                _drop_pages(mapping, dropped_to - dropped_to % mmap.PAGESIZE, end)
+                dropped_to = end
+                if done:
+                    return
+        finally:
+            if early is not None and not digest_taken:
+                # The reading stopped before its end (an error, a consumer that stopped): nobody
+                # will ask for the digest, and a paused process would wait for ever.
+                early.discard()
 
     def _finish(self, walk: _Walk) -> None:
         if walk.status in (_SHORT, _CORRUPT):

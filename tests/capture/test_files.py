@@ -548,6 +548,28 @@ def test_digest_taken_from_the_process_begun_at_the_start(tmp_path, monkeypatch,
         prehash._stop_left_over()
 
 
+def test_a_reading_stopped_early_stops_the_paused_hashing_process(tmp_path, monkeypatch):
+    """A parallel reader pauses the early hashing process; a consumer that stops reading (an
+    error in the pipeline) leaves no process waiting for a resume that never comes."""
+    from inspector import prehash
+
+    path, _ = _cut_capture(tmp_path)
+    monkeypatch.setattr(prehash, "_usable_cores", lambda: 2)
+    try:
+        prehash.start([path])
+        early = prehash._current
+        reader = open_capture(path, 4)
+        reader.hash_after_reading = True
+        batches = reader.batches()
+        next(batches)
+        batches.close()
+        assert early not in prehash._started
+        with pytest.raises(ProcessLookupError):
+            os.kill(early.pid, 0)  # killed and reaped
+    finally:
+        prehash._stop_left_over()
+
+
 def test_digest_of_a_file_changed_since_the_start_is_the_readers_own(tmp_path, monkeypatch):
     """The process begun at the start hashed the file as it was then: a reader of the file as it
     is now (another size and modification time) hashes it itself."""
