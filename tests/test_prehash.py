@@ -56,7 +56,7 @@ def test_a_finished_process_whose_digest_nobody_asked_for_is_reaped_by_the_next_
     second, _ = _file(tmp_path, "second.pcap")
     prehash.start([first])
     early = prehash.claim(os.stat(first))
-    for _ in range(200):  # until it has ended (a zombie: not reaped yet)
+    for _ in range(1000):  # until it has ended (a zombie: not reaped yet), at most 10 s
         with open(f"/proc/{early.pid}/stat") as f:
             if f.read().rsplit(")", 1)[1].split()[0] == "Z":
                 break
