@@ -40,6 +40,7 @@ import itertools
 import numpy as np
 import pandas as pd
 
+from inspector.ordering import run_changes, run_starts
 from inspector.schema import DESTINATION_COLUMNS, empty_frame
 
 #: The capture name of every row when the run's captures are merged into one timeline.
@@ -112,9 +113,9 @@ class WindowIndex:
         edge_keys = np.concatenate([window_keys, window_keys])
         edge_ns = np.concatenate([start_ns, stop_ns])
         order = np.lexsort((edge_ns, edge_keys))
-        keep = np.ones(order.size, dtype=bool)
-        keep[1:] = (edge_keys[order][1:] != edge_keys[order][:-1]) | (edge_ns[order][1:] != edge_ns[order][:-1])
-        self.edge_keys, edge_ns = edge_keys[order][keep], edge_ns[order][keep]
+        edge_keys, edge_ns = edge_keys[order], edge_ns[order]
+        keep = run_changes(edge_keys, edge_ns)
+        self.edge_keys, edge_ns = edge_keys[keep], edge_ns[keep]
         self.edges = SortedGroups(self.edge_keys, edge_ns)
         # Window w is open in the segments from the one its start opens up to the one its stop opens.
         first_segment = self.edges.rows_before(window_keys, start_ns, "left")
@@ -240,9 +241,7 @@ def _chunk_runs(directed, side_key: np.ndarray, index: WindowIndex) -> dict[str,
     order = np.argsort(label, kind="stable")
     rows, label = rows[order], label[order]
     side = directed.side[rows]
-    change = np.ones(rows.size, dtype=bool)
-    change[1:] = (label[1:] != label[:-1]) | (side[1:] != side[:-1])
-    starts = np.flatnonzero(change)
+    starts = run_starts(label, side)
     if starts.size == 0:
         return {name: np.zeros(0, dtype=np.int64) for name in RUN_FIELDS}
     return {
@@ -389,9 +388,7 @@ def _fold_groups(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     order = np.lexsort((strongest_fields["strongest_position"], -strongest_fields["strongest_bytes"],
                         -strongest_fields["strongest_rank"], key))  # fmt: skip
     key = key[order]
-    change = np.ones(order.size, dtype=bool)
-    change[1:] = key[1:] != key[:-1]
-    bounds = np.flatnonzero(change)
+    bounds = run_starts(key)
     strongest = order[bounds]
     folded = {"key": key[bounds]}
     del key

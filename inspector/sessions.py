@@ -553,7 +553,7 @@ class BucketSource:
 
     def _sides_of(self, capture: str, flow: np.ndarray) -> np.ndarray:
         """The ``sides`` row of each bucket's flow (-1: unknown flow); ``flow`` sorted."""
-        starts = np.flatnonzero(np.r_[True, flow[1:] != flow[:-1]])
+        starts = run_starts(flow)
         found = self._index.rows(np.full(starts.size, capture, dtype=object), flow[starts])
         return np.repeat(found, np.diff(np.append(starts, flow.size)))
 

@@ -16,6 +16,7 @@ import numpy as np
 from inspector.decode import TUNNEL_NAMES
 from inspector.flows import address_text, transport_name
 from inspector.flowstore import RECORD_DTYPE
+from inspector.ordering import run_changes
 from inspector.schema import FLOW_COLUMNS, empty_frame
 from inspector.spill import SpillFile
 
@@ -45,11 +46,7 @@ def _distinct_rows(*columns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     this lexsort of plain integer columns.
     """
     order = np.lexsort(columns[::-1])
-    starts = np.zeros(order.size, dtype=bool)
-    starts[:1] = True
-    for column in columns:
-        ordered = column[order]
-        starts[1:] |= ordered[1:] != ordered[:-1]
+    starts = run_changes(*(column[order] for column in columns))
     inverse = np.empty(order.size, dtype=np.intp)
     inverse[order] = np.cumsum(starts) - 1
     return order[starts], inverse
