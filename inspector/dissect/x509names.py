@@ -219,10 +219,7 @@ def _san_dns_names(der: bytes, pos: int, end: int) -> list[str]:
         if tag in _IA5_NAMES:
             # IA5String is ASCII (X.680 §41.4); the reference parser takes any UTF-8 here, so
             # a name with UTF-8 bytes is kept as it does, and other bytes refuse the extension.
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError:
-                raise CertificateError("bad_san") from None
+            text = _decoded(raw, "utf-8", "bad_san")
             if tag == _DNS_NAME:
                 names.append(text)
         elif tag == _IP_ADDRESS:
@@ -284,10 +281,7 @@ def _name_attributes(der: bytes, pos: int, end: int) -> list[tuple[bytes, int, b
             if tag == _PRINTABLE_STRING and not _PRINTABLE.issuperset(raw):
                 raise CertificateError("bad_der")
             if tag in _WIDE_STRINGS:
-                try:
-                    raw.decode(_WIDE_STRINGS[tag])
-                except UnicodeDecodeError:
-                    raise CertificateError("bad_der") from None
+                _decoded(raw, _WIDE_STRINGS[tag], "bad_der")
             attributes.append((der[oid_start:at], tag, raw))
     return attributes
 
@@ -302,19 +296,25 @@ def _common_names(attributes: list[tuple[bytes, int, bytes]]) -> list[str]:
     for oid, tag, raw in attributes:
         if tag not in _NAME_VALUE_TAGS:
             raise CertificateError("bad_subject")
-        try:
-            if tag in _WIDE_STRINGS:
-                value = raw.decode(_WIDE_STRINGS[tag])
-            elif tag == _BIT_STRING:
-                _check_bit_string(raw)
-                value = raw.decode("latin-1")  # its bytes, the unused-bits count first
-            else:
-                value = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            raise CertificateError("bad_subject") from None
+        if tag in _WIDE_STRINGS:
+            codec = _WIDE_STRINGS[tag]
+        elif tag == _BIT_STRING:
+            _check_bit_string(raw)
+            codec = "latin-1"  # its bytes, the unused-bits count first
+        else:
+            codec = "utf-8"
+        value = _decoded(raw, codec, "bad_subject")
         if oid == _COMMON_NAME:
             names.append(value)
     return names
+
+
+def _decoded(raw: bytes, codec: str, reason: str) -> str:
+    """``raw`` decoded as ``codec``; CertificateError(``reason``) where its bytes are not that."""
+    try:
+        return raw.decode(codec)
+    except UnicodeDecodeError:
+        raise CertificateError(reason) from None
 
 
 def _check_bit_string(raw: bytes) -> None:
