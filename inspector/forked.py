@@ -45,6 +45,17 @@ class Forked:
         self.read_fd = read_fd
         self.what = what
         self._reaped = False
+        self._status: int | None = None  # the child's wait status, once it has been waited for
+
+    def ended(self) -> bool:
+        """Whether the child has exited (waited for without blocking; ``result`` then reads what
+        it sent without waiting)."""
+        if self._status is None and not self._reaped:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid == 0:
+                return False
+            self._status = status
+        return True
 
     def _reap(self, kill: bool) -> int:
         """Close the pipe and wait for the child (killed first if ``kill``); its exit code."""
@@ -52,13 +63,14 @@ class Forked:
             return -1
         self._reaped = True
         os.close(self.read_fd)
-        if kill:
-            try:
-                os.kill(self.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        _, status = os.waitpid(self.pid, 0)
-        return os.waitstatus_to_exitcode(status)
+        if self._status is None:
+            if kill:
+                try:
+                    os.kill(self.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            _, self._status = os.waitpid(self.pid, 0)
+        return os.waitstatus_to_exitcode(self._status)
 
     def discard(self) -> None:
         """Stop the child and forget its result (the caller failed before it needed it)."""

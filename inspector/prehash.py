@@ -15,9 +15,10 @@ the packets are read: hashing beside them took the workers' and the reader's tim
 niceness, and under ``SCHED_IDLE`` too (docs/BENCHMARK.md, fifteenth to seventeenth sessions). A
 one-process run leaves it going, on the core the reader leaves idle.
 
-The hashing process reads its own descriptor of the file, opened before the fork, with positional
-reads; it leaves when the file is hashed, or when its parent is gone (the control pipe's end of
-file), without running anything its parent registered (``os._exit``).
+The hashing process is a ``forked.start`` child (its answer comes back as that module's children's
+do). It reads its own descriptor of the file, opened before the fork, with positional reads; it
+leaves when the file is hashed, or when its parent is gone (the control pipe's end of file),
+without running anything its parent registered (``os._exit``).
 
 Weakness: it starts for a single uncompressed capture file only, in a process that may use more
 than one core. Several files are read apart, by other processes, a gzip file's compressed bytes
@@ -32,10 +33,13 @@ import atexit
 import hashlib
 import os
 import select
-import signal
 import stat
+from typing import TYPE_CHECKING
 
 from inspector.errors import InspectorError
+
+if TYPE_CHECKING:
+    from inspector.forked import Forked
 
 #: Bytes read and hashed at a time (``digest.READ_CHUNK``: a buffer that stays in the core's cache).
 READ_CHUNK = 1024 * 1024
@@ -48,18 +52,19 @@ def _identity(st: os.stat_result) -> tuple[int, int, int, int]:
 
 
 class EarlyHash:
-    """A hashing process started by ``start``, seen from the process that started it."""
+    """A hashing process started by ``start`` (``job``, a ``forked.Forked``), seen from the
+    process that started it."""
 
-    def __init__(self, pid: int, identity: tuple[int, int, int, int], control_fd: int, result_fd: int, path: str) -> None:
-        self.pid = pid
+    def __init__(self, job: Forked, identity: tuple[int, int, int, int], control_fd: int, path: str) -> None:
+        self.job = job
+        self.pid = job.pid
         self.identity = identity
         self.control_fd = control_fd
-        self.result_fd = result_fd
         self.path = path
         self.owner_pid = os.getpid()
-        #: Once the process is reaped: its hex digest, or why there is none.
+        #: Once the process is reaped: its hex digest, or the error that stands for it.
         self._digest: str | None = None
-        self._failure: str | None = None
+        self._failure: InspectorError | None = None
 
     def pause(self) -> None:
         """Stop hashing after the piece in hand until ``resume``."""
@@ -90,60 +95,43 @@ class EarlyHash:
             self.resume()  # a paused process would never answer
             self._collect()
         if self._digest is None:
-            raise InspectorError(f"{self.path}: SHA-256: {self._failure}")
+            raise self._failure  # type: ignore[misc]
         return self._digest
 
     def poll(self) -> bool:
         """Whether the process has ended; if it has, its answer is kept and it is reaped (so a
         long-lived caller that never asks for the digests holds no process or descriptor)."""
         if not self._reaped:
-            try:
-                pid, _ = os.waitpid(self.pid, os.WNOHANG)
-            except ChildProcessError:
-                pid = self.pid
-            if pid == 0:
+            if not self.job.ended():
                 return False
-            self._collect(waited=True)
+            self._collect()
         return True
 
     def discard(self) -> None:
         """Stop the hashing process (its digest is not wanted)."""
         if not self._reaped:
-            try:
-                os.kill(self.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            self._collect(stopped=True)
+            self.job.discard()
+            self._failure = InspectorError(f"{self.path}: SHA-256: its hashing process was stopped")
+            self._forget()
 
-    def _collect(self, waited: bool = False, stopped: bool = False) -> None:
-        """Read the process's answer to its end, reap it and keep what it said."""
-        chunks = []
+    def _collect(self) -> None:
+        """Read the process's answer (``forked.Forked.result``), reap it and keep what it said."""
         try:
-            while chunk := os.read(self.result_fd, 4096):
-                chunks.append(chunk)
+            digest = self.job.result()
+        except InspectorError as e:
+            self._failure = e
+        else:
+            self._digest = digest
+        finally:
+            self._forget()
+
+    def _forget(self) -> None:
+        try:
+            os.close(self.control_fd)
         except OSError:
             pass
-        for fd in (self.control_fd, self.result_fd):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-        if not waited:
-            try:
-                os.waitpid(self.pid, 0)
-            except ChildProcessError:
-                pass
         if self in _started:
             _started.remove(self)
-        answer = b"".join(chunks).decode("ascii", "replace")
-        if stopped:
-            self._failure = "its hashing process was stopped"
-        elif answer.startswith("!"):
-            self._failure = answer[1:]
-        elif len(answer) != 64:
-            self._failure = "the hashing process stopped unexpectedly"
-        else:
-            self._digest = answer
 
 
 #: How much lower the hashing process runs than the run (``niceness.py``): its digest is needed
@@ -189,25 +177,20 @@ def start(paths: list, niceness: int | None = None) -> None:
             os.close(fd)
             return
         control_r, control_w = os.pipe()
-        result_r, result_w = os.pipe()
     except OSError:
         os.close(fd)
         return
     from inspector import forked
 
-    pid = forked.fork_process()
-    if pid == 0:
-        os.close(control_w)
-        os.close(result_r)
-        _hash_in_child(fd, st.st_size, control_r, result_w, HASH_NICENESS if niceness is None else niceness)
+    what = f"{path}: SHA-256"
+    chosen = HASH_NICENESS if niceness is None else niceness
+    job = forked.start(what, _hash_in_child, what, fd, st.st_size, control_r, control_w, chosen)
     os.close(fd)
     os.close(control_r)
-    os.close(result_w)
-    if pid is None:
+    if job is None:
         os.close(control_w)
-        os.close(result_r)
         return
-    _current = EarlyHash(pid, _identity(st), control_w, result_r, path)
+    _current = EarlyHash(job, _identity(st), control_w, path)
     _started.append(_current)
 
 
@@ -256,26 +239,22 @@ def _stop_left_over() -> None:
 atexit.register(_stop_left_over)
 
 
-def _hash_in_child(fd: int, size: int, control: int, result: int, niceness: int) -> None:
-    """The hashing process: ``size`` bytes of ``fd`` hashed ``READ_CHUNK`` at a time, a control
-    message (pause, resume, the parent's end of file) looked for before each piece; the hex digest,
-    or "!" and the error, written to ``result``. Never returns."""
-    code = 0
-    try:
-        from inspector.niceness import lower_priority
+def _hash_in_child(what: str, fd: int, size: int, control: int, parent_end: int, niceness: int) -> str:
+    """The hashing process (``forked.start``'s child): ``size`` bytes of ``fd`` hashed
+    ``READ_CHUNK`` at a time, a control message (pause, resume, the parent's end of file) looked
+    for before each piece; the hex digest, or an InspectorError saying ``what`` went wrong."""
+    from inspector.niceness import lower_priority
 
-        lower_priority(niceness)
-        answer = _hash(fd, size, control)
-        if answer:
-            os.write(result, answer.encode("ascii", "replace"))
-    except BaseException:  # noqa: BLE001 - nothing may escape into the parent's code
-        code = 1
-    finally:
-        os._exit(code)
+    os.close(parent_end)  # the control pipe's end of file is then the parent's going away
+    lower_priority(niceness)
+    answer = _hash(fd, size, control)
+    if answer.startswith("!") or not answer:
+        raise InspectorError(f"{what}: {answer[1:] or 'its parent is gone'}")
+    return answer
 
 
 def _hash(fd: int, size: int, control: int) -> str:
-    """What ``_hash_in_child`` writes: the digest, "!reason", or "" when the parent has gone."""
+    """What ``_hash_in_child`` answers: the digest, "!reason", or "" when the parent has gone."""
     sha = hashlib.sha256()
     view = memoryview(bytearray(READ_CHUNK))
     # poll, not select: a descriptor numbered past FD_SETSIZE (a library caller with many files

@@ -205,9 +205,10 @@ def test_a_run_with_workers_builds_and_writes_in_a_second_process_the_same_files
     monkeypatch.setattr(prehash, "claim", claim)
     monkeypatch.setattr(prehash, "_usable_cores", lambda: 2)  # as on the 2-core machines here
     inspector.analyze([path], AnalyzeOptions(workers=1)).write(tmp_path / "one", while_writing=answer(tmp_path / "one"))
-    assert started == [] and claimed == [True]
+    # The only fork is the early hashing process (prehash.py), whose digest the reader took.
+    assert started == [f"{path}: SHA-256"] and claimed == [True]
     inspector.analyze([path], AnalyzeOptions(workers=2)).write(tmp_path / "two", while_writing=answer(tmp_path / "two"))
-    assert started == ["destinations", "flows.csv"] and claimed == [True, True]
+    assert started == [f"{path}: SHA-256"] * 2 + ["destinations", "flows.csv"] and claimed == [True, True]
     # Called once per write, after the other tables and before the manifest; in the parallel
     # run before flows.csv is put together from this process's rows and the forked one's part.
     assert answered[0] == ["destinations.csv", "flows.csv", "media.csv", "sessions.csv"]

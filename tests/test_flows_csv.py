@@ -136,11 +136,11 @@ def test_a_run_that_prepares_flows_csv_writes_the_files_a_single_process_writes(
     started = forked_starts
     path = ndpi_dir / "teams.pcap"
     inspector.analyze([path], AnalyzeOptions(workers=1, prepare_flows_csv=True)).write(tmp_path / "one")
-    assert started == []  # one process: nothing forked
+    assert started == [f"{path}: SHA-256"]  # one process: only the early hashing process forked
     answered: list[list[str]] = []
     two = inspector.analyze([path], AnalyzeOptions(workers=2, prepare_flows_csv=True))
     two.write(tmp_path / "two", while_writing=lambda: answered.append(sorted(p.name for p in (tmp_path / "two").iterdir())))
-    assert started == ["flows.csv", "destinations"]
+    assert started == [f"{path}: SHA-256"] * 2 + ["flows.csv", "destinations"]
     assert {"destinations.csv", "media.csv", "sessions.csv"} <= set(answered[0])
     for name in ("flows.csv", "sessions.csv", "destinations.csv", "media.csv"):
         assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes(), name

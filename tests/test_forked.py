@@ -54,6 +54,38 @@ def _kill_self():
     os.kill(os.getpid(), signal.SIGKILL)
 
 
+def _wait_for(read_fd: int) -> str:
+    os.read(read_fd, 1)
+    return "done"
+
+
+def test_ended_tells_without_blocking_and_result_still_comes_back():
+    go_read, go_write = os.pipe()
+    job = forked.start("test", _wait_for, go_read)
+    os.close(go_read)
+    try:
+        assert not job.ended()  # still waiting for its byte
+        os.write(go_write, b"x")
+        for _ in range(1000):
+            if job.ended():
+                break
+            threading.Event().wait(0.01)
+        assert job.ended()  # asked again: the same answer, the child waited for once
+        assert job.result() == "done"
+    finally:
+        os.close(go_write)
+
+
+def test_ended_then_a_dead_child_is_still_an_error_naming_what_it_built():
+    job = forked.start("media", _kill_self)
+    for _ in range(1000):
+        if job.ended():
+            break
+        threading.Event().wait(0.01)
+    with pytest.raises(InspectorError, match="media: the process building it stopped unexpectedly"):
+        job.result()
+
+
 def test_discard_stops_a_child_that_is_still_working():
     import time
 

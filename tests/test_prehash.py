@@ -235,6 +235,6 @@ def test_a_hashing_process_that_died_is_an_error_naming_the_file(tmp_path):
     prehash.start([path])
     early = prehash.claim(os.stat(path))
     os.kill(early.pid, signal.SIGKILL)  # killed from outside (out of memory)
-    with pytest.raises(InspectorError, match="c.pcap: SHA-256: the hashing process stopped unexpectedly"):
+    with pytest.raises(InspectorError, match="c.pcap: SHA-256: the process building it stopped unexpectedly"):
         early.digest()
     assert _gone(early.pid)

@@ -530,10 +530,10 @@ def test_digest_taken_from_the_process_begun_at_the_start(tmp_path, monkeypatch,
     real_resume = prehash.EarlyHash.resume
     monkeypatch.setattr(prehash.EarlyHash, "resume", lambda self: (told.append(("resume", len(batches_read))), real_resume(self)))
     monkeypatch.setattr(files, "lower_thread_priority", lambda n: pytest.fail("a hashing thread ran"))
-    monkeypatch.setattr(forked, "start", lambda *args: pytest.fail("a hashing process was forked after the reading"))
     monkeypatch.setattr(prehash, "_usable_cores", lambda: 2)
     try:
-        prehash.start([path])
+        prehash.start([path])  # forks the early process (``forked.start``)
+        monkeypatch.setattr(forked, "start", lambda *args: pytest.fail("a hashing process was forked after the reading"))
         early = prehash._current
         assert early is not None
         reader = open_capture(path, 4)
