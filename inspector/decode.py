@@ -65,6 +65,8 @@ GTP_U_PORT = 2152  # 3GPP TS 29.281 §4.4.2
 # hop-by-hop 0, routing 43, fragment 44, ESP 50 is not walked (encrypted), AH 51,
 # destination options 60, mobility 135, HIP 139, shim6 140.
 IPV6_EXTENSION_HEADERS = (0, 43, 44, 51, 60, 135, 139, 140)
+_IS_IPV6_EXTENSION = np.zeros(256, dtype=bool)  # by next-header value: one gather, not a search
+_IS_IPV6_EXTENSION[list(IPV6_EXTENSION_HEADERS)] = True
 
 ETHERTYPE_IPV4 = 0x0800
 ETHERTYPE_IPV6 = 0x86DD
@@ -279,14 +281,30 @@ def _link_layer(b: PacketBatch, g: _Gather, start: np.ndarray, end: np.ndarray):
     vlan = np.zeros(n, dtype=np.uint16)
     reason = np.zeros(n, dtype=np.uint8)
     slow = np.zeros(n, dtype=bool)
+    if n == 0:
+        return l3, kind, vlan, reason, slow
+    # A pcap file has one link type, a pcapng file one per interface: a batch nearly always
+    # holds one, and then only its own framing is decoded (the rows' masks are all True).
+    only = int(lt[0]) if int(lt.min()) == int(lt.max()) else None
+
+    def rows_of(*types: int) -> np.ndarray | None:
+        """The rows of these link types, or None when the batch has none."""
+        if only is not None:
+            return np.ones(n, dtype=bool) if only in types else None
+        mask = lt == types[0]
+        for t in types[1:]:
+            mask |= lt == t
+        return mask if mask.any() else None
 
     # Ethernet II: dst(6) src(6) ethertype(2); VLAN tags insert 4 bytes each (IEEE 802.1Q).
-    eth = lt == B.LINKTYPE_ETHERNET
-    if eth.any():
+    eth = rows_of(B.LINKTYPE_ETHERNET)
+    if eth is not None:
         pos = start + 12
         etype = g.u16(pos)
+        candidates = np.flatnonzero(eth)
         for _ in range(3):  # up to three stacked tags; deeper stacks are not seen in practice
-            tagged = np.flatnonzero(eth & np.isin(etype, ETHERTYPE_VLAN))
+            tag = etype[candidates]
+            tagged = candidates[(tag == ETHERTYPE_VLAN[0]) | (tag == ETHERTYPE_VLAN[1]) | (tag == ETHERTYPE_VLAN[2])]
             if tagged.shape[0] == 0:
                 break
             # Only the tagged rows are read again (most batches hold a few, if any); pos, etype
@@ -294,46 +312,46 @@ def _link_layer(b: PacketBatch, g: _Gather, start: np.ndarray, end: np.ndarray):
             vlan[tagged] = (g.u16(pos[tagged] + 2) & 0x0FFF).astype(np.uint16)
             pos[tagged] += 4
             etype[tagged] = g.u16(pos[tagged])
+            candidates = tagged
         _ethertype_to_l3(eth, etype, pos + 2, end, l3, kind, reason, slow)
 
     # Linux cooked capture v1: 16-byte header, protocol (ethertype) at 14.
-    sll = lt == B.LINKTYPE_LINUX_SLL
-    if sll.any():
+    sll = rows_of(B.LINKTYPE_LINUX_SLL)
+    if sll is not None:
         _ethertype_to_l3(sll, g.u16(start + 14), start + 16, end, l3, kind, reason, slow)
 
     # Linux cooked capture v2: 20-byte header, protocol at 0.
-    sll2 = lt == B.LINKTYPE_LINUX_SLL2
-    if sll2.any():
+    sll2 = rows_of(B.LINKTYPE_LINUX_SLL2)
+    if sll2 is not None:
         _ethertype_to_l3(sll2, g.u16(start), start + 20, end, l3, kind, reason, slow)
 
     # Raw IP: the version nibble says which.
-    raw = np.isin(lt, (B.LINKTYPE_RAW, B.LINKTYPE_RAW_12, B.LINKTYPE_RAW_14))
-    l3 = np.where(raw, start, l3)
-    kind = np.where(raw, 255, kind).astype(np.uint8)
-    l3 = np.where(lt == B.LINKTYPE_IPV4, start, l3)
-    kind = np.where(lt == B.LINKTYPE_IPV4, 4, kind).astype(np.uint8)
-    l3 = np.where(lt == B.LINKTYPE_IPV6, start, l3)
-    kind = np.where(lt == B.LINKTYPE_IPV6, 6, kind).astype(np.uint8)
+    for types, raw_kind in (((B.LINKTYPE_RAW, B.LINKTYPE_RAW_12, B.LINKTYPE_RAW_14), 255),
+                            ((B.LINKTYPE_IPV4,), 4), ((B.LINKTYPE_IPV6,), 6)):  # fmt: skip
+        raw = rows_of(*types)
+        if raw is not None:
+            l3[raw] = start[raw]
+            kind[raw] = raw_kind
 
     # BSD null/loop: a 4-byte address family (host byte order for NULL, network order for LOOP).
     # AF_INET is 2 everywhere; AF_INET6 is 24 (NetBSD/OpenBSD), 28 (FreeBSD), 30 (macOS), 10 (Linux).
-    null = (lt == B.LINKTYPE_NULL) | (lt == B.LINKTYPE_LOOP)
-    if null.any():
+    null = rows_of(B.LINKTYPE_NULL, B.LINKTYPE_LOOP)
+    if null is not None:
         af_le = g.u8(start) | (g.u8(start + 1) << 8) | (g.u8(start + 2) << 16) | (g.u8(start + 3) << 24)
         af_be = g.u32(start)
         # Host order is unknown for NULL: a family fits in the low bytes either way round.
         af = np.where(af_le < 256, af_le, af_be)
         af = np.where(lt == B.LINKTYPE_LOOP, af_be, af)
         is4 = af == 2
-        is6 = np.isin(af, (10, 24, 28, 30))
+        is6 = (af == 10) | (af == 24) | (af == 28) | (af == 30)
         l3 = np.where(null, start + 4, l3)
         kind = np.where(null & is4, 4, np.where(null & is6, 6, np.where(null, 0, kind))).astype(np.uint8)
         reason = np.where(null & ~is4 & ~is6, SKIP["non_ip"], reason).astype(np.uint8)
 
     # PPP (RFC 1661): 2-byte protocol field; some writers keep the HDLC address/control bytes
     # 0xff 0x03 in front, and LINKTYPE_PPP_HDLC always has them (RFC 1662).
-    ppp = (lt == B.LINKTYPE_PPP) | (lt == B.LINKTYPE_PPP_HDLC)
-    if ppp.any():
+    ppp = rows_of(B.LINKTYPE_PPP, B.LINKTYPE_PPP_HDLC)
+    if ppp is not None:
         hdlc = (g.u8(start) == 0xFF) & (g.u8(start + 1) == 0x03)
         pstart = np.where(hdlc, start + 2, start)
         proto = g.u16(pstart)
@@ -342,10 +360,10 @@ def _link_layer(b: PacketBatch, g: _Gather, start: np.ndarray, end: np.ndarray):
         kind = np.where(ppp, k, kind).astype(np.uint8)
         reason = np.where(ppp & (k == 0), SKIP["non_ip"], reason).astype(np.uint8)
 
-    known = eth | sll | sll2 | raw | null | ppp | (lt == B.LINKTYPE_IPV4) | (lt == B.LINKTYPE_IPV6)
-    reason = np.where(~known, SKIP["unsupported_link_type"], reason).astype(np.uint8)
-    short = known & (reason == 0) & (l3 > end)
-    reason = np.where(short, SKIP["short_link_header"], reason).astype(np.uint8)
+    # Every row of a known link type has its l3 set above (-1 stays for the others).
+    known = l3 >= 0
+    reason[~known] = SKIP["unsupported_link_type"]
+    reason[known & (reason == 0) & (l3 > end)] = SKIP["short_link_header"]
     return l3, kind, vlan, reason, slow
 
 
@@ -406,6 +424,7 @@ def _ip_packets(g: _Gather, l3: np.ndarray, end: np.ndarray, kind: np.ndarray, r
     path. The result's ``slow`` adds IPv4 fragments and IPv6 extension headers."""
     n = l3.shape[0]
     ok = reason == 0
+    reason = reason.copy()  # the skip reasons found here are set in place
     # Every IP field read below lies in the first 40 bytes (IPv6's fixed header).
     ip = _Window(g.window(l3, 40))
     first = ip.u8(0)
@@ -413,10 +432,10 @@ def _ip_packets(g: _Gather, l3: np.ndarray, end: np.ndarray, kind: np.ndarray, r
     kind = np.where(kind == 255, ver_nibble, kind).astype(np.uint8)
     ok &= ~slow
     has1 = l3 < end
-    reason = np.where(ok & ~has1, SKIP["short_ip_header"], reason).astype(np.uint8)
+    reason[ok & ~has1] = SKIP["short_ip_header"]
     ok &= has1
     bad_ver = ok & ((kind != 4) & (kind != 6) | (ver_nibble != kind))
-    reason = np.where(bad_ver, SKIP["bad_ip_version"], reason).astype(np.uint8)
+    reason[bad_ver] = SKIP["bad_ip_version"]
     ok &= ~bad_ver
 
     is4 = ok & (kind == 4)
@@ -429,11 +448,11 @@ def _ip_packets(g: _Gather, l3: np.ndarray, end: np.ndarray, kind: np.ndarray, r
     frag = ip.u16(6)
     proto4 = ip.u8(9)
     short4 = is4 & (avail < 20)
-    reason = np.where(short4, SKIP["short_ip_header"], reason).astype(np.uint8)
+    reason[short4] = SKIP["short_ip_header"]
     bad_ihl = is4 & ~short4 & ((ihl < 20) | (ihl > avail))
-    reason = np.where(bad_ihl, SKIP["bad_ipv4_header_length"], reason).astype(np.uint8)
+    reason[bad_ihl] = SKIP["bad_ipv4_header_length"]
     bad_total4 = is4 & ~short4 & ~bad_ihl & (total4 < ihl)
-    reason = np.where(bad_total4, SKIP["bad_ip_total_length"], reason).astype(np.uint8)
+    reason[bad_total4] = SKIP["bad_ip_total_length"]
     is4 &= ~(short4 | bad_ihl | bad_total4)
     fragmented4 = is4 & ((frag & 0x3FFF) != 0)  # MF set or offset non-zero
 
@@ -441,9 +460,9 @@ def _ip_packets(g: _Gather, l3: np.ndarray, end: np.ndarray, kind: np.ndarray, r
     plen6 = ip.u16(4).astype(np.int64)
     nh6 = ip.u8(6)
     short6 = is6 & (avail < 40)
-    reason = np.where(short6, SKIP["short_ip_header"], reason).astype(np.uint8)
+    reason[short6] = SKIP["short_ip_header"]
     is6 &= ~short6
-    ext6 = is6 & np.isin(nh6, IPV6_EXTENSION_HEADERS)
+    ext6 = is6 & _IS_IPV6_EXTENSION[nh6]
     # A zero payload length with a hop-by-hop header is a jumbogram (RFC 2675): slow path too.
 
     slow_rows = slow | fragmented4 | ext6
@@ -473,7 +492,7 @@ def _ip_packets(g: _Gather, l3: np.ndarray, end: np.ndarray, kind: np.ndarray, r
     l4_avail = ip_end - l4
     short_tcp = is_tcp & (l4_avail < 20)
     short_udp = is_udp & (l4_avail < 8)
-    reason = np.where(short_tcp | short_udp, SKIP["short_transport_header"], reason).astype(np.uint8)
+    reason[short_tcp | short_udp] = SKIP["short_transport_header"]
     is_tcp &= ~short_tcp
     is_udp &= ~short_udp
     ok &= ~(short_tcp | short_udp)
@@ -485,7 +504,7 @@ def _ip_packets(g: _Gather, l3: np.ndarray, end: np.ndarray, kind: np.ndarray, r
     dport = np.where(ported, tp.u16(2), 0).astype(np.uint16)
     tcp_off = ((tp.u8(12) >> 4) * 4).astype(np.int64)
     bad_off = is_tcp & ((tcp_off < 20) | (tcp_off > l4_avail))
-    reason = np.where(bad_off, SKIP["bad_tcp_data_offset"], reason).astype(np.uint8)
+    reason[bad_off] = SKIP["bad_tcp_data_offset"]
     is_tcp &= ~bad_off
     ok &= ~bad_off
 
@@ -578,24 +597,30 @@ def decode_batch(b: PacketBatch) -> tuple[DecodedBatch, np.ndarray]:
     state[slow_rows] = STATE_SKIPPED  # until the slow path decides
     reason = np.where(ok | slow_rows, 0, np.where(c.reason == 0, SKIP["short_ip_header"], c.reason)).astype(np.uint8)
 
+    # The rows not decoded here carry zeros (the slow path fills those it decodes). Each of
+    # these columns is _ip_packets' own array, already of the batch's dtype.
+    not_ok = ~ok
+    if not_ok.any():
+        for column in (c.kind, c.proto, c.src_hi, c.src_lo, c.dst_hi, c.dst_lo, c.ip_bytes, c.payload_off):
+            column[not_ok] = 0
     decoded = DecodedBatch(
         state=state,
         skip_reason=reason,
         ts_ns=b.ts_ns.astype(np.int64, copy=False),
-        ip_version=np.where(ok, c.kind, 0).astype(np.uint8),
-        proto=np.where(ok, c.proto, 0).astype(np.uint8),
-        src_hi=np.where(ok, c.src_hi, 0).astype(np.uint64),
-        src_lo=np.where(ok, c.src_lo, 0).astype(np.uint64),
-        dst_hi=np.where(ok, c.dst_hi, 0).astype(np.uint64),
-        dst_lo=np.where(ok, c.dst_lo, 0).astype(np.uint64),
+        ip_version=c.kind,
+        proto=c.proto,
+        src_hi=c.src_hi,
+        src_lo=c.src_lo,
+        dst_hi=c.dst_hi,
+        dst_lo=c.dst_lo,
         src_port=c.sport,
         dst_port=c.dport,
-        ip_bytes=np.where(ok, c.ip_bytes, 0).astype(np.int64),
+        ip_bytes=c.ip_bytes,
         tcp_flags=c.tcp_flags,
         tcp_seq=c.tcp_seq,
         vlan_id=vlan,
         tunnel=tunnel,
-        payload_off=np.where(ok, c.payload_off, 0).astype(np.int64),
+        payload_off=c.payload_off,
         payload_len=c.payload_len,
         payload_in_extra=np.zeros(n, dtype=bool),
         buffer=b.buffer,
