@@ -16,9 +16,10 @@ niceness, and under ``SCHED_IDLE`` too (docs/BENCHMARK.md, fifteenth to seventee
 one-process run leaves it going, on the core the reader leaves idle.
 
 The hashing process is a ``forked.start`` child (its answer comes back as that module's children's
-do). It reads its own descriptor of the file, opened before the fork, with positional reads; it
-leaves when the file is hashed, or when its parent is gone (the control pipe's end of file),
-without running anything its parent registered (``os._exit``).
+do). It hashes its own descriptor of the file, opened before the fork, through a mapping whose
+pages it releases as it goes (``_hash``); it leaves when the file is hashed, or when its parent
+is gone (the control pipe's end of file), without running anything its parent registered
+(``os._exit``).
 
 Weakness: it starts for a single uncompressed capture file only, in a process that may use more
 than one core. Several files are read apart, by other processes, a gzip file's compressed bytes
@@ -31,6 +32,7 @@ from __future__ import annotations
 
 import atexit
 import hashlib
+import mmap
 import os
 import select
 import stat
@@ -120,10 +122,18 @@ class EarlyHash:
             digest = self.job.result()
         except InspectorError as e:
             self._failure = e
+            if self._file_shrank():  # the process died reading past the file's new end
+                self._failure = InspectorError(f"{self.path}: SHA-256: {_SHORTER[1:]}")
         else:
             self._digest = digest
         finally:
             self._forget()
+
+    def _file_shrank(self) -> bool:
+        try:
+            return os.stat(self.path).st_size < self.identity[2]
+        except OSError:
+            return False
 
     def _forget(self) -> None:
         try:
@@ -152,7 +162,7 @@ def start(paths: list, niceness: int | None = None) -> None:
     do nothing (the file's reader hashes it, and reports what is wrong with it). A process that
     hashes this very file already goes on; one hashing another file no reader took is stopped."""
     global _current
-    if len(paths) != 1 or not all(hasattr(os, name) for name in ("fork", "preadv")) or not hasattr(select, "poll"):
+    if len(paths) != 1 or not hasattr(os, "fork") or not hasattr(mmap.mmap, "madvise") or not hasattr(select, "poll"):
         return
     if _usable_cores() < 2:
         return
@@ -254,28 +264,48 @@ def _hash_in_child(what: str, fd: int, size: int, control: int, parent_end: int,
 
 
 def _hash(fd: int, size: int, control: int) -> str:
-    """What ``_hash_in_child`` answers: the digest, "!reason", or "" when the parent has gone."""
+    """What ``_hash_in_child`` answers: the digest, "!reason", or "" when the parent has gone.
+
+    The file is hashed through a read-only mapping of its ``size`` bytes, ``READ_CHUNK`` at a
+    time: a positional read copies each piece out of the page cache first, which cost ~10% more
+    CPU here (386 MB: 0.28 against 0.31 s). A file found shorter than ``size`` before a piece is
+    an error; one cut between that check and the piece's reading kills this process (SIGBUS),
+    which ``EarlyHash`` reports the same way.
+    """
     sha = hashlib.sha256()
-    view = memoryview(bytearray(READ_CHUNK))
     # poll, not select: a descriptor numbered past FD_SETSIZE (a library caller with many files
     # open) is no error to it.
     control_poll = select.poll()
     control_poll.register(control, select.POLLIN)
     paused = False
     done = 0
-    while done < size:
-        if control_poll.poll(None if paused else 0):  # a message, or the parent's end of file
-            message = os.read(control, 64)
-            if not message:
-                return ""
-            paused = message[-1:] == _PAUSE
-            continue
-        try:
-            got = os.preadv(fd, [view[: min(READ_CHUNK, size - done)]], done)
-        except OSError as e:
-            return f"!cannot read: {e.strerror or e}"
-        if got == 0:
-            return "!the file became shorter while it was hashed"
-        sha.update(view[:got])
-        done += got
-    return sha.hexdigest()
+    mapping = None
+    try:
+        while done < size:
+            if control_poll.poll(None if paused else 0):  # a message, or the parent's end of file
+                message = os.read(control, 64)
+                if not message:
+                    return ""
+                paused = message[-1:] == _PAUSE
+                continue
+            try:
+                if os.fstat(fd).st_size < size:
+                    return _SHORTER
+                if mapping is None:
+                    mapping = mmap.mmap(fd, size, prot=mmap.PROT_READ)
+                end = min(done + READ_CHUNK, size)
+                with memoryview(mapping) as view:
+                    sha.update(view[done:end])
+                # The piece's pages leave this process's resident set (they stay in the page
+                # cache): mapped whole, a 386 MB file made this process a 385 MB one.
+                mapping.madvise(mmap.MADV_DONTNEED, done, end - done)
+            except (OSError, ValueError) as e:
+                return f"!cannot read: {getattr(e, 'strerror', None) or e}"
+            done = end
+        return sha.hexdigest()
+    finally:
+        if mapping is not None:
+            mapping.close()
+
+
+_SHORTER = "!the file became shorter while it was hashed"
