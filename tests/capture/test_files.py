@@ -306,6 +306,48 @@ def test_gzip_cut_short_yields_what_it_has(tmp_path):
     assert "gzip" in stats.truncation_detail
 
 
+def _inflaters():
+    import zlib
+
+    out = [pytest.param((zlib, (zlib.error,)), id="zlib")]
+    try:
+        from isal import isal_zlib
+    except ImportError:
+        out.append(pytest.param(None, id="isal", marks=pytest.mark.skip(reason="the isal package is not installed")))
+    else:
+        out.append(pytest.param((isal_zlib, (zlib.error, isal_zlib.error)), id="isal"))
+    return out
+
+
+@pytest.mark.parametrize("inflater", _inflaters())
+def test_gunzip_gives_every_byte_before_the_end_or_the_damage(inflater, monkeypatch):
+    """ISA-L's inflate where the isal package is installed, zlib's otherwise: the same bytes and
+    the same verdicts. ISA-L takes input ahead of the output asked for, so a stream cut short
+    still holds output when the file ends; it must come out too."""
+    import inspector.capture.files as files
+
+    monkeypatch.setattr(files, "_INFLATE", inflater[0])
+    monkeypatch.setattr(files, "_INFLATE_ERRORS", inflater[1])
+
+    def inflate(data: bytes) -> tuple[bytes, str]:
+        gunzip, out = files._Gunzip(io.BytesIO(data)), []
+        while not gunzip.done:
+            out.append(gunzip.read(4096))
+        return b"".join(out), gunzip.error
+
+    plain = os.urandom(5000) + bytes(200_000) + os.urandom(3000)
+    packed = gzip.compress(plain)
+    assert inflate(packed) == (plain, "")
+    assert inflate(gzip.compress(plain[:1000]) + gzip.compress(plain[1000:]) + bytes(8)) == (plain, "")
+    assert inflate(packed + b"not another member") == (plain, "")
+    got, error = inflate(packed[:-20])  # 8 bytes of trailer and 12 of the last block missing
+    assert plain.startswith(got) and len(got) > len(plain) - 256
+    assert error == "gzip stream ends before its end-of-stream marker"
+    for damaged in (packed[:-8] + bytes([packed[-8] ^ 1]) + packed[-7:], packed[:40] + b"\xff" * 8 + packed[48:]):
+        got, error = inflate(damaged)  # a wrong CRC-32; a broken block
+        assert plain.startswith(got) and error.startswith("corrupt gzip data")
+
+
 def test_gzip_truncated_inner_capture(tmp_path):
     full = craft.pcap_bytes([b"a" * 50, b"b" * 98], 1)
     stats, got = read_all(put(tmp_path, "t.gz", gzip.compress(full[:-77])))
