@@ -44,6 +44,20 @@ def test_read(benchmark, capture):
     benchmark(lambda: sum(len(b) for b in open_capture(capture).batches()))
 
 
+@pytest.fixture(scope="session")
+def gzip_capture(capture, tmp_path_factory) -> Path:
+    import gzip
+
+    path = tmp_path_factory.mktemp("gz") / "bench-small.pcap.gz"
+    path.write_bytes(gzip.compress(capture.read_bytes(), compresslevel=1))
+    return path
+
+
+def test_read_gzip(benchmark, gzip_capture):
+    """Inflating (ISA-L's where the isal package is installed) and hashing the compressed bytes."""
+    benchmark(lambda: sum(len(b) for b in open_capture(gzip_capture).batches()))
+
+
 def test_decode(benchmark, batches):
     def run():
         slow = SlowDecoder()
