@@ -607,21 +607,19 @@ class _Gunzip:
                     self.done = True
                     break
                 self._raw_ended = not self._input
-            if not self._input:  # the file has ended
-                # ISA-L takes its input ahead of the output asked for, so a stream cut short
-                # may still hold output for bytes already taken: asked for with no more input.
-                chunk = self._inflate(b"", n - have) if self._fed and not self._d.eof else b""
-                if chunk:
-                    out.append(chunk)
-                    have += len(chunk)
-                    continue
-                if self._fed and not self._d.eof and not self.done:
-                    self.error = "gzip stream ends before its end-of-stream marker"
+            if self._input:
+                self._fed = True
+            elif not self._fed:  # the file ends between members
                 self.done = True
                 break
-            self._fed = True
+            # With no input left (the file has ended) this asks for what the decompressor still
+            # holds: ISA-L takes input ahead of the output asked for.
             chunk = self._inflate(self._input, n - have)
             if self.done:
+                break
+            if not self._input and not chunk and not self._d.eof:
+                self.error = "gzip stream ends before its end-of-stream marker"
+                self.done = True
                 break
             self._input = self._d.unconsumed_tail
             if self._d.eof:

@@ -339,6 +339,7 @@ def test_gunzip_gives_every_byte_before_the_end_or_the_damage(inflater, monkeypa
     packed = gzip.compress(plain)
     assert inflate(packed) == (plain, "")
     assert inflate(gzip.compress(plain[:1000]) + gzip.compress(plain[1000:]) + bytes(8)) == (plain, "")
+    assert inflate(packed + gzip.compress(b"a short last member")) == (plain + b"a short last member", "")
     assert inflate(packed + b"not another member") == (plain, "")
     got, error = inflate(packed[:-20])  # 8 bytes of trailer and 12 of the last block missing
     assert plain.startswith(got) and len(got) > len(plain) - 256
