@@ -51,14 +51,6 @@ import stat
 import struct
 import threading
 import zlib
-
-try:  # ISA-L's inflate (the ``isal`` package, a dependency); zlib's where it is not installed
-    from isal import isal_zlib as _INFLATE
-
-    _INFLATE_ERRORS: tuple[type[Exception], ...] = (zlib.error, _INFLATE.error)
-except ImportError:  # pragma: no cover - depends on what is installed
-    _INFLATE = zlib  # type: ignore[assignment]
-    _INFLATE_ERRORS = (zlib.error,)
 from array import array
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
@@ -73,6 +65,14 @@ from inspector.errors import CaptureError
 from inspector.niceness import lower_priority, lower_thread_priority
 
 __all__ = ["CaptureReader", "CaptureStats", "open_capture"]
+
+try:  # ISA-L's inflate (the ``isal`` package, a dependency); zlib's where it is not installed
+    from isal import isal_zlib as _INFLATE
+
+    _INFLATE_ERRORS: tuple[type[Exception], ...] = (zlib.error, _INFLATE.error)
+except ImportError:  # pragma: no cover - depends on what is installed
+    _INFLATE = zlib  # type: ignore[assignment]
+    _INFLATE_ERRORS = (zlib.error,)
 
 # A caplen above this is not a packet but a corrupt header: libpcap's own limit for reading is
 # MAXIMUM_SNAPLEN = 262144 (pcap-int.h), the largest snaplen any of its capture paths uses.
