@@ -50,6 +50,7 @@ import queue
 import stat
 import struct
 import threading
+import types
 import zlib
 from array import array
 from dataclasses import dataclass, field
@@ -66,13 +67,14 @@ from inspector.niceness import lower_priority, lower_thread_priority
 
 __all__ = ["CaptureReader", "CaptureStats", "open_capture"]
 
+_INFLATE: types.ModuleType = zlib
+_INFLATE_ERRORS: tuple[type[Exception], ...] = (zlib.error,)
 try:  # ISA-L's inflate (the ``isal`` package, a dependency); zlib's where it is not installed
-    from isal import isal_zlib as _INFLATE
+    from isal import isal_zlib
 
-    _INFLATE_ERRORS: tuple[type[Exception], ...] = (zlib.error, _INFLATE.error)
+    _INFLATE, _INFLATE_ERRORS = isal_zlib, (zlib.error, getattr(isal_zlib, "error"))
 except ImportError:  # pragma: no cover - depends on what is installed
-    _INFLATE = zlib  # type: ignore[assignment]
-    _INFLATE_ERRORS = (zlib.error,)
+    pass
 
 # A caplen above this is not a packet but a corrupt header: libpcap's own limit for reading is
 # MAXIMUM_SNAPLEN = 262144 (pcap-int.h), the largest snaplen any of its capture paths uses.
