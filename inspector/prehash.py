@@ -21,11 +21,11 @@ pages it releases as it goes (``_hash``); it leaves when the file is hashed, or 
 is gone (the control pipe's end of file), without running anything its parent registered
 (``os._exit``).
 
-Weakness: it starts for a single uncompressed capture file only, in a process that may use more
-than one core. Several files are read apart, by other processes, a gzip file's compressed bytes
-are hashed as they are inflated (``capture.files``), and on one core nothing is idle at the
-start; those are hashed as before. A file rewritten in place without changing its
-size or modification time would be taken for the same file.
+Weakness: it starts for a single capture file only, in a process that may use more than one
+core. Several files are read apart, by other processes, and on one core nothing is idle at the
+start; those are hashed as before (a gzip file's compressed bytes as they are inflated,
+``capture.files``). A file rewritten in place without changing its size or modification time
+would be taken for the same file.
 """
 
 from __future__ import annotations
@@ -46,7 +46,6 @@ if TYPE_CHECKING:
 #: Bytes read and hashed at a time (``digest.READ_CHUNK``: a buffer that stays in the core's cache).
 READ_CHUNK = 1024 * 1024
 _PAUSE, _RESUME = b"p", b"r"
-_GZIP_MAGIC = b"\x1f\x8b"
 
 
 def _identity(st: os.stat_result) -> tuple[int, int, int, int]:
@@ -157,10 +156,10 @@ _owner_pid = 0
 
 def start(paths: list, niceness: int | None = None) -> None:
     """Fork a process hashing ``paths[0]`` at ``niceness`` (by default ``HASH_NICENESS``) when
-    ``paths`` is one regular file that is not gzip-compressed, this platform forks and this
-    process may use more than one core; otherwise
-    do nothing (the file's reader hashes it, and reports what is wrong with it). A process that
-    hashes this very file already goes on; one hashing another file no reader took is stopped."""
+    ``paths`` is one regular file (gzip-compressed or not: the digest is of the stored bytes),
+    this platform forks and this process may use more than one core; otherwise do nothing (the
+    file's reader hashes it, and reports what is wrong with it). A process that hashes this very
+    file already goes on; one hashing another file no reader took is stopped."""
     global _current
     if len(paths) != 1 or not hasattr(os, "fork") or not hasattr(mmap.mmap, "madvise") or not hasattr(select, "poll"):
         return
@@ -183,7 +182,7 @@ def start(paths: list, niceness: int | None = None) -> None:
                 return
             _current.discard()
             _current = None
-        if not stat.S_ISREG(st.st_mode) or os.pread(fd, 2, 0) == _GZIP_MAGIC:
+        if not stat.S_ISREG(st.st_mode):
             os.close(fd)
             return
         control_r, control_w = os.pipe()

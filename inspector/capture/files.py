@@ -23,8 +23,8 @@ record chain and collects record offsets; the header fields are then gathered wi
 whole batch at once. The SHA-256 of the file comes from the process ``prehash.start`` forked as
 the command began, when there is one for this very file; otherwise it runs in a second thread
 over the same mapping (hashlib releases the GIL), so reading and hashing overlap. A gzip file is
-inflated (and its compressed bytes hashed) in a second thread, 16 MiB of decompressed data at a
-time, while the reading thread walks the previous chunk; memory is bounded by a few chunks
+inflated in a second thread (which also hashes its compressed bytes unless ``prehash``'s process
+does), 16 MiB of decompressed data at a time, while the reading thread walks the previous chunk; memory is bounded by a few chunks
 whatever the compression ratio. The inflating is ISA-L's (the ``isal`` package) where installed,
 zlib's otherwise: the same bytes either way.
 
@@ -562,10 +562,13 @@ class _HashingReader:
         self.raw = raw
         self.sha = hashlib.sha256()
         self.consumed = 0
+        #: False when the file's digest comes from elsewhere (``prehash``): only counted then.
+        self.hashing = True
 
     def read(self, size: int = -1) -> bytes:
         data = self.raw.read(size)
-        self.sha.update(data)
+        if self.hashing:
+            self.sha.update(data)
         self.consumed += len(data)
         return data
 
@@ -874,6 +877,13 @@ class CaptureReader:
         """
         raw = self._open_raw()
         reader = _HashingReader(raw)
+        # A hashing process begun as the command started (``prehash.py``) hashes this very file
+        # already: the compressed bytes are then only counted here.
+        early = prehash.claim(os.fstat(raw.fileno()))
+        if early is not None:
+            reader.hashing = False
+            if self.hash_after_reading:
+                early.pause()
         gunzip = _Gunzip(reader)
         chunks: queue.Queue = queue.Queue(maxsize=2)
         stop = threading.Event()
@@ -895,7 +905,7 @@ class CaptureReader:
                     else:
                         chunk = gunzip.read(GZIP_CHUNK)
                         last = gunzip.done
-                    if last:
+                    if last and reader.hashing:
                         try:
                             reader.drain()  # the hash covers the whole file, trailing bytes too
                         except OSError:
@@ -915,7 +925,7 @@ class CaptureReader:
                 chunk, last, error = chunks.get()
                 if error is not None:
                     raise error
-                yield chunk, last, gunzip, reader, skip_rest
+                yield chunk, last, gunzip, reader, skip_rest, early
                 if last:
                     return
         finally:
@@ -926,42 +936,55 @@ class CaptureReader:
         pending = b""  # decompressed bytes not yet walked
         base = 0  # offset of pending[0] in the decompressed stream
         final = None  # the last walk, once the inner capture is read or found corrupt
-        for chunk, eof, gunzip, reader, skip_rest in self._gzip_chunks():
-            if final is not None:  # corrupt inner capture: the rest of the file is only hashed
-                continue
-            pending = pending + chunk if pending else chunk
-            if walker is None:
-                if len(pending) < 24 and not eof:
+        early = None  # ``prehash``'s process, when it hashes this very file
+        digest_taken = False
+        try:
+            for chunk, eof, gunzip, reader, skip_rest, early in self._gzip_chunks():
+                if final is not None:  # corrupt inner capture: the rest of the file is only hashed
                     continue
-                walker = self._new_walker(pending[:24])
-                pos = walker.header_len
-            else:
-                pos = 0
-            mv = memoryview(pending)
-            arr = np.frombuffer(pending, dtype=np.uint8)
-            while True:
-                walk = walker.walk(mv, arr, pos, self.batch_size, base)
-                pos = walk.next_pos
-                if walk.status == _CORRUPT or eof and walk.status != _FULL:
-                    if walk.status in (_SHORT, _CORRUPT):
-                        detail = walk.detail + " (offsets in the decompressed stream)"
-                        self._truncate(detail + (f"; {gunzip.error}" if gunzip.error else ""))
-                        if walk.lost_record:
-                            self.stats._skip(walk.lost_record)
-                    elif gunzip.error:
-                        self._truncate(gunzip.error)
-                    final = (arr, walk)
-                    skip_rest.set()
-                    break
-                yield arr, walk, reader.consumed
-                if walk.status != _FULL:
-                    break
-            del mv
-            pending = pending[pos:]
-            base += pos
-        if final is not None:
-            self.stats.sha256 = reader.sha.hexdigest()
-            yield final[0], final[1], reader.consumed
+                pending = pending + chunk if pending else chunk
+                if walker is None:
+                    if len(pending) < 24 and not eof:
+                        continue
+                    walker = self._new_walker(pending[:24])
+                    pos = walker.header_len
+                else:
+                    pos = 0
+                mv = memoryview(pending)
+                arr = np.frombuffer(pending, dtype=np.uint8)
+                while True:
+                    walk = walker.walk(mv, arr, pos, self.batch_size, base)
+                    pos = walk.next_pos
+                    if walk.status == _CORRUPT or eof and walk.status != _FULL:
+                        if walk.status in (_SHORT, _CORRUPT):
+                            detail = walk.detail + " (offsets in the decompressed stream)"
+                            self._truncate(detail + (f"; {gunzip.error}" if gunzip.error else ""))
+                            if walk.lost_record:
+                                self.stats._skip(walk.lost_record)
+                        elif gunzip.error:
+                            self._truncate(gunzip.error)
+                        final = (arr, walk)
+                        skip_rest.set()
+                        break
+                    yield arr, walk, reader.consumed
+                    if walk.status != _FULL:
+                        break
+                del mv
+                pending = pending[pos:]
+                base += pos
+            if final is not None:
+                if early is not None:
+                    early.resume()
+                    self.stats.sha256 = early.digest
+                    digest_taken = True
+                else:
+                    self.stats.sha256 = reader.sha.hexdigest()
+                yield final[0], final[1], reader.consumed
+        finally:
+            if early is not None and not digest_taken:
+                # The reading stopped before its end (an error, a consumer that stopped): nobody
+                # will ask for the digest, and a paused process would wait for ever.
+                early.discard()
 
 
 def open_capture(path: str | os.PathLike, batch_size: int = 65536) -> CaptureReader:

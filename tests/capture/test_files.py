@@ -558,15 +558,32 @@ def test_digest_after_reading_falls_back_to_a_thread_without_fork(tmp_path, monk
     assert reader.stats.sha256 == hashlib.sha256(data).hexdigest()
 
 
+def _cut_capture_gzip(tmp_path):
+    """``_cut_capture`` gzip-compressed, and the compressed bytes (what its digest covers)."""
+    path, data = _cut_capture(tmp_path)
+    packed = gzip.compress(data)
+    return put(tmp_path, "h.pcap.gz", packed), packed
+
+
+@pytest.mark.parametrize("compressed", [False, True], ids=["plain", "gzip"])
 @pytest.mark.parametrize("after_reading", [False, True])
-def test_digest_taken_from_the_process_begun_at_the_start(tmp_path, monkeypatch, after_reading):
+def test_digest_taken_from_the_process_begun_at_the_start(tmp_path, monkeypatch, after_reading, compressed):
     """With ``prehash.start`` run first for the file, the reader hashes nothing itself: it takes
     that process's digest. A parallel run's reader (``hash_after_reading``) pauses it with its
-    first batch and lets it go on with its last."""
+    first batch and lets it go on with its last. A gzip file's process hashes its compressed
+    bytes, which the reader then only counts."""
     from inspector import forked, prehash
     from inspector.capture import files
 
-    path, data = _cut_capture(tmp_path)
+    path, data = _cut_capture_gzip(tmp_path) if compressed else _cut_capture(tmp_path)
+    real_read = files._HashingReader.read
+
+    def read_without_hashing(self, size=-1):
+        if self.hashing:
+            pytest.fail("the reader hashed the gzip file")
+        return real_read(self, size)
+
+    monkeypatch.setattr(files._HashingReader, "read", read_without_hashing)
     batches_read: list[int] = []
     told = []
     monkeypatch.setattr(prehash.EarlyHash, "pause", lambda self: told.append(("pause", len(batches_read))))
@@ -591,12 +608,13 @@ def test_digest_taken_from_the_process_begun_at_the_start(tmp_path, monkeypatch,
         prehash._stop_left_over()
 
 
-def test_a_reading_stopped_early_stops_the_paused_hashing_process(tmp_path, monkeypatch):
+@pytest.mark.parametrize("compressed", [False, True], ids=["plain", "gzip"])
+def test_a_reading_stopped_early_stops_the_paused_hashing_process(tmp_path, monkeypatch, compressed):
     """A parallel reader pauses the early hashing process; a consumer that stops reading (an
     error in the pipeline) leaves no process waiting for a resume that never comes."""
     from inspector import prehash
 
-    path, _ = _cut_capture(tmp_path)
+    path, _ = _cut_capture_gzip(tmp_path) if compressed else _cut_capture(tmp_path)
     monkeypatch.setattr(prehash, "_usable_cores", lambda: 2)
     try:
         prehash.start([path])
