@@ -349,6 +349,26 @@ def test_gunzip_gives_every_byte_before_the_end_or_the_damage(inflater, monkeypa
         assert plain.startswith(got) and error.startswith("corrupt gzip data")
 
 
+def test_gzip_is_read_with_zlib_where_isal_is_missing(tmp_path):
+    """The isal package is only installed where it ships wheels: without it, the reader
+    inflates with zlib (checked in a fresh interpreter where importing isal fails)."""
+    import subprocess
+    import sys
+
+    frames = [os.urandom(120) for _ in range(30)]
+    path = put(tmp_path, "z.pcap.gz", gzip.compress(craft.pcap_bytes(frames, 101)))
+    script = (
+        "import sys, zlib; sys.modules['isal'] = None\n"
+        "from inspector.capture import files\n"
+        "assert files._INFLATE is zlib and files._INFLATE_ERRORS == (zlib.error,)\n"
+        f"reader = files.open_capture({str(path)!r})\n"
+        "print(sum(len(b) for b in reader.batches()), reader.stats.truncated)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["30", "False"]
+
+
 def test_gzip_truncated_inner_capture(tmp_path):
     full = craft.pcap_bytes([b"a" * 50, b"b" * 98], 1)
     stats, got = read_all(put(tmp_path, "t.gz", gzip.compress(full[:-77])))
