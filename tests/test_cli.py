@@ -22,6 +22,24 @@ def test_version():
     assert r.returncode == 0 and r.stdout.startswith("inspector ")
 
 
+def test_analyze_shortens_the_gil_switch_interval_of_its_own_process_only(tmp_path):
+    from inspector.cli import GIL_SWITCH_S
+
+    cap = C.write_pcap(tmp_path / "a.pcap", [C.ether(C.udp4("10.0.0.1", "10.0.0.2", 40000, 53, b"q" * 12))])
+    code = (
+        "import sys, inspector\n"
+        f"inspector.analyze([{str(cap)!r}])\n"
+        "print(sys.getswitchinterval())\n"
+        "from inspector import cli\n"
+        f"cli.app(['analyze', {str(cap)!r}, '-q', '--out', {str(tmp_path / 'out')!r}], standalone_mode=False)\n"
+        "print(sys.getswitchinterval())\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    library, command = (float(v) for v in r.stdout.split())
+    assert library == 0.005 and command == GIL_SWITCH_S  # a library caller keeps Python's default
+
+
 def test_analyze_writes_flows_and_manifest(tmp_path):
     cap = C.write_pcap(tmp_path / "a.pcap", [C.ether(C.udp4("10.0.0.1", "10.0.0.2", 40000, 53, b"q" * 12))])
     r = run("analyze", cap, "--out", tmp_path / "out")
