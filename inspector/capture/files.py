@@ -558,12 +558,12 @@ class _PcapngWalker:
 class _HashingReader:
     """A read-only file wrapper that hashes and counts every byte read through it, in order."""
 
-    def __init__(self, raw) -> None:
+    def __init__(self, raw, hashing: bool = True) -> None:
         self.raw = raw
         self.sha = hashlib.sha256()
         self.consumed = 0
         #: False when the file's digest comes from elsewhere (``prehash``): only counted then.
-        self.hashing = True
+        self.hashing = hashing
 
     def read(self, size: int = -1) -> bytes:
         data = self.raw.read(size)
@@ -668,6 +668,13 @@ def _sha256_of_file(source, size: int) -> str:
     from its current position), in a process of its own at ``HASH_NICENESS``."""
     lower_priority(HASH_NICENESS)
     return sha256_stream(source, size)
+
+
+def _early_digest(early: prehash.EarlyHash) -> Callable[[], str]:
+    """``early``'s digest, waited for when first read; the process goes on hashing now (it may
+    have been paused while the packets were read)."""
+    early.resume()
+    return early.digest
 
 
 def _waiting_digest(hasher: threading.Thread, sha) -> Callable[[], str]:
@@ -815,14 +822,9 @@ class CaptureReader:
                 _drop_pages(mapping, start, min(start + HASH_CHUNK, len(mv)))
 
         hasher = threading.Thread(target=hash_all, name="capture-sha256", daemon=True)
-        # A hashing process begun as the command started (``prehash.py``) hashes this very file
-        # already: it goes on beside the reading, or waits for its end.
-        early = prehash.claim(self._mapped_stat) if self._mapped_stat is not None else None
+        early = self._claim_early(self._mapped_stat) if self._mapped_stat is not None else None
         source = None
-        if early is not None:
-            if self.hash_after_reading:
-                early.pause()
-        else:
+        if early is None:
             # Hashed after reading, the file is read through a descriptor opened now, so that it
             # is the very file mapped even if its path is replaced meanwhile.
             source = self._open_raw() if self.hash_after_reading else None
@@ -840,8 +842,7 @@ class CaptureReader:
                 if done:
                     self._finish(walk)
                     if early is not None:
-                        early.resume()
-                        self.stats.sha256 = early.digest
+                        self.stats.sha256 = _early_digest(early)
                         digest_taken = True
                     elif source is not None:
                         self.stats.sha256 = _digest_after_reading(source, len(mv), hasher, sha)
@@ -863,27 +864,30 @@ class CaptureReader:
                 # will ask for the digest, and a paused process would wait for ever.
                 early.discard()
 
+    def _claim_early(self, st: os.stat_result) -> prehash.EarlyHash | None:
+        """The hashing process begun as the command started (``prehash.py``) when it hashes this
+        very file (``st``); paused when this reading keeps every core busy
+        (``hash_after_reading``), else left going beside it. Its digest is taken once the
+        packets are read (``_early_digest``); a reading that stops before then discards it."""
+        early = prehash.claim(st)
+        if early is not None and self.hash_after_reading:
+            early.pause()
+        return early
+
     def _finish(self, walk: _Walk) -> None:
         if walk.status in (_SHORT, _CORRUPT):
             self._truncate(walk.detail)
             if walk.lost_record:
                 self.stats._skip(walk.lost_record)
 
-    def _gzip_chunks(self):
-        """Decompressed chunks of up to GZIP_CHUNK bytes, produced by a second thread.
+    def _gzip_chunks(self, raw, hashing: bool):
+        """Decompressed chunks of up to GZIP_CHUNK bytes of the open file ``raw`` (closed here),
+        produced by a second thread that also hashes its bytes if ``hashing``.
 
         zlib and hashlib release the GIL, so decompressing and hashing the compressed bytes
         overlap with walking the previous chunk. Yields (chunk, last, gunzip, reader, skip_rest).
         """
-        raw = self._open_raw()
-        reader = _HashingReader(raw)
-        # A hashing process begun as the command started (``prehash.py``) hashes this very file
-        # already: the compressed bytes are then only counted here.
-        early = prehash.claim(os.fstat(raw.fileno()))
-        if early is not None:
-            reader.hashing = False
-            if self.hash_after_reading:
-                early.pause()
+        reader = _HashingReader(raw, hashing)
         gunzip = _Gunzip(reader)
         chunks: queue.Queue = queue.Queue(maxsize=2)
         stop = threading.Event()
@@ -925,7 +929,7 @@ class CaptureReader:
                 chunk, last, error = chunks.get()
                 if error is not None:
                     raise error
-                yield chunk, last, gunzip, reader, skip_rest, early
+                yield chunk, last, gunzip, reader, skip_rest
                 if last:
                     return
         finally:
@@ -936,10 +940,12 @@ class CaptureReader:
         pending = b""  # decompressed bytes not yet walked
         base = 0  # offset of pending[0] in the decompressed stream
         final = None  # the last walk, once the inner capture is read or found corrupt
-        early = None  # ``prehash``'s process, when it hashes this very file
+        raw = self._open_raw()
+        # The compressed bytes are only counted when the process begun at the start hashes them.
+        early = self._claim_early(os.fstat(raw.fileno()))
         digest_taken = False
         try:
-            for chunk, eof, gunzip, reader, skip_rest, early in self._gzip_chunks():
+            for chunk, eof, gunzip, reader, skip_rest in self._gzip_chunks(raw, hashing=early is None):
                 if final is not None:  # corrupt inner capture: the rest of the file is only hashed
                     continue
                 pending = pending + chunk if pending else chunk
@@ -974,8 +980,7 @@ class CaptureReader:
                 base += pos
             if final is not None:
                 if early is not None:
-                    early.resume()
-                    self.stats.sha256 = early.digest
+                    self.stats.sha256 = _early_digest(early)
                     digest_taken = True
                 else:
                     self.stats.sha256 = reader.sha.hexdigest()
