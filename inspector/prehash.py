@@ -38,6 +38,7 @@ import select
 import stat
 from typing import TYPE_CHECKING
 
+from inspector.capture.pages import drop_pages
 from inspector.errors import InspectorError
 
 if TYPE_CHECKING:
@@ -295,9 +296,9 @@ def _hash(fd: int, size: int, control: int) -> str:
                 end = min(done + READ_CHUNK, size)
                 with memoryview(mapping) as view:
                     sha.update(view[done:end])
-                # The piece's pages leave this process's resident set (they stay in the page
-                # cache): mapped whole, a 386 MB file made this process a 385 MB one.
-                mapping.madvise(mmap.MADV_DONTNEED, done, end - done)
+                # The piece's pages leave this process's resident set: mapped whole, a 386 MB
+                # file made this process a 385 MB one.
+                drop_pages(mapping, done, end)
             except (OSError, ValueError) as e:
                 return f"!cannot read: {getattr(e, 'strerror', None) or e}"
             done = end

@@ -61,6 +61,7 @@ import numpy as np
 from inspector import prehash
 from inspector.batch import PacketBatch, byte_rows
 from inspector.capture.chain import record_offsets
+from inspector.capture.pages import drop_pages
 from inspector.digest import sha256_stream
 from inspector.errors import CaptureError
 from inspector.niceness import lower_priority, lower_thread_priority
@@ -687,25 +688,6 @@ def _waiting_digest(hasher: threading.Thread, sha) -> Callable[[], str]:
     return digest
 
 
-def _drop_pages(mapping: mmap.mmap, start: int, end: int) -> None:
-    """madvise(MADV_DONTNEED) the whole pages inside [start, end) of a read-only file mapping.
-
-    For a shared file mapping this only unmaps the pages from this process; reading them again
-    faults them back in from the page cache, so correctness never depends on it.
-    """
-    advice = getattr(mmap, "MADV_DONTNEED", None)
-    if advice is None:
-        return
-    page = mmap.PAGESIZE
-    lo = -(-start // page) * page  # whole pages only: a partial page may hold unread bytes
-    hi = (end // page) * page
-    if hi > lo:
-        try:
-            mapping.madvise(advice, lo, hi - lo)
-        except (OSError, ValueError):
-            pass
-
-
 def _detect(head: bytes) -> str | None:
     """Format of a capture from its first bytes: ``pcap``, ``pcap-ns``, ``pcapng`` or None."""
     if head[:4] in _PCAP_MAGICS:
@@ -755,7 +737,7 @@ class CaptureReader:
         """Unmap the whole pages of [start, end) of ``mapped_bytes`` from this process's resident
         set (the page cache keeps them; reading them again faults them back in)."""
         if self._mapping is not None:
-            _drop_pages(self._mapping, start, end)
+            drop_pages(self._mapping, start, end)
 
     def _new_walker(self, head: bytes):
         if self.stats.format == "pcapng":
@@ -819,7 +801,7 @@ class CaptureReader:
             lower_thread_priority(HASH_NICENESS)
             for start in range(0, len(mv), HASH_CHUNK):
                 sha.update(mv[start : start + HASH_CHUNK])
-                _drop_pages(mapping, start, min(start + HASH_CHUNK, len(mv)))
+                drop_pages(mapping, start, min(start + HASH_CHUNK, len(mv)))
 
         hasher = threading.Thread(target=hash_all, name="capture-sha256", daemon=True)
         early = self._claim_early(self._mapped_stat) if self._mapped_stat is not None else None
@@ -854,7 +836,7 @@ class CaptureReader:
                 # memory is bounded by the batch, not the file (a touched mapped page counts as
                 # resident).
                 end = min(pos, len(mv))
-                _drop_pages(mapping, dropped_to - dropped_to % mmap.PAGESIZE, end)
+                drop_pages(mapping, dropped_to - dropped_to % mmap.PAGESIZE, end)
                 dropped_to = end
                 if done:
                     return
