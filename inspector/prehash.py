@@ -47,6 +47,8 @@ if TYPE_CHECKING:
 #: Bytes read and hashed at a time (``digest.READ_CHUNK``: a buffer that stays in the core's cache).
 READ_CHUNK = 1024 * 1024
 _PAUSE, _RESUME = b"p", b"r"
+#: ``_hash``'s answer for a file that became shorter than the size it was started for.
+_SHORTER = "!the file became shorter while it was hashed"
 
 
 def _identity(st: os.stat_result) -> tuple[int, int, int, int]:
@@ -306,6 +308,3 @@ def _hash(fd: int, size: int, control: int) -> str:
     finally:
         if mapping is not None:
             mapping.close()
-
-
-_SHORTER = "!the file became shorter while it was hashed"
