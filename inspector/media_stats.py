@@ -79,8 +79,12 @@ def interarrival_jitter(rtp_ts: np.ndarray, arrival_ns: np.ndarray, clock_rate_h
     D(i-1, i) = (R_i - R_{i-1}) - (S_i - S_{i-1}), with R the arrival time in timestamp units,
     S the RTP timestamp (differences taken mod 2^32, signed), and J_i = J_{i-1} + (|D| - J_{i-1})/16
     from J = 0. That recursion is a first-order linear filter, so its value after n steps has the
-    closed form J_n = sum_k (1/16) (15/16)^(n-k) |D_k|, computed here as one dot product.
+    closed form J_n = sum_k (1/16) (15/16)^(n-k) |D_k|, computed here as one weighted sum.
     Packets are taken in arrival order, as the RFC's receiver would see them.
+
+    The sum is numpy's ``add.reduceat`` over the weighted steps, as ``RunningStreams`` sums each
+    chunk of JITTER_CHUNK steps: a stream of at most that many steps gets the very same bits
+    there (``np.sum`` and ``np.dot`` add in other orders, the latter varying with the BLAS).
     """
     timestamps = np.asarray(rtp_ts, dtype=np.int64) % TS_MOD
     arrivals = np.asarray(arrival_ns, dtype=np.int64)
@@ -91,7 +95,7 @@ def interarrival_jitter(rtp_ts: np.ndarray, arrival_ns: np.ndarray, clock_rate_h
     transit_delta = np.abs(arrival_steps - ts_steps.astype(np.float64))
     n = transit_delta.size
     weights = np.power(15.0 / 16.0, np.arange(n - 1, -1, -1, dtype=np.float64)) / 16.0
-    return float(np.dot(weights, transit_delta))
+    return float(np.add.reduceat(weights * transit_delta, _FIRST)[0])
 
 
 def rtp_stream_stats(
@@ -207,7 +211,7 @@ def media_kind_for(
 #
 # ``RunningStreams`` folds RTP header rows batch by batch into per-stream *segments*, so the call
 # stage holds O(streams) state instead of one row per packet. Everything is numpy over the batch's
-# rows grouped by stream; Python runs once per segment and batch (for the jitter dot products).
+# rows grouped by stream.
 
 #: Every clock rate ``media.clock_rate`` can choose: RFC 3551's static table and the standard
 #: rates a stream may show (RFC 3551 §4.5, RFC 7587, the 90 kHz video formats). The jitter is
@@ -230,6 +234,12 @@ JITTER_CHUNK = 1024
 SKETCH_HASH = 0x9E3779B1
 NO_HASH = 0xFFFFFFFF
 _JITTER_WEIGHT = 15.0 / 16.0
+#: The closed form's weight (15/16)^k / 16 of each step of a chunk, k = JITTER_CHUNK - 1 .. 0: a
+#: run of m steps takes the last m (its last step weighs 1/16).
+_CHUNK_WEIGHTS = np.power(_JITTER_WEIGHT, np.arange(JITTER_CHUNK - 1, -1, -1, dtype=np.float64)) / 16.0
+#: (15/16)^m for m = 0 .. JITTER_CHUNK: how far a segment's jitter decays over m steps.
+_DECAY = np.array([_JITTER_WEIGHT**m for m in range(JITTER_CHUNK + 1)], dtype=np.float64)
+_FIRST = np.zeros(1, dtype=np.int64)
 #: Each candidate clock rate in ticks per nanosecond, as a column (``_step_deltas``).
 _RATES_PER_NS = np.array([rate / 1e9 for rate in CANDIDATE_CLOCK_RATES], dtype=np.float64)[:, None]
 _I64_MAX = np.iinfo(np.int64).max
@@ -250,11 +260,44 @@ def _step_deltas(arrival_ns: np.ndarray, stamp: np.ndarray) -> np.ndarray:
                   - _signed(np.diff(stamp), TS_MOD).astype(np.float64))  # fmt: skip
 
 
+def _fold_jitter(jitter: np.ndarray, delta: np.ndarray, segment: np.ndarray, rank: np.ndarray,
+                 start: np.ndarray, steps: np.ndarray) -> None:  # fmt: skip
+    """J = J * (15/16)^m + the closed form of ``interarrival_jitter`` over m steps, at every
+    candidate clock rate, for each unit: ``segment``'s row of ``jitter`` (segments x rates) and
+    the m = ``steps`` steps ``delta[:, start : start + m]`` (``_step_deltas``; m <= JITTER_CHUNK).
+    A segment's units are folded in ``rank`` order (0, 1, ...; a rank holds a segment once).
+
+    Each unit's weighted steps are summed by one ``add.reduceat`` over all units, with the float
+    operations of ``interarrival_jitter``: a segment folded in one unit from J = 0 gets its bits.
+    """
+    if steps.size == 0:
+        return
+    first = np.cumsum(steps) - steps  # each unit's first column among all units' steps
+    unit = np.repeat(np.arange(steps.size, dtype=np.int64), steps)
+    position = np.arange(unit.size, dtype=np.int64) - first[unit]  # step within its unit
+    weighted = delta[:, start[unit] + position] * _CHUNK_WEIGHTS[JITTER_CHUNK - steps[unit] + position]
+    sums = np.add.reduceat(weighted, first, axis=1).T  # units x rates
+    decay = _DECAY[steps][:, None]
+    for r in range(int(rank.max()) + 1):
+        at = np.flatnonzero(rank == r)
+        rows = segment[at]
+        jitter[rows] = jitter[rows] * decay[at] + sums[at]
+
+
 def _group_cumsum(values: np.ndarray, starts: np.ndarray, group: np.ndarray) -> np.ndarray:
     """Inclusive cumulative sum restarting at each group start (rows grouped)."""
     total = np.cumsum(values)
     before = total[starts] - values[starts]
     return total - before[group]
+
+
+def _in_sorted(values: np.ndarray, ascending: np.ndarray) -> np.ndarray:
+    """``np.isin(values, ascending)`` for an ascending ``ascending``: a binary search per value
+    instead of sorting both together."""
+    if ascending.size == 0:
+        return np.zeros(values.size, dtype=bool)
+    at = np.minimum(np.searchsorted(ascending, values), ascending.size - 1)
+    return ascending[at] == values
 
 
 def _group_running_max_before(values: np.ndarray, starts: np.ndarray, group: np.ndarray,
@@ -334,7 +377,6 @@ class RunningStreams:
         self._zoom_types: dict[int, dict[int, int]] = {}  # segment -> {Zoom inner type: packets}
         self._free_streams: list[int] = []  # slots of pruned streams/segments, reused first
         self._free_segments: list[int] = []
-        self._jitter_weights = np.zeros(0)
         empty = np.zeros(0, dtype=np.int64)
         self._pending = (empty, empty, empty)  # segment, arrival, RTP timestamp of queued packets
         self._clock_ns = _I64_MIN
@@ -428,20 +470,15 @@ class RunningStreams:
 
     def _stream_slots(self, high: np.ndarray, low: np.ndarray) -> np.ndarray:
         """Stream slot per (flow*2+from_client, ssrc*2+fec) key, new slots for new keys."""
-        slots = np.empty(high.size, dtype=np.int64)
-        new: list[int] = []
-        for i, key in enumerate(zip(high.tolist(), low.tolist())):
-            slot = self._keys.get(key)
-            if slot is None:
-                new.append(i)
-            else:
-                slots[i] = slot
-        if new:
-            picked = np.asarray(new)
-            at = self._allocate(self._stream, self._STREAM_FIELDS, "_streams", self._free_streams, len(new))
+        keys = list(zip(high.tolist(), low.tolist()))
+        known = self._keys
+        slots = np.array([known.get(key, -1) for key in keys], dtype=np.int64)
+        picked = np.flatnonzero(slots < 0)
+        if picked.size:
+            at = self._allocate(self._stream, self._STREAM_FIELDS, "_streams", self._free_streams, int(picked.size))
             slots[picked] = at
-            for i, slot in zip(new, at.tolist()):
-                self._keys[(int(high[i]), int(low[i]))] = slot
+            for i, slot in zip(picked.tolist(), at.tolist()):
+                known[keys[i]] = slot
             self._stream["flow_id"][at] = high[picked] // 2
             self._stream["from_client"][at] = (high[picked] % 2) == 1
             self._stream["ssrc"][at] = low[picked] // 2
@@ -544,12 +581,13 @@ class RunningStreams:
             _, first_index = np.unique(keys, return_index=True)
             first_copy = np.zeros(late.size, dtype=bool)
             first_copy[first_index] = True
-            in_order_keys = self._missing_keys(slot[in_order], ext[in_order])
-            hit = np.isin(keys, in_order_keys)
+            # Seen in order earlier in this batch. Keyed by group, the in-order rows' keys rise
+            # (groups in row order, each one's in-order numbers increasing): a binary search each.
+            hit = _in_sorted((g << 40) | (e + _EXT_BIAS), (group[in_order] << 40) | (ext[in_order] + _EXT_BIAS))
             # Running minimum before the row, for "inside the seen range".
             lowest_before = -_group_running_max_before(-ext, starts, group, -carried_min)
             untracked = (e < highest_before[late] - SEQUENCE_WINDOW + 1) & (e >= lowest_before[late])
-            was_missing = np.isin(keys, self._missing)
+            was_missing = _in_sorted(keys, self._missing)
             fresh = (e > carried_max[g]) | (e < carried_min[g]) | was_missing
             new_late = first_copy & ~hit & ~untracked & fresh
             is_new[late] = new_late
@@ -656,32 +694,16 @@ class RunningStreams:
         if todo.size == 0:
             self._pending = (seg, arrival, stamp)
             return
-        delta = _step_deltas(arrival, stamp)
-        jitter = self._segment["jitter"]
-        for lo, rows_left, full_chunks, closed in zip(runs[todo].tolist(), lengths[todo].tolist(),
-                                                      chunks[todo].tolist(), idle[todo].tolist()):  # fmt: skip
-            row = jitter[int(seg[lo])]
-            for _ in range(full_chunks):
-                self._fold_steps(row, delta, lo, JITTER_CHUNK)
-                lo += JITTER_CHUNK
-                rows_left -= JITTER_CHUNK
-            if closed and rows_left > 1:  # nothing can join this segment any more (one packet is no step)
-                self._fold_steps(row, delta, lo, rows_left - 1)
+        # Per segment to fold: its full chunks, then (closed) the steps after them, in that order.
+        lo, full = runs[todo], chunks[todo]
+        tail = np.where(idle[todo], lengths[todo] - full * JITTER_CHUNK - 1, 0)  # one packet is no step
+        units = full + (tail > 0)
+        owner = np.repeat(np.arange(todo.size, dtype=np.int64), units)
+        rank = np.arange(owner.size, dtype=np.int64) - (np.cumsum(units) - units)[owner]
+        _fold_jitter(self._segment["jitter"], _step_deltas(arrival, stamp), seg[lo][owner], rank,
+                     lo[owner] + rank * JITTER_CHUNK, np.where(rank < full[owner], JITTER_CHUNK, tail[owner]))  # fmt: skip
         keep = np.arange(seg.size) - np.repeat(runs, lengths) >= np.repeat(folded, lengths)
         self._pending = (seg[keep], arrival[keep], stamp[keep])
-
-    def _fold_steps(self, jitter: np.ndarray, delta: np.ndarray, start: int, m: int) -> None:
-        """J = J * (15/16)^m + the closed form of ``interarrival_jitter`` over the m steps
-        ``delta[:, start : start + m]``, at every candidate clock rate, with the same float
-        operations (a segment folded in one chunk gets the very bits ``interarrival_jitter``
-        computes: each rate's contiguous row gives the same dot product)."""
-        if self._jitter_weights.size < m:
-            size = max(m, JITTER_CHUNK)
-            self._jitter_weights = np.power(_JITTER_WEIGHT, np.arange(size - 1, -1, -1, dtype=np.float64)) / 16.0
-        weights = self._jitter_weights[self._jitter_weights.size - m :]
-        decay = _JITTER_WEIGHT**m
-        for r in range(len(CANDIDATE_CLOCK_RATES)):
-            jitter[r] = jitter[r] * decay + float(np.dot(weights, delta[r, start : start + m]))
 
     def _prune(self) -> None:
         """Forget streams of fewer than PRUNE_BELOW_PACKETS packets, all in one segment that has
@@ -703,10 +725,12 @@ class RunningStreams:
         segments = np.flatnonzero(dead)
         streams = sg["stream"][segments]
         sg["live"][segments] = False
-        for stream_slot, segment_slot in zip(streams.tolist(), segments.tolist()):
-            key = (int(st["flow_id"][stream_slot]) * 2 + bool(st["from_client"][stream_slot]),
-                   int(st["ssrc"][stream_slot]) * 2 + bool(st["zoom_fec"][stream_slot]))  # fmt: skip
+        # The streams' keys as ``_stream_slots`` made them: (flow*2+from_client, ssrc*2+fec).
+        high = st["flow_id"][streams] * 2 + st["from_client"][streams]
+        low = st["ssrc"][streams] * 2 + st["zoom_fec"][streams]
+        for key in zip(high.tolist(), low.tolist()):
             del self._keys[key]
+        for segment_slot in segments.tolist():
             self._payload_types.pop(segment_slot, None)
             self._zoom_types.pop(segment_slot, None)
         self._free_streams.extend(streams.tolist())
@@ -728,10 +752,10 @@ class RunningStreams:
         if seg.size < 2:
             return jitter
         runs = run_starts(seg)
-        delta = _step_deltas(arrival, stamp)
-        for lo, hi in zip(runs.tolist(), np.append(runs[1:], seg.size).tolist()):
-            if hi - lo > 1:
-                self._fold_steps(jitter[int(seg[lo])], delta, lo, hi - lo - 1)
+        steps = np.diff(np.append(runs, seg.size)) - 1
+        some = np.flatnonzero(steps > 0)
+        _fold_jitter(jitter, _step_deltas(arrival, stamp), seg[runs[some]], np.zeros(some.size, dtype=np.int64),
+                     runs[some], steps[some])  # fmt: skip
         return jitter
 
     def _fold_timestamps(self, row, starts, group, stream, segment, new_segment, runs) -> None:

@@ -9,6 +9,7 @@ import pytest
 
 from inspector.media_stats import (
     CANDIDATE_CLOCK_RATES,
+    JITTER_CHUNK,
     SEQUENCE_WINDOW,
     RunningReports,
     RunningStreams,
@@ -129,6 +130,36 @@ def test_a_segment_within_one_chunk_gives_the_reference_jitter_bit_for_bit(batch
     segments = fold(rows, batch).segments()
     ref = rtp_stream_stats(rows["seq"], rows["rtp_ts"], rows["ts_ns"], 8000)
     assert segments["jitter"][0][CANDIDATE_CLOCK_RATES.index(8000)] * 1000.0 / 8000 == ref.jitter_ms
+
+
+def recursive_jitter(rows: dict[str, np.ndarray], rate: int) -> float:
+    """RFC 3550 §6.4.1 as written: J += (|D| - J) / 16, packet by packet."""
+    jitter = 0.0
+    for i in range(1, rows["ts_ns"].size):
+        ts_step = (int(rows["rtp_ts"][i]) - int(rows["rtp_ts"][i - 1]) + (1 << 31)) % (1 << 32) - (1 << 31)
+        arrival_step = (int(rows["ts_ns"][i]) - int(rows["ts_ns"][i - 1])) * rate / 1e9
+        jitter += (abs(arrival_step - ts_step) - jitter) / 16
+    return jitter
+
+
+@pytest.mark.parametrize("batch", [1, 500, 1_000_000])
+def test_a_segment_of_several_chunks_folds_them_in_order_however_it_closes(batch):
+    # A stream of 2.6 chunks, then 90 s later another stream's packet: read as one batch, the
+    # first segment closes with three chunks to fold at once (two full, then the rest); read a
+    # packet at a time, each full chunk folds as it fills and the rest when the stream goes idle.
+    long = one_stream(int(JITTER_CHUNK * 2.6), seed=7)
+    later = one_stream(1, flow_id=3, seed=8)
+    later["ts_ns"] = long["ts_ns"][-1:] + 90 * SECOND
+    rows = {name: np.concatenate([long[name], later[name]]) for name in COLUMNS}
+    streams = fold(rows, batch)
+    if batch > rows["ts_ns"].size:
+        # Folded when the batch closed the segment, before the end of the run.
+        assert streams._pending[0].size == 1
+    segments = canonical(streams.segments())
+    whole = canonical(fold(rows, 1).segments())
+    np.testing.assert_array_equal(segments["jitter"], whole["jitter"])  # the same float operations
+    rate = CANDIDATE_CLOCK_RATES.index(8000)
+    assert segments["jitter"][0][rate] == pytest.approx(recursive_jitter(long, 8000), rel=1e-12)
 
 
 def test_a_silence_longer_than_the_gap_starts_a_segment():
