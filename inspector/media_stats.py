@@ -240,7 +240,7 @@ _CHUNK_WEIGHTS = np.power(_JITTER_WEIGHT, np.arange(JITTER_CHUNK - 1, -1, -1, dt
 #: (15/16)^m for m = 0 .. JITTER_CHUNK: how far a segment's jitter decays over m steps.
 _DECAY = np.array([_JITTER_WEIGHT**m for m in range(JITTER_CHUNK + 1)], dtype=np.float64)
 _FIRST = np.zeros(1, dtype=np.int64)
-#: Each candidate clock rate in ticks per nanosecond, as a column (``_step_deltas``).
+#: Each candidate clock rate in ticks per nanosecond, as a column (``_fold_jitter``).
 _RATES_PER_NS = np.array([rate / 1e9 for rate in CANDIDATE_CLOCK_RATES], dtype=np.float64)[:, None]
 _I64_MAX = np.iinfo(np.int64).max
 _I64_MIN = np.iinfo(np.int64).min
@@ -252,36 +252,33 @@ def _signed(values: np.ndarray, modulus: int) -> np.ndarray:
     return (values + modulus // 2) % modulus - modulus // 2
 
 
-def _step_deltas(arrival_ns: np.ndarray, stamp: np.ndarray) -> np.ndarray:
-    """|D| (RFC 3550 §6.4.1) of the step from each row to the next, at every candidate clock
-    rate (one row per rate), with the float operations of ``interarrival_jitter``. The callers
-    read only the steps within one segment's rows."""
-    return np.abs(np.diff(arrival_ns).astype(np.float64) * _RATES_PER_NS
-                  - _signed(np.diff(stamp), TS_MOD).astype(np.float64))  # fmt: skip
-
-
-def _fold_jitter(jitter: np.ndarray, delta: np.ndarray, segment: np.ndarray, rank: np.ndarray,
-                 start: np.ndarray, steps: np.ndarray) -> None:  # fmt: skip
+def _fold_jitter(jitter: np.ndarray, arrival_ns: np.ndarray, stamp: np.ndarray, segment: np.ndarray,
+                 rank: np.ndarray, start: np.ndarray, steps: np.ndarray) -> None:  # fmt: skip
     """J = J * (15/16)^m + the closed form of ``interarrival_jitter`` over m steps, at every
     candidate clock rate, for each unit: ``segment``'s row of ``jitter`` (segments x rates) and
-    the m = ``steps`` steps ``delta[:, start : start + m]`` (``_step_deltas``; m <= JITTER_CHUNK).
-    A segment's units are folded in ``rank`` order (0, 1, ...; a rank holds a segment once).
+    the m = ``steps`` steps from row ``start`` of (``arrival_ns``, ``stamp``) on (a step: from a
+    row to the next; m <= JITTER_CHUNK). A segment's units are folded in ``rank`` order (0, 1,
+    ...; a rank holds a segment once).
 
-    Each unit's weighted steps are summed by one ``add.reduceat`` over all units, with the float
-    operations of ``interarrival_jitter``: a segment folded in one unit from J = 0 gets its bits.
+    |D| (RFC 3550 §6.4.1) is made for the folded steps only, and each unit's weighted steps are
+    summed by one ``add.reduceat`` over all units, with the float operations of
+    ``interarrival_jitter``: a segment folded in one unit from J = 0 gets its bits.
     """
     if steps.size == 0:
         return
     first = np.cumsum(steps) - steps  # each unit's first column among all units' steps
     unit = np.repeat(np.arange(steps.size, dtype=np.int64), steps)
     position = np.arange(unit.size, dtype=np.int64) - first[unit]  # step within its unit
-    weighted = delta[:, start[unit] + position] * _CHUNK_WEIGHTS[JITTER_CHUNK - steps[unit] + position]
+    at = start[unit] + position  # the step from row ``at`` to row ``at + 1``
+    weighted = np.abs((arrival_ns[at + 1] - arrival_ns[at]).astype(np.float64) * _RATES_PER_NS
+                      - _signed(stamp[at + 1] - stamp[at], TS_MOD).astype(np.float64))  # fmt: skip
+    weighted *= _CHUNK_WEIGHTS[JITTER_CHUNK - steps[unit] + position]
     sums = np.add.reduceat(weighted, first, axis=1).T  # units x rates
     decay = _DECAY[steps][:, None]
     for r in range(int(rank.max()) + 1):
-        at = np.flatnonzero(rank == r)
-        rows = segment[at]
-        jitter[rows] = jitter[rows] * decay[at] + sums[at]
+        in_rank = np.flatnonzero(rank == r)
+        rows = segment[in_rank]
+        jitter[rows] = jitter[rows] * decay[in_rank] + sums[in_rank]
 
 
 def _group_cumsum(values: np.ndarray, starts: np.ndarray, group: np.ndarray) -> np.ndarray:
@@ -700,7 +697,7 @@ class RunningStreams:
         units = full + (tail > 0)
         owner = np.repeat(np.arange(todo.size, dtype=np.int64), units)
         rank = np.arange(owner.size, dtype=np.int64) - (np.cumsum(units) - units)[owner]
-        _fold_jitter(self._segment["jitter"], _step_deltas(arrival, stamp), seg[lo][owner], rank,
+        _fold_jitter(self._segment["jitter"], arrival, stamp, seg[lo][owner], rank,
                      lo[owner] + rank * JITTER_CHUNK, np.where(rank < full[owner], JITTER_CHUNK, tail[owner]))  # fmt: skip
         keep = np.arange(seg.size) - np.repeat(runs, lengths) >= np.repeat(folded, lengths)
         self._pending = (seg[keep], arrival[keep], stamp[keep])
@@ -754,7 +751,7 @@ class RunningStreams:
         runs = run_starts(seg)
         steps = np.diff(np.append(runs, seg.size)) - 1
         some = np.flatnonzero(steps > 0)
-        _fold_jitter(jitter, _step_deltas(arrival, stamp), seg[runs[some]], np.zeros(some.size, dtype=np.int64),
+        _fold_jitter(jitter, arrival, stamp, seg[runs[some]], np.zeros(some.size, dtype=np.int64),
                      runs[some], steps[some])  # fmt: skip
         return jitter
 
