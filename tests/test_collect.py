@@ -162,6 +162,33 @@ def test_a_segment_of_several_chunks_folds_them_in_order_however_it_closes(batch
     assert segments["jitter"][0][rate] == pytest.approx(recursive_jitter(long, 8000), rel=1e-12)
 
 
+@pytest.mark.parametrize("batch", [1, 13, 1000, 1_000_000])
+def test_every_segment_s_jitter_is_rfc_3550_s_recursion_however_batched(batch):
+    # Three interleaved streams of 0.7-3 chunks, two of them with a silence that starts a new
+    # segment: each segment's jitter at every candidate clock rate is the recursion over its
+    # own packets, whichever batches fold its chunks and whenever it closes.
+    parts = [
+        one_stream(3000, seed=11, silence_at=1500),
+        one_stream(2200, ssrc=8, from_client=False, first_seq=10, seed=12, pt=111, ts_step=960),
+        one_stream(700, flow_id=2, ssrc=9, seed=13, step_ms=10, ts_step=3000, pt=96, silence_at=100),
+    ]
+    expected = []
+    for part in parts:
+        cuts = np.flatnonzero(np.diff(part["ts_ns"]) > GAP_NS) + 1
+        for lo, hi in zip([0, *cuts.tolist()], [*cuts.tolist(), part["ts_ns"].size]):
+            segment = {name: values[lo:hi] for name, values in part.items()}
+            key = (int(part["flow_id"][0]), bool(part["from_client"][0]), int(part["ssrc"][0]), int(segment["ts_ns"][0]))
+            expected.append((key, [recursive_jitter(segment, rate) for rate in CANDIDATE_CLOCK_RATES]))
+    rows = {name: np.concatenate([p[name] for p in parts]) for name in COLUMNS}
+    order = np.argsort(rows["ts_ns"], kind="stable")
+    segments = canonical(fold({name: values[order] for name, values in rows.items()}, batch).segments())
+    got = [((int(f), bool(c), int(s), int(t)), j.tolist()) for f, c, s, t, j in zip(
+        segments["flow_id"], segments["from_client"], segments["ssrc"], segments["first_ns"], segments["jitter"])]  # fmt: skip
+    assert [key for key, _ in got] == sorted(key for key, _ in expected)
+    for (key, jitter), (_, want) in zip(got, sorted(expected)):
+        assert jitter == pytest.approx(want, rel=1e-12), key
+
+
 def test_a_silence_longer_than_the_gap_starts_a_segment():
     rows = one_stream(100, silence_at=60)
     segments = fold(rows, 33).segments()
