@@ -239,6 +239,7 @@ _JITTER_WEIGHT = 15.0 / 16.0
 _CHUNK_WEIGHTS = np.power(_JITTER_WEIGHT, np.arange(JITTER_CHUNK - 1, -1, -1, dtype=np.float64)) / 16.0
 #: (15/16)^m for m = 0 .. JITTER_CHUNK: how far a segment's jitter decays over m steps.
 _DECAY = np.array([_JITTER_WEIGHT**m for m in range(JITTER_CHUNK + 1)], dtype=np.float64)
+#: ``add.reduceat``'s indices for one run that covers the whole array.
 _FIRST = np.zeros(1, dtype=np.int64)
 #: Each candidate clock rate in ticks per nanosecond, as a column (``_fold_jitter``).
 _RATES_PER_NS = np.array([rate / 1e9 for rate in CANDIDATE_CLOCK_RATES], dtype=np.float64)[:, None]
