@@ -239,6 +239,10 @@ _JITTER_WEIGHT = 15.0 / 16.0
 _CHUNK_WEIGHTS = np.power(_JITTER_WEIGHT, np.arange(JITTER_CHUNK - 1, -1, -1, dtype=np.float64)) / 16.0
 #: (15/16)^m for m = 0 .. JITTER_CHUNK: how far a segment's jitter decays over m steps.
 _DECAY = np.array([_JITTER_WEIGHT**m for m in range(JITTER_CHUNK + 1)], dtype=np.float64)
+#: Jitter steps folded at once at most (whole units): the fold's temporaries peak at ~200 bytes
+#: a step (|D| at nine rates, twice, and the indexes), so at ~50 MiB however many segments are
+#: still queued when a capture ends.
+JITTER_FOLD_STEPS = 1 << 18
 #: ``add.reduceat``'s indices for one run that covers the whole array.
 _FIRST = np.zeros(1, dtype=np.int64)
 #: Each candidate clock rate in ticks per nanosecond, as a column (``_fold_jitter``).
@@ -254,19 +258,30 @@ def _signed(values: np.ndarray, modulus: int) -> np.ndarray:
 
 
 def _fold_jitter(jitter: np.ndarray, arrival_ns: np.ndarray, stamp: np.ndarray, segment: np.ndarray,
-                 rank: np.ndarray, start: np.ndarray, steps: np.ndarray) -> None:  # fmt: skip
+                 rank: np.ndarray, start: np.ndarray, steps: np.ndarray,
+                 max_steps: int = JITTER_FOLD_STEPS) -> None:  # fmt: skip
     """J = J * (15/16)^m + the closed form of ``interarrival_jitter`` over m steps, at every
     candidate clock rate, for each unit: ``segment``'s row of ``jitter`` (segments x rates) and
     the m = ``steps`` steps from row ``start`` of (``arrival_ns``, ``stamp``) on (a step: from a
-    row to the next; m <= JITTER_CHUNK). A segment's units are folded in ``rank`` order (0, 1,
-    ...; a rank holds a segment once).
+    row to the next; m <= JITTER_CHUNK). A segment's units come in ``rank`` order (0, 1, ...)
+    and are folded in it; a rank holds a segment once.
 
     |D| (RFC 3550 §6.4.1) is made for the folded steps only, and each unit's weighted steps are
-    summed by one ``add.reduceat`` over all units, with the float operations of
-    ``interarrival_jitter``: a segment folded in one unit from J = 0 gets its bits.
+    summed by one ``add.reduceat``, with the float operations of ``interarrival_jitter``: a
+    segment folded in one unit from J = 0 gets its bits. Units go at most ``max_steps`` steps at
+    a time (whole units, in order), which bounds the temporaries; the bits do not depend on it.
     """
-    if steps.size == 0:
-        return
+    ends = np.cumsum(steps)
+    lo = 0
+    while lo < steps.size:
+        hi = max(int(np.searchsorted(ends, ends[lo] - steps[lo] + max_steps, side="right")), lo + 1)
+        _fold_units(jitter, arrival_ns, stamp, segment[lo:hi], rank[lo:hi], start[lo:hi], steps[lo:hi])
+        lo = hi
+
+
+def _fold_units(jitter: np.ndarray, arrival_ns: np.ndarray, stamp: np.ndarray, segment: np.ndarray,
+                rank: np.ndarray, start: np.ndarray, steps: np.ndarray) -> None:  # fmt: skip
+    """``_fold_jitter`` of some units at once."""
     first = np.cumsum(steps) - steps  # each unit's first column among all units' steps
     unit = np.repeat(np.arange(steps.size, dtype=np.int64), steps)
     position = np.arange(unit.size, dtype=np.int64) - first[unit]  # step within its unit
@@ -276,7 +291,7 @@ def _fold_jitter(jitter: np.ndarray, arrival_ns: np.ndarray, stamp: np.ndarray, 
     weighted *= _CHUNK_WEIGHTS[JITTER_CHUNK - steps[unit] + position]
     sums = np.add.reduceat(weighted, first, axis=1).T  # units x rates
     decay = _DECAY[steps][:, None]
-    for r in range(int(rank.max()) + 1):
+    for r in range(int(rank.min()), int(rank.max()) + 1):
         in_rank = np.flatnonzero(rank == r)
         rows = segment[in_rank]
         jitter[rows] = jitter[rows] * decay[in_rank] + sums[in_rank]

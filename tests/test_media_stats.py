@@ -219,3 +219,32 @@ def test_real_streams_match_the_reference_loop(ndpi_dir, capture: str, flow: tup
         assert result.jitter_ms == pytest.approx(reference_jitter(ts, arrivals, 48000) * 1000 / 48000)
         checked += 1
     assert checked >= 1
+
+
+@pytest.mark.parametrize("max_steps", [1, 700, 1500, 5000])
+def test_the_jitter_fold_gives_the_same_bits_however_many_steps_go_at_once(max_steps) -> None:
+    # Three segments' units as RunningStreams queues them: three chunks of the first (ranks 0-2,
+    # the last a closed rest), one of the second, two of the third; each segment's rows in a run.
+    rng = np.random.default_rng(4)
+    units = [(0, 0, 1024), (0, 1, 1024), (0, 2, 300), (1, 0, 500), (2, 0, 1024), (2, 1, 10)]
+    first_row = {0: 0, 1: 2349, 2: 2850}
+    n = 3885
+    arrival = np.cumsum(rng.integers(15 * MS, 25 * MS, n))
+    stamp = np.cumsum(np.full(n, 160)) % (1 << 32)
+    segment = np.array([u[0] for u in units], dtype=np.int64)
+    rank = np.array([u[1] for u in units], dtype=np.int64)
+    steps = np.array([u[2] for u in units], dtype=np.int64)
+    start = np.array([first_row[s] + r * media_stats.JITTER_CHUNK for s, r, _ in units], dtype=np.int64)
+    rates = len(media_stats.CANDIDATE_CLOCK_RATES)
+    at_once = np.zeros((3, rates))
+    media_stats._fold_jitter(at_once, arrival, stamp, segment, rank, start, steps)
+    in_pieces = np.zeros((3, rates))
+    media_stats._fold_jitter(in_pieces, arrival, stamp, segment, rank, start, steps, max_steps=max_steps)
+    np.testing.assert_array_equal(in_pieces, at_once)
+    # And the value is the closed form over each segment's steps (the second one, a single unit,
+    # the reference's very bits).
+    rate = media_stats.CANDIDATE_CLOCK_RATES.index(8000)
+    lo, hi = first_row[1], first_row[1] + 501
+    assert at_once[1, rate] == interarrival_jitter(stamp[lo:hi], arrival[lo:hi], 8000)
+    lo, hi = first_row[0], first_row[0] + 2349
+    assert at_once[0, rate] == pytest.approx(interarrival_jitter(stamp[lo:hi], arrival[lo:hi], 8000), rel=1e-12)
