@@ -282,14 +282,11 @@ def _fold_jitter(jitter: np.ndarray, arrival_ns: np.ndarray, stamp: np.ndarray, 
 def _fold_units(jitter: np.ndarray, arrival_ns: np.ndarray, stamp: np.ndarray, segment: np.ndarray,
                 rank: np.ndarray, start: np.ndarray, steps: np.ndarray) -> None:  # fmt: skip
     """``_fold_jitter`` of some units at once."""
-    first = np.cumsum(steps) - steps  # each unit's first column among all units' steps
-    unit = np.repeat(np.arange(steps.size, dtype=np.int64), steps)
-    position = np.arange(unit.size, dtype=np.int64) - first[unit]  # step within its unit
-    at = start[unit] + position  # the step from row ``at`` to row ``at + 1``
+    at = _ranges(start, steps)  # each step goes from row ``at`` to row ``at + 1``
     weighted = np.abs((arrival_ns[at + 1] - arrival_ns[at]).astype(np.float64) * _RATES_PER_NS
                       - _signed(stamp[at + 1] - stamp[at], TS_MOD).astype(np.float64))  # fmt: skip
-    weighted *= _CHUNK_WEIGHTS[JITTER_CHUNK - steps[unit] + position]
-    sums = np.add.reduceat(weighted, first, axis=1).T  # units x rates
+    weighted *= _CHUNK_WEIGHTS[_ranges(JITTER_CHUNK - steps, steps)]  # a unit of m takes the last m
+    sums = np.add.reduceat(weighted, np.cumsum(steps) - steps, axis=1).T  # units x rates
     decay = _DECAY[steps][:, None]
     for r in range(int(rank.min()), int(rank.max()) + 1):
         in_rank = np.flatnonzero(rank == r)
@@ -712,7 +709,7 @@ class RunningStreams:
         tail = np.where(idle[todo], lengths[todo] - full * JITTER_CHUNK - 1, 0)  # one packet is no step
         units = full + (tail > 0)
         owner = np.repeat(np.arange(todo.size, dtype=np.int64), units)
-        rank = np.arange(owner.size, dtype=np.int64) - (np.cumsum(units) - units)[owner]
+        rank = _ranges(np.zeros(todo.size, dtype=np.int64), units)
         _fold_jitter(self._segment["jitter"], arrival, stamp, seg[lo][owner], rank,
                      lo[owner] + rank * JITTER_CHUNK, np.where(rank < full[owner], JITTER_CHUNK, tail[owner]))  # fmt: skip
         keep = np.arange(seg.size) - np.repeat(runs, lengths) >= np.repeat(folded, lengths)
