@@ -27,20 +27,21 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from typing import Final
 
 from inspector.facts import FlowFacts
 from inspector.fastinit import frozen_init
 from inspector.signatures import EndpointMatch, SignatureSet
 
-STRONG_NAME_SOURCES = frozenset({"sni", "quic-sni", "http-host", "certificate", "stun-realm"})
+STRONG_NAME_SOURCES: Final = frozenset({"sni", "quic-sni", "http-host", "certificate", "stun-realm"})
 # Media detectors that mark a UDP flow as a candidate for P2P attribution.
-P2P_MEDIA_DETECTORS = frozenset({"stun", "turn-channel", "dtls", "rtp", "rtcp", "zoom-p2p"})
+P2P_MEDIA_DETECTORS: Final = frozenset({"stun", "turn-channel", "dtls", "rtp", "rtcp", "zoom-p2p"})
 # Detectors showing that a client talked STUN/TURN to a server.
-STUN_DETECTORS = frozenset({"stun", "turn", "ms-turn"})
-P2P_WINDOW_NS = 300 * 1_000_000_000
+STUN_DETECTORS: Final = frozenset({"stun", "turn", "ms-turn"})
+P2P_WINDOW_NS: Final = 300 * 1_000_000_000
 # How long before a socket's STUN to a named server its other gathering requests may start.
-ICE_GATHERING_NS = 5 * 1_000_000_000
-_MAX_DETAIL = 200
+ICE_GATHERING_NS: Final = 5 * 1_000_000_000
+_MAX_DETAIL: Final = 200
 
 
 @dataclass(frozen=True, slots=True, init=False)
@@ -92,7 +93,7 @@ class Verdict:
 frozen_init(Verdict)
 
 
-EMPTY = Verdict()
+EMPTY: Final = Verdict()
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,7 +119,7 @@ class _Item:
         return f"{self.label}:{self.detail}{shared}{tail}"
 
 
-_CONFIDENCE = {0: "high", 1: "high", 2: "medium", 3: "medium", 4: "low"}
+_CONFIDENCE: Final = {0: "high", 1: "high", 2: "medium", 3: "medium", 4: "low"}
 
 
 def _clean(text: str) -> str:
@@ -166,7 +167,7 @@ def _payload_items(facts: FlowFacts, sigs: SignatureSet) -> tuple[list[_Item], s
 
 
 # The name a DNS flow asked about (naming.py): what was looked up, not who the resolver is.
-QUERY_NAME_SOURCES = frozenset({"dns-query"})
+QUERY_NAME_SOURCES: Final = frozenset({"dns-query"})
 
 
 def _plain_dtls(facts: FlowFacts) -> bool:

@@ -21,7 +21,7 @@ datagrams that may be plain RTCP: a few percent of media packets):
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 import numpy as np
 
@@ -48,18 +48,18 @@ if TYPE_CHECKING:  # pandas is imported where frames are made: the packet path n
     import pandas as pd
 
 # Zoom's layouts (protocol-facts.md §2.3, Michel et al. IMC '22), one table in dissect/zoom.py.
-ZOOM_AUDIO = zoom.INNER_AUDIO
-ZOOM_VIDEO = zoom.INNER_VIDEO
-ZOOM_SCREEN_SERVER = zoom.INNER_SCREEN_SERVER
-ZOOM_SCREEN_P2P = zoom.INNER_SCREEN_P2P
-ZOOM_RTCP_TYPES = zoom.INNER_RTCP
-ZOOM_UNKNOWN_RTP = zoom.INNER_UNKNOWN_RTP
-ZOOM_OUTER_MEDIA = zoom.SFU_MEDIA
-ZOOM_OUTER_LEN = zoom.SFU_OUTER_LEN
-ZOOM_LEGACY_OUTER_LEN = zoom.SFU_LEGACY_OUTER_LEN
-ZOOM_DIRECTIONS = (zoom.DIRECTION_TO_SERVER, zoom.DIRECTION_FROM_SERVER)  # byte 7, 2022 layout
+ZOOM_AUDIO: Final = zoom.INNER_AUDIO
+ZOOM_VIDEO: Final = zoom.INNER_VIDEO
+ZOOM_SCREEN_SERVER: Final = zoom.INNER_SCREEN_SERVER
+ZOOM_SCREEN_P2P: Final = zoom.INNER_SCREEN_P2P
+ZOOM_RTCP_TYPES: Final = zoom.INNER_RTCP
+ZOOM_UNKNOWN_RTP: Final = zoom.INNER_UNKNOWN_RTP
+ZOOM_OUTER_MEDIA: Final = zoom.SFU_MEDIA
+ZOOM_OUTER_LEN: Final = zoom.SFU_OUTER_LEN
+ZOOM_LEGACY_OUTER_LEN: Final = zoom.SFU_LEGACY_OUTER_LEN
+ZOOM_DIRECTIONS: Final = (zoom.DIRECTION_TO_SERVER, zoom.DIRECTION_FROM_SERVER)  # byte 7, 2022 layout
 #: The inner types whose packets embed an RTP header: ``_zoom_rtp_offset`` is -1 for any other.
-ZOOM_RTP_TYPES = (ZOOM_AUDIO, ZOOM_VIDEO, ZOOM_SCREEN_P2P, ZOOM_SCREEN_SERVER, ZOOM_UNKNOWN_RTP)
+ZOOM_RTP_TYPES: Final = (ZOOM_AUDIO, ZOOM_VIDEO, ZOOM_SCREEN_P2P, ZOOM_SCREEN_SERVER, ZOOM_UNKNOWN_RTP)
 
 
 def _zoom_rtp_offset(inner_type: np.ndarray, byte20: np.ndarray, byte7: np.ndarray) -> np.ndarray:
@@ -85,7 +85,7 @@ def _zoom_rtp_offset(inner_type: np.ndarray, byte20: np.ndarray, byte7: np.ndarr
 #: packet times are offsets from the bucket's start (< 10^8 ns, so 32 bits). Packets and IP-layer
 #: bytes per direction per bucket fit 32 bits: 2^32 bytes in 100 ms would be 343 Gbit/s on one
 #: flow. Weakness: past that rate a bucket's byte count would wrap.
-BUCKET_DTYPE = np.dtype(
+BUCKET_DTYPE: Final = np.dtype(
     [
         ("flow_id", "<i8"),
         ("bucket", "<i8"),
@@ -97,7 +97,7 @@ BUCKET_DTYPE = np.dtype(
         ("server_to_client_bytes", "<u4"),
     ]
 )
-_COUNT_FIELDS = ("client_to_server_packets", "client_to_server_bytes", "server_to_client_packets", "server_to_client_bytes")
+_COUNT_FIELDS: Final = ("client_to_server_packets", "client_to_server_bytes", "server_to_client_packets", "server_to_client_bytes")
 
 
 #: Buckets are kept per range of 2^13 flow ids: a flow's buckets all fall in one range, so the

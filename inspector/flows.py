@@ -24,29 +24,29 @@ from __future__ import annotations
 
 import socket
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, Final, cast
 
 import numpy as np
 
 from inspector.decode import IPPROTO_TCP, IPPROTO_UDP, STATE_FLOW, DecodedBatch
 from inspector.ordering import index_bits, sorted_runs
 
-TCP_FIN = 0x01
-TCP_SYN = 0x02
-TCP_RST = 0x04
-TCP_ACK = 0x10
+TCP_FIN: Final = 0x01
+TCP_SYN: Final = 0x02
+TCP_RST: Final = 0x04
+TCP_ACK: Final = 0x10
 
 # Ports at or above 1024 that are servers' (media relays, STUN/TURN, Zoom, QUIC alt ports ...),
 # used only to correct the client/server guess when a capture starts mid-flow.
 # Sources: IANA registry (3478/5349 STUN/TURN, 5222/5223 XMPP, 5228 Google push), facts file §1
 # (Zoom 8801-8810, Teams 3478-3481, Google 19302-19309).
-SERVICE_PORTS_ABOVE_1024 = frozenset(
+SERVICE_PORTS_ABOVE_1024: Final = frozenset(
     [1194, 1935, 3478, 3479, 3480, 3481, 5060, 5061, 5222, 5223, 5228, 5349, 8080, 8443]
     + list(range(8801, 8811))
     + list(range(19302, 19310))
 )
 
-DEFAULT_IDLE_TIMEOUT_S = 120.0
+DEFAULT_IDLE_TIMEOUT_S: Final = 120.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,7 +123,7 @@ class Flow:
 
 #: What a dissect worker reads of an ended flow (``payloads.PayloadStage.facts`` and its
 #: labeller): who talked to whom and when. The counters stay with the reading process's store.
-IDENTITY_FIELDS = (
+IDENTITY_FIELDS: Final = (
     "flow_id", "ip_version", "proto", "client_hi", "client_lo", "client_port",
     "server_hi", "server_lo", "server_port", "first_seen_ns", "last_seen_ns",
 )  # fmt: skip
@@ -180,7 +180,7 @@ def flows_of_identities(columns: list[list[Any]]) -> list[Flow]:
 
 
 # IANA protocol numbers (www.iana.org/assignments/protocol-numbers) for the names users know.
-IP_PROTOCOL_NAMES = {
+IP_PROTOCOL_NAMES: Final = {
     1: "icmp",
     2: "igmp",
     4: "ipip",
@@ -212,7 +212,7 @@ def address_text(version: int, hi: int, lo: int) -> str:
 #: Most address texts ``flow_endpoints`` keeps (~4 Python objects each); past it the cache starts
 #: over. An IPv4 address is keyed by its value (an int), an IPv6 one by its halves (a tuple), so
 #: ``::a.b.c.d`` and ``a.b.c.d`` stay apart.
-ENDPOINT_TEXTS_KEPT = 65536
+ENDPOINT_TEXTS_KEPT: Final = 65536
 _endpoint_texts: dict[object, str] = {}
 
 

@@ -14,6 +14,8 @@ flow, so the run returns them all); 10^6 flows take ~100 MB.
 
 from __future__ import annotations
 
+from typing import Final
+
 import numpy as np
 
 from inspector import spill
@@ -22,7 +24,7 @@ from inspector.spill import PartitionedRecords
 
 #: One finished flow. Addresses as (hi, lo) 64-bit halves (IPv4 in lo), as the flow table keeps
 #: them; ``label``: code into the run's ``labels.LabelBook`` (``labels.PENDING`` until known).
-RECORD_DTYPE = np.dtype(
+RECORD_DTYPE: Final = np.dtype(
     [
         ("flow_id", "<i8"),
         ("ip_version", "u1"),
@@ -45,7 +47,7 @@ RECORD_DTYPE = np.dtype(
     ]
 )
 
-_CHUNK_RECORDS = 4096
+_CHUNK_RECORDS: Final = 4096
 
 
 def _permute_in_place(records: np.ndarray, order: np.ndarray) -> None:

@@ -12,6 +12,7 @@ flows keep their facts until ``resolve`` classifies them together, in flow-id or
 from __future__ import annotations
 
 from array import array
+from typing import Final
 
 import numpy as np
 
@@ -21,11 +22,11 @@ from inspector.spill import SpilledItems
 from inspector.summarize import LABEL_NAMES
 
 #: The flows.csv columns a label tuple holds, in order: every label column but the call stage's.
-LABEL_COLUMNS = tuple(name for name in LABEL_NAMES if name != "session_id")
+LABEL_COLUMNS: Final = tuple(name for name in LABEL_NAMES if name != "session_id")
 #: Code of the all-empty label (no payload inspection, or nothing recognised).
-EMPTY = 0
+EMPTY: Final = 0
 #: A flow whose label is not known yet (cross-flow rules, or a parallel worker's verdict).
-PENDING = -1
+PENDING: Final = -1
 
 
 class LabelBook:

@@ -71,6 +71,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Final
 
 import numpy as np
 import pandas as pd
@@ -100,24 +101,24 @@ from inspector.schema import CALL_MAX_GAP_S, MEDIA_COLUMNS, empty_frame
 #: UDP payload starting 0b10 of a media flow, and in non-RTP payloads the 32-bit "SSRC" is noise
 #: that rarely repeats (RFC 3550 §8.1: SSRCs are random), while a real stream of a call repeats
 #: its SSRC in every packet. Weakness: a stream of 1-4 packets inside the window is left out.
-MIN_STREAM_PACKETS = PRUNE_BELOW_PACKETS
-VIDEO_MIN_PACKETS_PER_TIMESTAMP = 1.2
-VIDEO_MIN_MARKER_FRACTION = 0.5
-VIDEO_MIN_MEDIAN_RTP_BYTES = 400
-AUDIO_MAX_MEDIAN_RTP_BYTES = 300
+MIN_STREAM_PACKETS: Final = PRUNE_BELOW_PACKETS
+VIDEO_MIN_PACKETS_PER_TIMESTAMP: Final = 1.2
+VIDEO_MIN_MARKER_FRACTION: Final = 0.5
+VIDEO_MIN_MEDIAN_RTP_BYTES: Final = 400
+AUDIO_MAX_MEDIAN_RTP_BYTES: Final = 300
 #: Share of a stream's RTP timestamps found in a larger stream that makes it a repair stream.
-REPAIR_MIN_SHARED_TIMESTAMPS = 0.5
+REPAIR_MIN_SHARED_TIMESTAMPS: Final = 0.5
 #: ... while covering less than this share of the larger stream's frames: a lower simulcast layer
 #: may share the capturer's timestamps but carries (nearly) every frame; repairs cover a few.
-REPAIR_MAX_COVERAGE = 0.3
+REPAIR_MAX_COVERAGE: Final = 0.3
 #: RTP clock rates in use (RFC 3551 §4.5, RFC 7587 Opus 48 kHz, 90 kHz video formats).
-STANDARD_CLOCK_RATES = (8000, 16000, 24000, 32000, 44100, 48000, 90000)
+STANDARD_CLOCK_RATES: Final = (8000, 16000, 24000, 32000, 44100, 48000, 90000)
 #: Every RTP video payload format uses a 90 kHz clock (RFC 6184 §8.2.1, RFC 7741 §6.1, RFC 7798
 #: §7.1); audio formats use their sampling rate (RFC 3551 §4.5, RFC 7587).
-VIDEO_CLOCK_RATE = 90000
-CLOCK_ESTIMATE_MIN_SPAN_NS = 1_000_000_000
-CLOCK_ESTIMATE_TOLERANCE = 0.05
-TS_MOD = 1 << 32
+VIDEO_CLOCK_RATE: Final = 90000
+CLOCK_ESTIMATE_MIN_SPAN_NS: Final = 1_000_000_000
+CLOCK_ESTIMATE_TOLERANCE: Final = 0.05
+TS_MOD: Final = 1 << 32
 
 
 def _distinct(values: np.ndarray) -> np.ndarray:
@@ -379,7 +380,7 @@ def stream_segments(rtp: pd.DataFrame, max_gap_s: float = CALL_MAX_GAP_S) -> pd.
 
 
 #: RTP_COLUMNS in the order ``RunningStreams.add`` takes them.
-FOLD_COLUMNS = ("flow_id", "from_client", "ts_ns", "ssrc", "seq", "rtp_ts", "payload_type", "marker",
+FOLD_COLUMNS: Final = ("flow_id", "from_client", "ts_ns", "ssrc", "seq", "rtp_ts", "payload_type", "marker",
                 "rtp_len", "ip_bytes", "zoom_type")  # fmt: skip
 
 
@@ -437,7 +438,7 @@ def _mode(counts: list[dict[int, int]]) -> int:
 
 #: Per MEDIAN_THRESHOLDS value: the segment columns holding the largest size below it, the
 #: smallest size from it, and the count of sizes at or above it (``RunningStreams``).
-_SIZE_COLUMNS = {t: (f"size_below_{t}", f"size_from_{t}", f"size_ge_{t}") for t in MEDIAN_THRESHOLDS}
+_SIZE_COLUMNS: Final = {t: (f"size_below_{t}", f"size_from_{t}", f"size_ge_{t}") for t in MEDIAN_THRESHOLDS}
 
 
 class _Window:

@@ -12,7 +12,7 @@ nDPI's payload-type table).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Final
 
 import numpy as np
 
@@ -32,8 +32,8 @@ __all__ = [
     "rtp_stream_stats",
 ]
 
-SEQ_MOD = 1 << 16
-TS_MOD = 1 << 32
+SEQ_MOD: Final = 1 << 16
+TS_MOD: Final = 1 << 32
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,23 +137,23 @@ def rtp_stream_stats(
 
 
 # RFC 3551 §6, Tables 4 and 5: static payload types and their RTP clock rates.
-STATIC_CLOCK_RATES = {
+STATIC_CLOCK_RATES: Final = {
     0: 8000, 3: 8000, 4: 8000, 5: 8000, 6: 16000, 7: 8000, 8: 8000, 9: 8000,
     10: 44100, 11: 44100, 12: 8000, 13: 8000, 14: 90000, 15: 8000, 16: 11025,
     17: 22050, 18: 8000, 25: 90000, 26: 90000, 28: 90000, 31: 90000, 32: 90000,
     33: 90000, 34: 90000,
 }  # fmt: skip
-STATIC_AUDIO = frozenset(pt for pt in STATIC_CLOCK_RATES if pt <= 18)
-STATIC_VIDEO = frozenset(pt for pt in STATIC_CLOCK_RATES if pt >= 25)
+STATIC_AUDIO: Final = frozenset(pt for pt in STATIC_CLOCK_RATES if pt <= 18)
+STATIC_VIDEO: Final = frozenset(pt for pt in STATIC_CLOCK_RATES if pt >= 25)
 #: nDPI rtp_get_stream_type hints for dynamic payload types (facts §3.4), plus 120 (Discord's
 #: Opus, facts §1.11; also WhatsApp's audio in wa_voice.pcap); only hints.
-DYNAMIC_AUDIO_HINTS = frozenset({96, 97, 98, 101, 103, 104, 111, 112, 114, 115, 116, 117, 118, 120})
-DYNAMIC_VIDEO_HINTS = frozenset({121, 122, 123, 127})
+DYNAMIC_AUDIO_HINTS: Final = frozenset({96, 97, 98, 101, 103, 104, 111, 112, 114, 115, 116, 117, 118, 120})
+DYNAMIC_VIDEO_HINTS: Final = frozenset({121, 122, 123, 127})
 #: Zoom inner media type byte (facts §2.3).
-ZOOM_KIND = {0x0F: "audio", 0x10: "video", 0x0D: "screen", 0x1E: "screen"}
+ZOOM_KIND: Final = {0x0F: "audio", 0x10: "video", 0x0D: "screen", 0x1E: "screen"}
 #: Mean RTP payload size above which a dynamic-PT stream is taken as video, below which audio.
-VIDEO_MIN_MEAN_PAYLOAD = 400
-AUDIO_MAX_MEAN_PAYLOAD = 300
+VIDEO_MIN_MEAN_PAYLOAD: Final = 400
+AUDIO_MAX_MEAN_PAYLOAD: Final = 300
 
 
 def clock_rate_for(payload_type: int, media_kind: str) -> int:
@@ -216,40 +216,40 @@ def media_kind_for(
 #: Every clock rate ``media.clock_rate`` can choose: RFC 3551's static table and the standard
 #: rates a stream may show (RFC 3551 §4.5, RFC 7587, the 90 kHz video formats). The jitter is
 #: carried at each of them, because the rate is only decided when the call window is known.
-CANDIDATE_CLOCK_RATES = (8000, 11025, 16000, 22050, 24000, 32000, 44100, 48000, 90000)
+CANDIDATE_CLOCK_RATES: Final = (8000, 11025, 16000, 22050, 24000, 32000, 44100, 48000, 90000)
 #: Packet sizes media.pattern_kind compares the median RTP size with (its rule 4 thresholds).
-MEDIAN_THRESHOLDS = (300, 400)
+MEDIAN_THRESHOLDS: Final = (300, 400)
 #: How many previous packets of a segment a repeated RTP timestamp is looked for in (a video
 #: frame's packets are consecutive; reordering across a frame boundary is a packet or two).
-TIMESTAMP_LOOKBACK = 4
+TIMESTAMP_LOOKBACK: Final = 4
 #: Sequence numbers tracked behind a stream's highest one for late packets (reordering and
 #: duplicates); an older late packet inside the seen range is taken as a duplicate.
-SEQUENCE_WINDOW = 2048
+SEQUENCE_WINDOW: Final = 2048
 #: Bottom-k sketch size of a segment's RTP timestamps (the repair-stream test's sample).
-TIMESTAMP_SKETCH = 64
+TIMESTAMP_SKETCH: Final = 64
 #: Jitter steps folded at once per segment (queued until then, so the value never depends on
 #: how packets were batched; a segment of up to this many steps gets one closed-form sum).
-JITTER_CHUNK = 1024
+JITTER_CHUNK: Final = 1024
 #: Odd multiplier: a bijection on 32-bit values that scatters RTP timestamps for the sketch.
-SKETCH_HASH = 0x9E3779B1
-NO_HASH = 0xFFFFFFFF
-_JITTER_WEIGHT = 15.0 / 16.0
+SKETCH_HASH: Final = 0x9E3779B1
+NO_HASH: Final = 0xFFFFFFFF
+_JITTER_WEIGHT: Final = 15.0 / 16.0
 #: The closed form's weight (15/16)^k / 16 of each step of a chunk, k = JITTER_CHUNK - 1 .. 0: a
 #: run of m steps takes the last m (its last step weighs 1/16).
-_CHUNK_WEIGHTS = np.power(_JITTER_WEIGHT, np.arange(JITTER_CHUNK - 1, -1, -1, dtype=np.float64)) / 16.0
+_CHUNK_WEIGHTS: Final = np.power(_JITTER_WEIGHT, np.arange(JITTER_CHUNK - 1, -1, -1, dtype=np.float64)) / 16.0
 #: (15/16)^m for m = 0 .. JITTER_CHUNK: how far a segment's jitter decays over m steps.
-_DECAY = np.array([_JITTER_WEIGHT**m for m in range(JITTER_CHUNK + 1)], dtype=np.float64)
+_DECAY: Final = np.array([_JITTER_WEIGHT**m for m in range(JITTER_CHUNK + 1)], dtype=np.float64)
 #: Jitter steps folded at once at most (whole units): the fold's temporaries peak at ~200 bytes
 #: a step (|D| at nine rates, twice, and the indexes), so at ~50 MiB however many segments are
 #: still queued when a capture ends.
-JITTER_FOLD_STEPS = 1 << 18
+JITTER_FOLD_STEPS: Final = 1 << 18
 #: ``add.reduceat``'s indices for one run that covers the whole array.
-_FIRST = np.zeros(1, dtype=np.int64)
+_FIRST: Final = np.zeros(1, dtype=np.int64)
 #: Each candidate clock rate in ticks per nanosecond, as a column (``_fold_jitter``).
-_RATES_PER_NS = np.array([rate / 1e9 for rate in CANDIDATE_CLOCK_RATES], dtype=np.float64)[:, None]
-_I64_MAX = np.iinfo(np.int64).max
-_I64_MIN = np.iinfo(np.int64).min
-_EXT_BIAS = 1 << 39
+_RATES_PER_NS: Final = np.array([rate / 1e9 for rate in CANDIDATE_CLOCK_RATES], dtype=np.float64)[:, None]
+_I64_MAX: Final = np.iinfo(np.int64).max
+_I64_MIN: Final = np.iinfo(np.int64).min
+_EXT_BIAS: Final = 1 << 39
 
 
 def _signed(values: np.ndarray, modulus: int) -> np.ndarray:
@@ -878,10 +878,10 @@ def _first_where(condition: np.ndarray, run_of_row: np.ndarray, runs: int) -> np
 
 #: Zoom's FEC payload type (facts §2.3, zoom-analysis zoom.cc ``stream_type::fec``): Zoom packets
 #: with it are a stream of their own beside their SSRC's media (media.py rule 1).
-ZOOM_FEC_PT = 110
+ZOOM_FEC_PT: Final = 110
 #: Streams with fewer packets are forgotten once they end (``RunningStreams._prune``); the
 #: same bound as media.MIN_STREAM_PACKETS, under which media.csv has no row anyway.
-PRUNE_BELOW_PACKETS = 5
+PRUNE_BELOW_PACKETS: Final = 5
 
 
 class RunningReports:

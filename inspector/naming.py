@@ -23,7 +23,7 @@ import collections
 import functools
 import socket
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from inspector.dissect import ErrorCounts, x509names
 from inspector.dissect import dns as dns_dissect
@@ -36,9 +36,9 @@ from inspector.fastinit import frozen_init, positional_constructor
 
 # --- host names -----------------------------------------------------------------------------
 
-MAX_HOSTNAME_LENGTH = 253
-MAX_LABEL_LENGTH = 63
-_LABEL_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-_")
+MAX_HOSTNAME_LENGTH: Final = 253
+MAX_LABEL_LENGTH: Final = 63
+_LABEL_CHARS: Final = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-_")
 
 
 @functools.lru_cache(maxsize=4096)
@@ -213,8 +213,8 @@ class NameMap:
 
 # --- TCP stream reassembly ------------------------------------------------------------------
 
-MAX_STREAM_BYTES = 65536
-MAX_STREAM_SEGMENTS = 256
+MAX_STREAM_BYTES: Final = 65536
+MAX_STREAM_SEGMENTS: Final = 256
 
 
 class _TcpStream:
@@ -318,9 +318,9 @@ class _TcpStream:
 # --- per-flow naming ------------------------------------------------------------------------
 
 # Budget per direction before naming gives up (issue 3): payload packets and payload bytes.
-MAX_PACKETS_PER_DIRECTION = 16
-MAX_BYTES_PER_DIRECTION = 65536
-DNS_PORT = 53
+MAX_PACKETS_PER_DIRECTION: Final = 16
+MAX_BYTES_PER_DIRECTION: Final = 65536
+DNS_PORT: Final = 53
 
 
 @dataclass(frozen=True, slots=True, init=False)
@@ -363,7 +363,7 @@ frozen_init(FlowNaming)
 
 
 #: ``FlowNaming(...)`` at the cost of the fewest calls (``fastinit``): one per flow.
-_new_naming = positional_constructor(FlowNaming)
+_new_naming: Final = positional_constructor(FlowNaming)
 
 
 @functools.cache

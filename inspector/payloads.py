@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 from collections import Counter
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 
@@ -28,22 +28,22 @@ if TYPE_CHECKING:
 
 
 # How a flow is routed, decided from its first payload packet (vectorised over the batch).
-ROUTE_NOTHING = 0  # link-local discovery chatter (mDNS, LLMNR, NetBIOS, SSDP): nothing to learn
-ROUTE_DNS = 1  # DNS: every packet to the namer (answers build the name map)
-ROUTE_NAMER = 2  # TLS, HTTP, QUIC: the namer alone
-ROUTE_MEDIA = 3  # STUN, TURN, RTP/RTCP, Zoom, DTLS: detectors, and the namer for DTLS records only
-ROUTE_BOTH = 4  # nothing recognisable yet: both, within their caps
+ROUTE_NOTHING: Final = 0  # link-local discovery chatter (mDNS, LLMNR, NetBIOS, SSDP): nothing to learn
+ROUTE_DNS: Final = 1  # DNS: every packet to the namer (answers build the name map)
+ROUTE_NAMER: Final = 2  # TLS, HTTP, QUIC: the namer alone
+ROUTE_MEDIA: Final = 3  # STUN, TURN, RTP/RTCP, Zoom, DTLS: detectors, and the namer for DTLS records only
+ROUTE_BOTH: Final = 4  # nothing recognisable yet: both, within their caps
 
-DNS_PORTS = (53,)
-HTTP_METHOD_INITIALS = tuple(b"GPHDOCT")
+DNS_PORTS: Final = (53,)
+HTTP_METHOD_INITIALS: Final = tuple(b"GPHDOCT")
 # mDNS 5353 (RFC 6762), LLMNR 5355 (RFC 4795), NetBIOS 137/138 (RFC 1002), SSDP 1900 (UPnP).
 # Names in them are the local network's, not destinations the machine sends data to.
-QUIET_UDP_PORTS = (137, 138, 1900, 5353, 5355)
+QUIET_UDP_PORTS: Final = (137, 138, 1900, 5353, 5355)
 
 # Caps per flow on payload packets handed to Python. The dissectors stop earlier on their own
 # when they have their answer; these bound the worst case (an unrecognisable flow).
-NAMER_CAP_PACKETS = 8
-MEDIA_CAP_PACKETS = 10
+NAMER_CAP_PACKETS: Final = 8
+MEDIA_CAP_PACKETS: Final = 10
 
 
 @functools.cache
@@ -112,7 +112,7 @@ def _routes(proto: np.ndarray, sport: np.ndarray, dport: np.ndarray, b0: np.ndar
 
 
 # A budget larger than any batch: DNS flows feed every packet to the namer.
-_UNCAPPED = 1 << 40
+_UNCAPPED: Final = 1 << 40
 
 
 def _budgets(flows: list[Flow], slots: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -228,11 +228,13 @@ def first_payload_routes(d, bf, packets: PayloadPackets) -> list[tuple[int, int]
     fresh = np.fromiter((f.state is None for f in flows), dtype=bool, count=len(flows))
     if not fresh.any():
         return []
-    first_slot, first_at = unique_first(packets.slot)
-    keep = fresh[first_slot]
-    first_slot, first_at = first_slot[keep], first_at[keep]
-    if first_slot.shape[0] == 0:
+    # Only the packets of flows not yet routed are ordered (most of a batch's payload packets
+    # belong to flows routed in an earlier batch).
+    candidates = np.flatnonzero(fresh[packets.slot])
+    if candidates.shape[0] == 0:
         return []
+    first_slot, first_of = unique_first(packets.slot[candidates])
+    first_at = candidates[first_of]
     r = packets.row[first_at]
     routes = _routes(d.proto[r], d.src_port[r], d.dst_port[r], packets.first_byte[first_at])
     return list(zip(first_slot.tolist(), routes.tolist()))
@@ -301,7 +303,7 @@ def add_shipped(flows: list[Flow], namer_added: np.ndarray, media_added: np.ndar
 
 
 #: ``FlowFacts(...)`` at the cost of the fewest calls (``fastinit``): one per flow.
-_new_facts = positional_constructor(FlowFacts)
+_new_facts: Final = positional_constructor(FlowFacts)
 
 
 def _stun_realm_name(raw: str) -> str:
@@ -317,8 +319,8 @@ def _stun_realm_name(raw: str) -> str:
 #: with two workers 5 of 12 (measured: the two then finish together instead of one idling 0.3 s).
 #: Weakness: the right share depends on how much of a capture is RTP; this one is measured on
 #: the benchmark's mix of calls and web traffic. Any split gives the same tables.
-FIRST_SHARE = 5
-OTHER_SHARE = 7
+FIRST_SHARE: Final = 5
+OTHER_SHARE: Final = 7
 
 
 def owner_of(flow_id: int, n: int) -> int:

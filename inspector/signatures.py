@@ -37,18 +37,18 @@ import tomllib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from inspector.bundled import bundled
 from inspector.errors import SignatureError
 
-BUILTIN_DIR = bundled("signatures")
+BUILTIN_DIR: Final = bundled("signatures")
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION: Final = 1
 
 # Closed vocabularies; signatures/README.md documents each value. Keep the two in step.
-KINDS = frozenset({"conferencing", "telemetry", "other"})
-CATEGORIES = frozenset(
+KINDS: Final = frozenset({"conferencing", "telemetry", "other"})
+CATEGORIES: Final = frozenset(
     {
         # conferencing
         "video-conferencing",
@@ -71,13 +71,13 @@ CATEGORIES = frozenset(
         "social-network",
     }
 )
-ROLES = frozenset({"signalling", "media", "relay", "telemetry", "web", "api", "content", "push"})
-PARTIES = frozenset({"first", "third"})
-MATCH_MODES = frozenset({"suffix", "exact"})
-TRANSPORTS = frozenset({"tcp", "udp"})
+ROLES: Final = frozenset({"signalling", "media", "relay", "telemetry", "web", "api", "content", "push"})
+PARTIES: Final = frozenset({"first", "third"})
+MATCH_MODES: Final = frozenset({"suffix", "exact"})
+TRANSPORTS: Final = frozenset({"tcp", "udp"})
 
 # Payload detectors implemented in inspector/dissect (names agreed with the dissect engineer).
-DETECTORS = frozenset(
+DETECTORS: Final = frozenset(
     {
         "stun",
         "turn",
@@ -98,9 +98,9 @@ DETECTORS = frozenset(
 # DNS/web/STUN traffic as a service, so the loader refuses it (a range or a name must qualify them).
 # 53 DNS, 80/443 web (RFC 9110), 123 NTP, 853 DoT/DoQ (RFC 7858, 9250), 3478/3479 and 5349
 # STUN/TURN (RFC 8489 §9, RFC 8656), 5060/5061 SIP (RFC 3261), 5004/5005 RTP/RTCP (RFC 3551 default).
-GENERIC_PORTS = frozenset({53, 80, 123, 443, 853, 3478, 3479, 5004, 5005, 5060, 5061, 5349})
+GENERIC_PORTS: Final = frozenset({53, 80, 123, 443, 853, 3478, 3479, 5004, 5005, 5060, 5061, 5349})
 
-TOP_KEYS = frozenset(
+TOP_KEYS: Final = frozenset(
     {
         "schema",
         "id",
@@ -119,16 +119,16 @@ TOP_KEYS = frozenset(
         "payloads",
     }
 )
-ENDPOINT_KEYS = frozenset(
+ENDPOINT_KEYS: Final = frozenset(
     {"role", "domains", "match", "cidrs", "cidrs_file", "ports", "category", "party", "shared_with", "notes"}
 )
-PAYLOAD_KEYS = frozenset({"detector", "role", "shared_with", "notes"})
+PAYLOAD_KEYS: Final = frozenset({"detector", "role", "shared_with", "notes"})
 
-_LABEL = r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?"
-_DOMAIN_RE = re.compile(rf"^{_LABEL}(?:\.{_LABEL})+$")
-_ID_RE = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
-_PORT_RE = re.compile(r"^(tcp|udp)/(\d{1,5})(?:-(\d{1,5}))?$")
-_CIDRS_FILE_RE = re.compile(r"^[A-Za-z0-9_.-]+\.cidrs\.txt$")
+_LABEL: Final = r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?"
+_DOMAIN_RE: Final = re.compile(rf"^{_LABEL}(?:\.{_LABEL})+$")
+_ID_RE: Final = re.compile(r"^[a-z0-9]+(?:-[a-z0-9]+)*$")
+_PORT_RE: Final = re.compile(r"^(tcp|udp)/(\d{1,5})(?:-(\d{1,5}))?$")
+_CIDRS_FILE_RE: Final = re.compile(r"^[A-Za-z0-9_.-]+\.cidrs\.txt$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -402,8 +402,8 @@ def _dotted_quad(ip: object) -> int | None:
     return int.from_bytes(socket.inet_aton(ip), "big")
 
 
-_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9][0-9]|[0-9])"
-_DOTTED_QUAD = re.compile(rf"{_OCTET}\.{_OCTET}\.{_OCTET}\.{_OCTET}")
+_OCTET: Final = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9][0-9]|[0-9])"
+_DOTTED_QUAD: Final = re.compile(rf"{_OCTET}\.{_OCTET}\.{_OCTET}\.{_OCTET}")
 
 
 def _to_match(hits: list[tuple[_Claim, str]], source: str) -> EndpointMatch:

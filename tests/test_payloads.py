@@ -133,3 +133,54 @@ def test_flows_are_shared_among_workers_with_fewer_for_the_rtp_worker():
     # Two workers: 5 of every 12 consecutive ids to worker 0, 7 to worker 1.
     assert (FIRST_SHARE, OTHER_SHARE) == (5, 7)
     assert np.bincount(owners_of(ids, 2)).tolist() == [5 * 50, 7 * 50]
+
+
+class _Decoded:
+    """The decoded-batch columns ``PayloadPackets`` and ``first_payload_routes`` read."""
+
+    def __init__(self, first_bytes: list[int], dst_ports: list[int]) -> None:
+        n = len(first_bytes)
+        self.payload_len = np.full(n, 100, dtype=np.int64)
+        self.proto = np.full(n, 17, dtype=np.uint8)  # UDP
+        self.src_port = np.full(n, 50000, dtype=np.uint16)
+        self.dst_port = np.array(dst_ports, dtype=np.uint16)
+        self._first = np.array(first_bytes, dtype=np.uint8)
+
+    def payload_byte(self, rows: np.ndarray, pos: int) -> np.ndarray:
+        return self._first[rows]
+
+
+class _BatchFlows:
+    def __init__(self, flows: list[Flow], slots: list[int]) -> None:
+        self.flows = flows
+        self.rows = np.arange(len(slots), dtype=np.int64)
+        self.flow_slot = np.array(slots, dtype=np.int64)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_each_flow_not_yet_routed_is_routed_by_its_first_payload_packet(seed) -> None:
+    from inspector.payloads import PayloadPackets, _routes, first_payload_routes
+
+    rng = np.random.default_rng(seed)
+    n_flows, n_packets = 40, 600
+    routed = rng.random(n_flows) < 0.6
+    flows = [_Flow(_state(ROUTE_NAMER) if routed[slot] else None) for slot in range(n_flows)]
+    slots = rng.integers(0, n_flows, n_packets).tolist()
+    # First bytes of STUN, DTLS, RTP and QUIC long headers; port 53 makes a DNS flow.
+    first_bytes = rng.choice([0x00, 0x16, 0x80, 0xC3], n_packets).tolist()
+    dst_ports = rng.choice([443, 3478, 53], n_packets).tolist()
+    d = _Decoded(first_bytes, dst_ports)
+    bf = _BatchFlows(flows, slots)
+
+    expected = []
+    for slot in sorted(set(slots)):
+        if flows[slot].state is None:
+            k = slots.index(slot)  # the flow's first payload packet in capture order
+            route = _routes(d.proto[k : k + 1], d.src_port[k : k + 1], d.dst_port[k : k + 1], d._first[k : k + 1])
+            expected.append((slot, int(route[0])))
+    assert expected and len(expected) < len(set(slots))
+    assert first_payload_routes(d, bf, PayloadPackets(d, bf)) == expected
+    # Once every flow is routed, none is routed again.
+    for f in flows:
+        f.state = f.state or _state(ROUTE_BOTH)
+    assert first_payload_routes(d, bf, PayloadPackets(d, bf)) == []

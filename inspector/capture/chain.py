@@ -26,15 +26,17 @@ the lengths byte by byte too, and is about 1.5 times slower than a ``struct`` lo
 
 from __future__ import annotations
 
+from typing import Final
+
 from mypy_extensions import i64
 
 #: Bytes of the buffer copied at a time to read record headers from.
-WINDOW_BYTES = 1 << 20
-PCAP_RECORD_HEADER = 16
+WINDOW_BYTES: Final = 1 << 20
+PCAP_RECORD_HEADER: Final = 16
 #: A pcapng block's type and total length; an EPB is at least this long.
-PCAPNG_BLOCK_HEAD = 8
-PCAPNG_EPB_MIN = 32
-PCAPNG_EPB = 6
+PCAPNG_BLOCK_HEAD: Final = 8
+PCAPNG_EPB_MIN: Final = 32
+PCAPNG_EPB: Final = 6
 
 
 def _u32(data: bytes, at: i64, big_endian: bool) -> i64:

@@ -25,7 +25,7 @@ import types
 from dataclasses import dataclass
 from collections.abc import Callable, Mapping
 from collections.abc import Set as AbstractSet
-from typing import TypeVar
+from typing import Final, TypeVar
 
 import numpy as np
 
@@ -33,10 +33,10 @@ from inspector.dissect import ErrorCounts, media, rtp, stun, whatsapp, zoom
 from inspector.facts import DetectorHit
 
 #: Payload packets after which a flow's verdict is final (nDPI gives up on most flows sooner).
-MAX_PACKETS = 32
+MAX_PACKETS: Final = 32
 #: Bound on the RTP headers kept per flow for the continuity check.
-MAX_RTP_SAMPLES = 64
-MAX_TCP_FRAMES = 16
+MAX_RTP_SAMPLES: Final = 64
+MAX_TCP_FRAMES: Final = 16
 
 
 class _Tally(dict):
@@ -51,8 +51,8 @@ class _Tally(dict):
 
 #: The shared, read-only empty containers a flow's evidence starts with (``FlowEvidence``); a
 #: write to one fails instead of reaching every flow.
-_NO_ITEMS: frozenset = frozenset()
-_NO_ENTRIES: Mapping = types.MappingProxyType({})
+_NO_ITEMS: Final[frozenset] = frozenset()
+_NO_ENTRIES: Final[Mapping] = types.MappingProxyType({})
 
 _Item = TypeVar("_Item")
 _Key = TypeVar("_Key")
@@ -417,7 +417,7 @@ def detect_whatsapp_chat(ev: FlowEvidence) -> DetectorHit | None:
     return DetectorHit("whatsapp-chat", "whatsapp", f"WA stream header version {ev.whatsapp_chat_version}")
 
 
-DETECTORS: tuple[Detector, ...] = (
+DETECTORS: Final[tuple[Detector, ...]] = (
     Detector("zoom-media", detect_zoom_media, "zoom-media"),
     Detector("zoom-p2p", detect_zoom_p2p, "zoom-media"),
     Detector("ms-turn", detect_ms_turn, "turn"),
@@ -431,13 +431,13 @@ DETECTORS: tuple[Detector, ...] = (
     Detector("rtp", detect_rtp, "rtp"),
     Detector("rtcp", detect_rtcp, "rtcp"),
 )
-DETECTOR_NAMES = tuple(detector.name for detector in DETECTORS)
-_APP_PROTOCOL = {detector.name: detector.app_protocol for detector in DETECTORS}
+DETECTOR_NAMES: Final = tuple(detector.name for detector in DETECTORS)
+_APP_PROTOCOL: Final = {detector.name: detector.app_protocol for detector in DETECTORS}
 #: Hits after which more packets cannot change the verdict: RTP media seen. Signalling-only
 #: verdicts (STUN, TURN, MS-TURN, Zoom setup) and RTCP are not final: with RTP/RTCP multiplexing
 #: (RFC 5761) the RTP and its payload types may come later.
-_FINAL = frozenset({"whatsapp-media", "rtp"})  # MediaFlowState._firm tests these directly
-_ZOOM = frozenset({"zoom-media", "zoom-p2p"})
+_FINAL: Final = frozenset({"whatsapp-media", "rtp"})  # MediaFlowState._firm tests these directly
+_ZOOM: Final = frozenset({"zoom-media", "zoom-p2p"})
 
 
 class MediaFlowState:
@@ -833,9 +833,9 @@ class MediaFlowState:
         return tuple(out)
 
 
-_HTTP_STARTS = (b"GET ", b"POST ", b"PUT ", b"HEAD ", b"OPTIONS ", b"CONNECT ", b"DELETE ", b"HTTP/1.")
+_HTTP_STARTS: Final = (b"GET ", b"POST ", b"PUT ", b"HEAD ", b"OPTIONS ", b"CONNECT ", b"DELETE ", b"HTTP/1.")
 #: QUIC versions whose long header makes a flow QUIC from its first packet (RFC 9000 §15, RFC 9369).
-_QUIC_VERSIONS = frozenset({0x00000001, 0x6B3343CF})
+_QUIC_VERSIONS: Final = frozenset({0x00000001, 0x6B3343CF})
 
 
 def _opaque_first_payload(transport: str, payload: bytes) -> bool:
@@ -860,7 +860,7 @@ def _opaque_first_payload(transport: str, payload: bytes) -> bool:
 # --------------------------------------------------------------------------------------------
 # Vectorised pre-filter for the columnar hot path.
 
-_ZOOM_P2P_FIRST = (0x01, 0x0D, 0x0F, 0x10, 0x1E, 0x1F, 0x21, 0x22, 0x23)
+_ZOOM_P2P_FIRST: Final = (0x01, 0x0D, 0x0F, 0x10, 0x1E, 0x1F, 0x21, 0x22, 0x23)
 
 
 def media_candidate_mask(first_bytes: np.ndarray, payload_len: np.ndarray) -> np.ndarray:

@@ -16,22 +16,23 @@ import ipaddress
 import socket
 import struct
 from dataclasses import dataclass
+from typing import Final
 
 from inspector.fastinit import frozen_init, positional_constructor
 
-TYPE_A = 1
-TYPE_NS = 2
-TYPE_CNAME = 5
-TYPE_PTR = 12
-TYPE_AAAA = 28
-TYPE_SVCB = 64
-TYPE_HTTPS = 65
+TYPE_A: Final = 1
+TYPE_NS: Final = 2
+TYPE_CNAME: Final = 5
+TYPE_PTR: Final = 12
+TYPE_AAAA: Final = 28
+TYPE_SVCB: Final = 64
+TYPE_HTTPS: Final = 65
 
-SVC_PARAM_IPV4HINT = 4
-SVC_PARAM_IPV6HINT = 6
+SVC_PARAM_IPV4HINT: Final = 4
+SVC_PARAM_IPV6HINT: Final = 6
 
-MAX_NAME_WIRE_LENGTH = 255
-HEADER_LENGTH = 12
+MAX_NAME_WIRE_LENGTH: Final = 255
+HEADER_LENGTH: Final = 12
 
 
 class DnsError(ValueError):
@@ -255,15 +256,15 @@ def parse_dns(message: bytes) -> DnsMessage:
     return _new_message(message_id, bool(flags & 0x8000), flags & 0x000F, tuple(questions), tuple(answers))
 
 
-_HEADER = struct.Struct("!HHHH").unpack_from  # ID, flags, QDCOUNT, ANCOUNT (RFC 1035 §4.1.1)
-_RECORD_HEADER = struct.Struct("!HHIH").unpack_from  # TYPE, CLASS, TTL, RDLENGTH (§4.1.3)
+_HEADER: Final = struct.Struct("!HHHH").unpack_from  # ID, flags, QDCOUNT, ANCOUNT (RFC 1035 §4.1.1)
+_RECORD_HEADER: Final = struct.Struct("!HHIH").unpack_from  # TYPE, CLASS, TTL, RDLENGTH (§4.1.3)
 
 
 # A DNS response builds a message, its questions and every record, for every answer in the
 # capture: built at the cost of the fewest calls (``fastinit``).
-_new_question = positional_constructor(DnsQuestion)
-_new_record = positional_constructor(DnsRecord)
-_new_message = positional_constructor(DnsMessage)
+_new_question: Final = positional_constructor(DnsQuestion)
+_new_record: Final = positional_constructor(DnsRecord)
+_new_message: Final = positional_constructor(DnsMessage)
 
 
 def split_tcp_messages(stream: bytes) -> tuple[list[bytes], int]:

@@ -14,18 +14,19 @@ skipped.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Final
 
 from inspector.dissect import tls
 
-RECORD_HEADER_LENGTH = 13
-HANDSHAKE_HEADER_LENGTH = 12
+RECORD_HEADER_LENGTH: Final = 13
+HANDSHAKE_HEADER_LENGTH: Final = 12
 # 0x0100 is the pre-RFC 4347 DTLS that Cisco AnyConnect still speaks (OpenSSL DTLS1_BAD_VER,
 # OpenSSL test "Cisco DTLS1_BAD_VER session resume, as used by AnyConnect VPN protocol").
-DTLS_BAD_VERSION = 0x0100
-DTLS_VERSIONS = (0xFEFF, 0xFEFD, 0xFEFC, DTLS_BAD_VERSION)
+DTLS_BAD_VERSION: Final = 0x0100
+DTLS_VERSIONS: Final = (0xFEFF, 0xFEFD, 0xFEFC, DTLS_BAD_VERSION)
 # Bound on one reassembled handshake message and on messages in flight per direction.
-MAX_MESSAGE_BYTES = 65536
-MAX_PENDING_MESSAGES = 8
+MAX_MESSAGE_BYTES: Final = 65536
+MAX_PENDING_MESSAGES: Final = 8
 
 
 class DtlsError(ValueError):

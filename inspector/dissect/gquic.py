@@ -33,13 +33,14 @@ packets yields only the tags whose values arrived in the first packet.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Final
 
-VERSION_Q039 = 0x51303339
-VERSION_Q046 = 0x51303436
+VERSION_Q039: Final = 0x51303339
+VERSION_Q046: Final = 0x51303436
 
 # Real CHLOs carry 20-30 tags (the shared captures); anything past 256 is not a CHLO.
-MAX_CHLO_ENTRIES = 256
-MESSAGE_HASH_LENGTH = 12
+MAX_CHLO_ENTRIES: Final = 256
+MESSAGE_HASH_LENGTH: Final = 12
 
 
 class GQuicError(ValueError):

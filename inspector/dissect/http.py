@@ -10,13 +10,14 @@ missing.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Final
 
-METHODS = (
+METHODS: Final = (
     b"GET", b"POST", b"HEAD", b"PUT", b"DELETE", b"OPTIONS", b"CONNECT", b"TRACE", b"PATCH",
 )
 # A request head larger than this is not a normal client request (RFC 9112 leaves the limit to
 # the implementation; common servers use 8 KiB).
-MAX_HEAD_BYTES = 8192
+MAX_HEAD_BYTES: Final = 8192
 
 
 class HttpError(ValueError):

@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from typing import Final
 
 from inspector.fastinit import frozen_init
 
 # --- TURN ChannelData (RFC 5766 §11.4, RFC 8656 §12.4) -------------------------------------
 
-CHANNEL_MIN = 0x4000
+CHANNEL_MIN: Final = 0x4000
 #: RFC 5766 allowed channels up to 0x7FFF; RFC 7983's first-byte table (64-79) means only
 #: 0x4000-0x4FFF can share a port with STUN/DTLS/RTP, which is what clients use in practice.
-CHANNEL_MAX = 0x4FFF
+CHANNEL_MAX: Final = 0x4FFF
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,15 +58,15 @@ def parse_channel_data(payload: bytes, *, stream: bool = False) -> ChannelData |
 
 # --- DTLS records (RFC 6347 §4.1, RFC 9147 §4) ---------------------------------------------
 
-DTLS_CONTENT_TYPES = frozenset({20, 21, 22, 23, 25, 26, 27})
+DTLS_CONTENT_TYPES: Final = frozenset({20, 21, 22, 23, 25, 26, 27})
 #: 0xFEFF DTLS 1.0, 0xFEFD DTLS 1.2 (also the legacy record version of DTLS 1.3), 0xFEFC DTLS 1.3,
 #: and 0x0100, OpenSSL's pre-RFC "DTLS1_BAD_VER" seen in dtls_old_version.pcapng.
-DTLS_VERSIONS = frozenset({0xFEFF, 0xFEFD, 0xFEFC, 0x0100})
-DTLS_HEADER_LEN = 13
-CONTENT_HANDSHAKE = 22
+DTLS_VERSIONS: Final = frozenset({0xFEFF, 0xFEFD, 0xFEFC, 0x0100})
+DTLS_HEADER_LEN: Final = 13
+CONTENT_HANDSHAKE: Final = 22
 #: Handshake message types (RFC 6347 §4.3.2, RFC 8446 §4): hello_request 0 ... finished 20.
-HANDSHAKE_TYPES = frozenset({0, 1, 2, 3, 4, 8, 11, 12, 13, 14, 15, 16, 20, 24})
-MAX_RECORDS = 32
+HANDSHAKE_TYPES: Final = frozenset({0, 1, 2, 3, 4, 8, 11, 12, 13, 14, 15, 16, 20, 24})
+MAX_RECORDS: Final = 32
 
 
 @dataclass(frozen=True, slots=True, init=False)
@@ -165,9 +166,9 @@ def parse_dtls_records(payload: bytes) -> tuple[DtlsRecord, ...]:
 
 # --- Discord voice IP discovery (facts §1.11; nDPI discord.c; Discord voice-connections doc) --
 
-DISCORD_DISCOVERY_LEN = 74
-DISCORD_DISCOVERY_BODY = 70
-DISCORD_KEEPALIVE = b"\x13\x37\xca\xfe"
+DISCORD_DISCOVERY_LEN: Final = 74
+DISCORD_DISCOVERY_BODY: Final = 70
+DISCORD_KEEPALIVE: Final = b"\x13\x37\xca\xfe"
 
 
 @dataclass(frozen=True, slots=True, init=False)

@@ -36,6 +36,7 @@ import functools
 import re
 from dataclasses import dataclass
 from hashlib import sha256 as _sha256
+from typing import Final
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
@@ -88,38 +89,38 @@ class QuicError(ValueError):
 
 # --- versions and their Initial salts -------------------------------------------------------
 
-VERSION_1 = 0x00000001
-VERSION_2 = 0x6B3343CF
-VERSION_Q050 = 0x51303530
-VERSION_T050 = 0x54303530
-VERSION_T051 = 0x54303531
+VERSION_1: Final = 0x00000001
+VERSION_2: Final = 0x6B3343CF
+VERSION_Q050: Final = 0x51303530
+VERSION_T050: Final = 0x54303530
+VERSION_T051: Final = 0x54303531
 
 # RFC 9001 §5.2.
-SALT_V1 = bytes.fromhex("38762cf7f55934b34d179ae6a4c80cadccbb7f0a")
+SALT_V1: Final = bytes.fromhex("38762cf7f55934b34d179ae6a4c80cadccbb7f0a")
 # RFC 9369 §3.3.1.
-SALT_V2 = bytes.fromhex("0dede3def700a6db819381be6e269dcbf9bd2ed9")
+SALT_V2: Final = bytes.fromhex("0dede3def700a6db819381be6e269dcbf9bd2ed9")
 # draft-ietf-quic-tls-22 §5.2; draft-23..28; draft-29..32 (protocol-facts.md §3.6, nDPI quic.c).
-SALT_DRAFT_22 = bytes.fromhex("7fbcdb0e7c66bbe9193a96cd21519ebd7a02644a")
-SALT_DRAFT_23 = bytes.fromhex("c3eef712c72ebb5a11a7d2432bb46365bef9f502")
-SALT_DRAFT_29 = bytes.fromhex("afbfec289993d24c9e9786f19c6111e04390a899")
+SALT_DRAFT_22: Final = bytes.fromhex("7fbcdb0e7c66bbe9193a96cd21519ebd7a02644a")
+SALT_DRAFT_23: Final = bytes.fromhex("c3eef712c72ebb5a11a7d2432bb46365bef9f502")
+SALT_DRAFT_29: Final = bytes.fromhex("afbfec289993d24c9e9786f19c6111e04390a899")
 # Google QUIC versions with IETF-style Initial protection (nDPI quic.c).
-SALT_Q050 = bytes.fromhex("504574efd066fe2f9d945cfcdbd3a7f0d3b56b45")
-SALT_T050 = bytes.fromhex("7ff579e5acd072915580304c43a2367c60488310")
-SALT_T051 = bytes.fromhex("7a4edef4e7ccee5fa4506c19124fc8ccda6e033d")
+SALT_Q050: Final = bytes.fromhex("504574efd066fe2f9d945cfcdbd3a7f0d3b56b45")
+SALT_T050: Final = bytes.fromhex("7ff579e5acd072915580304c43a2367c60488310")
+SALT_T051: Final = bytes.fromhex("7a4edef4e7ccee5fa4506c19124fc8ccda6e033d")
 
-_LABELS_V1 = ("quic key", "quic iv", "quic hp")
-_LABELS_V2 = ("quicv2 key", "quicv2 iv", "quicv2 hp")
+_LABELS_V1: Final = ("quic key", "quic iv", "quic hp")
+_LABELS_V2: Final = ("quicv2 key", "quicv2 iv", "quicv2 hp")
 
 # Long-header packet types (RFC 9000 §17.2 Table 5; RFC 9369 §3.2 remaps them for v2).
-PACKET_INITIAL = "initial"
-PACKET_0RTT = "0rtt"
-PACKET_HANDSHAKE = "handshake"
-PACKET_RETRY = "retry"
-_TYPES_V1 = (PACKET_INITIAL, PACKET_0RTT, PACKET_HANDSHAKE, PACKET_RETRY)
-_TYPES_V2 = (PACKET_RETRY, PACKET_INITIAL, PACKET_0RTT, PACKET_HANDSHAKE)
+PACKET_INITIAL: Final = "initial"
+PACKET_0RTT: Final = "0rtt"
+PACKET_HANDSHAKE: Final = "handshake"
+PACKET_RETRY: Final = "retry"
+_TYPES_V1: Final = (PACKET_INITIAL, PACKET_0RTT, PACKET_HANDSHAKE, PACKET_RETRY)
+_TYPES_V2: Final = (PACKET_RETRY, PACKET_INITIAL, PACKET_0RTT, PACKET_HANDSHAKE)
 
 # RFC 9000 §17.2: connection IDs of version-1 style long headers are at most 20 bytes.
-MAX_CID_LENGTH = 20
+MAX_CID_LENGTH: Final = 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,7 +199,7 @@ def _build_profile(version: int) -> VersionProfile | None:
     return None
 
 
-_PROFILES: dict[int, VersionProfile] = {
+_PROFILES: Final[dict[int, VersionProfile]] = {
     version: profile
     for version in (
         VERSION_1,
@@ -213,7 +214,7 @@ _PROFILES: dict[int, VersionProfile] = {
     )
     if (profile := _build_profile(version)) is not None
 }
-_GREASED = _build_profile(0x0A0A0A0A)
+_GREASED: Final = _build_profile(0x0A0A0A0A)
 
 
 # --- primitive readers ----------------------------------------------------------------------
@@ -259,9 +260,9 @@ def _hkdf_label(label: str, length: int, context: bytes) -> bytes:
 
 # HMAC's inner and outer pads (RFC 2104 §2) as byte translation tables: XOR-ing a 64-byte key
 # block with 0x36 / 0x5C is then one C call.
-_IPAD = bytes(value ^ 0x36 for value in range(256))
-_OPAD = bytes(value ^ 0x5C for value in range(256))
-_SHA256_BLOCK = 64
+_IPAD: Final = bytes(value ^ 0x36 for value in range(256))
+_OPAD: Final = bytes(value ^ 0x5C for value in range(256))
+_SHA256_BLOCK: Final = 64
 
 
 def _hmac_sha256(key: bytes, message: bytes) -> bytes:
@@ -499,7 +500,7 @@ def parse_long_header(datagram: bytes, start: int, profile: VersionProfile) -> L
 
 
 #: ``LongHeader(...)`` at the cost of the fewest calls (``fastinit``).
-_new_long_header = positional_constructor(LongHeader)
+_new_long_header: Final = positional_constructor(LongHeader)
 
 
 def decrypt_client_initial(packet: bytes, pn_offset: int, keys: InitialKeys) -> tuple[int, bytes]:
@@ -516,7 +517,7 @@ def decrypt_client_initial(packet: bytes, pn_offset: int, keys: InitialKeys) -> 
     return _decrypt_initial(packet, pn_offset, _InitialCipher(keys))
 
 
-_ECB = modes.ECB()  # a mode object holds no key or state: one serves every cipher
+_ECB: Final = modes.ECB()  # a mode object holds no key or state: one serves every cipher
 
 
 class _InitialCipher:
@@ -606,7 +607,7 @@ def _read_crypto(data: bytes, pos: int) -> tuple[int, bytes, int]:
 
 
 # A run of PADDING (0x00) and PING (0x01) frames, each one byte long (RFC 9000 §19.1, §19.2).
-_PADDING_OR_PING_RUN = re.compile(rb"[\x00\x01]+")
+_PADDING_OR_PING_RUN: Final = re.compile(rb"[\x00\x01]+")
 
 
 def parse_initial_frames(plaintext: bytes) -> list[tuple[int, bytes]]:
@@ -676,7 +677,7 @@ def parse_gquic_crypto_frames(plaintext: bytes) -> list[tuple[int, bytes]]:
 
 # --- CRYPTO stream reassembly ---------------------------------------------------------------
 
-MAX_CRYPTO_BYTES = 64 * 1024
+MAX_CRYPTO_BYTES: Final = 64 * 1024
 
 
 class CryptoReassembler:

@@ -13,28 +13,29 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from typing import Final
 
 from inspector.fastinit import frozen_init
 
-RTP_VERSION = 2
-RTP_MIN_HEADER = 12
+RTP_VERSION: Final = 2
+RTP_MIN_HEADER: Final = 12
 
-RTCP_SR = 200
-RTCP_RR = 201
-RTCP_SDES = 202
-RTCP_BYE = 203
-RTCP_APP = 204
-RTCP_RTPFB = 205
-RTCP_PSFB = 206
-RTCP_XR = 207
-RTCP_TYPES = range(RTCP_SR, RTCP_XR + 1)
+RTCP_SR: Final = 200
+RTCP_RR: Final = 201
+RTCP_SDES: Final = 202
+RTCP_BYE: Final = 203
+RTCP_APP: Final = 204
+RTCP_RTPFB: Final = 205
+RTCP_PSFB: Final = 206
+RTCP_XR: Final = 207
+RTCP_TYPES: Final = range(RTCP_SR, RTCP_XR + 1)
 #: RFC 5761 §4: with RTP/RTCP multiplexing, byte 1 values 192-223 belong to RTCP, so RTP payload
 #: types 64-95 are not used; a packet whose byte 1 falls there is not taken as RTP.
-RTCP_CONFLICT_BYTE1 = range(192, 224)
+RTCP_CONFLICT_BYTE1: Final = range(192, 224)
 
 #: SRTCP (RFC 3711 §3.4) appends E-flag/index (4 bytes) and an authentication tag (commonly 10
 #: bytes for HMAC-SHA1-80, 4 for _32, 16 for GCM) after the compound packet.
-MAX_SRTCP_TRAILER = 4 + 16
+MAX_SRTCP_TRAILER: Final = 4 + 16
 
 
 @dataclass(frozen=True, slots=True, init=False)
@@ -282,7 +283,7 @@ def rtcp_coverage(payload: bytes, packets: list[RtcpPacket]) -> int:
 
 
 #: Shortest SRTCP trailer: the 4-byte E-flag/index and a 4-byte HMAC-SHA1-32 tag (RFC 3711 §4.2).
-SRTCP_MIN_TRAILER = 4 + 4
+SRTCP_MIN_TRAILER: Final = 4 + 4
 
 
 def rtcp_layout(payload: bytes) -> tuple[str, list[RtcpPacket]]:

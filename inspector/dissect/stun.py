@@ -16,17 +16,18 @@ import socket
 import struct
 import zlib
 from dataclasses import dataclass
+from typing import Final
 
 from inspector.fastinit import frozen_init, positional_constructor
 
-MAGIC_COOKIE = 0x2112A442
-MAGIC_COOKIE_BYTES = MAGIC_COOKIE.to_bytes(4, "big")
-FINGERPRINT_XOR = 0x5354554E  # RFC 5389 §15.5: CRC-32 of the message XOR "STUN"
-HEADER_LEN = 20
+MAGIC_COOKIE: Final = 0x2112A442
+MAGIC_COOKIE_BYTES: Final = MAGIC_COOKIE.to_bytes(4, "big")
+FINGERPRINT_XOR: Final = 0x5354554E  # RFC 5389 §15.5: CRC-32 of the message XOR "STUN"
+HEADER_LEN: Final = 20
 
 # Methods (RFC 5389 §18.1, RFC 5766 §13, RFC 6062 §6.1).
-METHOD_BINDING = 0x001
-METHOD_NAMES = {
+METHOD_BINDING: Final = 0x001
+METHOD_NAMES: Final = {
     0x001: "binding",
     0x002: "shared-secret",  # RFC 3489 only
     0x003: "allocate",
@@ -40,39 +41,39 @@ METHOD_NAMES = {
     0x00C: "connection-attempt",
 }
 #: Methods that only a TURN relay exchange uses (nDPI marks the flow TURN on any of them).
-TURN_METHODS = frozenset({0x003, 0x004, 0x006, 0x007, 0x008, 0x009, 0x00A, 0x00B, 0x00C})
-CLASS_NAMES = ("request", "indication", "success", "error")
+TURN_METHODS: Final = frozenset({0x003, 0x004, 0x006, 0x007, 0x008, 0x009, 0x00A, 0x00B, 0x00C})
+CLASS_NAMES: Final = ("request", "indication", "success", "error")
 
 # Attributes kept as facts (RFC 5389 §18.2, RFC 5766 §14).
-ATTR_MAPPED_ADDRESS = 0x0001
-ATTR_USERNAME = 0x0006
-ATTR_MESSAGE_INTEGRITY = 0x0008
-ATTR_CHANNEL_NUMBER = 0x000C
-ATTR_DATA = 0x0013
-ATTR_REALM = 0x0014
-ATTR_XOR_MAPPED_ADDRESS = 0x0020
-ATTR_SOFTWARE = 0x8022
-ATTR_FINGERPRINT = 0x8028
-ATTR_XOR_MAPPED_ADDRESS_OLD = 0x8020  # pre-RFC 5389 drafts; still sent by some stacks
+ATTR_MAPPED_ADDRESS: Final = 0x0001
+ATTR_USERNAME: Final = 0x0006
+ATTR_MESSAGE_INTEGRITY: Final = 0x0008
+ATTR_CHANNEL_NUMBER: Final = 0x000C
+ATTR_DATA: Final = 0x0013
+ATTR_REALM: Final = 0x0014
+ATTR_XOR_MAPPED_ADDRESS: Final = 0x0020
+ATTR_SOFTWARE: Final = 0x8022
+ATTR_FINGERPRINT: Final = 0x8028
+ATTR_XOR_MAPPED_ADDRESS_OLD: Final = 0x8020  # pre-RFC 5389 drafts; still sent by some stacks
 
 # Vendor attributes (facts file §1.1, §1.2, §1.3, §1.4, §1.13; nDPI stun.c; rtc_code wasp.lua).
-ZOOM_ATTRIBUTES = frozenset({0x0101, 0x0103})
-MS_ATTRIBUTES = frozenset({0x8054, 0x24DF, 0x3802, 0x8036, 0x8095, 0x0800, 0x8006, 0x8070, 0x8055})
-GOOGLE_ATTRIBUTES = frozenset({0xFF03})
-WEBEX_ATTRIBUTES = frozenset({0xC000, 0xC003})
-WHATSAPP_ATTRIBUTES = frozenset(range(0x4000, 0x4008))
+ZOOM_ATTRIBUTES: Final = frozenset({0x0101, 0x0103})
+MS_ATTRIBUTES: Final = frozenset({0x8054, 0x24DF, 0x3802, 0x8036, 0x8095, 0x0800, 0x8006, 0x8070, 0x8055})
+GOOGLE_ATTRIBUTES: Final = frozenset({0xFF03})
+WEBEX_ATTRIBUTES: Final = frozenset({0xC000, 0xC003})
+WHATSAPP_ATTRIBUTES: Final = frozenset(range(0x4000, 0x4008))
 #: Non-standard message types WhatsApp uses for call control (facts §1.13).
-WHATSAPP_MESSAGE_TYPES = frozenset(range(0x0800, 0x0806))
+WHATSAPP_MESSAGE_TYPES: Final = frozenset(range(0x0800, 0x0806))
 
 #: Classic (RFC 3489) message types nDPI accepts without a magic cookie (facts §3.2).
-CLASSIC_TYPES = frozenset(
+CLASSIC_TYPES: Final = frozenset(
     {
         0x0001, 0x0101, 0x0111, 0x0002, 0x0102, 0x0112, 0x0003, 0x0103, 0x0113,
         0x0004, 0x0104, 0x0114, 0x0115, 0x0006, 0x0106, 0x0116,
     }
 )  # fmt: skip
 
-MAX_ATTRIBUTES = 64  # a real message carries < 20; bounds the walk on hostile input
+MAX_ATTRIBUTES: Final = 64  # a real message carries < 20; bounds the walk on hostile input
 
 
 @dataclass(frozen=True, slots=True, init=False)
@@ -253,7 +254,7 @@ def parse_stun(data: bytes, *, allow_trailing: bool = False) -> StunMessage | No
 
 #: ``StunMessage(...)`` at the cost of the fewest calls: a datagram flow's first packets are mostly
 #: STUN, so this runs for most media packets (``fastinit``).
-_new_message = positional_constructor(StunMessage)
+_new_message: Final = positional_constructor(StunMessage)
 
 
 def _walk_attributes(
@@ -287,7 +288,7 @@ def _walk_attributes(
 
 
 # (method, class) of every message type whose two top bits are zero, as parse_stun accepts them.
-_METHOD_AND_CLASS = tuple((method_of(t), message_class_of(t)) for t in range(0x4000))
+_METHOD_AND_CLASS: Final = tuple((method_of(t), message_class_of(t)) for t in range(0x4000))
 
 
 def parse_stun_stream(data: bytes, max_messages: int = 16) -> list[StunMessage]:
@@ -321,8 +322,8 @@ def parse_stun_stream(data: bytes, max_messages: int = 16) -> list[StunMessage]:
 
 # Microsoft multiplexed TURN (facts §1.2, nDPI stun.c citing [MS-TURN] §2.2.3): 0xFF10, a
 # 2-byte length of what follows the first 4 bytes, then 8 more header bytes (session id).
-MS_TURN_MAGIC = 0xFF10
-MS_TURN_HEADER_LEN = 12
+MS_TURN_MAGIC: Final = 0xFF10
+MS_TURN_HEADER_LEN: Final = 12
 
 
 def strip_ms_turn(data: bytes) -> bytes | None:
@@ -388,7 +389,7 @@ def stun_service(
 
 
 # Every attribute ``stun_service`` looks at: the vendor sets and the two text attributes.
-_MARKED_ATTRIBUTES = (
+_MARKED_ATTRIBUTES: Final = (
     ZOOM_ATTRIBUTES
     | MS_ATTRIBUTES
     | WHATSAPP_ATTRIBUTES
@@ -397,7 +398,7 @@ _MARKED_ATTRIBUTES = (
     | {ATTR_REALM, ATTR_SOFTWARE}
 )
 
-_TEXT_SERVICES = (
+_TEXT_SERVICES: Final = (
     ("google.com", "google-meet"),
     ("signal.org", "signal"),
     ("whispersystems.org", "signal"),

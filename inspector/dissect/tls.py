@@ -14,26 +14,27 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from typing import Final
 
 from inspector.fastinit import frozen_init, positional_constructor
 
-HANDSHAKE_CLIENT_HELLO = 1
-HANDSHAKE_SERVER_HELLO = 2
-HANDSHAKE_CERTIFICATE = 11
+HANDSHAKE_CLIENT_HELLO: Final = 1
+HANDSHAKE_SERVER_HELLO: Final = 2
+HANDSHAKE_CERTIFICATE: Final = 11
 
-EXT_SERVER_NAME = 0
-EXT_USE_SRTP = 14
-EXT_ALPN = 16
-EXT_SUPPORTED_VERSIONS = 43
-EXT_ECH = 0xFE0D
-EXT_LEGACY_ESNI = 0xFFCE
+EXT_SERVER_NAME: Final = 0
+EXT_USE_SRTP: Final = 14
+EXT_ALPN: Final = 16
+EXT_SUPPORTED_VERSIONS: Final = 43
+EXT_ECH: Final = 0xFE0D
+EXT_LEGACY_ESNI: Final = 0xFFCE
 
 # TLS 1.3 ServerHello with this random is a HelloRetryRequest (RFC 8446 §4.1.3).
-HELLO_RETRY_REQUEST_RANDOM = bytes.fromhex(
+HELLO_RETRY_REQUEST_RANDOM: Final = bytes.fromhex(
     "cf21ad74e59a6111be1d8c021e65b891c2a211167abb8c5e079e09e2c8a8339c"
 )
 
-_VERSION_NAMES = {
+_VERSION_NAMES: Final = {
     0x0300: "ssl3",
     0x0301: "1.0",
     0x0302: "1.1",
@@ -240,7 +241,7 @@ def _parse_uint16_list(raw: bytes, reason: str) -> tuple[int, ...]:
 
 
 # Compiled layouts of short uint16 lists (supported_versions holds at most 127 values).
-_UINT16_LISTS = tuple(struct.Struct(f">{count}H") for count in range(128))
+_UINT16_LISTS: Final = tuple(struct.Struct(f">{count}H") for count in range(128))
 
 
 def _extension_spans(
@@ -383,11 +384,11 @@ def _first_of_each(spans: list[tuple[int, int, int]]) -> list[tuple[int, int, in
 
 #: ``ClientHello(...)`` at the cost of the fewest calls (``fastinit``): every TLS and QUIC flow
 #: parses one hello.
-_new_client_hello = positional_constructor(ClientHello)
+_new_client_hello: Final = positional_constructor(ClientHello)
 
 
 # The ClientHello extensions ``_client_extension`` decodes; the others are only listed.
-_CLIENT_EXTENSIONS_READ = frozenset((EXT_SERVER_NAME, EXT_ALPN, EXT_SUPPORTED_VERSIONS, EXT_USE_SRTP))
+_CLIENT_EXTENSIONS_READ: Final = frozenset((EXT_SERVER_NAME, EXT_ALPN, EXT_SUPPORTED_VERSIONS, EXT_USE_SRTP))
 
 
 def _client_extension(ext_type: int, ext_data: bytes) -> str | tuple[str, ...] | tuple[int, ...] | None:
@@ -514,15 +515,15 @@ def parse_certificate_list(handshake: bytes, dtls: bool = False) -> tuple[bytes,
 
 
 # TLS record content types (RFC 8446 §5.1, RFC 5246 §6.2.1).
-CONTENT_CHANGE_CIPHER_SPEC = 20
-CONTENT_ALERT = 21
-CONTENT_HANDSHAKE = 22
-CONTENT_APPLICATION_DATA = 23
-CONTENT_HEARTBEAT = 24
+CONTENT_CHANGE_CIPHER_SPEC: Final = 20
+CONTENT_ALERT: Final = 21
+CONTENT_HANDSHAKE: Final = 22
+CONTENT_APPLICATION_DATA: Final = 23
+CONTENT_HEARTBEAT: Final = 24
 
 # RFC 8446 §5.1: a record's fragment is at most 2^14 bytes; protected records add up to 256.
 # Older stacks add up to 2048 (RFC 5246 §6.2.3), the bound used here.
-MAX_RECORD_LENGTH = 2**14 + 2048
+MAX_RECORD_LENGTH: Final = 2**14 + 2048
 
 
 def looks_like_tls_record(data: bytes) -> bool:

@@ -13,8 +13,10 @@ pair would match. The major version is limited to 1-9 to keep that chance small.
 
 from __future__ import annotations
 
-EDGE_ROUTING = b"ED\x00\x01"
-MAX_ROUTING_BYTES = 64
+from typing import Final
+
+EDGE_ROUTING: Final = b"ED\x00\x01"
+MAX_ROUTING_BYTES: Final = 64
 
 
 def chat_stream_version(payload: bytes) -> str | None:

@@ -23,23 +23,24 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass
+from typing import Final
 
 from inspector.dissect.rtp import RtpHeader, is_rtcp, parse_rtp
 
-SFU_MEDIA = 0x05
-SFU_OUTER_LEN = 8
-SFU_LEGACY_OUTER_LEN = 1
-DIRECTION_TO_SERVER = 0x00
-DIRECTION_FROM_SERVER = 0x04
+SFU_MEDIA: Final = 0x05
+SFU_OUTER_LEN: Final = 8
+SFU_LEGACY_OUTER_LEN: Final = 1
+DIRECTION_TO_SERVER: Final = 0x00
+DIRECTION_FROM_SERVER: Final = 0x04
 
-INNER_AUDIO = 0x0F
-INNER_VIDEO = 0x10
-INNER_SCREEN_SERVER = 0x0D
-INNER_SCREEN_P2P = 0x1E
-INNER_RTCP = (0x21, 0x22, 0x23)
-INNER_UNKNOWN_RTP = 0x01
+INNER_AUDIO: Final = 0x0F
+INNER_VIDEO: Final = 0x10
+INNER_SCREEN_SERVER: Final = 0x0D
+INNER_SCREEN_P2P: Final = 0x1E
+INNER_RTCP: Final = (0x21, 0x22, 0x23)
+INNER_UNKNOWN_RTP: Final = 0x01
 
-MEDIA_KIND_BY_INNER = {
+MEDIA_KIND_BY_INNER: Final = {
     INNER_AUDIO: "audio",
     INNER_VIDEO: "video",
     INNER_SCREEN_SERVER: "screen",
