@@ -103,3 +103,23 @@ def test_one_outside_line_per_capture_in_text_order():
         "Outside calls (B.pcap): data went to: example.org 2 KB (unidentified)",
         "Outside calls (a.pcap): data went to: example.org 2 KB (unidentified)",
     ]
+
+
+@pytest.mark.parametrize("tz", ["UTC", None])
+def test_call_windows_read_as_strftime_reads_them(tz):
+    import pandas as pd
+
+    from inspector.report import _window_texts
+
+    starts = pd.Series(pd.to_datetime(
+        ["2025-11-25 14:02:10.999999999", "2025-12-31 23:59:59.5", "2024-02-28 00:00:00.0"]
+    )).dt.tz_localize(tz)
+    ends = pd.Series(pd.to_datetime(
+        ["2025-11-25 14:45:03.000000001", "2026-01-01 00:00:00.25", "2024-03-01 12:00:00.0"]
+    )).dt.tz_localize(tz)
+    texts = _window_texts(starts, ends)
+    assert texts[0] == "2025-11-25 14:02:10-14:45:03 UTC"
+    assert texts[1] == "2025-12-31 23:59:59-2026-01-01 00:00:00 UTC"  # the end's date when it differs
+    for start, end, text in zip(starts, ends, texts):  # the per-call strftime it replaces
+        end_format = "%H:%M:%S" if start.date() == end.date() else "%Y-%m-%d %H:%M:%S"
+        assert text == f"{start:%Y-%m-%d %H:%M:%S}-{end.strftime(end_format)} UTC"
