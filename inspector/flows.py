@@ -456,12 +456,18 @@ class FlowTable:
                 d.dst_hi[r].tolist(), d.dst_lo[r].tolist(), d.dst_port[r].tolist(),
                 d.tcp_flags[r].tolist(), d.ts_ns[r].tolist(), src_is_a[first].tolist(),
             )
-            for s, values in zip(new_segments, columns):
+            for s, first_packet in zip(new_segments, columns):
+                (version_, proto_, vlan_, tunnel_, src_hi_, src_lo_, sport_, dst_hi_, dst_lo_, dport_, flags_, ts_,
+                 src_is_a_) = first_packet  # fmt: skip
                 key = group_keys[seg_group_l[s]]
                 old = self._active.pop(key, None)
                 if old is not None:
                     self._finished.append(old)
-                flow = self._new_flow(*values)
+                # Arguments spelled out: compiled, a call with ``*values`` goes through Python's
+                # generic call instead of straight to the method.
+                flow = self._new_flow(
+                    version_, proto_, vlan_, tunnel_, src_hi_, src_lo_, sport_, dst_hi_, dst_lo_, dport_, flags_, ts_, src_is_a_
+                )
                 self._active[key] = flow
                 seg_flow[s] = flow
         # The active entry of a key must be its last segment's flow: a later segment of the same

@@ -418,7 +418,8 @@ class PayloadStage:
             if namer_wants:
                 namer = st.namer
                 if namer is None:
-                    namer = st.namer = FlowNamer(*st.ports)
+                    transport, client_port, server_port = st.ports  # a direct call, not *st.ports
+                    namer = st.namer = FlowNamer(transport, client_port, server_port)
                 namer.feed(from_client[k], payload, ts[k], tcp_seqs[k])
                 st.namer_packets += 1
                 if namer.dns_messages:
