@@ -457,17 +457,11 @@ class FlowTable:
                 d.tcp_flags[r].tolist(), d.ts_ns[r].tolist(), src_is_a[first].tolist(),
             )
             for s, first_packet in zip(new_segments, columns):
-                (version_, proto_, vlan_, tunnel_, src_hi_, src_lo_, sport_, dst_hi_, dst_lo_, dport_, flags_, ts_,
-                 src_is_a_) = first_packet  # fmt: skip
                 key = group_keys[seg_group_l[s]]
                 old = self._active.pop(key, None)
                 if old is not None:
                     self._finished.append(old)
-                # Arguments spelled out: compiled, a call with ``*values`` goes through Python's
-                # generic call instead of straight to the method.
-                flow = self._new_flow(
-                    version_, proto_, vlan_, tunnel_, src_hi_, src_lo_, sport_, dst_hi_, dst_lo_, dport_, flags_, ts_, src_is_a_
-                )
+                flow = self._new_flow(first_packet)
                 self._active[key] = flow
                 seg_flow[s] = flow
         # The active entry of a key must be its last segment's flow: a later segment of the same
@@ -556,7 +550,12 @@ class FlowTable:
                 else:
                     fin_b = True
 
-    def _new_flow(self, ip_version, proto, vlan_id, tunnel, src_hi, src_lo, sport, dst_hi, dst_lo, dport, flags, ts_ns, src_is_a) -> Flow:
+    def _new_flow(self, first_packet: tuple) -> Flow:
+        """A flow from its first packet's (ip_version, proto, vlan_id, tunnel, src_hi, src_lo,
+        sport, dst_hi, dst_lo, dport, flags, ts_ns, src_is_a). One tuple, not ``*first_packet``:
+        compiled, a call with star-arguments goes through CPython's generic call."""
+        (ip_version, proto, vlan_id, tunnel, src_hi, src_lo, sport, dst_hi, dst_lo, dport, flags, ts_ns,
+         src_is_a) = first_packet  # fmt: skip
         f = Flow()
         f.flow_id = self._next_id
         self._next_id += 1
