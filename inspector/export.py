@@ -39,7 +39,7 @@ def neutralise(cell: str) -> str:
     return cell
 
 
-def _iso_utc(col: pd.Series) -> pd.Series:
+def iso_utc(col: pd.Series) -> pd.Series:
     """``TIME_FORMAT`` text of a datetime column (UTC, microseconds, "Z"), "" for missing.
 
     numpy formats the whole column in C; ``Series.dt.strftime`` calls Python per value. A naive
@@ -78,7 +78,7 @@ def _text_frame(frame: pd.DataFrame) -> pd.DataFrame:
         col = out[name]
         kind = _column_kind(col)
         if kind == "time":
-            out[name] = _iso_utc(col)
+            out[name] = iso_utc(col)
         elif kind == "text":
             text = col.fillna("").astype(str)
             risky = text.str[:1].isin(FORMULA_TRIGGERS)
@@ -191,7 +191,7 @@ def _column_cells(col: pd.Series) -> list[str]:
     import pandas as pd
     kind = _column_kind(col)
     if kind == "time":
-        return _csv_cells(_iso_utc(col))
+        return _csv_cells(iso_utc(col))
     if kind == "text":
         try:
             codes, distinct = pd.factorize(col, use_na_sentinel=True)

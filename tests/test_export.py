@@ -76,15 +76,15 @@ def test_hostile_names_round_trip_without_formulas(tmp_path):
 def test_timestamps_are_written_as_utc_microseconds_with_z():
     import pandas as pd
 
-    from inspector.export import TIME_FORMAT, _iso_utc
+    from inspector.export import TIME_FORMAT, iso_utc
 
     aware = pd.Series(pd.to_datetime([0, 1_700_000_000_123_456_789, None], unit="ns", utc=True))
-    assert list(_iso_utc(aware)) == ["1970-01-01T00:00:00.000000Z", "2023-11-14T22:13:20.123456Z", ""]
-    assert list(_iso_utc(aware)) == list(aware.dt.strftime(TIME_FORMAT).fillna(""))
+    assert list(iso_utc(aware)) == ["1970-01-01T00:00:00.000000Z", "2023-11-14T22:13:20.123456Z", ""]
+    assert list(iso_utc(aware)) == list(aware.dt.strftime(TIME_FORMAT).fillna(""))
     paris = aware.dt.tz_convert("Europe/Paris")  # another zone: written in UTC all the same
-    assert list(_iso_utc(paris)) == list(_iso_utc(aware))
+    assert list(iso_utc(paris)) == list(iso_utc(aware))
     naive = pd.Series(pd.to_datetime([1_700_000_000_999_999_999, None], unit="ns"))
-    assert list(_iso_utc(naive)) == ["2023-11-14T22:13:20.999999Z", ""]
+    assert list(iso_utc(naive)) == ["2023-11-14T22:13:20.999999Z", ""]
 
 
 # --- the chunked CSV/JSON writer: the bytes never depend on the chunk size ---------------------
