@@ -382,13 +382,22 @@ def _classify_each(facts: Sequence[FlowFacts], sigs: SignatureSet) -> list[Verdi
     return [cache(f) for f in facts]
 
 
+#: What a flow with a final verdict lends the cross-flow rules (``cross_flow_source``), as a plain
+#: tuple (it is pickled between processes and spilled to disk): (client IP, client port, server
+#: IP, first seen ns, last seen ns, service, STUN/TURN to the service's server (rule 1), STUN
+#: USERNAME it lends rule 2 or "").
+CrossFlowSource = tuple[str, int, str, int, int, str, bool, str]
+
+
 def cross_flow_relevant(f: FlowFacts) -> bool:
-    """Whether ``classify_all``'s cross-flow rules may read or change this flow's verdict.
+    """Whether ``classify_all``'s cross-flow rules may read or change this flow's verdict, from
+    its facts alone (before its verdict is known: the cheap test every ended flow takes).
 
     They read UDP flows with a STUN/TURN hit (``_stun_events``) and flows with a STUN USERNAME
     (``_ice_username_links``), and change only UDP flows with a P2P media hit
     (``_unattributed_media``). Any other flow's verdict is ``classify`` of its own facts, final
-    when the flow ends; the relevant ones (a few per call) are classified together at the end.
+    when the flow ends. Of the relevant ones (a few per call), the verdict decides which the
+    rules may change (``cross_flow_target``) and which lend them something (``cross_flow_source``).
     """
     if f.transport == "udp" and any(
         h.detector in STUN_DETECTORS or h.detector in P2P_MEDIA_DETECTORS for h in f.detectors
@@ -400,45 +409,101 @@ def cross_flow_relevant(f: FlowFacts) -> bool:
 def classify_all(facts: Sequence[FlowFacts], sigs: SignatureSet) -> list[Verdict]:
     """Verdicts for every flow, in order, with P2P media attributed through STUN (module docstring).
 
-    Two cross-flow rules, applied in order to media flows that have no service of their own:
+    Two cross-flow rules, applied in order to media flows that have no service of their own
+    (``cross_flow_target``), from what the flows with a service lend them (``cross_flow_source``):
 
-    1. Same local socket (``_stun_events``): STUN/TURN to service X's server from the flow's
-       local (IP, port) before the flow began, up to ``P2P_WINDOW_NS`` before; for a flow that
-       carries only STUN/TURN itself, also up to ``ICE_GATHERING_NS`` after it began.
+    1. Same local socket: STUN/TURN to service X's server from the flow's local (IP, port) before
+       the flow began, up to ``P2P_WINDOW_NS`` before; for a flow that carries only STUN/TURN
+       itself, also up to ``ICE_GATHERING_NS`` after it began.
     2. Same ICE session (``_ice_username_links``): the flow's STUN USERNAME equals that of a flow
        of the same host already attributed to X.
+
+    No other flow's verdict changes, and a flow's own verdict decides whether it is a target, a
+    source or neither: ``labels.FlowLabeller`` labels every flow but the targets as it ends.
     """
     verdicts = _classify_each(facts, sigs)
-    events = _stun_events(facts, verdicts, sigs)
-    if not events:
-        return verdicts
+    targets: list[tuple[int, FlowFacts, Verdict]] = []
+    sources: list[tuple[int, CrossFlowSource]] = []
     for i, (f, v) in enumerate(zip(facts, verdicts)):
-        if f.transport != "udp" or not _unattributed_media(f, v, sigs):
-            continue
-        # Only STUN/TURN exchanges can belong to the same candidate gathering; media needs a
-        # nominated pair, which comes after gathering (RFC 8445 §8.1.1).
-        lead_ns = ICE_GATHERING_NS if _gathering_only(f) else 0
-        best: _StunEvent | None = None
-        for key in ((f.client_ip, f.client_port), (f.server_ip, f.server_port)):
-            for ev in events.get(key, ()):
-                if ev.index == i:
-                    continue
-                if ev.first_seen_ns - lead_ns <= f.first_seen_ns <= ev.last_seen_ns + P2P_WINDOW_NS:
-                    if best is None or ev.first_seen_ns > best.first_seen_ns:
-                        best = ev
-        if best is None:
-            continue
-        sig = sigs.get(best.service)
-        assert sig is not None
-        detail = best.server_ip + (" (ice-gathering)" if best.first_seen_ns > f.first_seen_ns else "")
-        verdicts[i] = _attribute(v, sig, f"p2p-stun:{detail}")
-    _ice_username_links(facts, verdicts, sigs)
+        if cross_flow_target(f, v, sigs):
+            targets.append((i, f, v))
+        else:
+            source = cross_flow_source(f, v, sigs)
+            if source is not None:
+                sources.append((i, source))
+    for (i, _, _), v in zip(targets, attribute_across_flows(targets, sources, sigs)):
+        verdicts[i] = v
     return verdicts
 
 
-def _stun_events(
-    facts: Sequence[FlowFacts], verdicts: list[Verdict], sigs: SignatureSet
-) -> dict[tuple[str, int], list[_StunEvent]]:
+def cross_flow_target(f: FlowFacts, v: Verdict, sigs: SignatureSet) -> bool:
+    """Whether the cross-flow rules may change this flow's verdict ``v`` (its own): UDP media
+    with no service of its own (``_unattributed_media``)."""
+    return f.transport == "udp" and _unattributed_media(f, v, sigs)
+
+
+def _lends_service(v: Verdict, sigs: SignatureSet) -> bool:
+    # A port-only guess is too weak to attribute other flows, and a generic verdict names no one.
+    return bool(v.service) and v.kind == "conferencing" and v.confidence != "low" and not sigs.is_generic(v.service)
+
+
+def cross_flow_source(f: FlowFacts, v: Verdict, sigs: SignatureSet) -> CrossFlowSource | None:
+    """What flow ``f``, whose verdict ``v`` the rules never change (not a ``cross_flow_target``),
+    lends them: its STUN/TURN exchange with a named conferencing service's server (rule 1,
+    only UDP), its STUN USERNAME (rule 2); None when neither."""
+    if not f.detectors and not f.attributes:
+        return None
+    if not _lends_service(v, sigs):
+        return None
+    stun_event = f.transport == "udp" and any(h.detector in STUN_DETECTORS for h in f.detectors)
+    username = _stun_username(f)
+    if not stun_event and not username:
+        return None
+    return (f.client_ip, f.client_port, f.server_ip, f.first_seen_ns, f.last_seen_ns, v.service, stun_event, username)
+
+
+def attribute_across_flows(
+    targets: Sequence[tuple[int, FlowFacts, Verdict]],
+    sources: Sequence[tuple[int, CrossFlowSource]],
+    sigs: SignatureSet,
+) -> list[Verdict]:
+    """The verdict of each target (order, facts, own verdict) after the two cross-flow rules, from
+    the sources (order, ``cross_flow_source``); ``order`` places targets and sources in one
+    sequence (flow ids, or positions in ``classify_all``), each list in that order."""
+    events = _stun_events(sources)
+    if not events:  # without an exchange for rule 1 neither rule runs: a USERNAME lent only over TCP links nothing
+        return [v for _, _, v in targets]
+    verdicts = []
+    for order, f, v in targets:
+        best = _socket_rule(order, f, events)
+        if best is not None:
+            sig = sigs.get(best.service)
+            assert sig is not None
+            detail = best.server_ip + (" (ice-gathering)" if best.first_seen_ns > f.first_seen_ns else "")
+            v = _attribute(v, sig, f"p2p-stun:{detail}")
+        verdicts.append(v)
+    _ice_username_links(targets, verdicts, sources, sigs)
+    return verdicts
+
+
+def _socket_rule(order: int, f: FlowFacts, events: dict[tuple[str, int], list[_StunEvent]]) -> _StunEvent | None:
+    """Rule 1 for one target: the latest STUN/TURN exchange from one of its sockets whose window
+    holds the flow's start."""
+    # Only STUN/TURN exchanges can belong to the same candidate gathering; media needs a
+    # nominated pair, which comes after gathering (RFC 8445 §8.1.1).
+    lead_ns = ICE_GATHERING_NS if _gathering_only(f) else 0
+    best: _StunEvent | None = None
+    for key in ((f.client_ip, f.client_port), (f.server_ip, f.server_port)):
+        for ev in events.get(key, ()):
+            if ev.index == order:
+                continue
+            if ev.first_seen_ns - lead_ns <= f.first_seen_ns <= ev.last_seen_ns + P2P_WINDOW_NS:
+                if best is None or ev.first_seen_ns > best.first_seen_ns:
+                    best = ev
+    return best
+
+
+def _stun_events(sources: Sequence[tuple[int, CrossFlowSource]]) -> dict[tuple[str, int], list[_StunEvent]]:
     """Local (IP, port) -> STUN/TURN exchanges with a named conferencing service's server.
 
     The window also reaches ``ICE_GATHERING_NS`` *before* the exchange: an ICE agent gathers its
@@ -450,15 +515,12 @@ def _stun_events(
     attributed too; ephemeral ports are rarely reused that fast (RFC 6056 §3.2 randomises them).
     """
     events: dict[tuple[str, int], list[_StunEvent]] = {}
-    for i, (f, v) in enumerate(zip(facts, verdicts)):
-        if f.transport != "udp" or not v.service or v.kind != "conferencing" or v.confidence == "low":
-            continue  # a port-only guess about the STUN server is too weak to attribute other flows
-        sig = sigs.get(v.service)
-        if sig is None or sig.generic or not any(h.detector in STUN_DETECTORS for h in f.detectors):
-            continue
-        events.setdefault((f.client_ip, f.client_port), []).append(
-            _StunEvent(f.first_seen_ns, f.last_seen_ns, v.service, f.server_ip, i)
-        )
+    for order, source in sources:
+        client_ip, client_port, server_ip, first_seen_ns, last_seen_ns, service, stun_event, _ = source
+        if stun_event:
+            events.setdefault((client_ip, client_port), []).append(
+                _StunEvent(first_seen_ns, last_seen_ns, service, server_ip, order)
+            )
     return events
 
 
@@ -471,7 +533,12 @@ def _stun_username(f: FlowFacts) -> str:
     return next((value for key, value in f.attributes if key == "stun_username"), "")
 
 
-def _ice_username_links(facts: Sequence[FlowFacts], verdicts: list[Verdict], sigs: SignatureSet) -> None:
+def _ice_username_links(
+    targets: Sequence[tuple[int, FlowFacts, Verdict]],
+    verdicts: list[Verdict],
+    sources: Sequence[tuple[int, CrossFlowSource]],
+    sigs: SignatureSet,
+) -> None:
     """Media flows sharing an attributed flow's STUN USERNAME on the same host inherit its service.
 
     ICE connectivity checks carry USERNAME ``remote-ufrag:local-ufrag`` (RFC 8445 §7.2.2), with
@@ -481,22 +548,30 @@ def _ice_username_links(facts: Sequence[FlowFacts], verdicts: list[Verdict], sig
     telegram_videocall.pcapng one peer is checked from two local ports; only one of them also
     talked to Telegram's relays. Weakness: a USERNAME is chosen by the endpoints, so a client
     could reuse one on purpose; the link is only as strong as the flow it comes from (medium).
+
+    The attributed flows are the sources and the targets rule 1 attributed (``verdicts``, one
+    per target), taken in their one order: the first flow of a (host, USERNAME) names the service.
     """
-    linked: dict[tuple[str, str], tuple[int, int, str, str]] = {}
-    for f, v in zip(facts, verdicts):
+    lenders: list[tuple[int, CrossFlowSource]] = [(order, s) for order, s in sources if s[7]]
+    for (order, f, _), v in zip(targets, verdicts):
         username = _stun_username(f)
-        if not username or not v.service or v.kind != "conferencing" or v.confidence == "low":
-            continue
-        if sigs.is_generic(v.service):
-            continue
-        key = (f.client_ip, username)
-        seen = (f.first_seen_ns, f.last_seen_ns, v.service, f.server_ip)
-        first, last, service, server = linked.get(key, seen)
-        linked[key] = (min(first, f.first_seen_ns), max(last, f.last_seen_ns), service, server)
-    if not linked:
+        if username and _lends_service(v, sigs):
+            lent: CrossFlowSource = (
+                f.client_ip, f.client_port, f.server_ip, f.first_seen_ns, f.last_seen_ns, v.service, False, username
+            )
+            lenders.append((order, lent))
+    if not lenders:
         return
-    for i, (f, v) in enumerate(zip(facts, verdicts)):
-        if f.transport != "udp" or not _unattributed_media(f, v, sigs):
+    lenders.sort(key=_order_of)
+    linked: dict[tuple[str, str], tuple[int, int, str, str]] = {}
+    for _, (client_ip, _, server_ip, first_seen_ns, last_seen_ns, service, _, username) in lenders:
+        key = (client_ip, username)
+        seen = (first_seen_ns, last_seen_ns, service, server_ip)
+        first, last, service, server = linked.get(key, seen)
+        linked[key] = (min(first, first_seen_ns), max(last, last_seen_ns), service, server)
+    for k, (_, f, _) in enumerate(targets):
+        v = verdicts[k]
+        if not _unattributed_media(f, v, sigs):
             continue
         username = _stun_username(f)
         hit = linked.get((f.client_ip, username)) if username else None
@@ -507,7 +582,11 @@ def _ice_username_links(facts: Sequence[FlowFacts], verdicts: list[Verdict], sig
             continue
         sig = sigs.get(service)
         assert sig is not None
-        verdicts[i] = _attribute(v, sig, f"p2p-stun:{server} (ice-username {_clean(username)[:64]})")
+        verdicts[k] = _attribute(v, sig, f"p2p-stun:{server} (ice-username {_clean(username)[:64]})")
+
+
+def _order_of(item: tuple[int, CrossFlowSource]) -> int:
+    return item[0]
 
 
 def _unattributed_media(f: FlowFacts, v: Verdict, sigs: SignatureSet) -> bool:
@@ -518,4 +597,15 @@ def _unattributed_media(f: FlowFacts, v: Verdict, sigs: SignatureSet) -> bool:
     return not v.service or sigs.is_generic(v.service) or v.confidence == "low"
 
 
-__all__ = ["EMPTY", "Verdict", "VerdictCache", "classify", "classify_all", "cross_flow_relevant"]
+__all__ = [
+    "EMPTY",
+    "CrossFlowSource",
+    "Verdict",
+    "VerdictCache",
+    "attribute_across_flows",
+    "classify",
+    "classify_all",
+    "cross_flow_relevant",
+    "cross_flow_source",
+    "cross_flow_target",
+]

@@ -1,12 +1,14 @@
 """Naming and classification labels of finished flows, decided as each flow ends.
 
 A flow's facts are final when it ends (``pipeline.process_batches``), and its verdict depends on
-its own facts only, except for the few flows ``classify.cross_flow_relevant`` picks out (STUN
-and P2P media: ``classify_all``'s cross-flow rules). So the labeller classifies every other flow
-at once and keeps a small integer for it: a code into a ``LabelBook`` of distinct label tuples
-(a run has thousands of flows to the same few servers, names and evidence strings). The relevant
-flows keep their facts until ``resolve`` classifies them together, in flow-id order, exactly as
-``classify_all`` over every flow would.
+its own facts only, except for P2P media with no service of its own (``classify.cross_flow_target``),
+which ``classify_all``'s cross-flow rules may attribute through other flows' STUN. So the labeller
+classifies every flow at once and keeps a small integer for it: a code into a ``LabelBook`` of
+distinct label tuples (a run has thousands of flows to the same few servers, names and evidence
+strings). Only the targets wait, their facts kept, and the flows that lend the rules something
+(``classify.cross_flow_source``: STUN to a named service's server, a STUN USERNAME) keep a
+small tuple beside their final label; ``resolve`` applies the rules to the targets in flow-id
+order, exactly as ``classify_all`` over every flow would.
 """
 
 from __future__ import annotations
@@ -16,7 +18,14 @@ from typing import Final
 
 import numpy as np
 
-from inspector.classify import VerdictCache, classify_all, cross_flow_relevant
+from inspector.classify import (
+    CrossFlowSource,
+    VerdictCache,
+    attribute_across_flows,
+    cross_flow_relevant,
+    cross_flow_source,
+    cross_flow_target,
+)
 from inspector.facts import DetectorHit, FlowFacts, facts_from_row, facts_to_row
 from inspector.spill import SpilledItems
 from inspector.summarize import LABEL_NAMES
@@ -27,6 +36,10 @@ LABEL_COLUMNS: Final = tuple(name for name in LABEL_NAMES if name != "session_id
 EMPTY: Final = 0
 #: A flow whose label is not known yet (cross-flow rules, or a parallel worker's verdict).
 PENDING: Final = -1
+#: What a deferred item (flow id, kind, value) holds: a target's facts as ``facts_to_row``'s row,
+#: or a source's ``CrossFlowSource``.
+TARGET: Final = 0
+SOURCE: Final = 1
 
 
 class LabelBook:
@@ -66,68 +79,81 @@ def label_row(f: FlowFacts, v) -> tuple[str, ...]:
 
 
 class FlowLabeller:
-    """Labels each flow as it ends (``label``); the cross-flow ones at the end (``resolve``)."""
+    """Labels each flow as it ends (``label``); the cross-flow targets at the end (``resolve``)."""
 
     def __init__(self, signatures, book: LabelBook | None = None, deferred_in_memory: int | None = None) -> None:
         self.signatures = signatures
         self.book = book if book is not None else LabelBook()
         self._verdict = VerdictCache(signatures)
-        # (flow id, facts as a plain row): beyond a few thousand, they wait on disk (spill.py),
-        # so a live capture running for hours does not hold every P2P flow's facts in memory.
-        # ``deferred_in_memory``: how many (``spill.DEFAULT_LIMIT_ITEMS`` if None); they are
-        # written in blocks of one more.
+        # (flow id, TARGET or SOURCE, facts row or source tuple): beyond a few thousand, they wait
+        # on disk (spill.py), so a live capture running for hours does not hold every P2P flow's
+        # facts in memory. ``deferred_in_memory``: how many (``spill.DEFAULT_LIMIT_ITEMS`` if
+        # None); they are written in blocks of one more.
         self._deferred = SpilledItems(deferred_in_memory)
 
     def label(self, flow_id: int, facts: FlowFacts) -> int:
         """The flow's label code, or ``PENDING`` when the cross-flow rules may still change it."""
+        v = self._verdict(facts)
         if cross_flow_relevant(facts):
-            self.defer(flow_id, facts)
-            return PENDING
-        return self.book.code(label_row(facts, self._verdict(facts)))
-
-    def defer(self, flow_id: int, facts: FlowFacts) -> None:
-        """Keep a flow's facts for ``resolve``."""
-        self._deferred.append((flow_id, facts_to_row(facts)))
+            if cross_flow_target(facts, v, self.signatures):
+                self._deferred.append((flow_id, TARGET, facts_to_row(facts)))
+                return PENDING
+            source = cross_flow_source(facts, v, self.signatures)
+            if source is not None:
+                self._deferred.append((flow_id, SOURCE, source))
+        return self.book.code(label_row(facts, v))
 
     def defer_pickled_rows(self, count: int, blob: bytes) -> None:
-        """Keep ``count`` flows' facts given as a block of ``take_deferred_pickled`` (a parallel
+        """Keep ``count`` deferred items given as a block of ``take_deferred_pickled`` (a parallel
         worker's): written to disk as they are, never unpickled here before ``resolve``."""
         self._deferred.append_pickled(count, blob)
 
     @property
     def deferred_count(self) -> int:
+        """Targets and sources kept for ``resolve``."""
         return len(self._deferred)
 
     def take_deferred_pickled(self):
-        """The deferred flows' (flow id, ``facts.facts_to_row`` row), in the order deferred, as
-        (count, pickled list of count rows) blocks of at most ``deferred_in_memory + 1`` rows,
+        """The deferred items (flow id, TARGET or SOURCE, value), in the order deferred, as
+        (count, pickled list of count items) blocks of at most ``deferred_in_memory + 1`` items,
         read from disk one at a time as they are consumed; they are no longer kept."""
         return self._deferred.take_pickled_blocks()
 
     def resolve(self) -> tuple[np.ndarray, np.ndarray]:
-        """(flow ids, label codes) of the deferred flows, with ``classify_all``'s cross-flow rules
-        applied among them in flow-id order; the deferred facts are released."""
-        flow_ids, facts = _deferred_facts_by_flow_id(self._deferred.take_blocks())
-        verdicts = classify_all(facts, self.signatures)
+        """(flow ids, label codes) of the targets, with ``classify_all``'s cross-flow rules
+        applied to them in flow-id order; the deferred items are released."""
+        flow_ids, facts, sources = _deferred_by_flow_id(self._deferred.take_blocks())
+        targets = [(flow_id, f, self._verdict(f)) for flow_id, f in zip(flow_ids.tolist(), facts)]
+        verdicts = attribute_across_flows(targets, sources, self.signatures)
         codes = np.fromiter(
             (self.book.code(label_row(f, v)) for f, v in zip(facts, verdicts)), dtype=np.int32, count=len(facts)
         )
         return flow_ids, codes
 
 
-def _deferred_facts_by_flow_id(blocks) -> tuple[np.ndarray, list[FlowFacts]]:
-    """Flow ids (sorted) and their facts, built from blocks of (flow id, row) one block at a time
-    (each block's rows are dropped once read), with equal values shared (``_SharedFacts``)."""
+def _deferred_by_flow_id(blocks) -> tuple[np.ndarray, list[FlowFacts], list[tuple[int, CrossFlowSource]]]:
+    """The targets' flow ids (sorted) and facts, and the sources as (flow id, source) sorted by
+    flow id, from blocks of deferred items read one block at a time (each block's items are
+    dropped once read); the targets' equal values shared (``_SharedFacts``)."""
     shared = _SharedFacts()
     flow_ids = array("q")
     facts: list[FlowFacts] = []
+    sources: list[tuple[int, CrossFlowSource]] = []
     for block in blocks:
-        for flow_id, row in block:
-            flow_ids.append(flow_id)
-            facts.append(shared.facts(row))
+        for flow_id, kind, value in block:
+            if kind == TARGET:
+                flow_ids.append(flow_id)
+                facts.append(shared.facts(value))
+            else:
+                sources.append((flow_id, value))
     ids = np.frombuffer(flow_ids, dtype=np.int64) if flow_ids else np.zeros(0, dtype=np.int64)
     order = np.argsort(ids, kind="stable")  # flow ids are unique: the order sorted() would give
-    return ids[order], [facts[i] for i in order.tolist()]
+    sources.sort(key=_flow_id_of)
+    return ids[order], [facts[i] for i in order.tolist()], sources
+
+
+def _flow_id_of(item: tuple[int, CrossFlowSource]) -> int:
+    return item[0]
 
 
 class _SharedFacts:
