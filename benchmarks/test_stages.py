@@ -269,3 +269,29 @@ def test_media_detectors(benchmark, dissector_inputs):
             state.hits()
             state.attributes()
     benchmark(run)
+
+
+@pytest.fixture(scope="session")
+def ended_facts(capture):
+    """(flow id, facts) of the small capture's flows in the order they ended (a short idle timeout
+    ends them throughout the capture, as in a long one)."""
+    from inspector.payloads import PayloadStage
+
+    result = process_capture(capture, AnalyzeOptions(idle_timeout_s=5.0), None, PayloadStage())
+    return sorted(result.facts.items(), key=lambda item: item[1].last_seen_ns)
+
+
+def test_labeller(benchmark, ended_facts):
+    """Every flow labelled as it ends, then the cross-flow targets resolved (``labels.py``)."""
+    from inspector.api import _signature_set
+    from inspector.labels import FlowLabeller
+
+    signatures = _signature_set(AnalyzeOptions())
+
+    def run():
+        labeller = FlowLabeller(signatures)
+        for flow_id, facts in ended_facts:
+            labeller.label(flow_id, facts)
+        return labeller.resolve()
+
+    benchmark(run)
