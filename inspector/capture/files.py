@@ -710,6 +710,10 @@ class CaptureReader:
         #: Hash an uncompressed file once its packets are read rather than beside the reading
         #: (``HASH_NICENESS``): for a run whose other processes keep every core busy meanwhile.
         self.hash_after_reading = False
+        #: Packets in the first batch, when fewer than ``batch_size`` (None: ``batch_size``). A
+        #: parallel run's dissect workers idle until the reader ships its first batch, so a small
+        #: one sets them going sooner (``parallel.FIRST_BATCH_PACKETS``).
+        self.first_batch_size: int | None = None
 
     def mapped_bytes(self) -> np.ndarray | None:
         """The whole uncompressed file as a read-only uint8 array over a shared mapping, made on
@@ -738,6 +742,10 @@ class CaptureReader:
         set (the page cache keeps them; reading them again faults them back in)."""
         if self._mapping is not None:
             drop_pages(self._mapping, start, end)
+
+    def _first_size(self) -> int:
+        first = self.first_batch_size
+        return self.batch_size if first is None else max(1, min(first, self.batch_size))
 
     def _new_walker(self, head: bytes):
         if self.stats.format == "pcapng":
@@ -816,9 +824,11 @@ class CaptureReader:
         pos = walker.header_len
         dropped_to = 0
         digest_taken = False
+        size = self._first_size()
         try:
             while True:
-                walk = walker.walk(mv, arr, pos, self.batch_size, 0)
+                walk = walker.walk(mv, arr, pos, size, 0)
+                size = self.batch_size
                 pos = walk.next_pos
                 done = walk.status != _FULL
                 if done:
@@ -922,6 +932,7 @@ class CaptureReader:
         pending = b""  # decompressed bytes not yet walked
         base = 0  # offset of pending[0] in the decompressed stream
         final = None  # the last walk, once the inner capture is read or found corrupt
+        size = self._first_size()
         raw = self._open_raw()
         # The compressed bytes are only counted when the process begun at the start hashes them.
         early = self._claim_early(os.fstat(raw.fileno()))
@@ -941,7 +952,8 @@ class CaptureReader:
                 mv = memoryview(pending)
                 arr = np.frombuffer(pending, dtype=np.uint8)
                 while True:
-                    walk = walker.walk(mv, arr, pos, self.batch_size, base)
+                    walk = walker.walk(mv, arr, pos, size, base)
+                    size = self.batch_size
                     pos = walk.next_pos
                     if walk.status == _CORRUPT or eof and walk.status != _FULL:
                         if walk.status in (_SHORT, _CORRUPT):

@@ -487,6 +487,22 @@ def test_batch_sizes_give_identical_packets(tmp_path):
         assert [p for _, p in results[0]] == frames
 
 
+@pytest.mark.parametrize("compress", [False, True])
+def test_a_smaller_first_batch_gives_the_same_packets(tmp_path, compress):
+    """``first_batch_size``: the first batch holds that many packets, the rest ``batch_size``."""
+    frames = [craft.ether(craft.udp4("10.0.0.1", "10.0.0.2", i, 53, bytes(i % 50))) for i in range(100)]
+    data = craft.pcap_bytes(frames, 1)
+    path = put(tmp_path, "f.pcap.gz" if compress else "f.pcap", gzip.compress(data) if compress else data)
+    reader = open_capture(path, 40)
+    reader.first_batch_size = 8
+    batches = list(reader.batches())
+    assert [len(b) for b in batches] == [8, 40, 40, 12]
+    assert [b.first_index for b in batches] == [0, 8, 48, 88]
+    assert [b.packet(i) for b in batches for i in range(len(b))] == frames
+    reader.first_batch_size = 1000  # never more than batch_size
+    assert [len(b) for b in reader.batches()] == [40, 40, 20]
+
+
 def test_progress_reports_bytes_up_to_the_file_size(tmp_path):
     path = put(tmp_path, "p.pcap", craft.pcap_bytes([b"x" * 100] * 50, 101))
     seen = []
