@@ -305,22 +305,13 @@ class _StunEvent:
     last_seen_ns: int
     service: str
     server_ip: str
-    index: int
 
-    def __init__(
-        self,
-        first_seen_ns: int,
-        last_seen_ns: int,
-        service: str,
-        server_ip: str,
-        index: int,
-    ) -> None:
+    def __init__(self, first_seen_ns: int, last_seen_ns: int, service: str, server_ip: str) -> None:
         # Built per packet or per flow: assigned field by field so that compiled this is native code.
         self.first_seen_ns = first_seen_ns  # type: ignore[misc]
         self.last_seen_ns = last_seen_ns  # type: ignore[misc]
         self.service = service  # type: ignore[misc]
         self.server_ip = server_ip  # type: ignore[misc]
-        self.index = index  # type: ignore[misc]
 
 
 frozen_init(_StunEvent)
@@ -474,8 +465,8 @@ def attribute_across_flows(
     if not events:  # without an exchange for rule 1 neither rule runs: a USERNAME lent only over TCP links nothing
         return [v for _, _, v in targets]
     verdicts = []
-    for order, f, v in targets:
-        best = _socket_rule(order, f, events)
+    for _, f, v in targets:
+        best = _socket_rule(f, events)
         if best is not None:
             sig = sigs.get(best.service)
             assert sig is not None
@@ -486,17 +477,16 @@ def attribute_across_flows(
     return verdicts
 
 
-def _socket_rule(order: int, f: FlowFacts, events: dict[tuple[str, int], list[_StunEvent]]) -> _StunEvent | None:
+def _socket_rule(f: FlowFacts, events: dict[tuple[str, int], list[_StunEvent]]) -> _StunEvent | None:
     """Rule 1 for one target: the latest STUN/TURN exchange from one of its sockets whose window
-    holds the flow's start."""
+    holds the flow's start (the first of equally late ones). A target is never an exchange of
+    its own: an exchange's flow has a service the rules do not change."""
     # Only STUN/TURN exchanges can belong to the same candidate gathering; media needs a
     # nominated pair, which comes after gathering (RFC 8445 §8.1.1).
     lead_ns = ICE_GATHERING_NS if _gathering_only(f) else 0
     best: _StunEvent | None = None
     for key in ((f.client_ip, f.client_port), (f.server_ip, f.server_port)):
         for ev in events.get(key, ()):
-            if ev.index == order:
-                continue
             if ev.first_seen_ns - lead_ns <= f.first_seen_ns <= ev.last_seen_ns + P2P_WINDOW_NS:
                 if best is None or ev.first_seen_ns > best.first_seen_ns:
                     best = ev
@@ -515,11 +505,11 @@ def _stun_events(sources: Sequence[tuple[int, CrossFlowSource]]) -> dict[tuple[s
     attributed too; ephemeral ports are rarely reused that fast (RFC 6056 §3.2 randomises them).
     """
     events: dict[tuple[str, int], list[_StunEvent]] = {}
-    for order, source in sources:
+    for _, source in sources:
         client_ip, client_port, server_ip, first_seen_ns, last_seen_ns, service, stun_event, _ = source
         if stun_event:
             events.setdefault((client_ip, client_port), []).append(
-                _StunEvent(first_seen_ns, last_seen_ns, service, server_ip, order)
+                _StunEvent(first_seen_ns, last_seen_ns, service, server_ip)
             )
     return events
 
@@ -562,7 +552,7 @@ def _ice_username_links(
             lenders.append((order, lent))
     if not lenders:
         return
-    lenders.sort(key=_order_of)
+    lenders.sort()  # orders are unique: only they are compared
     linked: dict[tuple[str, str], tuple[int, int, str, str]] = {}
     for _, (client_ip, _, server_ip, first_seen_ns, last_seen_ns, service, _, username) in lenders:
         key = (client_ip, username)
@@ -583,10 +573,6 @@ def _ice_username_links(
         sig = sigs.get(service)
         assert sig is not None
         verdicts[k] = _attribute(v, sig, f"p2p-stun:{server} (ice-username {_clean(username)[:64]})")
-
-
-def _order_of(item: tuple[int, CrossFlowSource]) -> int:
-    return item[0]
 
 
 def _unattributed_media(f: FlowFacts, v: Verdict, sigs: SignatureSet) -> bool:

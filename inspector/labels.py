@@ -148,12 +148,8 @@ def _deferred_by_flow_id(blocks) -> tuple[np.ndarray, list[FlowFacts], list[tupl
                 sources.append((flow_id, value))
     ids = np.frombuffer(flow_ids, dtype=np.int64) if flow_ids else np.zeros(0, dtype=np.int64)
     order = np.argsort(ids, kind="stable")  # flow ids are unique: the order sorted() would give
-    sources.sort(key=_flow_id_of)
+    sources.sort()  # flow ids are unique: only they are compared
     return ids[order], [facts[i] for i in order.tolist()], sources
-
-
-def _flow_id_of(item: tuple[int, CrossFlowSource]) -> int:
-    return item[0]
 
 
 class _SharedFacts:
