@@ -4,16 +4,22 @@ The automatic collector runs after every ~700 net allocations and, every so ofte
 tracked object; a capture keeps tens of thousands of flows, dissectors and facts alive, so those
 walks cost ~8% of a full analysis (measured on the 1 M-packet benchmark: 14.7 s -> 13.5 s with the
 collector off) while finding almost nothing, since the stages free their objects by reference
-count. ``paused_collector`` switches automatic collection off for a block and instead collects
-the young generations every ``every`` calls of ``tick()`` (once a batch in the pipeline), so
-reference cycles made meanwhile (an exception's traceback, a parser's back-references) are still
-freed during a long live capture, and runs a full collection every ``full_every`` ticks, so a
-cycle that lived long enough to reach the old generation is freed too (a live capture may run for
-days). One full collection with ~10^5 live flows takes tens of milliseconds; once every 64 batches
-of 64 Ki packets it is noise. A young collection walks every object made since the last one that
-is still alive (the active flows' dissectors): every 4 batches that cost ~0.1 s of CPU per process
-on the benchmark capture, every 16 a third of it. Cycles are rare here (the stages free their
-objects by reference count), so waiting 16 batches (1 Mi packets) for them costs little memory.
+count. ``paused_collector`` switches automatic collection off for a block; its ``tick()`` (once
+a batch in the pipeline and in each dissect worker) collects the young generations once
+``young_objects`` container objects have been made and not freed since the last collection
+(``gc.get_count()[0]``), and makes every ``full_every``-th of those collections a full one, so a
+reference cycle made meanwhile (an exception's traceback, a parser's back-references) is still
+freed during a long live capture, one that lived long enough to reach the old generation too.
+
+The rule counts objects, not batches, so it bounds what cyclic garbage can hold whatever the
+batch size (a live capture's batches are small) and costs nothing where nothing accumulates. A
+young collection walks every object made since the last one that is still alive: collecting
+every 16 batches (the rule until the twenty-third session) cost, on the 1 M-packet benchmark,
+35-40 ms in a one-process run and 24-82 ms in each dissect worker and the reader of a
+two-worker run, once near its end, and found nothing; on the capture 4.15x longer the
+collections found 404 objects in the first (garbage of the start-up) and none in the seven
+after. ``YOUNG_COLLECTION_OBJECTS`` container objects are ~25-50 MB at most, were every one of
+them garbage; the benchmark's processes reach 54-115 k of them after its 16 batches.
 """
 
 from __future__ import annotations
@@ -23,37 +29,40 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-#: Batches between two young-generation collections (64 Ki packets a batch by default).
-YOUNG_COLLECTION_EVERY = 16
-#: Batches between two full collections.
-FULL_COLLECTION_EVERY = 64
+#: Container objects made and not freed since the last collection that make a young-generation
+#: collection due (checked once a batch).
+YOUNG_COLLECTION_OBJECTS = 250_000
+#: Every this many young collections, a full one instead.
+FULL_COLLECTION_EVERY = 4
 
 
 class _Ticker:
-    __slots__ = ("every", "full_every", "count")
+    __slots__ = ("young_objects", "full_every", "collections")
 
-    def __init__(self, every: int, full_every: int) -> None:
-        self.every = every
+    def __init__(self, young_objects: int, full_every: int) -> None:
+        self.young_objects = young_objects
         self.full_every = full_every
-        self.count = 0
+        self.collections = 0
 
     def tick(self) -> None:
-        self.count += 1
-        if self.count % self.full_every == 0:
+        if gc.get_count()[0] < self.young_objects:
+            return
+        self.collections += 1
+        if self.collections % self.full_every == 0:
             gc.collect()
-        elif self.count % self.every == 0:
+        else:
             gc.collect(1)
 
 
 @contextmanager
 def paused_collector(
-    every: int = YOUNG_COLLECTION_EVERY, full_every: int = FULL_COLLECTION_EVERY
+    young_objects: int = YOUNG_COLLECTION_OBJECTS, full_every: int = FULL_COLLECTION_EVERY
 ) -> Iterator[_Ticker]:
     """Automatic collection off inside the block (restored after, even on error)."""
     was_enabled = gc.isenabled()
     gc.disable()
     try:
-        yield _Ticker(every, full_every)
+        yield _Ticker(young_objects, full_every)
     finally:
         if was_enabled:
             gc.enable()

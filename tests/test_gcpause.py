@@ -37,28 +37,39 @@ def test_a_disabled_collector_stays_disabled():
         gc.enable()
 
 
-def test_ticks_still_free_cycles_made_inside():
-    with paused_collector(every=2) as collector:
+def test_a_tick_collects_once_enough_objects_were_made():
+    """A tick collects the young generations only once ``young_objects`` container objects were
+    made and kept since the last collection, however many ticks (batches) that took."""
+    gc.collect()  # the count starts from zero
+    with paused_collector(young_objects=5000) as collector:
         node = _Node()
         alive = weakref.ref(node)
         del node
-        collector.tick()
-        assert alive() is not None  # automatic collection is off and one tick is not enough
+        for _ in range(20):
+            collector.tick()
+        assert alive() is not None  # automatic collection is off, and few objects were made
+        kept = [[] for _ in range(6000)]
         collector.tick()
         assert alive() is None
+        assert collector.collections == 1
+        assert gc.get_count()[0] < 5000  # the count starts again from the collection
+        del kept
 
 
 def test_full_collections_free_cycles_that_reached_the_old_generation():
-    with paused_collector(every=1, full_every=3) as collector:
+    with paused_collector(young_objects=1, full_every=3) as collector:
         node = _Node()
         alive = weakref.ref(node)
         collector.tick()  # a young collection: the live cycle moves up a generation
         gc.collect(1)  # and once more: it is in the oldest generation now
         del node
+        _Node()  # one object made since: the next tick is due
         collector.tick()
         assert alive() is not None  # young collections do not look at the old generation
-        collector.tick()  # the third tick is a full collection
+        _Node()
+        collector.tick()  # the third collection is a full one
         assert alive() is None
+        assert collector.collections == 3
 
 
 def test_the_allocator_keeps_freed_heap_where_glibc_runs():
