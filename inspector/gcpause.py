@@ -18,8 +18,9 @@ every 16 batches (the rule until the twenty-third session) cost, on the 1 M-pack
 35-40 ms in a one-process run and 24-82 ms in each dissect worker and the reader of a
 two-worker run, once near its end, and found nothing; on the capture 4.15x longer the
 collections found 404 objects in the first (garbage of the start-up) and none in the seven
-after. ``YOUNG_COLLECTION_OBJECTS`` container objects are ~25-50 MB at most, were every one of
-them garbage; the benchmark's processes reach 54-115 k of them after its 16 batches.
+after. ``YOUNG_COLLECTION_OBJECTS`` container objects, at ~100-200 bytes each, hold ~25-50 MB
+were every one of them garbage; the benchmark's processes reach 54-115 k of them in its 16
+batches, so none of them collects.
 """
 
 from __future__ import annotations
