@@ -184,3 +184,98 @@ def test_each_flow_not_yet_routed_is_routed_by_its_first_payload_packet(seed) ->
     for f in flows:
         f.state = f.state or _state(ROUTE_BOTH)
     assert first_payload_routes(d, bf, PayloadPackets(d, bf)) == []
+
+
+def _flow(state: FlowInspection, proto: int, server_port: int) -> Flow:
+    """A finished flow 10.0.0.2 -> 192.0.2.9 holding ``state``: what ``PayloadStage.facts`` reads."""
+    f = _Flow(state)
+    f.flow_id, f.ip_version, f.proto = 1, 4, proto
+    f.client_hi, f.client_lo, f.client_port = 0, 0x0A000002, 50000
+    f.server_hi, f.server_lo, f.server_port = 0, 0xC0000209, server_port
+    f.first_seen_ns, f.last_seen_ns = 1_000_000_000, 2_000_000_000
+    return f
+
+
+def _tls_packets() -> list[tuple[bool, bytes, int]]:
+    """(from client, payload, TCP sequence number): a ClientHello naming example.com, then
+    server records the namer cannot read, until its packet cap."""
+    from tests.dissect.test_tls import client_hello, record, sni_extension
+
+    hello = record(client_hello(sni_extension(b"example.com")))
+    packets = [(True, hello, 1000)]
+    seq = 5000
+    for _ in range(NAMER_CAP_PACKETS - 1):
+        junk = b"\x17\x03\x03\x00\x04" + b"\xff" * 4
+        packets.append((False, junk, seq))
+        seq += len(junk)
+    return packets
+
+
+def _turn_packets() -> list[tuple[bool, bytes, int]]:
+    """STUN Allocate error responses carrying a TURN server's REALM, up to the detectors' cap."""
+    from inspector.dissect import stun
+    from tests.dissect.test_stun import attr, build
+
+    message = build(0x0113, attr(stun.ATTR_REALM, b"telegram.org"))
+    return [(k % 2 == 1, message, -1) for k in range(MEDIA_CAP_PACKETS)]
+
+
+def _broken_quic_packets() -> list[tuple[bool, bytes, int]]:
+    """Long-header datagrams whose length field overruns them: an error count each."""
+    datagram = b"\xc3\x00\x00\x00\x01\x08" + bytes(range(8)) + b"\x00\x00" + b"\x44" * 40
+    return [(True, datagram, -1) for _ in range(NAMER_CAP_PACKETS)]
+
+
+@pytest.mark.parametrize(
+    ("route", "proto", "port", "packets", "server_name"),
+    [
+        (ROUTE_NAMER, 6, 443, _tls_packets, "example.com"),
+        (ROUTE_NAMER, 17, 443, _broken_quic_packets, ""),
+        (ROUTE_MEDIA, 17, 3478, _turn_packets, "telegram.org"),
+    ],
+    ids=["tls-namer", "quic-errors", "turn-detectors"],
+)
+def test_a_done_dissector_is_replaced_by_what_it_found(route, proto, port, packets, server_name) -> None:
+    """Once done, a dissector is freed and its findings kept (``FlowInspection.namer_found`` /
+    ``media_found``); the flow's facts and the run's error counts are those of a flow whose
+    dissectors were fed the same packets and kept to its end."""
+    from inspector.dissect.detectors import MediaFlowState
+    from inspector.naming import FlowNamer
+
+    transport = "tcp" if proto == 6 else "udp"
+    rows = packets()
+    stage = PayloadStage()
+    st = FlowInspection(route, transport, 50000, port)
+    stage.dissect(
+        [st] * len(rows),
+        [c for c, _, _ in rows],
+        [1_000_000_000 + k for k in range(len(rows))],
+        [seq if seq >= 0 else None for _, _, seq in rows],
+        [p[0] for _, p, _ in rows],
+        lambda k: rows[k][1],
+    )
+    # A media flow's namer waits for DTLS records that may still come: only the detectors are done.
+    assert (st.namer_done, st.media_done) == ((True, True) if route == ROUTE_NAMER else (False, True))
+    assert st.namer is None and st.media is None
+    assert (st.namer_found is not None) == (route == ROUTE_NAMER)
+    assert (st.media_found is not None) == (route == ROUTE_MEDIA)
+
+    kept = PayloadStage()
+    reference = FlowInspection(route, transport, 50000, port)
+    for k, (from_client, payload, seq) in enumerate(rows):
+        if route == ROUTE_NAMER:
+            if reference.namer is None:
+                reference.namer = FlowNamer(transport, 50000, port)
+            reference.namer.feed(from_client, payload, 1_000_000_000 + k, seq if seq >= 0 else None)
+        else:
+            assert isinstance(reference.media, MediaFlowState)
+            reference.media.feed(from_client, payload, 1_000_000_000 + k)
+
+    facts = stage.facts(_flow(st, proto, port))
+    expected = kept.facts(_flow(reference, proto, port))
+    assert facts == expected
+    assert facts.server_name == server_name
+    assert stage.errors == kept.errors
+    # The findings' error counts were added once, when the dissector was done.
+    assert stage.facts(_flow(st, proto, port)) == expected
+    assert stage.errors == kept.errors
