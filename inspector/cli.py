@@ -303,14 +303,15 @@ def main() -> None:
     are written in ``with`` blocks), joined its workers and reaped its forked helpers (the
     manifest's digest reaped the hashing process, ``prehash.py``, whose exit handler only stops
     one a failed run left). Every other exit (errors, other commands) is Python's
-    usual one. The process is the run's alone, so objects alive at a fork may stay frozen
-    (``gcpause.freeze_at_fork``) and its allocator may keep freed memory for reuse
-    (``gcpause.reuse_freed_heap``)."""
+    usual one. The process is the run's alone, so objects alive at a fork or at the end of a
+    paused collector may stay frozen (``gcpause.freeze_at_fork``, ``gcpause.freeze_after_pause``)
+    and its allocator may keep freed memory for reuse (``gcpause.reuse_freed_heap``)."""
     from inspector import gcpause
 
     use_system_allocator_for_arrow()
     use_one_blas_thread()
     gcpause.freeze_at_fork()
+    gcpause.freeze_after_pause()
     gcpause.reuse_freed_heap()
     try:
         app()

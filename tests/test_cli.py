@@ -360,20 +360,21 @@ def test_the_pandas_major_version_is_read_without_importing_pandas():
 
 def test_the_console_entry_point_lets_forked_helpers_freeze_its_objects():
     """``cli.main`` owns its process (it ends with the run), so it turns on
-    ``gcpause.freeze_at_fork``; importing the package does not."""
+    ``gcpause.freeze_at_fork`` and ``gcpause.freeze_after_pause``; importing the package does
+    not."""
     import subprocess
     import sys
 
     code = (
         "import sys\n"
         "from inspector import cli, gcpause\n"
-        "before = gcpause._freeze_at_fork\n"
+        "before = (gcpause._freeze_at_fork, gcpause._freeze_after_pause)\n"
         "sys.argv = ['inspector', '--version']\n"
         "try:\n    cli.main()\nexcept SystemExit:\n    pass\n"
-        "print(before, gcpause._freeze_at_fork, file=sys.stderr)\n"
+        "print(*before, gcpause._freeze_at_fork, gcpause._freeze_after_pause, file=sys.stderr)\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert done.stderr.split() == ["False", "True"], done.stderr
+    assert done.stderr.split() == ["False", "False", "True", "True"], done.stderr
 
 
 @pytest.mark.parametrize(

@@ -37,6 +37,34 @@ def test_a_disabled_collector_stays_disabled():
         gc.enable()
 
 
+@pytest.mark.parametrize("freeze", [False, True])
+def test_what_a_block_kept_is_frozen_only_where_the_process_allows_it(monkeypatch, freeze):
+    """With ``freeze_after_pause`` on (the command line), the objects alive when a block ends
+    are frozen, so the first collection after it does not walk them; a library's host process
+    (the default) keeps them in the collector's generations, and a cycle made there is freed."""
+    from inspector import gcpause
+
+    monkeypatch.setattr(gcpause, "_freeze_after_pause", freeze)
+    gc.collect()
+    frozen_before = gc.get_freeze_count()
+    try:
+        with paused_collector():
+            kept = [[i] for i in range(5_000)]
+            cycle = weakref.ref(_Node())
+        assert gc.isenabled()
+        if freeze:
+            assert gc.get_freeze_count() - frozen_before >= len(kept)
+            assert gc.get_count()[0] < 100  # nothing young left for the next collection to walk
+            gc.collect()
+            assert cycle() is not None  # frozen garbage stays: for a process that ends with its run
+        else:
+            assert gc.get_freeze_count() == frozen_before
+            gc.collect()
+            assert cycle() is None
+    finally:
+        gc.unfreeze()
+
+
 def test_a_tick_collects_once_enough_objects_were_made():
     """A tick collects the young generations only once ``young_objects`` container objects were
     made and kept since the last collection, however many ticks (batches) that took."""
