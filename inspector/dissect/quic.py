@@ -36,7 +36,7 @@ import functools
 import re
 from dataclasses import dataclass
 from hashlib import sha256 as _sha256
-from typing import Final
+from typing import Any, Final
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
@@ -524,22 +524,58 @@ class _InitialCipher:
     """The AES contexts of one set of Initial keys, built once and reused for every packet.
 
     AES-ECB keeps no state between blocks, so one encryptor serves every 16-byte
-    header-protection sample (RFC 9001 §5.4.3); AESGCM holds only the key (RFC 9001 §5.3).
+    header-protection sample (RFC 9001 §5.4.3); it is built on the first packet whose header
+    ``_decrypt_initial`` does not guess (most flows never need it). AESGCM holds only the key
+    (RFC 9001 §5.3).
     """
 
-    __slots__ = ("iv", "hp_encryptor", "aead")
+    __slots__ = ("iv", "hp_key", "hp_encryptor", "aead")
 
     def __init__(self, keys: InitialKeys) -> None:
         self.iv = int.from_bytes(keys.iv, "big")
-        self.hp_encryptor = Cipher(algorithms.AES(keys.hp), _ECB).encryptor()
+        self.hp_key = keys.hp
+        self.hp_encryptor: Any = None
         self.aead = AESGCM(keys.key)
+
+    def header_mask(self, sample: bytes) -> bytes:
+        """AES-ECB(hp key, sample): the first 5 bytes are the header-protection mask."""
+        encryptor = self.hp_encryptor
+        if encryptor is None:
+            encryptor = self.hp_encryptor = Cipher(algorithms.AES(self.hp_key), _ECB).encryptor()
+        return encryptor.update(sample)
+
+
+#: The packet number ``_decrypt_initial`` tries first, in one byte: Chromium numbers its
+#: first Initial 1. Of the benchmark capture's 10,043 decrypted client Initials, 9,545 carried 1
+#: in one byte, 332 carried 0 in one byte, 83 carried 0 in four bytes and 83 carried 5.
+GUESSED_PACKET_NUMBER: Final = 1
 
 
 def _decrypt_initial(packet: bytes, pn_offset: int, cipher: _InitialCipher) -> tuple[int, bytes]:
-    """``decrypt_client_initial`` with prepared AES contexts (same checks, same errors)."""
+    """``decrypt_client_initial`` with prepared AES contexts (same checks, same errors).
+
+    The header is first tried unprotected as the most common one (``GUESSED_PACKET_NUMBER`` in
+    one byte, reserved bits 0): the AEAD authenticates the whole unprotected header, packet
+    number included, as associated data (RFC 9001 §5.3, §5.4.1), so a wrong guess fails the
+    tag check and cannot pass (a false pass needs a 128-bit tag forged); then the header
+    protection is removed as always. Only the low four bits of a long header's first byte
+    are protected (§5.4.1), so the guessed first byte is the received one's top four bits.
+    Why: removing the protection needs an AES-ECB context per set of keys, ~3.7 µs to build
+    through ``cryptography``, where a failed guess costs one AEAD attempt, ~2 µs; 95% of the
+    benchmark's QUIC flows need no context.
+    Weakness: a client that numbers its first Initial otherwise pays the failed attempt on
+    every packet.
+    """
     if len(packet) < pn_offset + 4 + 16:
         raise QuicError("too_short_for_sample")
-    mask = cipher.hp_encryptor.update(packet[pn_offset + 4 : pn_offset + 20])
+    # The sample check leaves at least 19 bytes after a one-byte packet number: the tag fits.
+    guessed_header = bytes([packet[0] & 0xF0]) + packet[1:pn_offset] + bytes([GUESSED_PACKET_NUMBER])
+    guessed_nonce = (cipher.iv ^ GUESSED_PACKET_NUMBER).to_bytes(12, "big")
+    try:
+        return GUESSED_PACKET_NUMBER, cipher.aead.decrypt(guessed_nonce, packet[pn_offset + 1 :], guessed_header)
+    except InvalidTag:
+        pass
+    mask = cipher.header_mask(packet[pn_offset + 4 : pn_offset + 20])
     first_byte = packet[0] ^ (mask[0] & 0x0F)
     pn_length = (first_byte & 0x03) + 1
     pn_end = pn_offset + pn_length

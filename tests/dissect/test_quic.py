@@ -402,6 +402,38 @@ def test_packet_builder_reproduces_the_rfc_packets() -> None:
     assert v2 == RFC9369_CLIENT_INITIAL
 
 
+@pytest.mark.parametrize(
+    ("packet_number", "pn_length", "guessed"),
+    [(1, 1, True), (0, 1, False), (5, 1, False), (1, 2, False), (2, 4, False)],
+)
+def test_a_guessed_header_decrypts_without_removing_its_protection(packet_number, pn_length, guessed) -> None:
+    """Packet number 1 in one byte (``GUESSED_PACKET_NUMBER``) is authenticated as guessed, with
+    no header-protection context built; any other number or length fails the guess's tag check
+    and is read through the protection. Both give the packet number and frames sent."""
+    from inspector.dissect import quic
+
+    frames = crypto_frame(0, client_hello()) + bytes(40)
+    packet = protect_initial(frames, packet_number=packet_number, pn_length=pn_length)
+    pn_offset = 1 + 4 + 1 + len(RFC_DCID) + 1 + 1 + 2  # no SCID, an empty token, 2-byte Length
+    cipher = quic._InitialCipher(client_initial_keys(RFC_DCID))
+    assert quic._decrypt_initial(packet, pn_offset, cipher) == (packet_number, frames)
+    assert (cipher.hp_encryptor is None) is guessed
+    assert decrypt_client_initial(packet, pn_offset, client_initial_keys(RFC_DCID)) == (packet_number, frames)
+
+
+def test_a_damaged_packet_that_would_be_guessed_still_fails() -> None:
+    """A guessable packet with one bit flipped fails the guess and the protected read alike."""
+    from inspector.dissect import quic
+
+    packet = bytearray(protect_initial(crypto_frame(0, client_hello()), packet_number=1, pn_length=1))
+    packet[40] ^= 0x01
+    cipher = quic._InitialCipher(client_initial_keys(RFC_DCID))
+    with pytest.raises(QuicError) as error:
+        quic._decrypt_initial(bytes(packet), 18, cipher)
+    assert error.value.reason == "decrypt_failed"
+    assert cipher.hp_encryptor is not None
+
+
 def test_wrong_salt_fails_authentication() -> None:
     keys = client_initial_keys(RFC_DCID, SALT_DRAFT_29)
     with pytest.raises(QuicError) as error:
