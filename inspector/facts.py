@@ -35,6 +35,24 @@ class DetectorHit:
         self.detail = detail  # type: ignore[misc]
         self.packets = packets  # type: ignore[misc]
 
+    # The two methods ``dataclass`` would make (a class that defines them keeps its own), written
+    # here so that compiled they are native code: the classifier's cache keys every ended flow
+    # by a tuple holding its hits (``classify._verdict_key``), and the generated methods were
+    # interpreted calls, ~45 k a run on the benchmark capture (~20 ms).
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        assert isinstance(other, DetectorHit)
+        return (
+            self.detector == other.detector
+            and self.service == other.service
+            and self.detail == other.detail
+            and self.packets == other.packets
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.detector, self.service, self.detail, self.packets))
+
 
 frozen_init(DetectorHit)
 
