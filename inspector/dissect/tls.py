@@ -539,12 +539,20 @@ class TlsHandshakeReader:
     span records and records can hold several messages (RFC 8446 §5.1). Once a ChangeCipherSpec or
     application data record is seen the rest is encrypted and ``encrypted`` is set. Raises TlsError
     for a record that is not TLS. Memory: the handshake buffer is capped at ``max_bytes``.
+
+    A handshake record is read as its bytes arrive, not once it is whole: the record layer only
+    frames the handshake stream (RFC 8446 §5.1, RFC 5246 §6.2.1), and a TLS 1.2 server commonly
+    sends ServerHello, Certificate and the rest of its first flight in one record of several
+    kilobytes, so its ServerHello is complete in the first segment while the record ends three or
+    four segments later.
     """
 
-    __slots__ = ("_offset", "_handshake", "_emitted", "encrypted", "max_bytes")
+    __slots__ = ("_offset", "_record_left", "_record_type", "_handshake", "_emitted", "encrypted", "max_bytes")
 
     def __init__(self, max_bytes: int = 65536) -> None:
-        self._offset = 0
+        self._offset = 0  # the next unread byte of the stream
+        self._record_left = 0  # bytes of the current record not read yet (0: a header is next)
+        self._record_type = 0
         # Immutable bytes: handshake data is a few records at most, so growing it by
         # concatenation costs little, and a message sliced out of it needs no second copy.
         self._handshake = b""
@@ -555,25 +563,33 @@ class TlsHandshakeReader:
     def feed(self, stream: bytes) -> list[bytes]:
         """``stream`` is the whole contiguous prefix seen so far (it only grows between calls)."""
         available = len(stream)
-        while not self.encrypted and self._offset + 5 <= available:
-            # Record header: type (1), version major/minor (2), uint16 length (RFC 8446 §5.1).
+        while not self.encrypted:
             offset = self._offset
-            content_type = stream[offset]
-            length = stream[offset + 3] << 8 | stream[offset + 4]
-            if stream[offset + 1] != 3 or content_type not in (20, 21, 22, 23, 24):
-                raise TlsError("not_tls_record")
-            if length > MAX_RECORD_LENGTH:
-                raise TlsError("bad_record_length")
-            start = offset + 5
-            if available - start < length:
+            if self._record_left == 0:
+                if offset + 5 > available:
+                    break
+                # Record header: type (1), version major/minor (2), uint16 length (RFC 8446 §5.1).
+                content_type = stream[offset]
+                length = stream[offset + 3] << 8 | stream[offset + 4]
+                if stream[offset + 1] != 3 or content_type not in (20, 21, 22, 23, 24):
+                    raise TlsError("not_tls_record")
+                if length > MAX_RECORD_LENGTH:
+                    raise TlsError("bad_record_length")
+                self._offset = offset + 5
+                self._record_left = length
+                self._record_type = content_type
+                if content_type in (CONTENT_CHANGE_CIPHER_SPEC, CONTENT_APPLICATION_DATA):
+                    self.encrypted = True
+                continue
+            take = min(self._record_left, available - offset)
+            if take <= 0:
                 break
-            self._offset = start + length
-            if content_type == CONTENT_HANDSHAKE:
-                if len(self._handshake) + length > self.max_bytes:
+            if self._record_type == CONTENT_HANDSHAKE:
+                if len(self._handshake) + take > self.max_bytes:
                     raise TlsError("handshake_too_large")
-                self._handshake += stream[start : start + length]
-            elif content_type in (CONTENT_CHANGE_CIPHER_SPEC, CONTENT_APPLICATION_DATA):
-                self.encrypted = True
+                self._handshake += stream[offset : offset + take]
+            self._offset = offset + take
+            self._record_left -= take
         return self._complete_messages()
 
     def _complete_messages(self) -> list[bytes]:

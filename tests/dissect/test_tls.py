@@ -284,6 +284,33 @@ def test_reader_handles_message_split_over_records_and_several_per_record() -> N
     assert reader.encrypted
 
 
+def test_reader_emits_messages_of_a_record_still_arriving() -> None:
+    # A TLS 1.2 server's first flight in one record (ServerHello, Certificate): the ServerHello
+    # is whole in the first segment, long before the record ends.
+    hello = server_hello()
+    certificate = certificate_message(b"x" * 3000)
+    stream = record(hello + certificate, version=0x0303) + record(b"\x01", content_type=20, version=0x0303)
+    reader = TlsHandshakeReader()
+    first_segment = stream[: 5 + len(hello) + 100]
+    assert reader.feed(first_segment) == [hello]
+    assert not reader.encrypted
+    assert reader.feed(stream[:-6]) == [certificate]  # the record is complete, the next not begun
+    assert not reader.encrypted
+    assert reader.feed(stream) == []
+    assert reader.encrypted
+
+
+def test_reader_caps_a_record_still_arriving() -> None:
+    # Two 54-byte messages in one record, against a 100-byte cap: the first is read, and the
+    # cap trips as the second's bytes arrive, before its record is whole.
+    message = b"\x0b\x00\x00\x32" + b"\x00" * 50
+    stream = record(message + message)
+    reader = TlsHandshakeReader(max_bytes=100)
+    assert reader.feed(stream[:70]) == [message]
+    with pytest.raises(TlsError, match="handshake_too_large"):
+        reader.feed(stream[:110])
+
+
 def test_reader_rejects_non_tls_record() -> None:
     with pytest.raises(TlsError, match="not_tls_record"):
         TlsHandshakeReader().feed(b"GET / HTTP/1.1\r\n")
