@@ -164,8 +164,15 @@ class PayloadShipper:
         # Which dissector may still take each packet (PayloadStage.dissect's "wants"): the namer
         # takes any payload of TLS/HTTP/QUIC and unknown flows but only DTLS records of a media
         # flow; the detectors take any payload of media and unknown flows.
-        namer_candidate = (route == ROUTE_NAMER) | (route == ROUTE_BOTH) | ((route == ROUTE_MEDIA) & dtls)
-        media_candidate = (route == ROUTE_MEDIA) | (route == ROUTE_BOTH)
+        # Only the candidates of a flow whose cap is not reached yet are ranked: once a flow's
+        # dissector has been shipped its cap, none of its later packets can go (most of a batch's
+        # payload packets are RTP of media flows shipped their 10 in an earlier batch). A flow's
+        # shipped count is the same for all its packets in the batch, so a flow's candidates are
+        # ranked all or none, and the ranks are those among all its candidates.
+        namer_candidate = ((route == ROUTE_NAMER) | (route == ROUTE_BOTH) | ((route == ROUTE_MEDIA) & dtls)) & (
+            namer_before[slot_of] < NAMER_CAP_PACKETS
+        )
+        media_candidate = ((route == ROUTE_MEDIA) | (route == ROUTE_BOTH)) & (media_before[slot_of] < MEDIA_CAP_PACKETS)
         namer_rank = _ranks(slot_of, namer_candidate) + namer_before[slot_of]
         media_rank = _ranks(slot_of, media_candidate) + media_before[slot_of]
         ship = (
