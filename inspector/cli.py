@@ -145,12 +145,9 @@ def analyze(
 
 
 def _available_cores() -> int:
-    import os
+    from inspector.idlecores import usable_cores
 
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
+    return usable_cores()
 
 
 def _console(stderr: bool = False):

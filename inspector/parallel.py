@@ -43,6 +43,7 @@ from inspector.decode import IPPROTO_TCP
 from inspector.errors import InspectorError
 from inspector.flows import identity_columns
 from inspector.gcpause import paused_collector
+from inspector.idlecores import IdleCores, usable_cores
 from inspector.niceness import lower_priority
 from inspector.ordering import run_first_positions, sorted_runs
 from inspector.payloads import (
@@ -370,6 +371,9 @@ def process_capture_parallel(path: str | Path, options: AnalyzeOptions, workers:
         theirs.close()
         connections.append(ours)
         processes.append(p)
+    # The capture's hashing process (``prehash``) is paused while the packets are read, unless
+    # the run leaves a core idle meanwhile (``idlecores``: a long call's few flows).
+    reader.hash_gate = IdleCores([p.pid for p in processes], usable_cores())
     shipper = PayloadShipper(connections, file_bytes)
     rtp = RtpCollector(fold=shipper.fold_rtp)
     activity = ActivityCollector()

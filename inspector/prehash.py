@@ -13,7 +13,9 @@ A run whose other processes keep every core busy while the packets are read (two
 and the reader on two cores) ``pause``s the hashing process for that time and ``resume``s it once
 the packets are read: hashing beside them took the workers' and the reader's time, whatever its
 niceness, and under ``SCHED_IDLE`` too (docs/BENCHMARK.md, fifteenth to seventeenth sessions). A
-one-process run leaves it going, on the core the reader leaves idle.
+parallel run whose processes leave a core idle (a long call, whose few flows leave the workers
+little to do) lets it go on for as long as they do (``idlecores.IdleCores``, checked after every
+batch). A one-process run leaves it going, on the core the reader leaves idle.
 
 The hashing process is a ``forked.start`` child (its answer comes back as that module's children's
 do). It hashes its own descriptor of the file, opened before the fork, through a mapping whose
@@ -210,10 +212,9 @@ def _usable_cores() -> int:
     """The cores this process may run on. With one, no core is idle while the run starts, and
     the hashing process only costs switches: pinned to one core (``taskset -c 0``) a one-worker
     run took 4.19 -> 4.26 s with it (4 alternating runs), so the reader's own thread hashes."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+    from inspector.idlecores import usable_cores
+
+    return usable_cores()
 
 
 def _forget_inherited() -> None:

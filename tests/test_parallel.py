@@ -24,7 +24,7 @@ def test_workers_do_not_change_the_tables(ndpi_dir, name):
 
 
 def test_a_parallel_run_hashes_its_capture_after_reading_it(ndpi_dir, monkeypatch, tmp_path):
-    """The workers' reader hashes the file once its packets are read (``hash_after_reading``);
+    """The workers' reader hashes the file once its packets are read (``hash_after_reading``),
     ``Analysis.manifest`` fills in the digest when first read, and manifest.json holds it."""
     from inspector.capture import files
     from inspector.digest import sha256_file
@@ -41,6 +41,11 @@ def test_a_parallel_run_hashes_its_capture_after_reading_it(ndpi_dir, monkeypatc
     path = ndpi_dir / "teams.pcap"
     analysis = inspector.analyze([path], AnalyzeOptions(workers=2))
     assert [r.hash_after_reading for r in after] == [True]
+    # ... unless its processes leave a core idle after a batch (``idlecores``).
+    from inspector.idlecores import IdleCores
+
+    assert [type(r.hash_gate) for r in after] == [IdleCores]
+    assert len(after[0].hash_gate.pids) == 2
     assert analysis._manifest["inputs"][0]["sha256"] == ""  # not read yet: not waited for
     assert analysis.manifest["inputs"][0]["sha256"] == sha256_file(path)
     analysis.write(tmp_path)

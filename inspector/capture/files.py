@@ -89,7 +89,8 @@ HASH_CHUNK = 8 * 1024 * 1024
 #: the digest is needed only for the manifest, written last. A process forked as the command
 #: starts (``prehash.py``) hashes a single capture file beside the imports; this reader takes its
 #: digest, and lets it go on beside the reading or, with ``CaptureReader.hash_after_reading``,
-#: pauses it until the packets are read. Without one, in a one-process run a thread hashes the
+#: pauses it until the packets are read, except while ``CaptureReader.hash_gate`` (a parallel
+#: run's ``idlecores.IdleCores``) finds a core left idle after a batch. Without one, in a one-process run a thread hashes the
 #: mapped file beside the reading, on the core it leaves idle; with ``hash_after_reading`` (a
 #: parallel run, whose dissect workers and reader keep every core busy while the packets are
 #: read) a forked process hashes it once they are read, taking what the serial end of the run
@@ -710,6 +711,10 @@ class CaptureReader:
         #: Hash an uncompressed file once its packets are read rather than beside the reading
         #: (``HASH_NICENESS``): for a run whose other processes keep every core busy meanwhile.
         self.hash_after_reading = False
+        #: With ``hash_after_reading``: called after each batch, True to let the hashing process go
+        #: on (the run left a core idle, ``idlecores.IdleCores``), False to pause it again, None to
+        #: leave it as it is. None (no gate): paused until the packets are read.
+        self.hash_gate: Callable[[], bool | None] | None = None
         #: Packets in the first batch, when fewer than ``batch_size`` (None: ``batch_size``). A
         #: parallel run's dissect workers idle until the reader ships its first batch, so a small
         #: one sets them going sooner (``parallel.FIRST_BATCH_PACKETS``).
@@ -824,6 +829,7 @@ class CaptureReader:
         pos = walker.header_len
         dropped_to = 0
         digest_taken = False
+        hashing = early is not None and not self.hash_after_reading  # paused by ``_claim_early``
         size = self._first_size()
         try:
             while True:
@@ -841,6 +847,8 @@ class CaptureReader:
                     else:
                         self.stats.sha256 = _waiting_digest(hasher, sha)
                 yield arr, walk, min(pos, len(mv)) if not done else len(mv)
+                if early is not None and not done and self.hash_after_reading and self.hash_gate is not None:
+                    hashing = self._gate_hash(early, hashing)
                 # The consumer asked for the next batch: every byte before ``pos`` has been read
                 # (the pipeline copies what it keeps). Drop those pages from the resident set, so
                 # memory is bounded by the batch, not the file (a touched mapped page counts as
@@ -865,6 +873,18 @@ class CaptureReader:
         if early is not None and self.hash_after_reading:
             early.pause()
         return early
+
+    def _gate_hash(self, early: prehash.EarlyHash, hashing: bool) -> bool:
+        """Pause or resume the hashing process as ``hash_gate`` says; whether it now runs."""
+        assert self.hash_gate is not None
+        wanted = self.hash_gate()
+        if wanted is None or wanted == hashing:
+            return hashing
+        if wanted:
+            early.resume()
+        else:
+            early.pause()
+        return wanted
 
     def _finish(self, walk: _Walk) -> None:
         if walk.status in (_SHORT, _CORRUPT):
@@ -937,6 +957,7 @@ class CaptureReader:
         # The compressed bytes are only counted when the process begun at the start hashes them.
         early = self._claim_early(os.fstat(raw.fileno()))
         digest_taken = False
+        hashing = early is not None and not self.hash_after_reading  # paused by ``_claim_early``
         try:
             for chunk, eof, gunzip, reader, skip_rest in self._gzip_chunks(raw, hashing=early is None):
                 if final is not None:  # corrupt inner capture: the rest of the file is only hashed
@@ -967,6 +988,8 @@ class CaptureReader:
                         skip_rest.set()
                         break
                     yield arr, walk, reader.consumed
+                    if early is not None and self.hash_after_reading and self.hash_gate is not None:
+                        hashing = self._gate_hash(early, hashing)
                     if walk.status != _FULL:
                         break
                 del mv

@@ -645,6 +645,35 @@ def test_digest_taken_from_the_process_begun_at_the_start(tmp_path, monkeypatch,
 
 
 @pytest.mark.parametrize("compressed", [False, True], ids=["plain", "gzip"])
+def test_a_hash_gate_lets_the_paused_hashing_process_go_on_while_it_says_so(tmp_path, monkeypatch, compressed):
+    """A parallel run's reader asks its ``hash_gate`` after each batch: True resumes the paused
+    hashing process, False pauses it again, None leaves it as it is; the digest is the file's."""
+    from inspector import prehash
+
+    path, data = _cut_capture_gzip(tmp_path) if compressed else _cut_capture(tmp_path)
+    batches_read: list[int] = []
+    told = []
+    real_pause, real_resume = prehash.EarlyHash.pause, prehash.EarlyHash.resume
+    monkeypatch.setattr(prehash.EarlyHash, "pause", lambda self: (told.append(("pause", len(batches_read))), real_pause(self)))
+    monkeypatch.setattr(prehash.EarlyHash, "resume", lambda self: (told.append(("resume", len(batches_read))), real_resume(self)))
+    monkeypatch.setattr(prehash, "_usable_cores", lambda: 2)
+    answers = iter([None, True, True, False, None, True, False, False] + [None] * 8)
+    try:
+        prehash.start([path])
+        reader = open_capture(path, 4)
+        reader.hash_after_reading = True
+        reader.hash_gate = lambda: next(answers)
+        for batch in reader.batches():
+            batches_read.append(len(batch))
+        assert len(batches_read) == 10
+        assert told[:5] == [("pause", 0), ("resume", 2), ("pause", 4), ("resume", 6), ("pause", 7)]
+        assert told[-1][0] == "resume"  # the digest is asked for with the last batch
+        assert reader.stats.sha256 == hashlib.sha256(data).hexdigest()
+    finally:
+        prehash._stop_left_over()
+
+
+@pytest.mark.parametrize("compressed", [False, True], ids=["plain", "gzip"])
 def test_a_reading_stopped_early_stops_the_paused_hashing_process(tmp_path, monkeypatch, compressed):
     """A parallel reader pauses the early hashing process; a consumer that stops reading (an
     error in the pipeline) leaves no process waiting for a resume that never comes."""
