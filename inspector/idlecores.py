@@ -17,9 +17,9 @@ scheduler statistics), else ``/proc/PID/stat`` (clock ticks); the reading proces
 as before this gate.
 
 Weakness: the past interval stands for the next one; a capture that turns busy (a burst of new
-flows) keeps the hash going for one batch, which under ``SCHED_IDLE`` (``prehash``) costs the
-busy processes little. The threshold is measured on a 2-core machine: on the benchmark capture the
-run leaves 0.05-0.2 of a core idle, on the long call ~0.5.
+flows) keeps the hash going for one batch, at ``prehash.HASH_NICENESS`` beside the busy
+processes. The threshold is measured on a 2-core machine: on the benchmark capture the run leaves
+0-0.2 of a core idle after a batch, on the long call 0.4-1.0.
 """
 
 from __future__ import annotations

@@ -85,21 +85,20 @@ MAX_PCAP_CAPLEN = 262144
 MAX_PCAPNG_BLOCK = 64 * 1024 * 1024
 GZIP_CHUNK = 16 * 1024 * 1024
 HASH_CHUNK = 8 * 1024 * 1024
-#: How much lower the hashing of an uncompressed file runs than its reading (``niceness.py``):
-#: the digest is needed only for the manifest, written last. A process forked as the command
-#: starts (``prehash.py``) hashes a single capture file beside the imports; this reader takes its
-#: digest, and lets it go on beside the reading or, with ``CaptureReader.hash_after_reading``,
-#: pauses it until the packets are read, except while ``CaptureReader.hash_gate`` (a parallel
-#: run's ``idlecores.IdleCores``) finds a core left idle after a batch. Without one, in a one-process run a thread hashes the
-#: mapped file beside the reading, on the core it leaves idle; with ``hash_after_reading`` (a
-#: parallel run, whose dissect workers and reader keep every core busy while the packets are
-#: read) a forked process hashes it once they are read, taking what the serial end of the run
-#: leaves. Measured on the benchmark capture (386 MB) with two workers on 2 cores, 8-12
-#: alternating runs each: a thread beside the reading 3.24 s, a thread after it 3.13 s at this
-#: niceness (3.17 s at equal priority), a process after it 0.04 s below the thread (0.04 s less
-#: CPU too), not hashing at all 3.01 s. Hashing beside the reading at this niceness still
-#: finishes early and gains nothing: the cores it finds idle between batches were the workers'
-#: and the reader's.
+#: How much lower the hashing of an uncompressed file runs than its reading (``niceness.py``): the
+#: digest is needed only for the manifest, written last. A process forked as the command starts
+#: (``prehash.py``) hashes a single capture file beside the imports; this reader takes its digest,
+#: and lets it go on beside the reading or, with ``CaptureReader.hash_after_reading``, pauses it
+#: until the packets are read, except while ``CaptureReader.hash_gate`` (a parallel run's
+#: ``idlecores.IdleCores``) finds a core left idle after a batch. Without one, in a one-process run
+#: a thread hashes the mapped file beside the reading, on the core it leaves idle; with
+#: ``hash_after_reading`` (a parallel run, whose dissect workers and reader keep every core busy
+#: while the packets are read) a forked process hashes it once they are read, taking what the serial
+#: end of the run leaves. Measured on the benchmark capture (386 MB) with two workers on 2 cores,
+#: 8-12 alternating runs each: a thread beside the reading 3.24 s, a thread after it 3.13 s at this
+#: niceness (3.17 s at equal priority), a process after it 0.04 s below the thread (0.04 s less CPU
+#: too), not hashing at all 3.01 s. Hashing beside the reading at this niceness still finishes early
+#: and gains nothing: the cores it finds idle between batches were the workers' and the reader's.
 #: Weakness: on a machine with no idle core the digest is made at the very end, and reading the
 #: manifest (``Analysis.manifest``) waits for it.
 HASH_NICENESS = prehash.HASH_NICENESS
@@ -847,7 +846,7 @@ class CaptureReader:
                     else:
                         self.stats.sha256 = _waiting_digest(hasher, sha)
                 yield arr, walk, min(pos, len(mv)) if not done else len(mv)
-                if early is not None and not done and self.hash_after_reading and self.hash_gate is not None:
+                if not done:
                     hashing = self._gate_hash(early, hashing)
                 # The consumer asked for the next batch: every byte before ``pos`` has been read
                 # (the pipeline copies what it keeps). Drop those pages from the resident set, so
@@ -874,9 +873,11 @@ class CaptureReader:
             early.pause()
         return early
 
-    def _gate_hash(self, early: prehash.EarlyHash, hashing: bool) -> bool:
-        """Pause or resume the hashing process as ``hash_gate`` says; whether it now runs."""
-        assert self.hash_gate is not None
+    def _gate_hash(self, early: prehash.EarlyHash | None, hashing: bool) -> bool:
+        """After a batch: pause or resume the claimed hashing process ``early`` as ``hash_gate``
+        says, when this reading pauses it (``hash_after_reading``); whether it now runs."""
+        if early is None or not self.hash_after_reading or self.hash_gate is None:
+            return hashing
         wanted = self.hash_gate()
         if wanted is None or wanted == hashing:
             return hashing
@@ -988,8 +989,7 @@ class CaptureReader:
                         skip_rest.set()
                         break
                     yield arr, walk, reader.consumed
-                    if early is not None and self.hash_after_reading and self.hash_gate is not None:
-                        hashing = self._gate_hash(early, hashing)
+                    hashing = self._gate_hash(early, hashing)
                     if walk.status != _FULL:
                         break
                 del mv
